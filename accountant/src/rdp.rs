@@ -10,7 +10,6 @@ use crate::error::{check_open, Result};
 use crate::event::History;
 use crate::normal;
 use serde::Serialize;
-use statrs::function::gamma::ln_gamma;
 
 /// dp_accounting's default orders: 1.1..10.9 by 0.1, 11..63, 128, 256, 512, 1024.
 pub fn default_orders() -> Vec<f64> {
@@ -37,8 +36,9 @@ fn log_add(a: f64, b: f64) -> f64 {
     (lo - hi).exp().ln_1p() + hi
 }
 
+/// `ln |C(n, k)|` for real n (scipy's `gammaln` convention: log of the absolute value).
 fn log_comb(n: f64, k: f64) -> f64 {
-    ln_gamma(n + 1.0) - ln_gamma(k + 1.0) - ln_gamma(n - k + 1.0)
+    libm::lgamma(n + 1.0) - libm::lgamma(k + 1.0) - libm::lgamma(n - k + 1.0)
 }
 
 fn log_erfc(x: f64) -> f64 {

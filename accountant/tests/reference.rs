@@ -1,0 +1,97 @@
+//! Every row of `research/accountant_reference.csv` (copied to tests/data with its provenance:
+//! dp_accounting 0.6.0 PLD at value_discretization_interval 1e-4, prv_accountant 0.2.0, and the
+//! spec's Python Edgeworth), checked against this crate's three accountants with the issue's
+//! tolerances.
+
+use ewtune_accountant::edgeworth::{self, Order};
+use ewtune_accountant::pld::PldAccountant;
+use ewtune_accountant::{rdp, History};
+
+struct Row {
+    q: f64,
+    sigma: f64,
+    steps: u64,
+    delta: f64,
+    eps_pld: f64,
+    eps_rdp: f64,
+    eps_ew1: f64,
+    eps_ew2: f64,
+}
+
+fn parse(v: &str) -> f64 {
+    if v == "inf" { f64::INFINITY } else { v.parse().unwrap() }
+}
+
+fn rows() -> Vec<Row> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/accountant_reference.csv");
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (iq, is, it, id) = (col("q"), col("sigma"), col("steps"), col("delta"));
+    let (ip, ir, i1, i2) = (col("eps_pld"), col("eps_rdp"), col("eps_ew1"), col("eps_ew2"));
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            Row {
+                q: parse(&r[iq]),
+                sigma: parse(&r[is]),
+                steps: r[it].parse().unwrap(),
+                delta: parse(&r[id]),
+                eps_pld: parse(&r[ip]),
+                eps_rdp: parse(&r[ir]),
+                eps_ew1: parse(&r[i1]),
+                eps_ew2: parse(&r[i2]),
+            }
+        })
+        .collect()
+}
+
+fn close(got: f64, want: f64, rel: f64) -> bool {
+    if want.is_infinite() {
+        return got.is_infinite();
+    }
+    // The CSV prints 6 significant digits; zeros are compared absolutely.
+    (got - want).abs() <= rel * want.abs() + 5e-7 * want.abs().max(1e-6)
+}
+
+#[test]
+fn certified_upper_against_dp_accounting_pld() {
+    let acc = PldAccountant::default();
+    let mut worst = (0.0f64, String::new());
+    for r in rows() {
+        let h = History::homogeneous(r.sigma, r.q, r.steps).unwrap();
+        let c = acc.epsilon(&h, r.delta).unwrap();
+        let b = c.bounds;
+        let stated_error = b.upper - b.lower;
+        let where_ = format!("q={} sigma={} steps={} delta={}: {b:?} vs eps_pld {}", r.q, r.sigma, r.steps, r.delta, r.eps_pld);
+        assert!(b.lower <= b.estimate && b.estimate <= b.upper, "{where_}");
+        assert!(b.upper >= r.eps_pld - stated_error, "{where_}");
+        assert!(b.upper <= r.eps_pld * 1.005 + 1e-6, "{where_}");
+        let over = b.upper / r.eps_pld - 1.0;
+        if over > worst.0 {
+            worst = (over, where_);
+        }
+    }
+    eprintln!("largest certified upper over eps_pld: {:+.4}% at {}", 100.0 * worst.0, worst.1);
+}
+
+#[test]
+fn edgeworth_orders_1_and_2_match_reference() {
+    for r in rows() {
+        let h = History::homogeneous(r.sigma, r.q, r.steps).unwrap();
+        for (order, want) in [(1, r.eps_ew1), (2, r.eps_ew2)] {
+            let got = edgeworth::epsilon(&h, r.delta, Order::new(order).unwrap()).unwrap().estimate;
+            assert!(close(got, want, 1e-3), "order {order} q={} sigma={} steps={}: {got} vs {want}", r.q, r.sigma, r.steps);
+        }
+    }
+}
+
+#[test]
+fn rdp_matches_dp_accounting() {
+    for r in rows() {
+        let h = History::homogeneous(r.sigma, r.q, r.steps).unwrap();
+        let got = rdp::epsilon(&h, r.delta).unwrap().epsilon;
+        assert!(close(got, r.eps_rdp, 1e-3), "q={} sigma={} steps={}: {got} vs {}", r.q, r.sigma, r.steps, r.eps_rdp);
+    }
+}

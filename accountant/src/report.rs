@@ -50,7 +50,7 @@ pub fn divergence_warning(certified: f64, edgeworth: &EdgeworthEstimate) -> Opti
         return None;
     }
     Some(format!(
-        "the Edgeworth estimate (order {}) {} differs from the certified epsilon {:.4} by more than max(0.05, 2%): \
+        "the Edgeworth estimate (order {}) {:.4} differs from the certified epsilon {:.4} by more than max(0.05, 2%): \
          lambda3_sum = {:.3}, lambda4_sum = {:.3}; the expansion is unreliable here, rely on the certified value",
         edgeworth.order, edgeworth.estimate, certified, edgeworth.lambda3_sum, edgeworth.lambda4_sum
     ))

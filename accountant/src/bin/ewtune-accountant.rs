@@ -20,6 +20,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Epsilon spent at a given delta.
+    #[command(allow_negative_numbers = true)]
     Epsilon {
         #[command(flatten)]
         run: RunArgs,
@@ -30,6 +31,7 @@ enum Command {
         out: OutArgs,
     },
     /// Delta at a given epsilon.
+    #[command(allow_negative_numbers = true)]
     Delta {
         #[command(flatten)]
         run: RunArgs,
@@ -40,6 +42,7 @@ enum Command {
         out: OutArgs,
     },
     /// The smallest noise multiplier whose certified epsilon meets a target.
+    #[command(allow_negative_numbers = true)]
     Sigma {
         /// Target epsilon, > 0.
         #[arg(long)]
@@ -251,9 +254,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             println!("  certified epsilon (upper)    {}   (guarantee)", num(c.certified.bounds.upper));
             match c.edgeworth_sigma {
                 Some(s) if s < c.sigma => println!(
-                    "  Edgeworth alone would pick   {s:.6}   (under-noised: its certified epsilon exceeds the target)"
+                    "  Edgeworth (order 2) would pick {s:.6}   (under-noised: its certified epsilon exceeds the target)"
                 ),
-                Some(s) => println!("  Edgeworth alone would pick   {s:.6}"),
+                Some(s) => println!("  Edgeworth (order 2) would pick {s:.6}   (an estimate; not certified)"),
                 None => println!("  Edgeworth alone              no solution"),
             }
         }

@@ -119,6 +119,18 @@ mod tests {
         assert!(c.edgeworth_sigma.unwrap() > 0.79 && c.edgeworth_sigma.unwrap() < 0.81);
     }
 
+    /// The sigma returned is within 0.5 % of the smallest certified one: 0.5 % less noise fails.
+    #[test]
+    fn calibrated_sigma_is_tight() {
+        for (eps, q, steps) in [(1.0, 0.01, 1000u64), (3.0, 0.004, 5000), (0.5, 0.1, 50)] {
+            let c = noise_multiplier(eps, 1e-5, q, steps).unwrap();
+            assert!(c.certified.bounds.upper <= eps, "{c:?}");
+            let acc = PldAccountant::with_interval(adaptive_interval(steps, eps, 1e-5)).unwrap();
+            let below = acc.epsilon(&History::homogeneous(c.sigma * 0.995, q, steps).unwrap(), 1e-5).unwrap();
+            assert!(below.bounds.upper > eps, "eps={eps}: {c:?} {below:?}");
+        }
+    }
+
     #[test]
     fn impossible_targets_are_errors() {
         assert!(matches!(noise_multiplier(0.0, 1e-5, 0.01, 100), Err(Error::InvalidArgument { name: "epsilon", .. })));

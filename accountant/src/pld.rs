@@ -627,6 +627,45 @@ mod tests {
         }
     }
 
+    /// epsilon(delta) and delta(epsilon) are inverse to each other, and every triple is ordered.
+    #[test]
+    fn epsilon_and_delta_round_trip() {
+        let acc = PldAccountant::default();
+        for (sigma, q, n, delta) in [(1.0, 0.01, 1000, 1e-5), (0.7, 0.05, 300, 1e-6), (2.0, 0.2, 50, 1e-3)] {
+            let h = History::homogeneous(sigma, q, n).unwrap();
+            let e = acc.epsilon(&h, delta).unwrap().bounds;
+            assert!(e.lower <= e.estimate && e.estimate <= e.upper, "{e:?}");
+            let d = acc.delta(&h, e.upper).unwrap();
+            assert!(d.lower <= d.estimate && d.estimate <= d.upper, "{d:?}");
+            assert!(d.upper <= delta * 1.01 && d.upper >= delta * 0.9, "sigma={sigma}: {d:?} at {e:?}");
+        }
+    }
+
+    /// A history split into groups composes to the same PLD as the homogeneous one.
+    #[test]
+    fn heterogeneous_composition_is_consistent() {
+        let acc = PldAccountant::with_interval(2e-4).unwrap();
+        let whole = History::homogeneous(1.1, 0.02, 900).unwrap();
+        let split = History::from_groups([
+            StepGroup { noise_multiplier: 1.1, sample_rate: 0.02, steps: 300 },
+            StepGroup { noise_multiplier: 5.0, sample_rate: 0.5, steps: 1 },
+            StepGroup { noise_multiplier: 1.1, sample_rate: 0.02, steps: 600 },
+        ])
+        .unwrap();
+        let a = acc.epsilon(&whole, 1e-5).unwrap().bounds;
+        let b = acc.epsilon(&split, 1e-5).unwrap().bounds;
+        // The extra Gaussian step costs a little; the groups in between change nothing else.
+        assert!(b.estimate > a.estimate && b.estimate < a.estimate * 1.05, "{a:?} {b:?}");
+        let c = acc
+            .epsilon(&History::from_groups([
+                StepGroup { noise_multiplier: 1.1, sample_rate: 0.02, steps: 400 },
+                StepGroup { noise_multiplier: 1.1, sample_rate: 0.02001, steps: 500 },
+            ]).unwrap(), 1e-5)
+            .unwrap()
+            .bounds;
+        assert!((c.estimate / a.estimate - 1.0).abs() < 1e-3, "{a:?} {c:?}");
+    }
+
     /// Gaussian mechanism: the composed PLD must bracket the closed form (2.1) of §2.1.
     #[test]
     fn gaussian_composition_brackets_closed_form() {
@@ -636,6 +675,14 @@ mod tests {
             let d = acc.delta(&h, eps).unwrap();
             assert!(d.lower <= exact && exact <= d.upper, "{d:?} vs {exact}");
             assert!((d.estimate - exact).abs() < 1e-4 * exact, "{d:?} vs {exact}");
+        }
+        // One subsampled step: the exact curves of §2.2, max over both directions.
+        let mech = SubsampledGaussian::new(0.8, 0.01).unwrap();
+        let h = History::homogeneous(0.8, 0.01, 1).unwrap();
+        for eps in [0.0, 0.05, 0.5, 1.0] {
+            let exact = mech.remove_delta(eps).max(mech.add_delta(eps));
+            let d = acc.delta(&h, eps).unwrap();
+            assert!(d.lower <= exact && exact <= d.upper, "eps={eps}: {d:?} vs {exact}");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! interval (§5, homogeneous histories only) reported as infinite where it is vacuous.
 
 use crate::brent::brentq;
-use crate::error::{check_open, Error, Result};
+use crate::error::{check_epsilon, check_open, Error, Result};
 use crate::event::History;
 use crate::normal::{self, LN_SQRT_2PI};
 use serde::Serialize;
@@ -167,7 +167,7 @@ pub fn epsilon(history: &History, delta: f64, order: Order) -> Result<EdgeworthE
 /// Edgeworth estimate of delta at `eps` for a history.
 pub fn delta(history: &History, eps: f64, order: Order) -> Result<f64> {
     history.require_nonempty()?;
-    check_open("epsilon", eps, -1e-300, f64::INFINITY, "epsilon must be a finite number >= 0")?;
+    check_epsilon(eps)?;
     let (kx, ky) = sum_cumulants(history);
     Ok(delta_from_cumulants(&kx, &ky, eps, order).clamp(0.0, 1.0))
 }

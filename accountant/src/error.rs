@@ -46,3 +46,12 @@ pub(crate) fn check_open(name: &'static str, value: f64, lo: f64, hi: f64, reaso
         Err(Error::invalid(name, value, reason))
     }
 }
+
+/// Checks an epsilon argument: a finite number >= 0.
+pub(crate) fn check_epsilon(eps: f64) -> Result<f64> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(eps)
+    } else {
+        Err(Error::invalid("epsilon", eps, "epsilon must be a finite number >= 0"))
+    }
+}

@@ -102,7 +102,8 @@ impl SubsampledGaussian {
 
     /// Cumulants and absolute moments of X and Y, computed once per (q, sigma) and cached.
     pub fn pllr_stats(&self) -> Arc<PllrStats> {
-        static CACHE: OnceLock<Mutex<HashMap<(u64, u64), Arc<PllrStats>>>> = OnceLock::new();
+        type Cache = Mutex<HashMap<(u64, u64), Arc<PllrStats>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
         let key = (self.sample_rate.to_bits(), self.noise_multiplier.to_bits());
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {

@@ -24,7 +24,7 @@
 //! `estimate` is the connect-the-dots value itself (what dp_accounting reports as its PLD epsilon).
 
 use crate::edgeworth::{self, Order};
-use crate::error::{check_open, Error, Result};
+use crate::error::{check_epsilon, check_open, Error, Result};
 use crate::event::{History, StepGroup};
 use crate::mechanism::SubsampledGaussian;
 use crate::normal;
@@ -139,9 +139,7 @@ impl PldAccountant {
     /// Certified delta at `eps` for add/remove adjacency (max over both directions).
     pub fn delta(&self, history: &History, eps: f64) -> Result<Bounds> {
         history.require_nonempty()?;
-        if !(eps.is_finite() && eps >= 0.0) {
-            return Err(Error::invalid("epsilon", eps, "epsilon must be a finite number >= 0"));
-        }
+        check_epsilon(eps)?;
         let h = self.interval(history, eps.max(1e-3), 1e-6);
         let truncation = 1e-16 / history.total_steps() as f64;
         let mut out = Bounds { lower: 0.0, estimate: 0.0, upper: 0.0 };
@@ -312,6 +310,18 @@ struct Composed {
 
 impl Composed {
     fn build(history: &History, adjacency: Adjacency, h: f64, truncation: f64, window_tail: f64) -> Result<Self> {
+        for g in history.groups() {
+            let (lo, hi, _, _) = LossModel { mech: g.mechanism(), adjacency }.range(truncation);
+            let points = (hi - lo) / h;
+            if points.is_nan() || points >= MAX_FFT_LEN as f64 {
+                return Err(Error::NotCertifiable {
+                    reason: format!(
+                        "one step at sigma = {} spans {points:.3e} grid points at interval {h:e}, above the limit of {MAX_FFT_LEN}",
+                        g.noise_multiplier
+                    ),
+                });
+            }
+        }
         let steps: Vec<(StepPmf, u64)> = history
             .groups()
             .iter()
@@ -573,7 +583,7 @@ fn compose_fft(steps: &[(StepPmf, u64)], len: usize, lo_idx: i64) -> (Vec<f64>, 
     }
     let numerical = spec_err2.sqrt() + 8.0 * log2_len * UNIT_ROUNDOFF * spec_l1;
     acc[0].im = 0.0;
-    if len % 2 == 0 {
+    if len.is_multiple_of(2) {
         acc[half - 1].im = 0.0;
     }
     let mut out = inverse.make_output_vec();
@@ -664,6 +674,20 @@ mod tests {
             .unwrap()
             .bounds;
         assert!((c.estimate / a.estimate - 1.0).abs() < 1e-3, "{a:?} {c:?}");
+    }
+
+    /// The discretised step keeps all of its mass (finite part + atom at infinity), both directions.
+    #[test]
+    fn step_pmf_conserves_mass() {
+        for (sigma, q) in [(0.8, 0.01), (0.6, 0.001), (2.0, 1.0), (1.0, 0.5)] {
+            let mech = SubsampledGaussian::new(sigma, q).unwrap();
+            for adjacency in [Adjacency::Remove, Adjacency::Add] {
+                let p = LossModel { mech, adjacency }.step_pmf(3e-4, 1e-15);
+                let total: f64 = p.probs.iter().sum::<f64>() + p.inf_mass;
+                assert!((total - 1.0).abs() < 1e-12, "sigma={sigma} q={q} {adjacency:?}: {total}");
+                assert!(p.probs.iter().all(|&x| x >= 0.0));
+            }
+        }
     }
 
     /// Gaussian mechanism: the composed PLD must bracket the closed form (2.1) of §2.1.

@@ -6,7 +6,7 @@
 //! Canonne, Kamath, Steinke, arXiv 2004.00010 v4, Proposition 12, with the KL shortcut
 //! `delta <= sqrt(1 - exp(-KL))`.
 
-use crate::error::{check_open, Result};
+use crate::error::{check_epsilon, check_open, Result};
 use crate::event::History;
 use crate::normal;
 use serde::Serialize;
@@ -91,16 +91,20 @@ pub fn step_rdp(q: f64, sigma: f64, alpha: f64) -> f64 {
     log_a / (alpha - 1.0)
 }
 
+/// RDP of a whole history at order `alpha`: RDP adds under composition.
+fn history_rdp(history: &History, alpha: f64) -> f64 {
+    history.groups().iter().map(|g| g.steps as f64 * step_rdp(g.sample_rate, g.noise_multiplier, alpha)).sum()
+}
+
 /// The RDP epsilon of a history at `delta`, over dp_accounting's default orders.
 pub fn epsilon(history: &History, delta: f64) -> Result<RdpEpsilon> {
     history.require_nonempty()?;
     check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
     let mut best = RdpEpsilon { epsilon: f64::INFINITY, order: f64::NAN };
     for alpha in default_orders() {
-        let rdp: f64 = history.groups().iter().map(|g| g.steps as f64 * step_rdp(g.sample_rate, g.noise_multiplier, alpha)).sum();
-        let eps = if rdp < 0.0 {
-            0.0
-        } else if delta * delta + (-rdp).exp_m1() > 0.0 {
+        let rdp = history_rdp(history, alpha);
+        // Negative RDP (numerical) or delta^2 > 1 - e^{-KL} (the KL shortcut) both give 0.
+        let eps = if rdp < 0.0 || delta * delta + (-rdp).exp_m1() > 0.0 {
             0.0
         } else if alpha > 1.01 {
             rdp + (-1.0 / alpha).ln_1p() - (delta * alpha).ln() / (alpha - 1.0)
@@ -117,12 +121,10 @@ pub fn epsilon(history: &History, delta: f64) -> Result<RdpEpsilon> {
 /// The RDP delta of a history at `eps` (dp_accounting's `compute_delta`).
 pub fn delta(history: &History, eps: f64) -> Result<f64> {
     history.require_nonempty()?;
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(crate::Error::InvalidArgument { name: "epsilon", value: format!("{eps}"), reason: "epsilon must be a finite number >= 0" });
-    }
+    check_epsilon(eps)?;
     let mut best = f64::INFINITY;
     for alpha in default_orders() {
-        let rdp: f64 = history.groups().iter().map(|g| g.steps as f64 * step_rdp(g.sample_rate, g.noise_multiplier, alpha)).sum();
+        let rdp = history_rdp(history, alpha);
         let mut log_delta = if rdp <= 0.0 { f64::NEG_INFINITY } else { 0.5 * (-(-rdp).exp()).ln_1p() };
         if alpha > 1.01 {
             log_delta = log_delta.min((alpha - 1.0) * (rdp - eps + (-1.0 / alpha).ln_1p()) - alpha.ln());

@@ -606,8 +606,8 @@ mod tests {
     #[test]
     fn mean_shift_bound_dominates_exact_maximum() {
         for h in [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1] {
-            let c = -(-h as f64).exp_m1() / h;
-            let w = (1.0 - c) / -(-h as f64).exp_m1();
+            let c = -(-h).exp_m1() / h;
+            let w = (1.0 - c) / -(-h).exp_m1();
             let exact = w * h + c.ln();
             assert!(exact <= interval_mean_shift_bound(h) + 1e-18, "h={h}: {exact}");
             assert!(exact >= 0.9 * h * h / 8.0 - 1e-18, "h={h}: {exact}");

@@ -58,7 +58,7 @@ fn delta_and_history_file() {
     assert_eq!(h["certified"], b["certified"], "a split history equals the homogeneous one");
     let d = json(&["delta", "--sigma", "1", "--sample-rate", "0.01", "--steps", "1000", "--epsilon", "1.82771", "--json"]);
     let up = d["certified"]["upper"].as_f64().unwrap();
-    assert!(up >= 0.99e-5 && up < 1.05e-5, "{d}");
+    assert!((0.99e-5..1.05e-5).contains(&up), "{d}");
     std::fs::write(&path, "[{\"noise_multiplier\": 1.0}]").unwrap();
     let (code, _, err) = run(&["epsilon", "--history", path.to_str().unwrap(), "--delta", "1e-5"]);
     assert_eq!(code, 2);

@@ -605,7 +605,7 @@ mod tests {
     /// The closed-form maximum of the interval mean shift never exceeds the bound in use.
     #[test]
     fn mean_shift_bound_dominates_exact_maximum() {
-        for h in [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1] {
+        for h in [1e-6f64, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1] {
             let c = -(-h).exp_m1() / h;
             let w = (1.0 - c) / -(-h).exp_m1();
             let exact = w * h + c.ln();

@@ -131,6 +131,17 @@ mod tests {
         }
     }
 
+    /// `research/dpsgd.md` §9: sigmas calibrated with dp_accounting's PLD (bisection to ~1e-3).
+    #[test]
+    fn matches_dp_accounting_calibrations() {
+        for (q, steps, delta, eps, sigma_pld) in [(0.02435, 410u64, 8e-6, 3.0, 1.026), (0.02435, 410, 8e-6, 8.0, 0.683),
+                                                  (0.00205, 1467, 2e-6, 3.0, 0.605), (0.00205, 1467, 2e-6, 8.0, 0.456),
+                                                  (0.06951, 42, 2e-5, 3.0, 1.033), (0.06951, 42, 2e-5, 8.0, 0.662)] {
+            let c = noise_multiplier(eps, delta, q, steps).unwrap();
+            assert!((c.sigma / sigma_pld - 1.0).abs() < 0.005, "q={q} eps={eps}: {} vs {sigma_pld}", c.sigma);
+        }
+    }
+
     #[test]
     fn impossible_targets_are_errors() {
         assert!(matches!(noise_multiplier(0.0, 1e-5, 0.01, 100), Err(Error::InvalidArgument { name: "epsilon", .. })));

@@ -1,4 +1,7 @@
-//! ewtune: privacy-preserving fine-tuning. For now the crate re-exports its accountant; the
-//! training engine, the store, the gRPC API and the audit land in the next issues.
+//! ewtune: privacy-preserving fine-tuning of causal language models with DP-SGD.
+//!
+//! * [`accountant`] — the certified / Edgeworth / RDP accountant crate, re-exported.
+//! * [`train`] — the DP-SGD engine on tch (models, LoRA, clipping, noise, sampling, checkpoints).
 
 pub use ewtune_accountant as accountant;
+pub mod train;

@@ -1,0 +1,147 @@
+//! The trainable building blocks shared by the models: linear layers in both HF layouts with an
+//! optional LoRA branch, LayerNorm and RMSNorm. Each records itself on the DP tape when it holds
+//! trainable parameters (frozen ones record nothing and get no gradient work).
+
+use super::finetune::FineTune;
+use super::tape::{Record, Tape};
+use super::weights::Weights;
+use super::TrainError;
+use tch::{Kind, Tensor};
+
+/// A LoRA adapter (Hu et al., arXiv 2106.09685): `y += (alpha / r) * (x A^T) B^T`, PEFT names
+/// `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`.
+pub struct Lora {
+    /// `[r, in]`.
+    pub a: Tensor,
+    /// `[out, r]`.
+    pub b: Tensor,
+    /// `alpha / r`.
+    pub scale: f64,
+}
+
+/// A linear map; `in_out_layout` is HF's GPT-2 `Conv1D` (`weight` `[in, out]`), otherwise
+/// `nn.Linear` (`weight` `[out, in]`).
+pub struct Linear {
+    /// The weight, in its checkpoint layout.
+    pub weight: Tensor,
+    /// Optional bias `[out]`.
+    pub bias: Option<Tensor>,
+    /// True for the Conv1D layout.
+    pub in_out_layout: bool,
+    /// Optional LoRA branch.
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    /// `x [B, T, in] -> [B, T, out]`, recording trainable parts on `tape`.
+    pub fn forward(&self, x: &Tensor, tape: &mut Option<&mut Tape>) -> Tensor {
+        let base = if self.in_out_layout { x.matmul(&self.weight) } else { x.matmul(&self.weight.tr()) };
+        let base = match &self.bias {
+            Some(b) => base + b,
+            None => base,
+        };
+        if let Some(t) = tape.as_deref_mut() {
+            if self.weight.requires_grad() {
+                t.push(Record::Linear {
+                    input: x.shallow_clone(),
+                    output: base.shallow_clone(),
+                    weight: self.weight.shallow_clone(),
+                    bias: self.bias.as_ref().map(Tensor::shallow_clone),
+                    in_out_layout: self.in_out_layout,
+                });
+            }
+        }
+        match &self.lora {
+            None => base,
+            Some(l) => {
+                let hidden = x.matmul(&l.a.tr());
+                let z = hidden.matmul(&l.b.tr());
+                if let Some(t) = tape.as_deref_mut() {
+                    t.push(Record::Lora {
+                        input: x.shallow_clone(),
+                        hidden: hidden.shallow_clone(),
+                        output: z.shallow_clone(),
+                        a: l.a.shallow_clone(),
+                        b: l.b.shallow_clone(),
+                    });
+                }
+                base + z * l.scale
+            }
+        }
+    }
+}
+
+/// LayerNorm (`beta` present) or RMSNorm (`beta` absent, `rms` true).
+pub struct Norm {
+    /// Scale `[d]`.
+    pub gamma: Tensor,
+    /// Shift `[d]` (LayerNorm only).
+    pub beta: Option<Tensor>,
+    /// Epsilon inside the square root.
+    pub eps: f64,
+    /// RMSNorm (Llama) instead of LayerNorm (GPT-2).
+    pub rms: bool,
+}
+
+impl Norm {
+    /// Normalises the last dimension, recording `(xhat, y)` when trainable.
+    pub fn forward(&self, x: &Tensor, tape: &mut Option<&mut Tape>) -> Tensor {
+        let d = *x.size().last().expect("norm input has a last dimension");
+        let xhat = if self.rms {
+            // HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps), in f32.
+            x * (x.square().mean_dim(&[-1i64][..], true, Kind::Float) + self.eps).rsqrt()
+        } else {
+            x.layer_norm([d], None::<Tensor>, None::<Tensor>, self.eps, false)
+        };
+        let y = match &self.beta {
+            Some(b) => &xhat * &self.gamma + b,
+            None => &xhat * &self.gamma,
+        };
+        if let Some(t) = tape.as_deref_mut() {
+            if self.gamma.requires_grad() {
+                t.push(Record::Norm {
+                    normalized: xhat.detach(),
+                    output: y.shallow_clone(),
+                    gamma: self.gamma.shallow_clone(),
+                    beta: self.beta.as_ref().map(Tensor::shallow_clone),
+                });
+            }
+        }
+        y
+    }
+}
+
+/// Creates LoRA adapters: loaded from the weights when present (resume), otherwise PEFT's init
+/// (A ~ kaiming-uniform(a = sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)), B = 0) from torch's generator,
+/// which the caller seeds.
+pub struct LoraInit {
+    /// Rank.
+    pub rank: i64,
+    /// alpha / rank.
+    pub scale: f64,
+    /// Device of new tensors.
+    pub device: tch::Device,
+}
+
+impl LoraInit {
+    /// From the fine-tune mode (`None` for full fine-tuning).
+    pub fn new(ft: &FineTune, device: tch::Device) -> Self {
+        match ft {
+            FineTune::Lora { rank, alpha, .. } => LoraInit { rank: *rank, scale: alpha / *rank as f64, device },
+            FineTune::Full => LoraInit { rank: 0, scale: 0.0, device },
+        }
+    }
+
+    pub(crate) fn make(&mut self, w: &mut Weights, prefix: &str, d_in: i64, d_out: i64) -> Result<Lora, TrainError> {
+        let (an, bn) = (format!("{prefix}.lora_A.weight"), format!("{prefix}.lora_B.weight"));
+        let r = self.rank;
+        if w.contains(&an) {
+            return Ok(Lora { a: w.take(&an, &[r, d_in], true)?, b: w.take(&bn, &[d_out, r], true)?, scale: self.scale });
+        }
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = Tensor::empty([r, d_in], (Kind::Float, self.device)).uniform_(-bound, bound).set_requires_grad(true);
+        let b = Tensor::zeros([d_out, r], (Kind::Float, self.device)).set_requires_grad(true);
+        Ok(Lora { a, b, scale: self.scale })
+    }
+}
+

@@ -1,0 +1,49 @@
+//! The DP-SGD training engine on tch: HF checkpoints (GPT-2, Llama), LoRA and full fine-tuning,
+//! per-example clipping without per-example gradients, CSPRNG noise, Poisson sampling,
+//! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
+
+pub mod finetune;
+pub mod gpt2;
+pub mod layers;
+pub mod llama;
+pub mod model;
+pub mod tape;
+pub mod weights;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the engine, naming the file, field or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A required file does not exist.
+    #[error("missing file {path}")]
+    MissingFile {
+        /// The path that was expected.
+        path: PathBuf,
+    },
+    /// A checkpoint (or its config) cannot be read or does not match its config.
+    #[error("corrupt or mismatched checkpoint {path}: {reason}")]
+    CorruptCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A model this engine does not implement exactly; refused rather than approximated.
+    #[error("unsupported model: {reason}")]
+    UnsupportedModel {
+        /// What is unsupported.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("i/o error on {path}: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// A torch operation failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}

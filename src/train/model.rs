@@ -1,0 +1,110 @@
+//! A causal LM of either supported family, loaded from an HF checkpoint directory
+//! (`config.json`, `model.safetensors`), and the per-sequence loss the DP step clips.
+
+use super::finetune::FineTune;
+use super::tape::Tape;
+use super::weights::Weights;
+use super::{gpt2, llama, TrainError};
+use std::path::Path;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// A loaded model.
+pub enum Model {
+    /// GPT-2 family.
+    Gpt2(gpt2::Gpt2),
+    /// Llama family.
+    Llama(llama::Llama),
+}
+
+#[derive(serde::Deserialize)]
+struct ModelType {
+    model_type: Option<String>,
+}
+
+impl Model {
+    /// Loads `dir/config.json` and `dir/model.safetensors`; `adapter` (a PEFT-layout safetensors
+    /// of LoRA tensors named as in [`Model::named_tensors`]) is merged in when given (resume).
+    pub fn load(dir: &Path, finetune: &FineTune, adapter: Option<&Path>, device: Device) -> Result<Self, TrainError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|_| TrainError::MissingFile { path: config_path.clone() })?;
+        let bad = |e: serde_json::Error| TrainError::CorruptCheckpoint { path: config_path.clone(), reason: e.to_string() };
+        let kind: ModelType = serde_json::from_str(&text).map_err(bad)?;
+        let mut weights = Weights::read(&dir.join("model.safetensors"), device)?;
+        if let Some(path) = adapter {
+            weights.merge(Weights::read(path, device)?);
+        }
+        match kind.model_type.as_deref() {
+            Some("gpt2") => {
+                let cfg: gpt2::HfConfig = serde_json::from_str(&text).map_err(bad)?;
+                Ok(Model::Gpt2(gpt2::Gpt2::load(&mut weights, cfg.into_config()?, finetune, device)?))
+            }
+            Some("llama") => {
+                let cfg: llama::HfConfig = serde_json::from_str(&text).map_err(bad)?;
+                Ok(Model::Llama(llama::Llama::load(&mut weights, cfg.into_config()?, finetune, device)?))
+            }
+            other => Err(TrainError::UnsupportedModel { reason: format!("model_type {other:?} (supported: gpt2, llama)") }),
+        }
+    }
+
+    /// Logits `[B, T, V]`.
+    pub fn forward(&self, ids: &Tensor, tape: Option<&mut Tape>) -> Tensor {
+        match self {
+            Model::Gpt2(m) => m.forward(ids, tape),
+            Model::Llama(m) => m.forward(ids, tape),
+        }
+    }
+
+    /// Every tensor under its HF name.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Model::Gpt2(m) => m.named_tensors(),
+            Model::Llama(m) => m.named_tensors(),
+        }
+    }
+
+    /// The trainable tensors, by name.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+
+    /// The frozen tensors, by name.
+    pub fn frozen(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors().into_iter().filter(|(_, t)| !t.requires_grad()).collect()
+    }
+
+    /// Maximum sequence length the model accepts (None: no learned limit).
+    pub fn max_positions(&self) -> Option<i64> {
+        match self {
+            Model::Gpt2(m) => Some(m.config.n_positions),
+            Model::Llama(_) => None,
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            Model::Gpt2(m) => m.config.vocab_size,
+            Model::Llama(m) => m.config.vocab_size,
+        }
+    }
+}
+
+/// Mean next-token cross-entropy of each sequence over its target positions: `ids [B, T]`,
+/// `loss_mask [B, T]` (1 where `ids[t]` is a target predicted from `ids[..t]`; position 0 is never
+/// a target). Returns `[B]`; a sequence without targets has loss 0 (and so no gradient).
+pub fn sequence_losses(logits: &Tensor, ids: &Tensor, loss_mask: &Tensor) -> Tensor {
+    let (b, t, v) = logits.size3().expect("logits are [B, T, V]");
+    let pred = logits.narrow(1, 0, t - 1).reshape([b * (t - 1), v]);
+    let target = ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
+    let mask = loss_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
+    let nll = pred.cross_entropy_loss::<Tensor>(&target, None, Reduction::None, -100, 0.0).reshape([b, t - 1]);
+    let count = mask.sum_dim_intlist(&[1i64][..], false, Kind::Float).clamp_min(1.0);
+    (nll * &mask).sum_dim_intlist(&[1i64][..], false, Kind::Float) / count
+}
+
+/// Per-token log-probabilities `log p(ids[t] | ids[..t])`, `[B, T-1]` (float64).
+pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Tensor {
+    let t = logits.size()[1];
+    let logp = logits.narrow(1, 0, t - 1).to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    logp.gather(2, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1)
+}

@@ -1,0 +1,194 @@
+//! What the forward pass records for DP-SGD, and the per-unit gradient math on it
+//! (`research/dpsgd.md` §6): per-example (per privacy unit) squared gradient norms without
+//! per-example gradients (ghost norm or materialisation, whichever is cheaper per layer, §6.1),
+//! and the clipped gradient sum by book-keeping from the same single backward (§6.5 b).
+//!
+//! tch has no hooks, so every trainable layer pushes a [`Record`] holding its input (`A`) and the
+//! output tensor whose gradient (`G`) the step asks autograd for.
+
+use tch::{Kind, Tensor};
+
+/// One trainable layer's activations, recorded by its forward.
+pub enum Record {
+    /// `s = x W (+ b)`; `weight` is `[out, in]` (nn.Linear) or `[in, out]` (HF Conv1D).
+    Linear { input: Tensor, output: Tensor, weight: Tensor, bias: Option<Tensor>, in_out_layout: bool },
+    /// LoRA branch `z = (x A^T) B^T` (the scale is applied after `z`, so autograd includes it in G_z).
+    Lora { input: Tensor, hidden: Tensor, output: Tensor, a: Tensor, b: Tensor },
+    /// `y = xhat * gamma (+ beta)` of a LayerNorm or RMSNorm.
+    Norm { normalized: Tensor, output: Tensor, gamma: Tensor, beta: Option<Tensor> },
+}
+
+impl Record {
+    /// The non-leaf tensors whose gradients the DP step requests from autograd.
+    pub fn outputs(&self) -> Vec<&Tensor> {
+        match self {
+            Record::Linear { output, .. } | Record::Norm { output, .. } => vec![output],
+            Record::Lora { hidden, output, .. } => vec![hidden, output],
+        }
+    }
+
+    /// The trainable parameters of this record, in the order `clipped_sums` returns them.
+    pub fn params(&self) -> Vec<&Tensor> {
+        match self {
+            Record::Linear { weight, bias, .. } => std::iter::once(weight).chain(bias.iter()).collect(),
+            Record::Lora { a, b, .. } => vec![a, b],
+            Record::Norm { gamma, beta, .. } => std::iter::once(gamma).chain(beta.iter()).collect(),
+        }
+    }
+}
+
+/// The records of one forward pass.
+#[derive(Default)]
+pub struct Tape {
+    /// In forward order.
+    pub records: Vec<Record>,
+}
+
+impl Tape {
+    /// Pushes a record.
+    pub fn push(&mut self, r: Record) {
+        self.records.push(r);
+    }
+}
+
+/// How the sequences of a micro-batch form privacy units: `index` maps `[units * per_unit]` slots
+/// to sequence rows (`rows` = a zero padding row appended after the real ones), or `None` when
+/// every sequence is its own unit.
+pub struct Units {
+    /// Number of privacy units in the micro-batch.
+    pub count: usize,
+    /// Sequences per unit (padded).
+    pub per_unit: usize,
+    index: Option<Tensor>,
+    /// Unit of each sequence row.
+    pub unit_of_row: Tensor,
+}
+
+impl Units {
+    /// Every sequence is its own unit.
+    pub fn per_sequence(rows: usize, device: tch::Device) -> Self {
+        Units { count: rows, per_unit: 1, index: None, unit_of_row: Tensor::arange(rows as i64, (Kind::Int64, device)) }
+    }
+
+    /// `groups[u]` lists the sequence rows of unit u (privacy unit = user).
+    pub fn grouped(groups: &[Vec<usize>], rows: usize, device: tch::Device) -> Self {
+        let per_unit = groups.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut slots = Vec::with_capacity(groups.len() * per_unit);
+        let mut unit_of_row = vec![0i64; rows];
+        for (u, g) in groups.iter().enumerate() {
+            for k in 0..per_unit {
+                slots.push(g.get(k).map(|&r| r as i64).unwrap_or(rows as i64));
+            }
+            for &r in g {
+                unit_of_row[r] = u as i64;
+            }
+        }
+        Units {
+            count: groups.len(),
+            per_unit,
+            index: Some(Tensor::from_slice(&slots).to_device(device)),
+            unit_of_row: Tensor::from_slice(&unit_of_row).to_device(device),
+        }
+    }
+
+    /// `[rows, T, d]` -> `[units, per_unit * T, d]` (padding slots are zero).
+    pub fn gather(&self, x: &Tensor) -> Tensor {
+        match &self.index {
+            None => x.shallow_clone(),
+            Some(index) => {
+                let size = x.size();
+                let mut pad_shape = size.clone();
+                pad_shape[0] = 1;
+                let padded = Tensor::cat(&[x, &Tensor::zeros(&pad_shape, (x.kind(), x.device()))], 0);
+                let picked = padded.index_select(0, index);
+                let mut shape = vec![self.count as i64, self.per_unit as i64 * size[1]];
+                shape.extend_from_slice(&size[2..]);
+                picked.reshape(&shape[..])
+            }
+        }
+    }
+}
+
+/// Squared gradient norm of one record, per unit: `[units]` (f32).
+pub fn squared_norms(record: &Record, grads: &[Tensor], units: &Units) -> Tensor {
+    match record {
+        Record::Linear { input, bias, .. } => {
+            let a = units.gather(input);
+            let g = units.gather(&grads[0]);
+            let (_, t, d_in) = a.size3().expect("linear input is [B, T, in]");
+            let d_out = g.size()[2];
+            // §6.1: ghost iff 2T^2 < d_in d_out (memory), else materialise G^T A per unit.
+            let w = if 2 * t * t < d_in * d_out {
+                (a.bmm(&a.transpose(1, 2)) * g.bmm(&g.transpose(1, 2))).sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+            } else {
+                g.transpose(1, 2).bmm(&a).square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+            };
+            match bias {
+                Some(_) => w + g.sum_dim_intlist(&[1i64][..], false, Kind::Float).square().sum_dim_intlist(&[1i64][..], false, Kind::Float),
+                None => w,
+            }
+        }
+        Record::Lora { input, hidden, .. } => {
+            let (ga, gb) = lora_unit_grads(input, hidden, &grads[0], &grads[1], units);
+            ga.square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float) + gb.square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+        }
+        Record::Norm { normalized, beta, .. } => {
+            let (gg, gb) = norm_unit_grads(normalized, &grads[0], units, beta.is_some());
+            let n = gg.square().sum_dim_intlist(&[1i64][..], false, Kind::Float);
+            match gb {
+                Some(gb) => n + gb.square().sum_dim_intlist(&[1i64][..], false, Kind::Float),
+                None => n,
+            }
+        }
+    }
+}
+
+/// Per-unit LoRA gradients, materialised (cheap: r is small): `(dA [U, r, in], dB [U, out, r])`.
+fn lora_unit_grads(input: &Tensor, hidden: &Tensor, g_hidden: &Tensor, g_out: &Tensor, units: &Units) -> (Tensor, Tensor) {
+    let x = units.gather(input);
+    let h = units.gather(hidden);
+    let gh = units.gather(g_hidden);
+    let gz = units.gather(g_out);
+    (gh.transpose(1, 2).bmm(&x), gz.transpose(1, 2).bmm(&h))
+}
+
+/// Per-unit norm-layer gradients: `(dgamma [U, d], dbeta [U, d])`.
+fn norm_unit_grads(normalized: &Tensor, g: &Tensor, units: &Units, with_beta: bool) -> (Tensor, Option<Tensor>) {
+    let xh = units.gather(normalized);
+    let g = units.gather(g);
+    let dgamma = (&g * &xh).sum_dim_intlist(&[1i64][..], false, Kind::Float);
+    let dbeta = with_beta.then(|| g.sum_dim_intlist(&[1i64][..], false, Kind::Float));
+    (dgamma, dbeta)
+}
+
+/// `sum_u c_u grad_u` for every parameter of the record (same order as [`Record::params`]),
+/// where `row_scale[r] = c[unit of row r]` (book-keeping: one GEMM per linear layer).
+pub fn clipped_sums(record: &Record, grads: &[Tensor], units: &Units, clip: &Tensor, row_scale: &Tensor) -> Vec<Tensor> {
+    match record {
+        Record::Linear { input, bias, in_out_layout, .. } => {
+            let g = &grads[0];
+            let d_out = g.size()[2];
+            let d_in = input.size()[2];
+            let gs = (g * row_scale.view([-1, 1, 1])).reshape([-1, d_out]);
+            let a = input.reshape([-1, d_in]);
+            let dw = if *in_out_layout { a.transpose(0, 1).matmul(&gs) } else { gs.transpose(0, 1).matmul(&a) };
+            let mut out = vec![dw];
+            if bias.is_some() {
+                out.push(gs.sum_dim_intlist(&[0i64][..], false, Kind::Float));
+            }
+            out
+        }
+        Record::Lora { input, hidden, .. } => {
+            let (ga, gb) = lora_unit_grads(input, hidden, &grads[0], &grads[1], units);
+            vec![Tensor::einsum("u,uij->ij", &[clip, &ga], None::<i64>), Tensor::einsum("u,uij->ij", &[clip, &gb], None::<i64>)]
+        }
+        Record::Norm { normalized, beta, .. } => {
+            let (gg, gb) = norm_unit_grads(normalized, &grads[0], units, beta.is_some());
+            let mut out = vec![clip.matmul(&gg)];
+            if let Some(gb) = gb {
+                out.push(clip.matmul(&gb));
+            }
+            out
+        }
+    }
+}

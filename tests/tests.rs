@@ -1,0 +1,4 @@
+//! ewtune's integration tests, one binary (each tch-linking binary costs a full link).
+
+mod models;
+mod util;

@@ -1,4 +1,5 @@
 //! ewtune's integration tests, one binary (each tch-linking binary costs a full link).
 
+mod dp_oracle;
 mod models;
 mod util;

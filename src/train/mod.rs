@@ -2,11 +2,13 @@
 //! per-example clipping without per-example gradients, CSPRNG noise, Poisson sampling,
 //! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
 
+pub mod dpsgd;
 pub mod finetune;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
 pub mod model;
+pub mod synthetic;
 pub mod tape;
 pub mod weights;
 
@@ -43,6 +45,9 @@ pub enum TrainError {
         /// The OS error.
         reason: String,
     },
+    /// The fine-tuning mode leaves no trainable tensor in this model.
+    #[error("nothing to train: the fine-tuning mode selects no trainable layer of this model")]
+    NothingToTrain,
     /// A torch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),

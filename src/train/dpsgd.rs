@@ -1,0 +1,126 @@
+//! The DP-SGD step (`research/dpsgd.md` §0, §6.5): per physical micro-batch one forward that
+//! records the tape, one backward that returns the output gradients of the trainable layers,
+//! per-unit norms, clipping factors, and the clipped gradient sum by book-keeping; at the end of
+//! the logical batch, Gaussian noise once, division by the expected batch size q N.
+//!
+//! Also the two references this step is measured against: the non-private step (same forward,
+//! ordinary backward of the mean loss) and the naive oracle (one backward per unit).
+
+use super::model::{sequence_losses, Model};
+use super::tape::{clipped_sums, squared_norms, Tape, Units};
+use super::TrainError;
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+
+/// Clipping stabiliser of Opacus / private-transformers: `c = min(1, C / (norm + 1e-6))`.
+pub const NORM_EPS: f64 = 1e-6;
+
+/// A physical micro-batch: token ids and loss mask `[S, T]`, and how its sequences form units.
+pub struct MicroBatch {
+    /// Token ids, right-padded.
+    pub ids: Tensor,
+    /// 1 where the token is a training target.
+    pub loss_mask: Tensor,
+    /// Privacy units of the rows.
+    pub units: Units,
+}
+
+/// Running sums of clipped per-unit gradients over a logical batch, one per trainable tensor.
+pub struct ClippedSum {
+    slots: HashMap<usize, usize>,
+    /// `(name, parameter, accumulated sum)` in the model's order.
+    pub entries: Vec<(String, Tensor, Tensor)>,
+    /// Units processed so far in this logical batch.
+    pub units: usize,
+}
+
+impl ClippedSum {
+    /// Zeroed sums for the model's trainable tensors.
+    pub fn new(model: &Model) -> Self {
+        let mut slots = HashMap::new();
+        let entries: Vec<_> = model
+            .trainable()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, p))| {
+                slots.insert(p.data_ptr() as usize, i);
+                let zero = Tensor::zeros_like(&p).set_requires_grad(false);
+                (name, p, zero)
+            })
+            .collect();
+        ClippedSum { slots, entries, units: 0 }
+    }
+
+    fn add(&mut self, param: &Tensor, value: &Tensor) {
+        let slot = self.slots[&(param.data_ptr() as usize)];
+        let _ = self.entries[slot].2.f_add_(value);
+    }
+}
+
+/// Clips every unit of `mb` to `clip_norm` and adds the clipped sum to `acc`; returns the
+/// per-unit gradient norms `[U]` (before clipping).
+pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: &mut ClippedSum) -> Result<Tensor, TrainError> {
+    let mut tape = Tape::default();
+    let logits = model.forward(&mb.ids, Some(&mut tape));
+    let total = sequence_losses(&logits, &mb.ids, &mb.loss_mask).sum(Kind::Float);
+    let outputs: Vec<&Tensor> = tape.records.iter().flat_map(|r| r.outputs()).collect();
+    if outputs.is_empty() {
+        return Err(TrainError::NothingToTrain);
+    }
+    let grads = Tensor::f_run_backward(&[&total], &outputs, false, false)?;
+    let _guard = tch::no_grad_guard();
+    let mut offset = 0;
+    let mut per_record = Vec::with_capacity(tape.records.len());
+    let mut n2 = Tensor::zeros([mb.units.count as i64], (Kind::Float, mb.ids.device()));
+    for r in &tape.records {
+        let k = r.outputs().len();
+        let g = &grads[offset..offset + k];
+        n2 += squared_norms(r, g, &mb.units);
+        per_record.push((r, g));
+        offset += k;
+    }
+    let norms = n2.sqrt();
+    // c = min(1, C / (||g|| + 1e-6)); a non-finite norm contributes nothing (jax_privacy nan_safe).
+    let clip = (clip_norm / (&norms + NORM_EPS)).clamp_max(1.0);
+    let clip = clip.where_self(&norms.isfinite(), &Tensor::zeros_like(&clip));
+    let row_scale = clip.index_select(0, &mb.units.unit_of_row);
+    for (r, g) in per_record {
+        for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &mb.units, &clip, &row_scale)) {
+            acc.add(param, &sum);
+        }
+    }
+    acc.units += mb.units.count;
+    Ok(norms)
+}
+
+/// The naive oracle: one forward and backward per unit; returns the per-unit norms and the
+/// clipped sum per trainable tensor (test reference only).
+pub fn naive_clipped_sum(model: &Model, mb: &MicroBatch, groups: &[Vec<usize>], clip_norm: f64) -> (Vec<f64>, Vec<Tensor>) {
+    let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, p)| p).collect();
+    let mut sums: Vec<Tensor> = params.iter().map(Tensor::zeros_like).collect();
+    let mut norms = Vec::new();
+    for rows in groups {
+        let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(mb.ids.device());
+        let ids = mb.ids.index_select(0, &idx);
+        let mask = mb.loss_mask.index_select(0, &idx);
+        let loss = sequence_losses(&model.forward(&ids, None), &ids, &mask).sum(Kind::Float);
+        let grads = Tensor::run_backward(&[&loss], &params, false, false);
+        let _guard = tch::no_grad_guard();
+        let norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let c = (clip_norm / (norm + NORM_EPS)).min(1.0);
+        for (s, g) in sums.iter_mut().zip(&grads) {
+            *s += g * c;
+        }
+        norms.push(norm);
+    }
+    (norms, sums)
+}
+
+/// The non-private reference step's gradient: ordinary backward of the mean sequence loss into
+/// the parameters' `.grad` (used by the DP-overhead benchmark).
+pub fn nonprivate_backward(model: &Model, mb: &MicroBatch) -> Result<f64, TrainError> {
+    let logits = model.forward(&mb.ids, None);
+    let loss = sequence_losses(&logits, &mb.ids, &mb.loss_mask).mean(Kind::Float);
+    loss.f_backward()?;
+    Ok(loss.double_value(&[]))
+}

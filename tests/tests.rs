@@ -2,4 +2,5 @@
 
 mod dp_oracle;
 mod models;
+mod train;
 mod util;

@@ -2,12 +2,18 @@
 //! per-example clipping without per-example gradients, CSPRNG noise, Poisson sampling,
 //! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
 
+pub mod checkpoint;
+pub mod data;
 pub mod dpsgd;
 pub mod finetune;
 pub mod gpt2;
+pub mod job;
 pub mod layers;
 pub mod llama;
 pub mod model;
+pub mod noise;
+pub mod optim;
+pub mod sampler;
 pub mod synthetic;
 pub mod tape;
 pub mod weights;
@@ -45,9 +51,36 @@ pub enum TrainError {
         /// The OS error.
         reason: String,
     },
+    /// A dataset line is malformed (line 0: the file as a whole).
+    #[error("bad dataset {path}, line {line}: {reason}")]
+    BadDataset {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number (0 for the whole file).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// The fine-tuning mode leaves no trainable tensor in this model.
     #[error("nothing to train: the fine-tuning mode selects no trainable layer of this model")]
     NothingToTrain,
+    /// A job spec field is invalid.
+    #[error("invalid {field}: {reason}")]
+    BadSpec {
+        /// The field, as written in job.toml.
+        field: &'static str,
+        /// What it must satisfy.
+        reason: String,
+    },
+    /// The accountant refused the privacy parameters.
+    #[error("privacy accounting: {0}")]
+    Accountant(#[from] ewtune_accountant::Error),
+    /// The CSPRNG could not be seeded.
+    #[error("secure randomness: {0}")]
+    Noise(#[from] noise::NoiseError),
+    /// The sampler refused its parameters.
+    #[error("sampling: {0}")]
+    Sampler(#[from] sampler::SamplerError),
     /// A torch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),

@@ -49,18 +49,24 @@ impl std::fmt::Debug for NoiseSource {
     }
 }
 
+/// A ChaCha20 generator keyed with 32 bytes from the operating system (ring's `SystemRandom`):
+/// the CSPRNG behind both the noise and the Poisson sampling of private training.
+pub fn os_seeded_rng() -> Result<ChaCha20Rng, NoiseError> {
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| NoiseError::OsRandomUnavailable { bytes: seed.len() })?;
+    let rng = ChaCha20Rng::from_seed(seed);
+    seed.fill(0);
+    Ok(rng)
+}
+
 impl NoiseSource {
     /// A source keyed with 32 bytes from the operating system (ring's `SystemRandom`), as Opacus
     /// secure mode keys torchcsprng from urandom (`research/dpsgd.md` §1.7). This is the only
     /// constructor fit for private training.
     pub fn from_os() -> Result<Self, NoiseError> {
-        let mut seed = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut seed)
-            .map_err(|_| NoiseError::OsRandomUnavailable { bytes: seed.len() })?;
-        let rng = ChaCha20Rng::from_seed(seed);
-        seed.fill(0);
-        Ok(Self { rng, origin: NoiseOrigin::Os })
+        Ok(Self { rng: os_seeded_rng()?, origin: NoiseOrigin::Os })
     }
 
     /// A source expanded from a public test seed, so that runs and tests reproduce exactly.
@@ -169,6 +175,62 @@ fn fill_holohan_braghin(rng: &mut ChaCha20Rng, std: f64, out: &mut [f32]) {
         let z3: f64 = rng.sample(StandardNormal);
         let z4: f64 = rng.sample(StandardNormal);
         *x = (((z1 + z2) + z3 + z4) * half_std) as f32;
+    }
+}
+
+/// Noise for the next logical batches, drawn ahead on a dedicated thread so that the CSPRNG's
+/// cost overlaps the forward/backward of the current step. Each buffer holds `len` independent
+/// `N(0, std^2)` coordinates from one [`NoiseSource`]; buffers are never reused before they are
+/// overwritten with fresh draws.
+pub struct NoiseStream {
+    filled: std::sync::mpsc::Receiver<Vec<f32>>,
+    empty: std::sync::mpsc::SyncSender<Vec<f32>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NoiseStream {
+    /// Starts drawing with `threads` worker threads per buffer, one buffer ahead.
+    pub fn start(mut source: NoiseSource, std: f64, len: usize, threads: usize) -> Self {
+        let (filled_tx, filled) = std::sync::mpsc::sync_channel::<Vec<f32>>(1);
+        let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Vec<f32>>(2);
+        let worker = std::thread::spawn(move || {
+            let mut buf = vec![0f32; len];
+            loop {
+                source.fill_gaussian_parallel(std, &mut buf, threads);
+                if filled_tx.send(buf).is_err() {
+                    return;
+                }
+                buf = match empty_rx.recv() {
+                    Ok(b) => b,
+                    Err(_) => return,
+                };
+            }
+        });
+        NoiseStream { filled, empty, worker: Some(worker) }
+    }
+
+    /// The next buffer of fresh noise. Hand it back with [`NoiseStream::recycle`] when done.
+    pub fn next(&mut self) -> Vec<f32> {
+        self.filled.recv().expect("the noise worker only stops when the stream is dropped")
+    }
+
+    /// Returns a used buffer for the worker to overwrite with fresh draws.
+    pub fn recycle(&mut self, buf: Vec<f32>) {
+        let _ = self.empty.try_send(buf);
+    }
+}
+
+impl Drop for NoiseStream {
+    fn drop(&mut self) {
+        // Closing both channels stops the worker after its current fill.
+        let (_, dummy) = std::sync::mpsc::sync_channel(1);
+        let filled = std::mem::replace(&mut self.filled, dummy);
+        drop(filled);
+        let (dummy_tx, _) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.empty, dummy_tx));
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::weights::write_safetensors_atomic;
 use super::TrainError;
+use rand::{Rng, SeedableRng};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -109,4 +110,36 @@ pub fn write_model(dir: &Path, family: Family, shape: Shape, seed: i64, tokenize
         std::fs::copy(tok, dir.join("tokenizer.json")).map_err(|e| TrainError::Io { path: tok.to_path_buf(), reason: e.to_string() })?;
     }
     Ok(())
+}
+
+const NAMES: &[&str] = &["Ada", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Hal", "Ivy", "Jo", "Kit", "Lu"];
+const SYMPTOMS: &[&str] = &["a cough", "a fever", "back pain", "a rash", "headaches", "fatigue"];
+const DRUGS: &[&str] = &["rest", "fluids", "ibuprofen", "a cream", "an inhaler", "sleep"];
+const DAYS: &[&str] = &["Monday", "Tuesday", "Friday", "Sunday"];
+
+/// Writes `n` synthetic clinical-note lines as JSONL (`{"text": ...}`, or with a `user` field
+/// when `users > 0`), with enough structure for a tiny model to learn. Seeded with `seed`
+/// (reproducible; not private, it is test data).
+pub fn write_notes(path: &Path, n: usize, users: usize, seed: u64) -> Result<(), TrainError> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = String::new();
+    for i in 0..n {
+        let pick = |rng: &mut rand_chacha::ChaCha8Rng, xs: &[&'static str]| xs[rng.random_range(0..xs.len())];
+        let s = rng.random_range(0..SYMPTOMS.len());
+        let text = format!(
+            "Patient {} saw us on {} with {}; we advised {}.",
+            pick(&mut rng, NAMES),
+            pick(&mut rng, DAYS),
+            SYMPTOMS[s],
+            DRUGS[s]
+        );
+        let line = if users > 0 {
+            serde_json::json!({ "text": text, "user": format!("u{}", i % users) })
+        } else {
+            serde_json::json!({ "text": text })
+        };
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    super::weights::write_bytes_atomic(path, out.as_bytes())
 }

@@ -1,0 +1,207 @@
+//! Training data: JSONL with a text field, or prompt/completion pairs with the loss on the
+//! completion only; tokenised, truncated, grouped into privacy units (one example each, or all
+//! examples sharing a user key), and padded into micro-batches with masks.
+
+use super::dpsgd::MicroBatch;
+use super::tape::Units;
+use super::TrainError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// How a dataset file is read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataConfig {
+    /// Field holding the whole text (plain language-model data).
+    pub text_field: String,
+    /// Field of the prompt (prompt/completion data: no loss on it).
+    pub prompt_field: String,
+    /// Field of the completion (the loss is computed on it).
+    pub completion_field: String,
+    /// Field naming the user: when set, a privacy unit is a user, not an example.
+    pub user_field: Option<String>,
+    /// At most this many examples of one user are used (the first ones in the file).
+    pub max_examples_per_user: usize,
+    /// Tokens per example after truncation.
+    pub max_length: usize,
+    /// Append the end-of-text token (`<|endoftext|>` / `</s>`) when the tokenizer has one.
+    pub append_eos: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            text_field: "text".into(),
+            prompt_field: "prompt".into(),
+            completion_field: "completion".into(),
+            user_field: None,
+            max_examples_per_user: 8,
+            max_length: 128,
+            append_eos: true,
+        }
+    }
+}
+
+/// One tokenised example: ids and which positions are targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Token ids.
+    pub ids: Vec<i64>,
+    /// 1 where `ids[t]` is a training target (never at t = 0).
+    pub loss_mask: Vec<i64>,
+}
+
+/// A tokenised dataset grouped into privacy units.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// The units; each holds one example, or a user's examples.
+    pub units: Vec<Vec<Example>>,
+    /// Examples of users above `max_examples_per_user`, left out.
+    pub dropped_examples: usize,
+    /// Examples whose text was cut at `max_length`.
+    pub truncated_examples: usize,
+}
+
+fn bad(path: &Path, line: usize, reason: impl Into<String>) -> TrainError {
+    TrainError::BadDataset { path: path.to_path_buf(), line, reason: reason.into() }
+}
+
+/// The end-of-text token id of a tokenizer, if it has one.
+pub fn eos_id(tokenizer: &tokenizers::Tokenizer) -> Option<i64> {
+    ["<|endoftext|>", "</s>", "<eos>"].iter().find_map(|t| tokenizer.token_to_id(t)).map(i64::from)
+}
+
+impl Dataset {
+    /// Reads and tokenises a JSONL file. Every malformed line is an error naming its number.
+    pub fn load(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, vocab: i64) -> Result<Self, TrainError> {
+        let text = std::fs::read(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
+        let text = String::from_utf8(text).map_err(|e| bad(path, 0, format!("not UTF-8: {e}")))?;
+        let eos = if cfg.append_eos { eos_id(tokenizer) } else { None };
+        let encode = |s: &str, line: usize| -> Result<Vec<i64>, TrainError> {
+            let enc = tokenizer.encode(s, false).map_err(|e| bad(path, line, format!("tokenizer: {e}")))?;
+            Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+        };
+        let mut by_user: BTreeMap<String, (usize, Vec<Example>)> = BTreeMap::new();
+        let mut units: Vec<Vec<Example>> = Vec::new();
+        let (mut dropped, mut truncated) = (0, 0);
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let obj: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).map_err(|e| bad(path, n, format!("not a JSON object: {e}")))?;
+            let field = |name: &str| -> Result<Option<&str>, TrainError> {
+                match obj.get(name) {
+                    None => Ok(None),
+                    Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                    Some(_) => Err(bad(path, n, format!("field `{name}` must be a string"))),
+                }
+            };
+            let (mut ids, mut mask) = match (field(&cfg.prompt_field)?, field(&cfg.completion_field)?, field(&cfg.text_field)?) {
+                (Some(p), Some(c), _) => {
+                    let (p, c) = (encode(p, n)?, encode(c, n)?);
+                    let mask = std::iter::repeat_n(0, p.len()).chain(std::iter::repeat_n(1, c.len())).collect::<Vec<i64>>();
+                    ([p, c].concat(), mask)
+                }
+                (None, None, Some(t)) => {
+                    let ids = encode(t, n)?;
+                    let mask = vec![1; ids.len()];
+                    (ids, mask)
+                }
+                _ => {
+                    return Err(bad(path, n, format!(
+                        "needs `{}`, or both `{}` and `{}`", cfg.text_field, cfg.prompt_field, cfg.completion_field
+                    )))
+                }
+            };
+            if let Some(e) = eos {
+                ids.push(e);
+                mask.push(1);
+            }
+            if ids.len() < 2 {
+                return Err(bad(path, n, "fewer than two tokens: nothing to predict"));
+            }
+            if let Some(&bad_id) = ids.iter().find(|&&t| t >= vocab) {
+                return Err(bad(path, n, format!("token id {bad_id} is outside the model's vocabulary of {vocab}")));
+            }
+            if ids.len() > cfg.max_length {
+                ids.truncate(cfg.max_length);
+                mask.truncate(cfg.max_length);
+                truncated += 1;
+            }
+            mask[0] = 0;
+            let example = Example { ids, loss_mask: mask };
+            match &cfg.user_field {
+                None => units.push(vec![example]),
+                Some(uf) => {
+                    let user = match obj.get(uf) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(serde_json::Value::Number(x)) => x.to_string(),
+                        _ => return Err(bad(path, n, format!("user field `{uf}` is missing or not a string/number"))),
+                    };
+                    let next = by_user.len();
+                    let entry = by_user.entry(user).or_insert_with(|| (next, Vec::new()));
+                    if entry.1.len() < cfg.max_examples_per_user {
+                        entry.1.push(example);
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        if cfg.user_field.is_some() {
+            let mut users: Vec<_> = by_user.into_values().collect();
+            users.sort_by_key(|(first_seen, _)| *first_seen);
+            units = users.into_iter().map(|(_, ex)| ex).collect();
+        }
+        if units.is_empty() {
+            return Err(bad(path, 0, "the dataset holds no examples"));
+        }
+        Ok(Dataset { units, dropped_examples: dropped, truncated_examples: truncated })
+    }
+
+    /// Number of privacy units (the N of the sampling rate q = B / N).
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// True when there are no units.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// Pads the examples of `unit_indices` into one micro-batch (pad id 0, mask 0).
+    pub fn micro_batch(&self, unit_indices: &[usize], device: Device) -> MicroBatch {
+        let mut rows: Vec<&Example> = Vec::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for &u in unit_indices {
+            let start = rows.len();
+            rows.extend(self.units[u].iter());
+            groups.push((start..rows.len()).collect());
+        }
+        let t = rows.iter().map(|e| e.ids.len()).max().unwrap_or(2);
+        let mut ids = vec![0i64; rows.len() * t];
+        let mut mask = vec![0i64; rows.len() * t];
+        for (r, e) in rows.iter().enumerate() {
+            ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
+            mask[r * t..r * t + e.ids.len()].copy_from_slice(&e.loss_mask);
+        }
+        let shape = [rows.len() as i64, t as i64];
+        let units = if groups.iter().all(|g| g.len() == 1) { Units::per_sequence(rows.len(), device) } else { Units::grouped(&groups, rows.len(), device) };
+        MicroBatch {
+            ids: Tensor::from_slice(&ids).reshape(shape).to_device(device),
+            loss_mask: Tensor::from_slice(&mask).reshape(shape).to_device(device),
+            units,
+        }
+    }
+}
+
+/// SHA-256 of a file's bytes, hex (a dataset's identity).
+pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
+    let bytes = std::fs::read(path).map_err(|_| TrainError::MissingFile { path: PathBuf::from(path) })?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}

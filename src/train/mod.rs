@@ -2,6 +2,7 @@
 //! per-example clipping without per-example gradients, CSPRNG noise, Poisson sampling,
 //! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod dpsgd;

@@ -1,0 +1,76 @@
+//! `ewtune train --config job.toml`: runs a job with a progress bar (on a terminal) and prints
+//! the privacy plan up front and the privacy spent at the end. Ctrl-C stops after the current
+//! step with a checkpoint; running the same command again resumes.
+
+use ewtune::train::job::{self, JobSpec};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Arguments of `ewtune train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The job file (TOML): model, data, output, [privacy], [training], [finetune], [data_format].
+    #[arg(long)]
+    config: PathBuf,
+    /// Print progress and the outcome as JSON lines instead of a bar and a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let spec = JobSpec::from_toml_file(&args.config)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))?;
+    }
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  eta {eta}  {msg}")
+                .expect("static template"),
+        );
+        b
+    });
+    let mut last_eps = None;
+    let outcome = job::run(&spec, &cancel, |p| {
+        if p.epsilon_spent.is_some() {
+            last_eps = p.epsilon_spent;
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(p).expect("progress serializes"));
+        } else if let Some(b) = &bar {
+            b.set_length(p.total_steps);
+            b.set_position(p.step);
+            if let Some(e) = last_eps {
+                b.set_message(format!("epsilon spent {e:.3} (certified)"));
+            }
+        } else if p.epsilon_spent.is_some() || p.step == p.total_steps {
+            eprintln!("step {}/{}  epsilon spent {}", p.step, p.total_steps, last_eps.map(|e| format!("{e:.4}")).unwrap_or("-".into()));
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome).expect("outcome serializes"));
+        return Ok(());
+    }
+    let p = &outcome.plan;
+    println!("privacy units N = {}, q = {:.6}, steps = {}, sigma = {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier);
+    println!(
+        "epsilon spent: {:.4} at delta = {:e} (certified upper bound; the whole plan certifies {:.4}; Edgeworth estimate of the plan {:.4})",
+        outcome.epsilon_spent, p.delta, p.certified_epsilon, p.edgeworth_epsilon
+    );
+    if let Some((before, after)) = outcome.eval_loss {
+        println!("held-out loss: {before:.4} -> {after:.4}");
+    }
+    if outcome.cancelled {
+        println!("stopped after {} of {} steps; run the same command to resume", outcome.steps_done, p.steps);
+    } else {
+        println!("model written to {}", outcome.output_model.display());
+    }
+    Ok(())
+}

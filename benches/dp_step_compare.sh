@@ -6,7 +6,8 @@
 # wheel is large, a few GB, once).
 # Usage: benches/dp_step_compare.sh [--layers 12] [--d-model 768] [--heads 12] [--seq-len 128]
 #          [--batch 4] [--vocab 50257] [--repeats 3] [--threads 1]
-# GPT-2-small at the defaults takes minutes on a 2-core machine.
+# GPT-2-small at the defaults takes minutes on a 2-core machine. EWTUNE_SKIP_BUILD=1 skips the
+# cargo build and uses the target/release/ewtune already there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/benches/.venv-opacus"
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     --vocab) vocab=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "dp_step_compare: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +42,9 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 
-(cd "$root" && cargo build --release --locked -q --bin ewtune)
+if [ "${EWTUNE_SKIP_BUILD:-0}" != 1 ]; then
+  (cd "$root" && cargo build --release --locked -q --bin ewtune)
+fi
 
 ew=$(mktemp) op=$(mktemp)
 trap 'rm -f "$ew" "$op"' EXIT

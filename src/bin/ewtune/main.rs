@@ -2,6 +2,7 @@
 //! errors are printed once with their cause and map to exit code 2.
 
 mod bench;
+mod synth;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Make a small base model, a synthetic sensitive dataset and a job.toml (no downloads).
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

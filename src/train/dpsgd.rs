@@ -7,7 +7,7 @@
 //! ordinary backward of the mean loss) and the naive oracle (one backward per unit).
 
 use super::model::{sequence_losses, Model};
-use super::tape::{clipped_sums, squared_norms, Tape, Units};
+use super::tape::{clipped_sums, squared_norms, unit_grads, Tape, Units};
 use super::TrainError;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -75,8 +75,9 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
     for r in &tape.records {
         let k = r.outputs().len();
         let g = &grads[offset..offset + k];
-        n2 += squared_norms(r, g, &mb.units);
-        per_record.push((r, g));
+        let per_unit = unit_grads(r, g, &mb.units);
+        n2 += squared_norms(r, g, &per_unit, &mb.units);
+        per_record.push((r, g, per_unit));
         offset += k;
     }
     let norms = n2.sqrt();
@@ -84,8 +85,8 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
     let clip = (clip_norm / (&norms + NORM_EPS)).clamp_max(1.0);
     let clip = clip.where_self(&norms.isfinite(), &Tensor::zeros_like(&clip));
     let row_scale = clip.index_select(0, &mb.units.unit_of_row);
-    for (r, g) in per_record {
-        for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &mb.units, &clip, &row_scale)) {
+    for (r, g, per_unit) in per_record {
+        for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &per_unit, &clip, &row_scale)) {
             acc.add(param, &sum);
         }
     }

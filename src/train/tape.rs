@@ -109,10 +109,34 @@ impl Units {
     }
 }
 
-/// Squared gradient norm of one record, per unit: `[units]` (f32).
-pub fn squared_norms(record: &Record, grads: &[Tensor], units: &Units) -> Tensor {
+/// Per-unit gradient information of one record, computed once for the norm and the sum.
+pub enum UnitGrads {
+    /// A linear layer: nothing materialised (ghost norm or a transient per-unit product).
+    Linear,
+    /// Per-unit gradients of small parameters (LoRA factors, norm scales), `[U, ...]` each.
+    Materialized(Vec<Tensor>),
+}
+
+/// Materialises what is cheap to materialise for `record` (LoRA: `[U, r, in]`, `[U, out, r]`;
+/// norms: `[U, d]`).
+pub fn unit_grads(record: &Record, grads: &[Tensor], units: &Units) -> UnitGrads {
     match record {
-        Record::Linear { input, bias, .. } => {
+        Record::Linear { .. } => UnitGrads::Linear,
+        Record::Lora { input, hidden, .. } => {
+            let (ga, gb) = lora_unit_grads(input, hidden, &grads[0], &grads[1], units);
+            UnitGrads::Materialized(vec![ga, gb])
+        }
+        Record::Norm { normalized, beta, .. } => {
+            let (gg, gb) = norm_unit_grads(normalized, &grads[0], units, beta.is_some());
+            UnitGrads::Materialized(std::iter::once(gg).chain(gb).collect())
+        }
+    }
+}
+
+/// Squared gradient norm of one record, per unit: `[units]` (f32).
+pub fn squared_norms(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, units: &Units) -> Tensor {
+    match (record, per_unit) {
+        (Record::Linear { input, bias, .. }, _) => {
             let a = units.gather(input);
             let g = units.gather(&grads[0]);
             let (_, t, d_in) = a.size3().expect("linear input is [B, T, in]");
@@ -128,18 +152,14 @@ pub fn squared_norms(record: &Record, grads: &[Tensor], units: &Units) -> Tensor
                 None => w,
             }
         }
-        Record::Lora { input, hidden, .. } => {
-            let (ga, gb) = lora_unit_grads(input, hidden, &grads[0], &grads[1], units);
-            ga.square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float) + gb.square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
+        (_, UnitGrads::Materialized(gs)) => {
+            let units = gs[0].size()[0];
+            gs.iter().map(|g| g.reshape([units, -1]).square().sum_dim_intlist(&[1i64][..], false, Kind::Float)).fold(
+                Tensor::zeros([units], (Kind::Float, gs[0].device())),
+                |acc, x| acc + x,
+            )
         }
-        Record::Norm { normalized, beta, .. } => {
-            let (gg, gb) = norm_unit_grads(normalized, &grads[0], units, beta.is_some());
-            let n = gg.square().sum_dim_intlist(&[1i64][..], false, Kind::Float);
-            match gb {
-                Some(gb) => n + gb.square().sum_dim_intlist(&[1i64][..], false, Kind::Float),
-                None => n,
-            }
-        }
+        (_, UnitGrads::Linear) => unreachable!("only linear records have no materialised gradients"),
     }
 }
 
@@ -163,9 +183,9 @@ fn norm_unit_grads(normalized: &Tensor, g: &Tensor, units: &Units, with_beta: bo
 
 /// `sum_u c_u grad_u` for every parameter of the record (same order as [`Record::params`]),
 /// where `row_scale[r] = c[unit of row r]` (book-keeping: one GEMM per linear layer).
-pub fn clipped_sums(record: &Record, grads: &[Tensor], units: &Units, clip: &Tensor, row_scale: &Tensor) -> Vec<Tensor> {
-    match record {
-        Record::Linear { input, bias, in_out_layout, .. } => {
+pub fn clipped_sums(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, clip: &Tensor, row_scale: &Tensor) -> Vec<Tensor> {
+    match (record, per_unit) {
+        (Record::Linear { input, bias, in_out_layout, .. }, _) => {
             let g = &grads[0];
             let d_out = g.size()[2];
             let d_in = input.size()[2];
@@ -178,17 +198,13 @@ pub fn clipped_sums(record: &Record, grads: &[Tensor], units: &Units, clip: &Ten
             }
             out
         }
-        Record::Lora { input, hidden, .. } => {
-            let (ga, gb) = lora_unit_grads(input, hidden, &grads[0], &grads[1], units);
-            vec![Tensor::einsum("u,uij->ij", &[clip, &ga], None::<i64>), Tensor::einsum("u,uij->ij", &[clip, &gb], None::<i64>)]
-        }
-        Record::Norm { normalized, beta, .. } => {
-            let (gg, gb) = norm_unit_grads(normalized, &grads[0], units, beta.is_some());
-            let mut out = vec![clip.matmul(&gg)];
-            if let Some(gb) = gb {
-                out.push(clip.matmul(&gb));
-            }
-            out
-        }
+        (_, UnitGrads::Materialized(gs)) => gs
+            .iter()
+            .map(|g| {
+                let shape = g.size();
+                clip.matmul(&g.reshape([shape[0], -1])).reshape(&shape[1..])
+            })
+            .collect(),
+        (_, UnitGrads::Linear) => unreachable!("only linear records have no materialised gradients"),
     }
 }

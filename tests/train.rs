@@ -188,3 +188,41 @@ fn corrupt_inputs_are_named_and_change_nothing() {
     assert!(matches!(job::run(&impossible, &AtomicBool::new(false), |_| {}), Err(TrainError::Accountant(_))));
     assert!(!impossible.output.join("model").exists());
 }
+
+#[test]
+fn prompt_completion_masks_and_user_units() {
+    let root = tempfile::tempdir().unwrap();
+    let tok = tokenizers::Tokenizer::from_file(fixture("audit").join("tokenizer.json")).unwrap();
+    let path = root.path().join("pc.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            "{\"prompt\": \"Q: fever?\", \"completion\": \" A: fluids.\", \"user\": \"ann\"}\n",
+            "{\"prompt\": \"Q: rash?\", \"completion\": \" A: a cream.\", \"user\": \"bob\"}\n",
+            "\n",
+            "{\"prompt\": \"Q: cough?\", \"completion\": \" A: rest.\", \"user\": \"ann\"}\n",
+        ),
+    )
+    .unwrap();
+    let cfg = DataConfig { user_field: Some("user".into()), ..DataConfig::default() };
+    let data = Dataset::load(&path, &tok, &cfg, 400).unwrap();
+    assert_eq!(data.len(), 2, "two users");
+    assert_eq!(data.units[0].len(), 2, "ann's two examples form one unit");
+    let prompt_len = tok.encode("Q: fever?", false).unwrap().get_ids().len();
+    let ex = &data.units[0][0];
+    assert!(ex.loss_mask[..prompt_len].iter().all(|&m| m == 0), "no loss on the prompt");
+    assert!(ex.loss_mask[prompt_len..].iter().all(|&m| m == 1), "loss on the completion and end-of-text");
+    assert_eq!(*ex.ids.last().unwrap(), 0, "<|endoftext|> appended");
+    // A micro-batch of both users pads to the longest row and groups ann's rows.
+    let mb = data.micro_batch(&[0, 1], Device::Cpu);
+    assert_eq!(mb.units.count, 2);
+    assert_eq!(mb.ids.size()[0], 3);
+    // Without the user field each line is its own unit; a missing field is named.
+    let per_example = Dataset::load(&path, &tok, &DataConfig::default(), 400).unwrap();
+    assert_eq!(per_example.len(), 3);
+    std::fs::write(&path, "{\"prompt\": \"only a prompt\"}\n").unwrap();
+    match Dataset::load(&path, &tok, &DataConfig::default(), 400) {
+        Err(TrainError::BadDataset { line: 1, reason, .. }) => assert!(reason.contains("completion"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}

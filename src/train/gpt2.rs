@@ -142,6 +142,8 @@ impl Gpt2 {
     }
 
     /// Logits `[B, T, V]` for token ids `[B, T]` (right-padded; causal attention).
+    // `h = h + x`, never `h += x`: in-place adds would corrupt tensors autograd saved.
+    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, mut tape: Option<&mut Tape>) -> Tensor {
         let (b, t) = ids.size2().expect("ids are [B, T]");
         let c = &self.config;

@@ -366,12 +366,12 @@ pub fn run(spec: &JobSpec, cancel: &AtomicBool, mut on_progress: impl FnMut(&Pro
             break;
         }
         let batch = sampler.sample(&mut sampling_rng);
-        let noise_buf = noise.next();
+        let noise_buf = noise.next_buffer();
         let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?;
         noise.recycle(noise_buf);
         history.compose(plan.noise_multiplier, plan.sample_rate, 1)?;
         step += 1;
-        let checkpoint_due = step % spec.training.checkpoint_every.max(1) == 0 || step == plan.steps;
+        let checkpoint_due = step.is_multiple_of(spec.training.checkpoint_every.max(1)) || step == plan.steps;
         let mut epsilon_spent = None;
         if checkpoint_due {
             let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone() };

@@ -210,7 +210,7 @@ impl NoiseStream {
     }
 
     /// The next buffer of fresh noise. Hand it back with [`NoiseStream::recycle`] when done.
-    pub fn next(&mut self) -> Vec<f32> {
+    pub fn next_buffer(&mut self) -> Vec<f32> {
         self.filled.recv().expect("the noise worker only stops when the stream is dropped")
     }
 

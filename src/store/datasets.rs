@@ -1,0 +1,346 @@
+//! Datasets: a tenant's registered training data with its privacy budget.
+//!
+//! A dataset is identified by the SHA-256 of its bytes ([`DatasetId`]) within its tenant: two
+//! tenants may register the same bytes (two rows, two budgets), one tenant may not register them
+//! twice, so a budget can never be reset by registering again. Budgets are (epsilon, delta) for
+//! the dataset's privacy unit (an example or a user). What this module does not own: hashing the
+//! file (the API does it with ring) and the ledger (see `ledger.rs`).
+
+use super::error::{Result, StoreError};
+use super::tokens::TenantId;
+use super::{corrupt, now_ms, to_sql_count, Store};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The lower-case hex SHA-256 of a dataset's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DatasetId(String);
+
+impl DatasetId {
+    /// Validates 64 hex digits (either case; stored lower-case). A bad one is
+    /// `InvalidArgument` naming `sha256`.
+    pub fn parse(sha256: &str) -> Result<DatasetId> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::invalid("sha256", "must be 64 hex digits (the SHA-256 of the dataset's bytes)"));
+        }
+        Ok(DatasetId(sha256.to_ascii_lowercase()))
+    }
+
+    /// The hex digest.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatasetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for DatasetId {
+    type Error = StoreError;
+    fn try_from(sha256: String) -> Result<Self> {
+        DatasetId::parse(&sha256)
+    }
+}
+
+impl From<DatasetId> for String {
+    fn from(id: DatasetId) -> String {
+        id.0
+    }
+}
+
+impl ToSql for DatasetId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for DatasetId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        DatasetId::parse(s).map_err(|_| corrupt("sha256", s))
+    }
+}
+
+/// What one privacy unit of the dataset is: the budget protects one unit's whole contribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyUnit {
+    /// One training example.
+    Example,
+    /// All examples of one user.
+    User,
+}
+
+impl PrivacyUnit {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrivacyUnit::Example => "example",
+            PrivacyUnit::User => "user",
+        }
+    }
+}
+
+impl ToSql for PrivacyUnit {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for PrivacyUnit {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "example" => Ok(PrivacyUnit::Example),
+            "user" => Ok(PrivacyUnit::User),
+            other => Err(corrupt("privacy_unit", other)),
+        }
+    }
+}
+
+/// A dataset to register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewDataset {
+    /// A name for people (not unique).
+    pub name: String,
+    /// Hex SHA-256 of the dataset's bytes: its identity.
+    pub sha256: String,
+    /// Where the daemon reads it.
+    pub path: String,
+    /// Number of privacy units N (examples or users).
+    pub units: u64,
+    /// What one unit is.
+    pub privacy_unit: PrivacyUnit,
+    /// Total epsilon all jobs on this dataset may spend (certified).
+    pub budget_epsilon: f64,
+    /// The delta at which the budget's epsilon is stated.
+    pub budget_delta: f64,
+}
+
+/// A registered dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// SHA-256 of its bytes.
+    pub id: DatasetId,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// A name for people.
+    pub name: String,
+    /// Where the daemon reads it.
+    pub path: String,
+    /// Number of privacy units N.
+    pub units: u64,
+    /// What one unit is.
+    pub privacy_unit: PrivacyUnit,
+    /// Epsilon budget (certified).
+    pub budget_epsilon: f64,
+    /// Delta of the budget.
+    pub budget_delta: f64,
+    /// When it was registered.
+    pub created_at_unix_ms: i64,
+}
+
+const DATASET_COLUMNS: &str =
+    "sha256, tenant, name, path, units, privacy_unit, budget_epsilon, budget_delta, created_at_ms";
+
+impl Dataset {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Dataset> {
+        Ok(Dataset {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            name: row.get(2)?,
+            path: row.get(3)?,
+            units: row.get(4)?,
+            privacy_unit: row.get(5)?,
+            budget_epsilon: row.get(6)?,
+            budget_delta: row.get(7)?,
+            created_at_unix_ms: row.get(8)?,
+        })
+    }
+}
+
+impl NewDataset {
+    /// Checks every field; the first failure is `InvalidArgument` naming it.
+    fn validate(&self) -> Result<DatasetId> {
+        if self.name.trim().is_empty() {
+            return Err(StoreError::invalid("name", "must not be empty"));
+        }
+        let id = DatasetId::parse(&self.sha256)?;
+        if self.path.is_empty() {
+            return Err(StoreError::invalid("path", "must not be empty"));
+        }
+        if self.units < 1 {
+            return Err(StoreError::invalid("units", "the number of privacy units must be >= 1"));
+        }
+        to_sql_count("units", self.units)?;
+        if !(self.budget_epsilon.is_finite() && self.budget_epsilon > 0.0) {
+            return Err(StoreError::invalid(
+                "budget_epsilon",
+                format!("must be a finite number > 0, got {}", self.budget_epsilon),
+            ));
+        }
+        if !(self.budget_delta > 0.0 && self.budget_delta < 1.0) {
+            return Err(StoreError::invalid("budget_delta", format!("must lie in (0, 1), got {}", self.budget_delta)));
+        }
+        Ok(id)
+    }
+}
+
+impl Store {
+    /// Registers a dataset for `tenant`. The same SHA-256 twice for one tenant is
+    /// `AlreadyExists` (its budget stays as first registered).
+    pub fn register_dataset(&self, tenant: &TenantId, d: NewDataset) -> Result<Dataset> {
+        let id = d.validate()?;
+        let dataset = Dataset {
+            id,
+            tenant: tenant.clone(),
+            name: d.name,
+            path: d.path,
+            units: d.units,
+            privacy_unit: d.privacy_unit,
+            budget_epsilon: d.budget_epsilon,
+            budget_delta: d.budget_delta,
+            created_at_unix_ms: now_ms(),
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known_tenant =
+            tx.query_row("SELECT 1 FROM tenants WHERE name = ?1", [tenant], |_| Ok(())).optional()?.is_some();
+        if !known_tenant {
+            return Err(StoreError::not_found("tenant", tenant.as_str()));
+        }
+        let inserted = tx.execute(
+            "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, budget_epsilon, budget_delta, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (tenant, sha256) DO NOTHING",
+            params![
+                dataset.id,
+                tenant,
+                dataset.name,
+                dataset.path,
+                to_sql_count("units", dataset.units)?,
+                dataset.privacy_unit.as_str(),
+                dataset.budget_epsilon,
+                dataset.budget_delta,
+                dataset.created_at_unix_ms,
+            ],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyExists { kind: "dataset", id: dataset.id.to_string() });
+        }
+        tx.commit()?;
+        Ok(dataset)
+    }
+
+    /// The tenant's dataset `id`; `NotFound` if absent or another tenant's.
+    pub fn get_dataset(&self, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
+        load(&self.conn(), tenant, id)
+    }
+
+    /// The tenant's datasets, oldest first.
+    pub fn list_datasets(&self, tenant: &TenantId) -> Result<Vec<Dataset>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 ORDER BY created_at_ms, rowid"
+        ))?;
+        let rows = stmt.query_map([tenant], Dataset::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// The tenant's dataset `id` on an open connection or transaction (`NotFound` otherwise).
+pub(crate) fn load(conn: &Connection, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
+    conn.query_row(
+        &format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"),
+        params![tenant, id],
+        Dataset::from_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("dataset", id.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{new_dataset, Fixture};
+    use super::*;
+
+    #[test]
+    fn register_get_list() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d1 = fx.store.register_dataset(&acme, new_dataset(1, 3.0)).unwrap();
+        let mut upper = new_dataset(2, 1.0);
+        upper.sha256 = upper.sha256.to_ascii_uppercase();
+        upper.privacy_unit = PrivacyUnit::User;
+        let d2 = fx.store.register_dataset(&acme, upper).unwrap();
+        assert_eq!(d2.id, DatasetId::parse(&new_dataset(2, 1.0).sha256).unwrap(), "ids are stored lower-case");
+        assert_eq!(fx.store.get_dataset(&acme, &d1.id).unwrap(), d1);
+        assert_eq!(fx.store.get_dataset(&acme, &d2.id).unwrap().privacy_unit, PrivacyUnit::User);
+        assert_eq!(fx.store.list_datasets(&acme).unwrap(), vec![d1, d2]);
+    }
+
+    #[test]
+    fn same_bytes_twice_is_refused_but_another_tenant_may_register_them() {
+        let fx = Fixture::new();
+        let (acme, globex) = (fx.tenant("acme"), fx.tenant("globex"));
+        let first = fx.store.register_dataset(&acme, new_dataset(7, 1.0)).unwrap();
+        let again = fx.store.register_dataset(&acme, new_dataset(7, 100.0)).unwrap_err();
+        assert!(
+            matches!(&again, StoreError::AlreadyExists { kind: "dataset", id } if *id == first.id.to_string()),
+            "{again:?}"
+        );
+        assert_eq!(fx.store.get_dataset(&acme, &first.id).unwrap().budget_epsilon, 1.0, "budget not reset");
+        let theirs = fx.store.register_dataset(&globex, new_dataset(7, 5.0)).unwrap();
+        assert_eq!(theirs.id, first.id);
+        assert_eq!(fx.store.get_dataset(&globex, &theirs.id).unwrap().budget_epsilon, 5.0);
+        assert_eq!(fx.store.get_dataset(&acme, &first.id).unwrap().budget_epsilon, 1.0);
+    }
+
+    #[test]
+    fn every_field_is_validated() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let ok = new_dataset(3, 1.0);
+        let cases = [
+            ("name", NewDataset { name: " ".into(), ..ok.clone() }),
+            ("sha256", NewDataset { sha256: "abc".into(), ..ok.clone() }),
+            ("sha256", NewDataset { sha256: "g".repeat(64), ..ok.clone() }),
+            ("path", NewDataset { path: String::new(), ..ok.clone() }),
+            ("units", NewDataset { units: 0, ..ok.clone() }),
+            ("units", NewDataset { units: u64::MAX, ..ok.clone() }),
+            ("budget_epsilon", NewDataset { budget_epsilon: 0.0, ..ok.clone() }),
+            ("budget_epsilon", NewDataset { budget_epsilon: f64::INFINITY, ..ok.clone() }),
+            ("budget_epsilon", NewDataset { budget_epsilon: f64::NAN, ..ok.clone() }),
+            ("budget_delta", NewDataset { budget_delta: 0.0, ..ok.clone() }),
+            ("budget_delta", NewDataset { budget_delta: 1.0, ..ok.clone() }),
+            ("budget_delta", NewDataset { budget_delta: f64::NAN, ..ok.clone() }),
+        ];
+        for (field, d) in cases {
+            let err = fx.store.register_dataset(&acme, d).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument { field: f, .. } if f == field), "{field}: {err:?}");
+        }
+        assert!(fx.store.list_datasets(&acme).unwrap().is_empty());
+    }
+
+    #[test]
+    fn another_tenants_dataset_is_not_found() {
+        let fx = Fixture::new();
+        let (acme, globex) = (fx.tenant("acme"), fx.tenant("globex"));
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 1.0)).unwrap();
+        assert!(matches!(fx.store.get_dataset(&globex, &d.id), Err(StoreError::NotFound { kind: "dataset", .. })));
+        assert!(fx.store.list_datasets(&globex).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_tenant_cannot_register() {
+        let fx = Fixture::new();
+        let ghost = TenantId::parse("ghost").unwrap();
+        let err = fx.store.register_dataset(&ghost, new_dataset(1, 1.0)).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "tenant", .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,772 @@
+//! Jobs: admission, the queue and state machine, and the append-only event log.
+//!
+//! ```text
+//!   create_job ──► Queued ──claim_next_queued──► Running ──finish_job──► Succeeded | Failed | Cancelled
+//!                    │  ▲                          │  │
+//!                    │  └──── requeue_running ─────┘  └─ request_cancel: cancel_requested = true
+//!                    └── request_cancel / finish_job ──────────────────────► Cancelled | Failed
+//! ```
+//!
+//! A job's plan `(noise_multiplier, sample_rate, steps_planned)` is fixed at creation; its
+//! `steps_done` only grows and is what the ledger counts as spent. Admission (`create_job`)
+//! reserves the full plan against the dataset's budget in the same `BEGIN IMMEDIATE`
+//! transaction that inserts the job (see `ledger.rs`). Every state change appends a
+//! [`JobEvent`] in the transaction that makes it. What this module does not own: running jobs
+//! (the scheduler) and the meaning of `spec_json` (the API's `JobSpec`).
+
+use super::datasets::{self, DatasetId};
+use super::error::{Result, StoreError};
+use super::ledger;
+use super::tokens::TenantId;
+use super::{corrupt, hex, now_ms, to_sql_count, Store};
+use ewtune_accountant::StepGroup;
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::fmt;
+
+/// Random bytes in a job id.
+const JOB_ID_BYTES: usize = 16;
+
+/// A job's id: 128 random bits from ring's `SystemRandom`, as 32 lower-case hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates 32 hex digits; a bad one is `InvalidArgument` naming `job`.
+    pub fn parse(id: &str) -> Result<JobId> {
+        if id.len() != 2 * JOB_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::invalid("job", format!("must be {} hex digits", 2 * JOB_ID_BYTES)));
+        }
+        Ok(JobId(id.to_ascii_lowercase()))
+    }
+
+    fn random() -> Result<JobId> {
+        let mut bytes = [0u8; JOB_ID_BYTES];
+        SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Random)?;
+        Ok(JobId(hex(&bytes)))
+    }
+
+    /// The hex id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = StoreError;
+    fn try_from(id: String) -> Result<Self> {
+        JobId::parse(&id)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+impl ToSql for JobId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for JobId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        JobId::parse(s).map_err(|_| corrupt("job", s))
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Admitted, its full plan reserved, waiting for the scheduler.
+    Queued,
+    /// Claimed by the scheduler.
+    Running,
+    /// Finished normally (possibly before its planned steps).
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped at the tenant's request.
+    Cancelled,
+}
+
+impl JobState {
+    /// The stored name (also the kind of the event that enters a terminal state).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for Succeeded, Failed and Cancelled: nothing changes afterwards, and the job holds
+    /// no reservation (it contributes only its `steps_done` to the ledger).
+    pub fn is_terminal(self) -> bool {
+        match self {
+            JobState::Queued | JobState::Running => false,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => true,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for JobState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for JobState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "queued" => Ok(JobState::Queued),
+            "running" => Ok(JobState::Running),
+            "succeeded" => Ok(JobState::Succeeded),
+            "failed" => Ok(JobState::Failed),
+            "cancelled" => Ok(JobState::Cancelled),
+            other => Err(corrupt("state", other)),
+        }
+    }
+}
+
+/// A job to admit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// The tenant's dataset it trains on.
+    pub dataset: DatasetId,
+    /// The validated job spec as JSON (stored as given; the store only checks it is JSON).
+    pub spec_json: String,
+    /// Noise std / clip norm of every step.
+    pub noise_multiplier: f64,
+    /// Poisson sampling rate q of every step.
+    pub sample_rate: f64,
+    /// Planned number of DP-SGD steps: the reservation.
+    pub steps: u64,
+}
+
+impl NewJob {
+    fn validate(&self) -> Result<()> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&self.spec_json)
+            .map_err(|e| StoreError::invalid("spec_json", format!("is not JSON: {e}")))?;
+        if !(self.noise_multiplier.is_finite() && self.noise_multiplier > 0.0) {
+            return Err(StoreError::invalid(
+                "noise_multiplier",
+                format!("must be a finite number > 0, got {}", self.noise_multiplier),
+            ));
+        }
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return Err(StoreError::invalid("sample_rate", format!("must lie in (0, 1], got {}", self.sample_rate)));
+        }
+        if self.steps < 1 {
+            return Err(StoreError::invalid("steps", "must be >= 1"));
+        }
+        to_sql_count("steps", self.steps)?;
+        Ok(())
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// The dataset it trains on.
+    pub dataset: DatasetId,
+    /// The job spec as JSON.
+    pub spec_json: String,
+    /// Noise multiplier of every step.
+    pub noise_multiplier: f64,
+    /// Sampling rate of every step.
+    pub sample_rate: f64,
+    /// Planned steps (reserved while queued or running).
+    pub steps_planned: u64,
+    /// Steps done: spent, never decreases.
+    pub steps_done: u64,
+    /// The trainer's own epsilon report at `steps_done` (display only; the ledger recomputes).
+    pub epsilon_spent: f64,
+    /// Current state.
+    pub state: JobState,
+    /// The tenant asked to cancel while it was running.
+    pub cancel_requested: bool,
+    /// Why it ended (for terminal states, when given).
+    pub reason: Option<String>,
+    /// When it was admitted.
+    pub created_at_unix_ms: i64,
+    /// When it was last claimed by the scheduler.
+    pub started_at_unix_ms: Option<i64>,
+    /// When it reached a terminal state.
+    pub finished_at_unix_ms: Option<i64>,
+}
+
+impl Job {
+    /// The plan as the accountant's step group.
+    pub fn plan(&self) -> StepGroup {
+        StepGroup { noise_multiplier: self.noise_multiplier, sample_rate: self.sample_rate, steps: self.steps_planned }
+    }
+
+    /// Steps still reserved: `steps_planned - steps_done` while queued or running, else 0.
+    pub fn steps_reserved(&self) -> u64 {
+        if self.state.is_terminal() {
+            0
+        } else {
+            self.steps_planned.saturating_sub(self.steps_done)
+        }
+    }
+
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+        Ok(Job {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            dataset: row.get(2)?,
+            spec_json: row.get(3)?,
+            noise_multiplier: row.get(4)?,
+            sample_rate: row.get(5)?,
+            steps_planned: row.get(6)?,
+            steps_done: row.get(7)?,
+            epsilon_spent: row.get(8)?,
+            state: row.get(9)?,
+            cancel_requested: row.get(10)?,
+            reason: row.get(11)?,
+            created_at_unix_ms: row.get(12)?,
+            started_at_unix_ms: row.get(13)?,
+            finished_at_unix_ms: row.get(14)?,
+        })
+    }
+}
+
+const JOB_COLUMNS: &str = "id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, steps_done, \
+     epsilon_spent, state, cancel_requested, reason, created_at_ms, started_at_ms, finished_at_ms";
+
+/// One entry of a job's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Position in the store-wide log (increasing; resume with `events_since(.., seq)`).
+    pub seq: i64,
+    /// The job.
+    pub job: JobId,
+    /// `created`, `started`, `progress`, `cancel_requested`, `interrupted`, `succeeded`,
+    /// `failed` or `cancelled`.
+    pub kind: String,
+    /// Details as a JSON object (`progress`: `{"step", "epsilon_spent"}`).
+    pub payload_json: String,
+    /// When it happened.
+    pub at_unix_ms: i64,
+}
+
+impl Store {
+    /// Admits a job: in one `BEGIN IMMEDIATE` transaction, composes everything already spent
+    /// and reserved on the dataset with the job's full plan, and if the certified epsilon at the
+    /// dataset's delta stays within its budget, inserts the job as `Queued` (its plan reserved)
+    /// with a `created` event. Otherwise [`StoreError::BudgetExceeded`], and nothing is written.
+    pub fn create_job(&self, tenant: &TenantId, job: NewJob) -> Result<Job> {
+        job.validate()?;
+        let id = JobId::random()?;
+        let now = now_ms();
+        let plan = StepGroup { noise_multiplier: job.noise_multiplier, sample_rate: job.sample_rate, steps: job.steps };
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let dataset = datasets::load(&tx, tenant, &job.dataset)?;
+        let committed_epsilon = ledger::admit(&tx, &dataset, plan)?;
+        tx.execute(
+            "INSERT INTO jobs (id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, state, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id,
+                tenant,
+                dataset.id,
+                job.spec_json,
+                job.noise_multiplier,
+                job.sample_rate,
+                to_sql_count("steps", job.steps)?,
+                JobState::Queued,
+                now
+            ],
+        )?;
+        append_event(
+            &tx,
+            &id,
+            "created",
+            json!({
+                "dataset": dataset.id,
+                "noise_multiplier": job.noise_multiplier,
+                "sample_rate": job.sample_rate,
+                "steps_planned": job.steps,
+                "committed_epsilon": committed_epsilon,
+                "budget_epsilon": dataset.budget_epsilon,
+                "budget_delta": dataset.budget_delta,
+            }),
+            now,
+        )?;
+        let created = load_any(&tx, &id)?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    /// The tenant's job `id`; `NotFound` if absent or another tenant's.
+    pub fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<Job> {
+        load_owned(&self.conn(), tenant, id)
+    }
+
+    /// The tenant's jobs, oldest first.
+    pub fn list_jobs(&self, tenant: &TenantId) -> Result<Vec<Job>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq"))?;
+        let rows = stmt.query_map([tenant], Job::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The tenant's job events with `seq > after_seq`, in order (`after_seq = 0` for all).
+    pub fn events_since(&self, tenant: &TenantId, job: &JobId, after_seq: i64) -> Result<Vec<JobEvent>> {
+        let conn = self.conn();
+        load_owned(&conn, tenant, job)?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, job, kind, payload_json, at_ms FROM job_events WHERE job = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![job, after_seq], |row| {
+            Ok(JobEvent {
+                seq: row.get(0)?,
+                job: row.get(1)?,
+                kind: row.get(2)?,
+                payload_json: row.get(3)?,
+                at_unix_ms: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Scheduler: atomically turns the oldest `Queued` job into `Running` (with a `started`
+    /// event) and returns it; `None` when the queue is empty.
+    pub fn claim_next_queued(&self) -> Result<Option<Job>> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let next: Option<JobId> = tx
+            .query_row("SELECT id FROM jobs WHERE state = ?1 ORDER BY seq LIMIT 1", [JobState::Queued], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let Some(id) = next else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?2, started_at_ms = ?3 WHERE id = ?1",
+            params![id, JobState::Running, now],
+        )?;
+        let job = load_any(&tx, &id)?;
+        append_event(&tx, &id, "started", json!({ "steps_done": job.steps_done }), now)?;
+        tx.commit()?;
+        Ok(Some(job))
+    }
+
+    /// Scheduler: records that a running job has completed `steps_done` steps (the spend the
+    /// ledger counts) and the trainer's epsilon at that point, with a `progress` event. A value
+    /// at or below the stored one is ignored (progress never decreases); one above the plan is
+    /// `InvalidArgument`; a job that is not running is `FailedPrecondition`.
+    pub fn record_progress(&self, job: &JobId, steps_done: u64, epsilon_spent: f64) -> Result<Job> {
+        if !(epsilon_spent.is_finite() && epsilon_spent >= 0.0) {
+            return Err(StoreError::invalid(
+                "epsilon_spent",
+                format!("must be a finite number >= 0, got {epsilon_spent}"),
+            ));
+        }
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load_any(&tx, job)?;
+        if current.state != JobState::Running {
+            return Err(StoreError::FailedPrecondition {
+                job: job.clone(),
+                state: current.state,
+                action: "record progress",
+            });
+        }
+        if steps_done > current.steps_planned {
+            return Err(StoreError::invalid(
+                "steps_done",
+                format!("{steps_done} is more than the {} steps planned (and reserved)", current.steps_planned),
+            ));
+        }
+        if steps_done <= current.steps_done {
+            return Ok(current);
+        }
+        tx.execute(
+            "UPDATE jobs SET steps_done = ?2, epsilon_spent = ?3 WHERE id = ?1",
+            params![job, to_sql_count("steps_done", steps_done)?, epsilon_spent],
+        )?;
+        append_event(&tx, job, "progress", json!({ "step": steps_done, "epsilon_spent": epsilon_spent }), now)?;
+        let updated = load_any(&tx, job)?;
+        tx.commit()?;
+        Ok(updated)
+    }
+
+    /// Scheduler: ends a queued or running job in `state` (Succeeded, Failed or Cancelled) with
+    /// an event of that kind. The unspent part of its reservation is released: from now on it
+    /// contributes only its `steps_done`. Finishing a finished job is `FailedPrecondition`.
+    pub fn finish_job(&self, job: &JobId, state: JobState, reason: Option<String>) -> Result<Job> {
+        if !state.is_terminal() {
+            return Err(StoreError::invalid(
+                "state",
+                format!("{state} is not a final state (succeeded, failed, cancelled)"),
+            ));
+        }
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load_any(&tx, job)?;
+        if current.state.is_terminal() {
+            return Err(StoreError::FailedPrecondition { job: job.clone(), state: current.state, action: "finish" });
+        }
+        finish(&tx, &current, state, reason.as_deref(), now)?;
+        let finished = load_any(&tx, job)?;
+        tx.commit()?;
+        Ok(finished)
+    }
+
+    /// Tenant: cancels a job. A queued job becomes `Cancelled` at once (its reservation
+    /// released); a running one gets `cancel_requested` (the scheduler polls
+    /// [`Store::is_cancel_requested`] and finishes it); a finished one is `FailedPrecondition`.
+    pub fn request_cancel(&self, tenant: &TenantId, job: &JobId) -> Result<Job> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load_owned(&tx, tenant, job)?;
+        match current.state {
+            JobState::Queued => finish(&tx, &current, JobState::Cancelled, Some("cancelled before it started"), now)?,
+            JobState::Running if current.cancel_requested => {}
+            JobState::Running => {
+                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [job])?;
+                append_event(&tx, job, "cancel_requested", json!({ "steps_done": current.steps_done }), now)?;
+            }
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+                return Err(StoreError::FailedPrecondition {
+                    job: job.clone(),
+                    state: current.state,
+                    action: "cancel",
+                });
+            }
+        }
+        let updated = load_any(&tx, job)?;
+        tx.commit()?;
+        Ok(updated)
+    }
+
+    /// Scheduler: whether the tenant asked to cancel this job.
+    pub fn is_cancel_requested(&self, job: &JobId) -> Result<bool> {
+        Ok(load_any(&self.conn(), job)?.cancel_requested)
+    }
+
+    /// Daemon start-up: every job left `Running` by a previous process gets an `interrupted`
+    /// event and goes back to `Queued` (its `steps_done` and reservation kept, so the ledger
+    /// still covers it), or, when a cancel had been requested, to `Cancelled`. Returns the
+    /// affected jobs in their new state, oldest first.
+    pub fn requeue_running(&self) -> Result<Vec<Job>> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let running: Vec<Job> = {
+            let mut stmt = tx.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY seq"))?;
+            let rows = stmt.query_map([JobState::Running], Job::from_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut affected = Vec::with_capacity(running.len());
+        for job in running {
+            append_event(&tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done }), now)?;
+            if job.cancel_requested {
+                finish(&tx, &job, JobState::Cancelled, Some("cancel requested before the daemon stopped"), now)?;
+            } else {
+                tx.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job.id, JobState::Queued])?;
+            }
+            affected.push(load_any(&tx, &job.id)?);
+        }
+        tx.commit()?;
+        Ok(affected)
+    }
+}
+
+/// Moves `job` (queued or running) to the terminal `state`, with its event.
+fn finish(conn: &Connection, job: &Job, state: JobState, reason: Option<&str>, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET state = ?2, reason = ?3, finished_at_ms = ?4 WHERE id = ?1",
+        params![job.id, state, reason, now],
+    )?;
+    let released = job.steps_planned.saturating_sub(job.steps_done);
+    append_event(
+        conn,
+        &job.id,
+        state.as_str(),
+        json!({ "reason": reason, "steps_done": job.steps_done, "steps_released": released }),
+        now,
+    )
+}
+
+fn append_event(conn: &Connection, job: &JobId, kind: &str, payload: serde_json::Value, now: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO job_events (job, kind, payload_json, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![job, kind, payload.to_string(), now],
+    )?;
+    Ok(())
+}
+
+/// Job `id` whoever owns it (scheduler paths); `NotFound` if absent.
+fn load_any(conn: &Connection, id: &JobId) -> Result<Job> {
+    conn.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], Job::from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("job", id.as_str()))
+}
+
+/// The tenant's job `id`; `NotFound` if absent or another tenant's.
+fn load_owned(conn: &Connection, tenant: &TenantId, id: &JobId) -> Result<Job> {
+    conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2"),
+        params![id, tenant],
+        Job::from_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found("job", id.as_str()))
+}
+
+/// The jobs of one dataset, oldest first (the ledger's rows).
+pub(crate) fn for_dataset(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<Vec<Job>> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND dataset = ?2 ORDER BY seq"))?;
+    let rows = stmt.query_map(params![tenant, dataset], Job::from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{count_rows, new_dataset, new_job, Fixture};
+    use super::*;
+
+    fn kinds(events: &[JobEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn lifecycle_with_events() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
+        assert_eq!((job.state, job.steps_done, job.steps_reserved()), (JobState::Queued, 0, 100));
+        assert_eq!(fx.store.list_jobs(&acme).unwrap(), vec![job.clone()]);
+
+        let claimed = fx.store.claim_next_queued().unwrap().unwrap();
+        assert_eq!((claimed.id.clone(), claimed.state), (job.id.clone(), JobState::Running));
+        assert!(claimed.started_at_unix_ms.is_some());
+        assert_eq!(fx.store.claim_next_queued().unwrap(), None);
+
+        fx.store.record_progress(&job.id, 40, 0.5).unwrap();
+        let done = fx.store.finish_job(&job.id, JobState::Succeeded, None).unwrap();
+        assert_eq!((done.state, done.steps_done, done.steps_reserved()), (JobState::Succeeded, 40, 0));
+        assert!(done.finished_at_unix_ms.is_some());
+
+        let events = fx.store.events_since(&acme, &job.id, 0).unwrap();
+        assert_eq!(kinds(&events), ["created", "started", "progress", "succeeded"]);
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        let progress: serde_json::Value = serde_json::from_str(&events[2].payload_json).unwrap();
+        assert_eq!(progress, json!({ "step": 40, "epsilon_spent": 0.5 }));
+        let end: serde_json::Value = serde_json::from_str(&events[3].payload_json).unwrap();
+        assert_eq!(end["steps_released"], 60);
+        let tail = fx.store.events_since(&acme, &job.id, events[1].seq).unwrap();
+        assert_eq!(tail, events[2..].to_vec());
+
+        let err = fx.store.finish_job(&job.id, JobState::Failed, Some("again".into())).unwrap_err();
+        assert!(
+            matches!(err, StoreError::FailedPrecondition { state: JobState::Succeeded, action: "finish", .. }),
+            "{err:?}"
+        );
+        let err = fx.store.finish_job(&job.id, JobState::Running, None).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument { field: "state", .. }), "{err:?}");
+    }
+
+    #[test]
+    fn queue_is_oldest_first() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 50.0)).unwrap();
+        let ids: Vec<JobId> =
+            (0..3).map(|_| fx.store.create_job(&acme, new_job(&d.id, 2.0, 0.01, 10)).unwrap().id).collect();
+        for id in &ids {
+            assert_eq!(&fx.store.claim_next_queued().unwrap().unwrap().id, id);
+        }
+        assert_eq!(fx.store.claim_next_queued().unwrap(), None);
+    }
+
+    #[test]
+    fn progress_is_monotone_and_bounded_by_the_plan() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
+        let err = fx.store.record_progress(&job.id, 1, 0.1).unwrap_err();
+        assert!(matches!(err, StoreError::FailedPrecondition { state: JobState::Queued, .. }), "{err:?}");
+        fx.store.claim_next_queued().unwrap();
+
+        assert_eq!(fx.store.record_progress(&job.id, 30, 0.3).unwrap().steps_done, 30);
+        let after_lower = fx.store.record_progress(&job.id, 10, 0.1).unwrap();
+        assert_eq!((after_lower.steps_done, after_lower.epsilon_spent), (30, 0.3), "a lower value is ignored");
+        assert_eq!(fx.store.record_progress(&job.id, 30, 0.9).unwrap().epsilon_spent, 0.3, "an equal value too");
+        let err = fx.store.record_progress(&job.id, 101, 1.0).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument { field: "steps_done", .. }), "{err:?}");
+        let err = fx.store.record_progress(&job.id, 50, f64::NAN).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument { field: "epsilon_spent", .. }), "{err:?}");
+        assert_eq!(fx.store.record_progress(&job.id, 100, 1.0).unwrap().steps_done, 100);
+
+        let progress =
+            fx.store.events_since(&acme, &job.id, 0).unwrap().into_iter().filter(|e| e.kind == "progress").count();
+        assert_eq!(progress, 2, "ignored updates append no event");
+
+        // Below the Rust code, the schema refuses a decrease too.
+        let err = fx.store.conn().execute("UPDATE jobs SET steps_done = 5 WHERE id = ?1", [&job.id]).unwrap_err();
+        assert!(err.to_string().contains("never decreases"), "{err}");
+        let err = fx.store.conn().execute("DELETE FROM jobs", []).unwrap_err();
+        assert!(err.to_string().contains("never deleted"), "{err}");
+    }
+
+    #[test]
+    fn cancel_queued_running_and_finished() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 50.0)).unwrap();
+        let running = fx.store.create_job(&acme, new_job(&d.id, 2.0, 0.01, 10)).unwrap();
+        let queued = fx.store.create_job(&acme, new_job(&d.id, 2.0, 0.01, 10)).unwrap();
+        fx.store.claim_next_queued().unwrap();
+
+        let c = fx.store.request_cancel(&acme, &queued.id).unwrap();
+        assert_eq!((c.state, c.steps_reserved()), (JobState::Cancelled, 0));
+        let r = fx.store.request_cancel(&acme, &running.id).unwrap();
+        assert_eq!((r.state, r.cancel_requested), (JobState::Running, true));
+        assert!(fx.store.is_cancel_requested(&running.id).unwrap());
+        assert!(!fx.store.is_cancel_requested(&queued.id).unwrap());
+        fx.store.request_cancel(&acme, &running.id).unwrap();
+        let events = fx.store.events_since(&acme, &running.id, 0).unwrap();
+        assert_eq!(kinds(&events), ["created", "started", "cancel_requested"], "a repeated request adds nothing");
+
+        fx.store.finish_job(&running.id, JobState::Cancelled, Some("cancelled by tenant".into())).unwrap();
+        let err = fx.store.request_cancel(&acme, &running.id).unwrap_err();
+        assert!(
+            matches!(err, StoreError::FailedPrecondition { state: JobState::Cancelled, action: "cancel", .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cancelled"), "{err}");
+    }
+
+    #[test]
+    fn requeue_running_after_restart() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 50.0)).unwrap();
+        let a = fx.store.create_job(&acme, new_job(&d.id, 2.0, 0.01, 100)).unwrap();
+        let b = fx.store.create_job(&acme, new_job(&d.id, 2.0, 0.01, 100)).unwrap();
+        let c = fx.store.create_job(&acme, new_job(&d.id, 2.0, 0.01, 100)).unwrap();
+        for _ in 0..3 {
+            fx.store.claim_next_queued().unwrap();
+        }
+        fx.store.record_progress(&a.id, 25, 0.2).unwrap();
+        fx.store.request_cancel(&acme, &b.id).unwrap();
+        fx.store.finish_job(&c.id, JobState::Failed, Some("out of memory".into())).unwrap();
+        let report_before = fx.store.budget_report(&acme, &d.id).unwrap();
+
+        let fx = fx.reopen(); // the daemon died; a new one opens the same file
+        let affected = fx.store.requeue_running().unwrap();
+        assert_eq!(
+            affected.iter().map(|j| (&j.id, j.state)).collect::<Vec<_>>(),
+            [(&a.id, JobState::Queued), (&b.id, JobState::Cancelled)]
+        );
+        let a_now = fx.store.get_job(&acme, &a.id).unwrap();
+        assert_eq!((a_now.steps_done, a_now.steps_reserved()), (25, 75), "spend and reservation kept");
+        assert_eq!(
+            kinds(&fx.store.events_since(&acme, &a.id, 0).unwrap()),
+            ["created", "started", "progress", "interrupted"]
+        );
+        assert_eq!(
+            kinds(&fx.store.events_since(&acme, &b.id, 0).unwrap()),
+            ["created", "started", "cancel_requested", "interrupted", "cancelled"]
+        );
+        assert_eq!(fx.store.get_job(&acme, &c.id).unwrap().state, JobState::Failed);
+        let report_after = fx.store.budget_report(&acme, &d.id).unwrap();
+        assert_eq!(report_after.spent_history, report_before.spent_history, "the ledger never forgets spend");
+        assert!(fx.store.requeue_running().unwrap().is_empty(), "idempotent");
+
+        let resumed = fx.store.claim_next_queued().unwrap().unwrap();
+        assert_eq!((resumed.id, resumed.steps_done), (a.id.clone(), 25));
+        assert_eq!(fx.store.record_progress(&a.id, 100, 0.9).unwrap().steps_done, 100);
+    }
+
+    #[test]
+    fn jobs_are_validated() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let cases: Vec<(&str, NewJob)> = vec![
+            ("spec_json", NewJob { spec_json: "{not json".into(), ..new_job(&d.id, 1.0, 0.01, 10) }),
+            ("noise_multiplier", new_job(&d.id, 0.0, 0.01, 10)),
+            ("noise_multiplier", new_job(&d.id, f64::NAN, 0.01, 10)),
+            ("sample_rate", new_job(&d.id, 1.0, 0.0, 10)),
+            ("sample_rate", new_job(&d.id, 1.0, 1.5, 10)),
+            ("steps", new_job(&d.id, 1.0, 0.01, 0)),
+        ];
+        for (field, job) in cases {
+            let err = fx.store.create_job(&acme, job).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument { field: f, .. } if f == field), "{field}: {err:?}");
+        }
+        let unknown = DatasetId::parse(&"0".repeat(64)).unwrap();
+        let err = fx.store.create_job(&acme, new_job(&unknown, 1.0, 0.01, 10)).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "dataset", .. }), "{err:?}");
+        assert_eq!(count_rows(&fx.store, "jobs"), 0);
+        assert!(JobId::parse("xyz").is_err());
+    }
+
+    #[test]
+    fn tenant_isolation() {
+        let fx = Fixture::new();
+        let (acme, globex) = (fx.tenant("acme"), fx.tenant("globex"));
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 10)).unwrap();
+
+        let not_found = |r: Result<_>, kind: &str| match r {
+            Err(StoreError::NotFound { kind: k, .. }) => assert_eq!(k, kind),
+            other => panic!("expected NotFound {kind}, got {other:?}"),
+        };
+        not_found(fx.store.get_dataset(&globex, &d.id).map(drop), "dataset");
+        not_found(fx.store.budget_report(&globex, &d.id).map(drop), "dataset");
+        not_found(fx.store.create_job(&globex, new_job(&d.id, 1.0, 0.01, 10)).map(drop), "dataset");
+        not_found(fx.store.get_job(&globex, &job.id).map(drop), "job");
+        not_found(fx.store.events_since(&globex, &job.id, 0).map(drop), "job");
+        not_found(fx.store.request_cancel(&globex, &job.id).map(drop), "job");
+        assert!(fx.store.list_jobs(&globex).unwrap().is_empty());
+        assert!(fx.store.list_datasets(&globex).unwrap().is_empty());
+        assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().state, JobState::Queued, "untouched");
+
+        // The same bytes under globex are a separate dataset with its own, empty ledger.
+        let theirs = fx.store.register_dataset(&globex, new_dataset(1, 10.0)).unwrap();
+        let report = fx.store.budget_report(&globex, &theirs.id).unwrap();
+        assert!(report.jobs.is_empty());
+        assert_eq!(report.committed_epsilon, 0.0);
+    }
+}

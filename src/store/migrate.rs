@@ -1,0 +1,197 @@
+//! Opening the database file and bringing its schema up to date, after mozilla's
+//! `components/support/sql/src/open_database.rs` (application-services).
+//!
+//! * The schema version lives in `PRAGMA user_version`; `migrations/NNNN_name.sql` number `k`
+//!   takes a file from version `k - 1` to `k`. All pending steps run in ONE `BEGIN IMMEDIATE`
+//!   transaction, so a failed step leaves the file exactly as it was (data and version).
+//! * A file whose version is newer than this build's is refused with
+//!   [`StoreError::IncompatibleSchema`] before anything is written, and is never deleted or reset:
+//!   it holds a privacy ledger.
+//! * Connection pragmas (`journal_mode=WAL`, `synchronous=FULL`, `foreign_keys`, the busy
+//!   timeout) are set outside the migration transaction: SQLite ignores or refuses
+//!   `journal_mode` and `foreign_keys` changes inside a transaction (matrix-rust-sdk's
+//!   `state_store.rs` notes the same for WAL).
+//!
+//! What this module does not own: the tables' meaning (see the `.sql` files and the
+//! repository modules).
+
+use super::error::{Result, StoreError};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// Migration `k` (1-based) takes the schema from version `k - 1` to `k`. Append only: a
+/// released migration never changes.
+pub(crate) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// The schema version this build writes and reads.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a writer waits for another connection's lock before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (creating it if absent) the database at `path`, refuses a newer schema, sets the
+/// durability pragmas and migrates to [`SCHEMA_VERSION`].
+pub(crate) fn open(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)
+        .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Refuse a newer file before any pragma below writes to it: switching a rollback-journal
+    // file to WAL rewrites its header, and a refused file must stay byte for byte as it was.
+    check_version(user_version(&conn)?, SCHEMA_VERSION)?;
+    prepare(&conn)?;
+    migrate(&mut conn, MIGRATIONS)?;
+    Ok(conn)
+}
+
+/// Connection pragmas, outside any transaction.
+fn prepare(conn: &Connection) -> Result<()> {
+    // WAL: readers never block the writer, and a commit is one append to the log.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Pragma { pragma: "journal_mode", wanted: "wal", found: mode });
+    }
+    // FULL: a committed ledger write survives power loss, not only a process crash (in WAL
+    // mode NORMAL may lose the last commits on power loss).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |row| row.get(0))?;
+    if !fk {
+        return Err(StoreError::Pragma { pragma: "foreign_keys", wanted: "on", found: "off".into() });
+    }
+    Ok(())
+}
+
+/// Brings the schema from its current version to `migrations.len()`, in one immediate
+/// transaction. A file already at that version is not written to.
+pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
+    let supported = migrations.len() as i64;
+    if user_version(conn)? == supported {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read again under the write lock: another process may have migrated in between.
+    let found = user_version(&tx)?;
+    check_version(found, supported)?;
+    for (index, sql) in migrations.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// `PRAGMA user_version`.
+pub(crate) fn user_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+fn check_version(found: i64, supported: i64) -> Result<()> {
+    if found > supported || found < 0 {
+        return Err(StoreError::IncompatibleSchema { found, supported });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every schema object (type, name, SQL), sorted: equal dumps mean equal schemas.
+    fn schema(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = conn
+            .prepare("SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn fresh_file_gets_the_current_schema_and_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("ewtune.db")).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let names: Vec<String> =
+            schema(&conn).into_iter().filter(|(t, _, _)| t == "table").map(|(_, n, _)| n).collect();
+        assert_eq!(names, ["datasets", "job_events", "jobs", "tenants", "tokens"]);
+    }
+
+    #[test]
+    fn migration_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ewtune.db");
+        let mut conn = open(&path).unwrap();
+        conn.execute("INSERT INTO tenants (name, created_at_ms) VALUES ('acme', 1)", []).unwrap();
+        let before = schema(&conn);
+        let changes_before = conn.total_changes();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(conn.total_changes(), changes_before, "an up-to-date file is not written to");
+        drop(conn);
+        let conn = open(&path).unwrap();
+        assert_eq!(schema(&conn), before);
+        assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
+        let n: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn stepwise_upgrade_equals_fresh_schema() {
+        // mozilla's assert_schema_matches_new_database: upgrading from every older version one
+        // migration at a time ends at the same schema as a fresh file.
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = open(&dir.path().join("fresh.db")).unwrap();
+        for start in 0..MIGRATIONS.len() {
+            let mut conn = Connection::open(dir.path().join(format!("from{start}.db"))).unwrap();
+            migrate(&mut conn, &MIGRATIONS[..start]).unwrap();
+            assert_eq!(user_version(&conn).unwrap(), start as i64);
+            migrate(&mut conn, MIGRATIONS).unwrap();
+            assert_eq!(schema(&conn), schema(&fresh), "upgrade from version {start}");
+        }
+    }
+
+    #[test]
+    fn failed_migration_keeps_data_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ewtune.db");
+        let mut conn = open(&path).unwrap();
+        conn.execute("INSERT INTO tenants (name, created_at_ms) VALUES ('acme', 1)", []).unwrap();
+        let broken = [MIGRATIONS[0], "CREATE TABLE audits (id TEXT); DROP TABLE tenants; THIS IS NOT SQL;"];
+        assert!(matches!(migrate(&mut conn, &broken), Err(StoreError::Sqlite { .. })));
+        assert_eq!(user_version(&conn).unwrap(), 1);
+        let n: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "the failed step rolled back");
+        let audits: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'audits'", [], |r| r.get(0)).unwrap();
+        assert_eq!(audits, 0);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_byte_identical() {
+        for wal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ewtune.db");
+            {
+                let conn = Connection::open(&path).unwrap();
+                if wal {
+                    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+                }
+                conn.execute_batch("CREATE TABLE future (x INTEGER); INSERT INTO future VALUES (42);").unwrap();
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+            }
+            let before = std::fs::read(&path).unwrap();
+            let err = open(&path).unwrap_err();
+            assert!(
+                matches!(err, StoreError::IncompatibleSchema { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+                "{err:?}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), before, "the refused file is unchanged (wal = {wal})");
+            let conn = Connection::open(&path).unwrap();
+            let x: i64 = conn.query_row("SELECT x FROM future", [], |r| r.get(0)).unwrap();
+            assert_eq!(x, 42);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The durable store: ONE SQLite file under the data directory holding tenants' token hashes,
+//! datasets, jobs, job events and the privacy-budget ledger (DESIGN.md, "State").
+//!
+//! [`Store`] is a struct with a narrow API over one `Mutex<rusqlite::Connection>`; there is no
+//! repository trait (STYLE.md §7: one comes with a second backend, PostgreSQL). Each area adds
+//! its methods in its own file:
+//!
+//! * `migrate.rs` — opening the file: WAL + `synchronous=FULL`, foreign keys, busy timeout,
+//!   numbered SQL migrations under `PRAGMA user_version`, a newer schema refused and untouched.
+//! * `tokens.rs` — tenants and bearer tokens (stored as SHA-256 only).
+//! * `datasets.rs` — datasets keyed by (tenant, SHA-256 of their bytes) with their budget.
+//! * `jobs.rs` — the job queue and state machine, and the append-only event log.
+//! * `ledger.rs` — admission control and the budget report. The ledger is derived from the jobs'
+//!   plans and progress: spent = every job's `steps_done`, reserved = the planned-but-unspent
+//!   steps of queued and running jobs. Every guarantee comes from the certified PLD
+//!   accountant's upper bound; the Edgeworth number is reported as an estimate only.
+//!
+//! Every write runs in one `BEGIN IMMEDIATE` transaction: it takes the write lock before its
+//! first read, so what it read cannot change before it writes (two daemons on one file cannot
+//! both admit against the same budget), and a busy lock is waited for, never a stale snapshot.
+//! A tenant only ever sees its own rows: another tenant's id is `NotFound`, never "forbidden".
+//!
+//! What this module does not own: gRPC status codes (`api/status.rs`), scheduling, training.
+
+mod datasets;
+mod error;
+mod jobs;
+mod ledger;
+mod migrate;
+mod tokens;
+
+#[cfg(test)]
+mod testutil;
+
+pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
+pub use error::{Result, StoreError};
+pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
+pub use ledger::{BudgetReport, JobLedgerRow};
+pub use tokens::TenantId;
+
+use rusqlite::types::FromSqlError;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The ewtune store: one SQLite file, one connection.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating the file if absent and migrating it to the current
+    /// schema. A file from a newer ewtune is refused with [`StoreError::IncompatibleSchema`] and
+    /// left exactly as it was. The parent directory must exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_owned();
+        let conn = migrate::open(&path)?;
+        Ok(Store { conn: Mutex::new(conn), path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection. A panic while it was held cannot have left a half-written change: every
+    /// write runs in a `rusqlite::Transaction`, which rolls back when dropped during unwinding,
+    /// so the poison flag carries no information about the data and is ignored.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Now, in unix milliseconds (0 if the clock is before 1970).
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A `u64` count as SQLite's INTEGER, refusing values above `i64::MAX`.
+fn to_sql_count(field: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StoreError::invalid(field, format!("{value} is larger than {}", i64::MAX)))
+}
+
+/// The `FromSql` error for a stored value that the schema should have made impossible.
+fn corrupt(column: &'static str, value: &str) -> FromSqlError {
+    FromSqlError::Other(Box::new(StoreError::Corrupt { column, value: value.to_owned() }))
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::Fixture;
+    use super::*;
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+
+    #[test]
+    fn store_and_its_error_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Store>();
+        assert_send_sync::<StoreError>();
+    }
+
+    #[test]
+    fn reopen_preserves_everything() {
+        let fx = Fixture::new();
+        let token = fx.store.create_token("acme").unwrap();
+        let tenant = fx.store.authenticate(&token).unwrap().unwrap();
+        let dataset = fx.store.register_dataset(&tenant, testutil::new_dataset(1, 8.0)).unwrap();
+        let job = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 200)).unwrap();
+        let claimed = fx.store.claim_next_queued().unwrap().unwrap();
+        fx.store.record_progress(&claimed.id, 50, 0.4).unwrap();
+        let report = fx.store.budget_report(&tenant, &dataset.id).unwrap();
+        let events = fx.store.events_since(&tenant, &job.id, 0).unwrap();
+        let path = fx.store.path().to_owned();
+        let Fixture { store, dir: _dir } = fx;
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.authenticate(&token).unwrap(), Some(tenant.clone()));
+        assert_eq!(store.get_dataset(&tenant, &dataset.id).unwrap(), dataset);
+        assert_eq!(store.list_datasets(&tenant).unwrap(), vec![dataset.clone()]);
+        let reopened = store.get_job(&tenant, &job.id).unwrap();
+        assert_eq!(reopened.state, JobState::Running);
+        assert_eq!(reopened.steps_done, 50);
+        assert_eq!(reopened.epsilon_spent, 0.4);
+        assert_eq!(store.events_since(&tenant, &job.id, 0).unwrap(), events);
+        assert_eq!(store.budget_report(&tenant, &dataset.id).unwrap(), report);
+    }
+}

@@ -1,8 +1,18 @@
-//! Link set-up for tch: a RUNPATH to the venv's libtorch so binaries and tests run without
-//! LD_LIBRARY_PATH, and libtorch_cuda in DT_NEEDED with the `cuda` feature
-//! (research/toolchain.md §1).
-fn main() {
+//! Build steps: the gRPC code and descriptor set from proto/ (protox: no protoc binary needed),
+//! and the link set-up for tch: a RUNPATH to the venv's libtorch so binaries and tests run
+//! without LD_LIBRARY_PATH, and libtorch_cuda in DT_NEEDED with the `cuda` feature
+//! (research/toolchain.md §1, §3).
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=proto");
+    let files = ["ewtune/v1/datasets.proto", "ewtune/v1/jobs.proto", "ewtune/v1/budget.proto"];
+    let fds = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("ewtune_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
@@ -11,4 +21,5 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    Ok(())
 }

@@ -4,4 +4,7 @@
 //! * [`train`] — the DP-SGD engine on tch (models, LoRA, clipping, noise, sampling, checkpoints).
 
 pub use ewtune_accountant as accountant;
+pub mod api;
+pub mod daemon;
+pub mod store;
 pub mod train;

@@ -1,5 +1,7 @@
 //! ewtune's integration tests, one binary (each tch-linking binary costs a full link).
 
+mod crash;
+mod daemon;
 mod dp_oracle;
 mod models;
 mod train;

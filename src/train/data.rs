@@ -73,6 +73,70 @@ pub fn eos_id(tokenizer: &tokenizers::Tokenizer) -> Option<i64> {
     ["<|endoftext|>", "</s>", "<eos>"].iter().find_map(|t| tokenizer.token_to_id(t)).map(i64::from)
 }
 
+/// One line of a dataset file, parsed but not tokenised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawExample {
+    /// 1-based line number.
+    pub line: usize,
+    /// The user key, when the dataset's unit is a user.
+    pub user: Option<String>,
+    /// `(prompt, completion)`; the prompt is empty for plain text (loss on every token).
+    pub prompt: Option<String>,
+    /// The text trained on.
+    pub target: String,
+}
+
+/// Parses every non-empty line of a JSONL dataset; a malformed line is an error naming its number.
+pub fn read_records(path: &Path, text: &str, cfg: &DataConfig) -> Result<Vec<RawExample>, TrainError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| bad(path, n, format!("not a JSON object: {e}")))?;
+        let field = |name: &str| -> Result<Option<String>, TrainError> {
+            match obj.get(name) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(path, n, format!("field `{name}` must be a string"))),
+            }
+        };
+        let (prompt, target) = match (field(&cfg.prompt_field)?, field(&cfg.completion_field)?, field(&cfg.text_field)?) {
+            (Some(p), Some(c), _) => (Some(p), c),
+            (None, None, Some(t)) => (None, t),
+            _ => {
+                return Err(bad(path, n, format!(
+                    "needs `{}`, or both `{}` and `{}`", cfg.text_field, cfg.prompt_field, cfg.completion_field
+                )))
+            }
+        };
+        let user = match &cfg.user_field {
+            None => None,
+            Some(uf) => Some(match obj.get(uf) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(x)) => x.to_string(),
+                _ => return Err(bad(path, n, format!("user field `{uf}` is missing or not a string/number"))),
+            }),
+        };
+        out.push(RawExample { line: n, user, prompt, target });
+    }
+    if out.is_empty() {
+        return Err(bad(path, 0, "the dataset holds no examples"));
+    }
+    Ok(out)
+}
+
+/// Number of privacy units of parsed records: lines, or distinct users.
+pub fn count_units(records: &[RawExample]) -> usize {
+    if records.iter().any(|r| r.user.is_some()) {
+        records.iter().filter_map(|r| r.user.as_deref()).collect::<std::collections::BTreeSet<_>>().len()
+    } else {
+        records.len()
+    }
+}
+
 impl Dataset {
     /// Reads and tokenises a JSONL file. Every malformed line is an error naming its number.
     pub fn load(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, vocab: i64) -> Result<Self, TrainError> {
@@ -86,35 +150,18 @@ impl Dataset {
         let mut by_user: BTreeMap<String, (usize, Vec<Example>)> = BTreeMap::new();
         let mut units: Vec<Vec<Example>> = Vec::new();
         let (mut dropped, mut truncated) = (0, 0);
-        for (i, line) in text.lines().enumerate() {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let obj: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).map_err(|e| bad(path, n, format!("not a JSON object: {e}")))?;
-            let field = |name: &str| -> Result<Option<&str>, TrainError> {
-                match obj.get(name) {
-                    None => Ok(None),
-                    Some(serde_json::Value::String(s)) => Ok(Some(s)),
-                    Some(_) => Err(bad(path, n, format!("field `{name}` must be a string"))),
-                }
-            };
-            let (mut ids, mut mask) = match (field(&cfg.prompt_field)?, field(&cfg.completion_field)?, field(&cfg.text_field)?) {
-                (Some(p), Some(c), _) => {
-                    let (p, c) = (encode(p, n)?, encode(c, n)?);
+        for r in read_records(path, &text, cfg)? {
+            let n = r.line;
+            let (mut ids, mut mask) = match &r.prompt {
+                Some(p) => {
+                    let (p, c) = (encode(p, n)?, encode(&r.target, n)?);
                     let mask = std::iter::repeat_n(0, p.len()).chain(std::iter::repeat_n(1, c.len())).collect::<Vec<i64>>();
                     ([p, c].concat(), mask)
                 }
-                (None, None, Some(t)) => {
-                    let ids = encode(t, n)?;
+                None => {
+                    let ids = encode(&r.target, n)?;
                     let mask = vec![1; ids.len()];
                     (ids, mask)
-                }
-                _ => {
-                    return Err(bad(path, n, format!(
-                        "needs `{}`, or both `{}` and `{}`", cfg.text_field, cfg.prompt_field, cfg.completion_field
-                    )))
                 }
             };
             if let Some(e) = eos {
@@ -134,14 +181,9 @@ impl Dataset {
             }
             mask[0] = 0;
             let example = Example { ids, loss_mask: mask };
-            match &cfg.user_field {
+            match r.user {
                 None => units.push(vec![example]),
-                Some(uf) => {
-                    let user = match obj.get(uf) {
-                        Some(serde_json::Value::String(s)) => s.clone(),
-                        Some(serde_json::Value::Number(x)) => x.to_string(),
-                        _ => return Err(bad(path, n, format!("user field `{uf}` is missing or not a string/number"))),
-                    };
+                Some(user) => {
                     let next = by_user.len();
                     let entry = by_user.entry(user).or_insert_with(|| (next, Vec::new()));
                     if entry.1.len() < cfg.max_examples_per_user {
@@ -156,9 +198,6 @@ impl Dataset {
             let mut users: Vec<_> = by_user.into_values().collect();
             users.sort_by_key(|(first_seen, _)| *first_seen);
             units = users.into_iter().map(|(_, ex)| ex).collect();
-        }
-        if units.is_empty() {
-            return Err(bad(path, 0, "the dataset holds no examples"));
         }
         Ok(Dataset { units, dropped_examples: dropped, truncated_examples: truncated })
     }

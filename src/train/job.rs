@@ -129,6 +129,10 @@ pub struct JobSpec {
     /// Device.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// When set (by the daemon, which reserved the budget for exactly this N), the dataset must
+    /// hold this many privacy units, or the job refuses to run.
+    #[serde(default)]
+    pub expected_units: Option<usize>,
 }
 
 impl JobSpec {
@@ -299,7 +303,19 @@ pub fn private_step(
 }
 
 /// Runs (or resumes) a job to completion or until `cancel` is set, reporting every step.
-pub fn run(spec: &JobSpec, cancel: &AtomicBool, mut on_progress: impl FnMut(&Progress)) -> Result<Outcome, TrainError> {
+pub fn run(spec: &JobSpec, cancel: &AtomicBool, on_progress: impl FnMut(&Progress)) -> Result<Outcome, TrainError> {
+    run_with_ledger(spec, cancel, |_| Ok(()), on_progress)
+}
+
+/// [`run`], with `before_step(n)` called before the n-th step (1-based, counted over restarts
+/// from this process's start) touches any data: the daemon records the spend there, so a crash
+/// can only over-count, never under-count. An error from it stops the job before the step.
+pub fn run_with_ledger(
+    spec: &JobSpec,
+    cancel: &AtomicBool,
+    mut before_step: impl FnMut(u64) -> Result<(), TrainError>,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Outcome, TrainError> {
     let device = spec.device.resolve()?;
     let tokenizer_path = spec.model.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
@@ -313,6 +329,11 @@ pub fn run(spec: &JobSpec, cancel: &AtomicBool, mut on_progress: impl FnMut(&Pro
     drop(probe);
     let data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
     let eval = spec.eval_data.as_ref().map(|p| Dataset::load(p, &tokenizer, &data_cfg, vocab)).transpose()?;
+    if let Some(n) = spec.expected_units {
+        if n != data.len() {
+            return Err(TrainError::BadSpec { field: "expected_units", reason: format!("the dataset holds {} privacy units, the plan assumed {n}", data.len()) });
+        }
+    }
     let plan = plan(spec, data.len())?;
     let data_sha = sha256_file(&spec.data)?;
     let job_fingerprint = fingerprint(spec, &data_sha);
@@ -365,6 +386,7 @@ pub fn run(spec: &JobSpec, cancel: &AtomicBool, mut on_progress: impl FnMut(&Pro
             cancelled = true;
             break;
         }
+        before_step(step + 1)?;
         let batch = sampler.sample(&mut sampling_rng);
         let noise_buf = noise.next_buffer();
         let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?;

@@ -82,6 +82,12 @@ pub enum TrainError {
     /// The sampler refused its parameters.
     #[error("sampling: {0}")]
     Sampler(#[from] sampler::SamplerError),
+    /// The privacy ledger refused to record the spend of the next step (the step did not run).
+    #[error("privacy ledger: {reason}")]
+    Ledger {
+        /// Why.
+        reason: String,
+    },
     /// A torch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),

@@ -6,6 +6,22 @@ use ewtune::train::job::DeviceChoice;
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Unary calls (Datasets.Get, Jobs.List, Budget.Get in turn) at a fixed rate against a
+    /// running daemon; prints p50/p99 latency. Run it while a job trains.
+    Load {
+        /// Requests per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Duration.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// A dataset id of your tenant.
+        #[arg(long)]
+        dataset: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// DP step time over non-private step time, LoRA and full fine-tuning, same model and batch.
     DpStep {
         /// Transformer blocks.
@@ -41,8 +57,11 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
+        BenchCommand::Load { rate, seconds, dataset, json } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(load(connect, rate, seconds, dataset, json))
+        }
         BenchCommand::DpStep { layers, d_model, heads, seq_len, batch, vocab, repeats, device, threads, json } => {
             if threads > 0 {
                 tch::set_num_threads(threads);
@@ -61,4 +80,44 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
+}
+
+async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset: String, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use ewtune::api::pb;
+    let clients = connect.clients().await?;
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = u64::from(rate) * seconds;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        interval.tick().await;
+        let (mut d, mut j, mut b, ds) = (clients.datasets.clone(), clients.jobs.clone(), clients.budget.clone(), dataset.clone());
+        tasks.spawn(async move {
+            let t = std::time::Instant::now();
+            let ok = match i % 3 {
+                0 => d.get(pb::GetDatasetRequest { dataset_id: ds }).await.is_ok(),
+                1 => j.list(pb::ListJobsRequest {}).await.is_ok(),
+                _ => b.get(pb::GetBudgetRequest { dataset_id: ds }).await.is_ok(),
+            };
+            (t.elapsed().as_secs_f64(), ok)
+        });
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (s, ok) = r?;
+        lat.push(s);
+        if !ok {
+            errors += 1;
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] * 1e3;
+    let (p50, p99, max) = (pct(0.5), pct(0.99), pct(1.0));
+    if json {
+        println!("{}", serde_json::json!({"rate": rate, "requests": lat.len(), "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
+    } else {
+        println!("{} requests at {rate}/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {errors} errors", lat.len());
+    }
+    Ok(())
 }

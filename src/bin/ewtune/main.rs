@@ -2,8 +2,11 @@
 //! errors are printed once with their cause and map to exit code 2.
 
 mod bench;
+mod client;
+mod remote;
 mod synth;
 mod train;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -12,6 +15,8 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "ewtune", version)]
 struct Cli {
+    #[command(flatten)]
+    connect: client::Connect,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,14 +30,29 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Make a small base model, a synthetic sensitive dataset and a job.toml (no downloads).
     Synth(synth::SynthArgs),
+    /// Datasets on the daemon.
+    #[command(subcommand)]
+    Datasets(remote::DatasetsCommand),
+    /// Jobs on the daemon.
+    #[command(subcommand)]
+    Jobs(remote::JobsCommand),
+    /// Privacy-budget reports.
+    #[command(subcommand)]
+    Budget(remote::BudgetCommand),
+    /// Check a signed budget report offline.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd, &cli.connect),
         Command::Synth(args) => synth::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Datasets(cmd) => remote_call(remote::datasets(&cli.connect, cmd)),
+        Command::Jobs(cmd) => remote_call(remote::jobs(&cli.connect, cmd)),
+        Command::Budget(cmd) => remote_call(remote::budget(&cli.connect, cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,4 +61,8 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn remote_call(f: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>) -> Result<(), Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }

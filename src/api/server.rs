@@ -1,0 +1,50 @@
+//! The gRPC server: ewtune's services behind the auth interceptor, plus grpc.health.v1 and
+//! server reflection (v1 and v1alpha) listing only `ewtune.v1.*` and the health service, on an
+//! already bound listener so the daemon and the tests run the same code. TLS when configured.
+
+use super::auth::Authenticator;
+use super::pb;
+use crate::daemon::State;
+use std::sync::Arc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let auth = Authenticator { state: state.clone() };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::datasets_server::DatasetsServer<super::datasets::DatasetsApi>>().await;
+    health_reporter.set_serving::<pb::jobs_server::JobsServer<super::jobs::JobsApi>>().await;
+    health_reporter.set_serving::<pb::budget_server::BudgetServer<super::budget::BudgetApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &state.config.tls {
+        let cert = std::fs::read(cert)?;
+        let key = std::fs::read(key)?;
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
+    }
+    const MAX_MESSAGE: usize = 256 << 20; // datasets are uploaded in one message
+    builder
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::datasets_server::DatasetsServer::new(super::datasets::DatasetsApi { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE),
+            auth.clone(),
+        ))
+        .add_service(pb::jobs_server::JobsServer::with_interceptor(super::jobs::JobsApi { state: state.clone() }, auth.clone()))
+        .add_service(pb::budget_server::BudgetServer::with_interceptor(super::budget::BudgetApi { state }, auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Domain errors to gRPC statuses, in one exhaustive match per error type: a budget refusal is
+//! FailedPrecondition, an unknown id NotFound, bad fields InvalidArgument; internal failures are
+//! logged whole and answered with a short message that holds no SQL, path or token.
+
+use crate::store::StoreError;
+use tonic::Status;
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+            StoreError::NotFound { kind, id } => Status::not_found(format!("{kind} {id} not found")),
+            StoreError::AlreadyExists { kind, id } => Status::already_exists(format!("{kind} {id} already exists")),
+            e @ StoreError::FailedPrecondition { .. } => Status::failed_precondition(e.to_string()),
+            StoreError::BudgetExceeded { dataset, requested_epsilon, committed_epsilon, budget_epsilon } => Status::failed_precondition(format!(
+                "privacy budget exceeded on dataset {}: this job would bring the certified epsilon to {requested_epsilon:.4}, \
+                 above the budget {budget_epsilon}; {committed_epsilon:.4} is already spent or reserved, {:.4} is left",
+                dataset.as_str(),
+                (budget_epsilon - committed_epsilon).max(0.0)
+            )),
+            e @ (StoreError::IncompatibleSchema { .. }
+            | StoreError::Pragma { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Random
+            | StoreError::Open { .. }
+            | StoreError::Accountant { .. }
+            | StoreError::Sqlite { .. }) => {
+                tracing::error!(error = ?e, "store failure");
+                Status::internal("the daemon's store failed; see its log")
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The gRPC connection every client subcommand uses: `--addr` / `EWTUNE_ADDR` and `--token` /
+//! `EWTUNE_TOKEN` (sent as `authorization: Bearer <token>`).
+
+use ewtune::api::pb;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Connection flags shared by client subcommands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Connect {
+    /// Daemon address.
+    #[arg(long, env = "EWTUNE_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    pub addr: String,
+    /// Bearer token of your tenant (from `ewtuned token create`).
+    #[arg(long, env = "EWTUNE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The three clients over one channel.
+pub struct Clients {
+    pub datasets: pb::datasets_client::DatasetsClient<Authed>,
+    pub jobs: pb::jobs_client::JobsClient<Authed>,
+    pub budget: pb::budget_client::BudgetClient<Authed>,
+}
+
+impl Connect {
+    pub async fn clients(&self) -> Result<Clients, Box<dyn std::error::Error>> {
+        let token = self.token.as_deref().ok_or("no token: pass --token or set EWTUNE_TOKEN (ewtuned token create --tenant NAME)")?;
+        let value = format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot carry")?;
+        let channel = Channel::from_shared(self.addr.clone())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the daemon at {}: {e}", self.addr))?;
+        let b = Bearer(value);
+        Ok(Clients {
+            datasets: pb::datasets_client::DatasetsClient::with_interceptor(channel.clone(), b.clone()).max_encoding_message_size(256 << 20),
+            jobs: pb::jobs_client::JobsClient::with_interceptor(channel.clone(), b.clone()),
+            budget: pb::budget_client::BudgetClient::with_interceptor(channel, b),
+        })
+    }
+}
+
+/// A status as a person reads it.
+pub fn explain(s: tonic::Status) -> Box<dyn std::error::Error> {
+    format!("{:?}: {}", s.code(), s.message()).into()
+}

@@ -1,0 +1,310 @@
+//! Client subcommands: `datasets`, `jobs`, `budget`, talking to `ewtuned` over gRPC, with
+//! tables for people and `--json` for scripts.
+
+use super::client::{explain, Connect};
+use ewtune::api::pb;
+use ewtune::daemon::signing::{to_hex, SignedReport};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// `ewtune datasets ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum DatasetsCommand {
+    /// Upload a JSONL dataset and fix its total privacy budget.
+    Register {
+        /// The JSONL file.
+        #[arg(long)]
+        file: PathBuf,
+        /// A label.
+        #[arg(long)]
+        name: String,
+        /// Total epsilon the dataset may ever spend.
+        #[arg(long)]
+        budget_epsilon: f64,
+        /// Delta of the budget.
+        #[arg(long, default_value_t = 1e-5)]
+        budget_delta: f64,
+        /// Privacy unit = user, keyed by this field (default: one example).
+        #[arg(long)]
+        user_field: Option<String>,
+    },
+    /// Your datasets.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What a job trains and how.
+#[derive(clap::Args, Debug)]
+pub struct SpecArgs {
+    /// Dataset id (SHA-256).
+    #[arg(long)]
+    dataset: String,
+    /// Base model name (a directory in the daemon's models dir).
+    #[arg(long)]
+    model: String,
+    /// Target epsilon (sigma is calibrated and certified).
+    #[arg(long, conflicts_with = "noise_multiplier")]
+    epsilon: Option<f64>,
+    /// Fixed noise multiplier instead of a target epsilon.
+    #[arg(long)]
+    noise_multiplier: Option<f64>,
+    /// Delta (default: the dataset's).
+    #[arg(long, default_value_t = 0.0)]
+    delta: f64,
+    /// Expected logical batch size.
+    #[arg(long)]
+    batch_size: u32,
+    /// Epochs (or --steps).
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Steps (overrides --epochs).
+    #[arg(long, default_value_t = 0)]
+    steps: u64,
+    /// Full fine-tuning instead of LoRA.
+    #[arg(long)]
+    full: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: u32,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// Clipping norm.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// Units per micro-batch.
+    #[arg(long, default_value_t = 16)]
+    micro_batch: u32,
+    /// Tokens per example.
+    #[arg(long, default_value_t = 128)]
+    max_length: u32,
+}
+
+impl SpecArgs {
+    fn proto(&self) -> Result<pb::JobSpec, Box<dyn std::error::Error>> {
+        if self.epsilon.is_none() && self.noise_multiplier.is_none() {
+            return Err("give --epsilon (calibrated) or --noise-multiplier".into());
+        }
+        Ok(pb::JobSpec {
+            dataset_id: self.dataset.clone(),
+            base_model: self.model.clone(),
+            finetune: Some(if self.full {
+                pb::job_spec::Finetune::Full(true)
+            } else {
+                pb::job_spec::Finetune::Lora(pb::LoraConfig { rank: self.lora_rank, alpha: 2.0 * self.lora_rank as f64, target_modules: vec![] })
+            }),
+            target_epsilon: self.epsilon.unwrap_or(0.0),
+            noise_multiplier: self.noise_multiplier.unwrap_or(0.0),
+            delta: self.delta,
+            clip_norm: self.clip_norm,
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            steps: self.steps,
+            micro_batch: self.micro_batch,
+            learning_rate: self.learning_rate,
+            max_length: self.max_length,
+        })
+    }
+}
+
+/// `ewtune jobs ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum JobsCommand {
+    /// The noise and the certified epsilon a job would use; runs and reserves nothing.
+    Plan {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reserve the job's privacy cost and queue it.
+    Submit {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Follow it to the end with a progress bar.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Follow a job's events to its end (a live progress bar on a terminal).
+    Watch {
+        /// Job id.
+        job: String,
+    },
+    /// Your jobs.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job (running jobs stop after their current step).
+    Cancel {
+        /// Job id.
+        job: String,
+    },
+}
+
+/// `ewtune budget ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum BudgetCommand {
+    /// A dataset's privacy-budget report, signed by the daemon.
+    Show {
+        /// Dataset id.
+        dataset: String,
+        /// Print the signed report as JSON (what `ewtune verify` checks).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Queued) => "queued",
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Succeeded) => "succeeded",
+        Ok(pb::JobState::Failed) => "failed",
+        Ok(pb::JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+pub async fn datasets(conn: &Connect, cmd: DatasetsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let mut c = conn.clients().await?;
+    match cmd {
+        DatasetsCommand::Register { file, name, budget_epsilon, budget_delta, user_field } => {
+            let content = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let unit = if user_field.is_some() { pb::PrivacyUnit::User } else { pb::PrivacyUnit::Example };
+            let d = c
+                .datasets
+                .register(pb::RegisterDatasetRequest { name, content, privacy_unit: unit as i32, user_field: user_field.unwrap_or_default(), budget_epsilon, budget_delta })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", d.dataset_id);
+            eprintln!("registered {} ({} privacy units, budget epsilon {} at delta {:e})", d.name, d.units, d.budget_epsilon, d.budget_delta);
+        }
+        DatasetsCommand::List { json } => {
+            let ds = c.datasets.list(pb::ListDatasetsRequest {}).await.map_err(explain)?.into_inner().datasets;
+            if json {
+                let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta})).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:<64}  {:<16} {:>8} {:>8} {:>8}", "dataset", "name", "units", "epsilon", "delta");
+                for d in ds {
+                    println!("{:<64}  {:<16} {:>8} {:>8} {:>8.0e}", d.dataset_id, d.name, d.units, d.budget_epsilon, d.budget_delta);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let mut c = conn.clients().await?;
+    match cmd {
+        JobsCommand::Plan { spec, json } => {
+            let p = c.jobs.plan(spec.proto()?).await.map_err(explain)?.into_inner();
+            if json {
+                println!("{}", serde_json::json!({"units": p.units, "sample_rate": p.sample_rate, "steps": p.steps, "noise_multiplier": p.noise_multiplier, "certified_epsilon": p.certified_epsilon, "edgeworth_epsilon": p.edgeworth_epsilon, "delta": p.delta, "remaining_epsilon_before": p.remaining_epsilon_before}));
+            } else {
+                println!("N = {} units, q = {:.6}, steps = {}, sigma = {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier);
+                println!("certified epsilon {:.4} at delta {:e} (guarantee); Edgeworth {:.4} (estimate)", p.certified_epsilon, p.delta, p.edgeworth_epsilon);
+                println!("the dataset has {:.4} epsilon left before this job", p.remaining_epsilon_before);
+            }
+        }
+        JobsCommand::Submit { spec, watch } => {
+            let j = c.jobs.create(spec.proto()?).await.map_err(explain)?.into_inner();
+            println!("{}", j.job_id);
+            if watch {
+                follow(&mut c, &j.job_id).await?;
+            }
+        }
+        JobsCommand::Watch { job } => follow(&mut c, &job).await?,
+        JobsCommand::List { json } => {
+            let js = c.jobs.list(pb::ListJobsRequest {}).await.map_err(explain)?.into_inner().jobs;
+            if json {
+                let v: Vec<_> = js.iter().map(|j| serde_json::json!({"job_id": j.job_id, "dataset_id": j.dataset_id, "state": state_name(j.state), "steps_done": j.steps_done, "steps_planned": j.steps_planned, "epsilon_spent": j.epsilon_spent, "reason": j.reason})).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:<32}  {:<10} {:>12} {:>10}", "job", "state", "steps", "epsilon");
+                for j in js {
+                    println!("{:<32}  {:<10} {:>5}/{:<6} {:>10.4}  {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, j.reason);
+                }
+            }
+        }
+        JobsCommand::Cancel { job } => {
+            let j = c.jobs.cancel(pb::CancelJobRequest { job_id: job }).await.map_err(explain)?.into_inner();
+            println!("{} {}", j.job_id, state_name(j.state));
+        }
+    }
+    Ok(())
+}
+
+async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: job.to_string(), after_seq: 0 }).await.map_err(explain)?.into_inner();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}").expect("static template"));
+        b
+    });
+    while let Some(e) = stream.message().await.map_err(explain)? {
+        let payload: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap_or_default();
+        match (&bar, e.kind.as_str()) {
+            (Some(b), "progress") => {
+                b.set_length(payload["total_steps"].as_u64().unwrap_or(0));
+                b.set_position(payload["step"].as_u64().unwrap_or(0));
+                if let Some(eps) = payload["epsilon_spent"].as_f64() {
+                    b.set_message(format!("epsilon spent {eps:.3} (certified)"));
+                }
+            }
+            (Some(b), _) => b.println(format!("{} {}", e.kind, e.payload_json)),
+            (None, "progress") if payload["epsilon_spent"].is_null() => {}
+            (None, _) => eprintln!("{} {}", e.kind, e.payload_json),
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let j = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner();
+    println!("job {} {}: {}/{} steps, certified epsilon spent {:.4} {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, j.reason);
+    if j.state == pb::JobState::Failed as i32 {
+        return Err(format!("job failed: {}", j.reason).into());
+    }
+    Ok(())
+}
+
+pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let mut c = conn.clients().await?;
+    let BudgetCommand::Show { dataset, json } = cmd;
+    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: dataset }).await.map_err(explain)?.into_inner();
+    if json {
+        let signed = SignedReport { report_json: r.report_json, signature: to_hex(&r.signature), public_key: to_hex(&r.public_key) };
+        println!("{}", serde_json::to_string_pretty(&signed)?);
+        return Ok(());
+    }
+    let report: serde_json::Value = serde_json::from_str(&r.report_json)?;
+    println!("privacy budget of dataset {}", report["dataset"].as_str().unwrap_or(""));
+    println!("  budget          epsilon {:.4}", r.budget_epsilon);
+    println!("  spent           epsilon {:.4}   (certified; Edgeworth estimate {:.4})", r.spent_epsilon, r.spent_edgeworth_epsilon);
+    println!("  spent+reserved  epsilon {:.4}   (certified)", r.committed_epsilon);
+    println!("  remaining       epsilon {:.4}", r.remaining_epsilon);
+    if let Some(rows) = report["jobs"].as_array() {
+        println!("  {:<32} {:<10} {:>14} {:>9} {:>10}", "job", "state", "steps", "sigma", "epsilon");
+        for j in rows {
+            println!(
+                "  {:<32} {:<10} {:>6}/{:<7} {:>9.4} {:>10.4}",
+                j["job"].as_str().unwrap_or(""),
+                j["state"].as_str().unwrap_or(""),
+                j["steps_done"],
+                j["steps_planned"],
+                j["noise_multiplier"].as_f64().unwrap_or(f64::NAN),
+                j["epsilon_alone"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    println!("  signed by {} (verify offline with `ewtune budget show --json > r.json; ewtune verify r.json`)", to_hex(&r.public_key));
+    Ok(())
+}

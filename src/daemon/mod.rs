@@ -1,0 +1,77 @@
+//! `ewtuned`'s body: opens the store, the signing key and the directories, requeues jobs a crash
+//! left running, and serves gRPC and the scheduler until shutdown.
+
+pub mod config;
+pub mod scheduler;
+pub mod signing;
+
+use crate::store::Store;
+use config::DaemonConfig;
+use signing::Signer;
+use std::sync::Arc;
+
+/// What every service and the scheduler share.
+pub struct State {
+    /// The resolved configuration.
+    pub config: DaemonConfig,
+    /// The one SQLite store.
+    pub store: Store,
+    /// The daemon's Ed25519 key.
+    pub signer: Signer,
+    /// Wakes the scheduler when a job is queued.
+    pub wake: tokio::sync::Notify,
+}
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The store refused to open.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The signing key.
+    #[error("{0}")]
+    Signing(#[from] signing::SigningError),
+    /// A directory or socket.
+    #[error("{what}: {reason}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server stopped with an error.
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+impl State {
+    /// Opens everything under the data directory.
+    pub fn open(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
+        for dir in [config.data_dir.clone(), config.data_dir.join("datasets"), config.data_dir.join("jobs"), config.models_dir.clone()] {
+            std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io { what: format!("create {}", dir.display()), reason: e.to_string() })?;
+        }
+        let store = Store::open(&config.data_dir.join("ewtune.db"))?;
+        let signer = Signer::load_or_create(&config.data_dir.join("signing_key.pk8"))?;
+        Ok(Arc::new(State { config, store, signer, wake: tokio::sync::Notify::new() }))
+    }
+}
+
+/// Serves until `shutdown` resolves (SIGTERM/SIGINT in `ewtuned`), on an already bound listener.
+pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+    let requeued = state.store.requeue_running()?;
+    if !requeued.is_empty() {
+        tracing::info!(requeued = requeued.len(), "jobs interrupted by the last stop go back to the queue");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(state.clone(), stop_rx.clone()));
+    let mut server_stop = stop_rx;
+    let server = crate::api::server::serve(state.clone(), listener, async move {
+        let _ = server_stop.changed().await;
+    });
+    let server = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("shutting down: running jobs checkpoint and return to the queue");
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    server.await.map_err(|e| DaemonError::Serve(e.to_string()))?.map_err(|e| DaemonError::Serve(e.to_string()))
+}

@@ -1,0 +1,141 @@
+//! The scheduler: claims queued jobs from the store and runs each on a blocking worker thread
+//! (up to `concurrency` at once), recording the privacy spend in the ledger *before* every step
+//! touches data, and the outcome at the end. On shutdown running jobs stop after their current
+//! step with a checkpoint and stay `running` in the store, which requeues them (with an
+//! `interrupted` event) when the daemon starts again; after a crash the same happens, and they
+//! resume from their last checkpoint.
+//!
+//! The ledger counts, per job, the highest step index started. Steps re-run after a crash
+//! replace ones whose results were never persisted nor released (a checkpoint is the only
+//! output before the end, and progress events carry no data-dependent value), so the output
+//! model depends on exactly that many steps and the count never under-states the spend.
+
+use super::State;
+use crate::store::{Job, JobState};
+use crate::train::job::{self, JobSpec};
+use crate::train::TrainError;
+use ewtune_accountant::pld::PldAccountant;
+use ewtune_accountant::History;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs until `shutdown` turns true, then waits for the running jobs to checkpoint.
+pub async fn run(state: Arc<State>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < state.config.concurrency {
+            match state.store.claim_next_queued() {
+                Ok(Some(job)) => {
+                    let (state, stopping) = (state.clone(), stopping.clone());
+                    running.spawn(async move {
+                        let worker_state = state.clone();
+                        let worker_job = job.clone();
+                        let result = tokio::task::spawn_blocking(move || run_job(&worker_state, &worker_job, &stopping)).await;
+                        settle(&state, &job, result);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim a queued job");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = state.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = shutdown.changed() => {
+                stopping.store(true, Ordering::Relaxed);
+                while running.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+/// How a job's worker ended.
+enum Ended {
+    Finished,
+    CancelledByUser,
+    Interrupted,
+}
+
+/// Rounds the ledger's epsilon display up to a multiple of this many steps (an upper bound at
+/// every step, computed once per block instead of once per step).
+const EPSILON_BLOCK: u64 = 10;
+
+fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, TrainError> {
+    let mut spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| TrainError::BadSpec { field: "spec_json", reason: e.to_string() })?;
+    spec.output = state.config.data_dir.join("jobs").join(job.id.as_str());
+    let delta = spec.privacy.delta;
+    let cancel = AtomicBool::new(false);
+    let user_cancel = AtomicBool::new(false);
+    let mut block_epsilon: Option<(u64, f64)> = None;
+    let outcome = job::run_with_ledger(
+        &spec,
+        &cancel,
+        |step| {
+            // The spend is on the ledger before the step touches any data.
+            let block = step.div_ceil(EPSILON_BLOCK) * EPSILON_BLOCK;
+            let eps = match block_epsilon {
+                Some((b, e)) if b == block => e,
+                _ => {
+                    let h = History::homogeneous(job.noise_multiplier, job.sample_rate, block.min(job.steps_planned))?;
+                    let e = PldAccountant::default().epsilon(&h, delta)?.bounds.upper;
+                    block_epsilon = Some((block, e));
+                    e
+                }
+            };
+            state.store.record_progress(&job.id, step, eps).map(|_| ()).map_err(store_err)
+        },
+        |_| {
+            if let Ok(true) = state.store.is_cancel_requested(&job.id) {
+                user_cancel.store(true, Ordering::Relaxed);
+                cancel.store(true, Ordering::Relaxed);
+            }
+            if stopping.load(Ordering::Relaxed) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        },
+    )?;
+    if !outcome.cancelled {
+        Ok(Ended::Finished)
+    } else if user_cancel.load(Ordering::Relaxed) {
+        Ok(Ended::CancelledByUser)
+    } else {
+        Ok(Ended::Interrupted)
+    }
+}
+
+fn store_err(e: crate::store::StoreError) -> TrainError {
+    TrainError::Ledger { reason: e.to_string() }
+}
+
+/// Records the end of a worker: success, cancellation, failure (with the reason), or a panic.
+/// An interrupted job stays `running` in the store; start-up requeues it.
+fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, tokio::task::JoinError>) {
+    let id = &job.id;
+    let r = match result {
+        Ok(Ok(Ended::Finished)) => state.store.finish_job(id, JobState::Succeeded, None),
+        Ok(Ok(Ended::CancelledByUser)) => state.store.finish_job(id, JobState::Cancelled, Some("cancelled by request".into())),
+        Ok(Ok(Ended::Interrupted)) => {
+            tracing::info!(job = %id.as_str(), "stopped at a checkpoint; resumes when the daemon starts again");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::error!(job = %id.as_str(), error = %e, "job failed");
+            state.store.finish_job(id, JobState::Failed, Some(e.to_string()))
+        }
+        Err(join) => {
+            let reason = if join.is_panic() { "the training worker panicked (a shape or device error)" } else { "the training worker was aborted" };
+            tracing::error!(job = %id.as_str(), reason, "job failed");
+            state.store.finish_job(id, JobState::Failed, Some(reason.into()))
+        }
+    };
+    if let Err(e) = r {
+        tracing::error!(job = %id.as_str(), error = %e, "cannot record the job's end");
+    }
+}

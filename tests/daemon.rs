@@ -1,0 +1,202 @@
+//! The daemon over real loopback gRPC, a real SQLite store and the real engine on a tiny model:
+//! the whole lifecycle, overspend refused with nothing changed, bad inputs with the right codes,
+//! tenant isolation, signed reports that verify offline.
+
+use crate::util::fixture;
+use ewtune::api::pb;
+use ewtune::daemon::{self, config::DaemonConfig, signing, State};
+use ewtune::train::synthetic::{write_model, write_notes, Family, Shape};
+use std::sync::Arc;
+use tonic::transport::Channel;
+use tonic::Code;
+
+pub struct Daemon {
+    pub addr: String,
+    pub state: Arc<State>,
+    /// Keeps the data directory alive for the daemon's lifetime.
+    _root: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        let root = tempfile::tempdir().unwrap();
+        let data_dir = root.path().join("data");
+        let shape = Shape { vocab: 400, d_model: 32, layers: 2, heads: 2, kv_heads: 2, positions: 64 };
+        write_model(&data_dir.join("models/tiny"), Family::Gpt2, shape, 1, Some(&fixture("audit").join("tokenizer.json"))).unwrap();
+        let config = DaemonConfig::resolve(&data_dir, Some("127.0.0.1:0"), None).unwrap();
+        let state = State::open(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            daemon::run(s, listener, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Daemon { addr, state, _root: root, stop: Some(tx), task: Some(task) }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+#[derive(Clone)]
+struct Bearer(String);
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if !self.0.is_empty() {
+            r.metadata_mut().insert("authorization", format!("Bearer {}", self.0).parse().unwrap());
+        }
+        Ok(r)
+    }
+}
+
+type Svc = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+struct Client {
+    datasets: pb::datasets_client::DatasetsClient<Svc>,
+    jobs: pb::jobs_client::JobsClient<Svc>,
+    budget: pb::budget_client::BudgetClient<Svc>,
+}
+
+async fn client(addr: &str, token: &str) -> Client {
+    let ch = Channel::from_shared(addr.to_string()).unwrap().connect().await.unwrap();
+    let b = Bearer(token.to_string());
+    Client {
+        datasets: pb::datasets_client::DatasetsClient::with_interceptor(ch.clone(), b.clone()),
+        jobs: pb::jobs_client::JobsClient::with_interceptor(ch.clone(), b.clone()),
+        budget: pb::budget_client::BudgetClient::with_interceptor(ch, b),
+    }
+}
+
+fn notes(n: usize, seed: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.jsonl");
+    write_notes(&p, n, 0, seed).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+fn spec(dataset: &str, epsilon: f64) -> pb::JobSpec {
+    pb::JobSpec {
+        dataset_id: dataset.to_string(),
+        base_model: "tiny".into(),
+        finetune: Some(pb::job_spec::Finetune::Lora(pb::LoraConfig { rank: 4, alpha: 8.0, target_modules: vec![] })),
+        target_epsilon: epsilon,
+        batch_size: 40,
+        steps: 8,
+        micro_batch: 20,
+        learning_rate: 1e-2,
+        max_length: 40,
+        ..Default::default()
+    }
+}
+
+async fn register(c: &mut Client, budget: f64) -> pb::Dataset {
+    c.datasets
+        .register(pb::RegisterDatasetRequest { name: "notes".into(), content: notes(400, 1), privacy_unit: pb::PrivacyUnit::Example as i32, user_field: String::new(), budget_epsilon: budget, budget_delta: 1e-5 })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_budget_and_signed_report() {
+    let d = Daemon::start().await;
+    let token = d.state.store.create_token("clinic").unwrap();
+    let mut c = client(&d.addr, &token).await;
+    let ds = register(&mut c, 3.0).await;
+    assert_eq!(ds.units, 400);
+    let plan = c.jobs.plan(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
+    assert!(plan.certified_epsilon <= 1.0 && plan.steps == 8, "{plan:?}");
+    let job = c.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
+    let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: job.job_id.clone(), after_seq: 0 }).await.unwrap().into_inner();
+    let mut kinds = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        kinds.push(e.kind);
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("created"));
+    assert_eq!(kinds.last().map(String::as_str), Some("succeeded"), "{kinds:?}");
+    let done = c.jobs.get(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((done.state, done.steps_done), (pb::JobState::Succeeded as i32, 8));
+    assert!((done.epsilon_spent - plan.certified_epsilon).abs() < 1e-9);
+    // The budget report is signed and verifies offline; a tampered copy does not.
+    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    assert!((r.spent_epsilon - plan.certified_epsilon).abs() < 1e-9 && r.remaining_epsilon < 3.0 - 0.5);
+    let signed = signing::SignedReport { report_json: r.report_json.clone(), signature: signing::to_hex(&r.signature), public_key: signing::to_hex(&r.public_key) };
+    signing::verify(&signed, Some(&signing::to_hex(&d.state.signer.public_key()))).unwrap();
+    let tampered = signing::SignedReport { report_json: r.report_json.replace("clinic", "clinio"), ..signed.clone() };
+    assert!(signing::verify(&tampered, None).is_err() || tampered.report_json == signed.report_json);
+    // Overspend: a job that would exceed the budget is refused and nothing changes.
+    let jobs_before = c.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len();
+    let err = c.jobs.create(spec(&ds.dataset_id, 3.0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("left"), "{}", err.message());
+    assert_eq!(c.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), jobs_before);
+    let r2 = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(r2.committed_epsilon, r.committed_epsilon);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_status_and_tenants_are_isolated() {
+    let d = Daemon::start().await;
+    let alice = d.state.store.create_token("alice").unwrap();
+    let bob = d.state.store.create_token("bob").unwrap();
+    let mut a = client(&d.addr, &alice).await;
+    let mut b = client(&d.addr, &bob).await;
+    let mut nobody = client(&d.addr, "").await;
+    let mut forged = client(&d.addr, "ewt_0000").await;
+    assert_eq!(nobody.datasets.list(pb::ListDatasetsRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(forged.datasets.list(pb::ListDatasetsRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
+    let ds = register(&mut a, 5.0).await;
+    // Bob sees nothing of Alice's.
+    assert!(b.datasets.list(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets.is_empty());
+    assert_eq!(b.datasets.get(pb::GetDatasetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(b.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(b.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap_err().code(), Code::NotFound);
+    let job = a.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
+    assert_eq!(b.jobs.get(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(b.jobs.cancel(pb::CancelJobRequest { job_id: job.job_id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    // Bad fields are InvalidArgument naming the field, and change nothing.
+    let bad_line = a
+        .datasets
+        .register(pb::RegisterDatasetRequest { name: "x".into(), content: b"{\"text\": \"ok\"}\nnot json\n".to_vec(), budget_epsilon: 1.0, budget_delta: 1e-5, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_line.code(), Code::InvalidArgument);
+    assert!(bad_line.message().contains("line 2"), "{}", bad_line.message());
+    let bad_budget = a
+        .datasets
+        .register(pb::RegisterDatasetRequest { name: "x".into(), content: notes(10, 9), budget_epsilon: -1.0, budget_delta: 1e-5, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_budget.code(), Code::InvalidArgument);
+    assert!(bad_budget.message().contains("budget_epsilon"), "{}", bad_budget.message());
+    let again = a
+        .datasets
+        .register(pb::RegisterDatasetRequest { name: "again".into(), content: notes(400, 1), budget_epsilon: 50.0, budget_delta: 1e-5, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "re-registering must not reset a budget");
+    let mut no_eps = spec(&ds.dataset_id, 0.0);
+    no_eps.target_epsilon = 0.0;
+    let e = a.jobs.create(no_eps).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("target_epsilon"));
+    let mut no_model = spec(&ds.dataset_id, 1.0);
+    no_model.base_model = "missing".into();
+    assert_eq!(a.jobs.create(no_model).await.unwrap_err().code(), Code::NotFound);
+    let mut bad_batch = spec(&ds.dataset_id, 1.0);
+    bad_batch.batch_size = 0;
+    assert!(a.jobs.create(bad_batch).await.unwrap_err().message().contains("batch_size"));
+    assert_eq!(a.jobs.get(pb::GetJobRequest { job_id: "../etc".into() }).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(a.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    d.stop().await;
+}

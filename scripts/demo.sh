@@ -1,17 +1,43 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: set up, make a small base model and a synthetic
-# sensitive dataset (nothing can be downloaded), and run a DP fine-tuning job calibrated to a
-# certified epsilon of 4, printing the privacy spent and the held-out loss before and after.
+# The main job on the embedded defaults. On a fresh machine: set up (libtorch in a cached venv),
+# build, make a small base model and a small sensitive dataset (nothing can be downloaded),
+# start ewtuned on the embedded defaults, and through its gRPC API register the dataset with a
+# privacy budget, plan and submit a DP fine-tuning job, watch it, and print the signed budget
+# report (verified offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked -q --workspace --bins
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+bin=target/release
 run=demo-run
 rm -rf "$run"
-target/release/ewtune synth --dir "$run"
-target/release/ewtune train --config "$run/job.toml"
-echo
-echo "== the accountant on the job's privacy history"
-python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["history"], open(sys.argv[2], "w"))' "$run/out/privacy.json" "$run/out/history.json"
-target/release/ewtune-accountant epsilon --history "$run/out/history.json" --delta 1e-5
+mkdir -p "$run/data/models"
+"$bin/ewtune" synth --dir "$run/assets" --examples 2000 >/dev/null
+cp -r "$run/assets/base" "$run/data/models/tiny-gpt2"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export EWTUNE_ADDR="http://127.0.0.1:$port"
+export EWTUNE_TOKEN=$("$bin/ewtuned" token create --data-dir "$run/data" --tenant demo-clinic 2>/dev/null)
+"$bin/ewtuned" --data-dir "$run/data" --listen "127.0.0.1:$port" 2>"$run/ewtuned.log" &
+daemon=$!
+trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
+for _ in $(seq 1 200); do
+  "$bin/ewtune" datasets list >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+echo "== ewtuned serving on $EWTUNE_ADDR (data in $run/data, log in $run/ewtuned.log)"
+echo "== register the sensitive dataset with a total budget of epsilon 8 at delta 1e-5"
+dataset=$("$bin/ewtune" datasets register --file "$run/assets/train.jsonl" --name clinical-notes --budget-epsilon 8 --budget-delta 1e-5)
+job=(--dataset "$dataset" --model tiny-gpt2 --batch-size 100 --epochs 2 --full --learning-rate 3e-3 --micro-batch 50 --max-length 48)
+echo "== plan (nothing runs, nothing is reserved)"
+"$bin/ewtune" jobs plan "${job[@]}" --epsilon 4
+echo "== submit and watch"
+"$bin/ewtune" jobs submit "${job[@]}" --epsilon 4 --watch
+echo "== a second job that would overspend the budget is refused"
+"$bin/ewtune" jobs submit "${job[@]}" --epsilon 7.5 2>&1 | sed 's/^/   /' || true
+echo "== the budget report, signed by the daemon"
+"$bin/ewtune" budget show "$dataset"
+"$bin/ewtune" budget show "$dataset" --json > "$run/budget-report.json"
+"$bin/ewtune" verify "$run/budget-report.json"

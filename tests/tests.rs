@@ -4,5 +4,6 @@ mod crash;
 mod daemon;
 mod dp_oracle;
 mod models;
+mod python_client;
 mod train;
 mod util;

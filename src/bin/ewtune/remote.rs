@@ -250,6 +250,7 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
         b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}").expect("static template"));
         b
     });
+    let mut last_eps: Option<f64> = None;
     while let Some(e) = stream.message().await.map_err(explain)? {
         let payload: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap_or_default();
         match (&bar, e.kind.as_str()) {
@@ -261,7 +262,14 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
                 }
             }
             (Some(b), _) => b.println(format!("{} {}", e.kind, e.payload_json)),
-            (None, "progress") if payload["epsilon_spent"].is_null() => {}
+            (None, "progress") => {
+                // Without a terminal, one line per change of the certified epsilon (every few steps).
+                let eps = payload["epsilon_spent"].as_f64();
+                if eps.is_some() && eps != last_eps {
+                    eprintln!("step {}: certified epsilon spent {:.4}", payload["step"], eps.unwrap_or(f64::NAN));
+                    last_eps = eps;
+                }
+            }
             (None, _) => eprintln!("{} {}", e.kind, e.payload_json),
         }
     }

@@ -109,9 +109,25 @@ impl PldAccountant {
     }
 
     /// Certified epsilon at `delta` for add/remove adjacency (max over both directions).
+    /// Results are memoised per (history, delta, discretisation): a daemon asks the same
+    /// question many times between two training steps.
     pub fn epsilon(&self, history: &History, delta: f64) -> Result<CertifiedEpsilon> {
         history.require_nonempty()?;
         check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
+        let key = memo_key(history, delta, self.discretization);
+        if let Some(hit) = memo().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(*hit);
+        }
+        let result = self.epsilon_uncached(history, delta)?;
+        let mut m = memo().lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MEMO_CAPACITY {
+            m.clear();
+        }
+        m.insert(key, result);
+        Ok(result)
+    }
+
+    fn epsilon_uncached(&self, history: &History, delta: f64) -> Result<CertifiedEpsilon> {
         let guess = epsilon_guess(history, delta)?;
         let h = self.interval(history, guess, delta);
         let truncation = 1e-4 * delta / history.total_steps() as f64;
@@ -157,6 +173,25 @@ impl PldAccountant {
             Discretization::Adaptive => adaptive_interval(history.total_steps(), eps_guess, delta),
         }
     }
+}
+
+/// Memoised certified epsilons (bounded; cleared when full).
+const MEMO_CAPACITY: usize = 4096;
+
+type MemoKey = (Vec<(u64, u64, u64)>, u64, u64);
+
+fn memo() -> &'static std::sync::Mutex<std::collections::HashMap<MemoKey, CertifiedEpsilon>> {
+    static MEMO: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<MemoKey, CertifiedEpsilon>>> = std::sync::OnceLock::new();
+    MEMO.get_or_init(Default::default)
+}
+
+fn memo_key(history: &History, delta: f64, d: Discretization) -> MemoKey {
+    let groups = history.groups().iter().map(|g| (g.noise_multiplier.to_bits(), g.sample_rate.to_bits(), g.steps)).collect();
+    let disc = match d {
+        Discretization::Adaptive => 0,
+        Discretization::Fixed(h) => h.to_bits(),
+    };
+    (groups, delta.to_bits(), disc)
 }
 
 /// The value discretisation interval for `steps` compositions around `eps` at `delta`: small

@@ -16,8 +16,11 @@ pub struct BudgetApi {
 impl pb::budget_server::Budget for BudgetApi {
     async fn get(&self, req: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetReport>, Status> {
         let tenant = tenant(&req)?;
-        let d = convert::owned_dataset(&self.state, &tenant, &req.get_ref().dataset_id)?;
-        let report = self.state.store.budget_report(&tenant, &d.id)?;
+        // SQLite and the accountant block: let the runtime move other requests off this thread.
+        let report = tokio::task::block_in_place(|| {
+            let d = convert::owned_dataset(&self.state, &tenant, &req.get_ref().dataset_id)?;
+            Ok::<_, Status>(self.state.store.budget_report(&tenant, &d.id)?)
+        })?;
         let json = serde_json::to_string(&report).expect("reports serialize");
         Ok(Response::new(pb::BudgetReport {
             signature: self.state.signer.sign(json.as_bytes()),

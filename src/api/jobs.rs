@@ -89,15 +89,19 @@ impl pb::jobs_server::Jobs for JobsApi {
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
-        let j = self.state.store.get_job(&tenant, &job_id(&req.get_ref().job_id)?)?;
-        let eps = job_epsilon(&j, self.delta_of(&tenant, &j));
-        Ok(Response::new(convert::job(&j, eps)))
+        tokio::task::block_in_place(|| {
+            let j = self.state.store.get_job(&tenant, &job_id(&req.get_ref().job_id)?)?;
+            let eps = job_epsilon(&j, self.delta_of(&tenant, &j));
+            Ok(Response::new(convert::job(&j, eps)))
+        })
     }
 
     async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let tenant = tenant(&req)?;
-        let jobs = self.state.store.list_jobs(&tenant)?.iter().map(|j| convert::job(j, job_epsilon(j, self.delta_of(&tenant, j)))).collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        tokio::task::block_in_place(|| {
+            let jobs = self.state.store.list_jobs(&tenant)?.iter().map(|j| convert::job(j, job_epsilon(j, self.delta_of(&tenant, j)))).collect();
+            Ok(Response::new(pb::ListJobsResponse { jobs }))
+        })
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;

@@ -239,12 +239,12 @@ impl Store {
 
     /// The tenant's dataset `id`; `NotFound` if absent or another tenant's.
     pub fn get_dataset(&self, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
-        load(&self.conn(), tenant, id)
+        load(&self.reader(), tenant, id)
     }
 
     /// The tenant's datasets, oldest first.
     pub fn list_datasets(&self, tenant: &TenantId) -> Result<Vec<Dataset>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 ORDER BY created_at_ms, rowid"
         ))?;

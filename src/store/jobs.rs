@@ -328,12 +328,12 @@ impl Store {
 
     /// The tenant's job `id`; `NotFound` if absent or another tenant's.
     pub fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<Job> {
-        load_owned(&self.conn(), tenant, id)
+        load_owned(&self.reader(), tenant, id)
     }
 
     /// The tenant's jobs, oldest first.
     pub fn list_jobs(&self, tenant: &TenantId) -> Result<Vec<Job>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq"))?;
         let rows = stmt.query_map([tenant], Job::from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -341,7 +341,7 @@ impl Store {
 
     /// The tenant's job events with `seq > after_seq`, in order (`after_seq = 0` for all).
     pub fn events_since(&self, tenant: &TenantId, job: &JobId, after_seq: i64) -> Result<Vec<JobEvent>> {
-        let conn = self.conn();
+        let conn = self.reader();
         load_owned(&conn, tenant, job)?;
         let mut stmt = conn.prepare(
             "SELECT seq, job, kind, payload_json, at_ms FROM job_events WHERE job = ?1 AND seq > ?2 ORDER BY seq",
@@ -476,7 +476,7 @@ impl Store {
 
     /// Scheduler: whether the tenant asked to cancel this job.
     pub fn is_cancel_requested(&self, job: &JobId) -> Result<bool> {
-        Ok(load_any(&self.conn(), job)?.cancel_requested)
+        Ok(load_any(&self.reader(), job)?.cancel_requested)
     }
 
     /// Daemon start-up: every job left `Running` by a previous process gets an `interrupted`

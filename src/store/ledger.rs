@@ -83,7 +83,7 @@ impl Store {
     /// The rows are read in one transaction; the accounting runs after the lock is released.
     pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<BudgetReport> {
         let (dataset, jobs) = {
-            let mut conn = self.conn();
+            let mut conn = self.reader();
             let tx = conn.transaction()?;
             let dataset = datasets::load(&tx, tenant, dataset)?;
             let jobs = jobs::for_dataset(&tx, tenant, &dataset.id)?;

@@ -44,10 +44,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The ewtune store: one SQLite file, one connection.
+/// The ewtune store: one SQLite file; one connection for writes, one read-only connection so
+/// that reads (WAL snapshots) never wait behind a write's fsync.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -58,7 +60,8 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_owned();
         let conn = migrate::open(&path)?;
-        Ok(Store { conn: Mutex::new(conn), path })
+        let reader = migrate::open_reader(&path)?;
+        Ok(Store { conn: Mutex::new(conn), reader: Mutex::new(reader), path })
     }
 
     /// The database file.
@@ -71,6 +74,12 @@ impl Store {
     /// so the poison flag carries no information about the data and is ignored.
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The read-only connection (same file, after migration). Reads that must be consistent with
+    /// a following write go through [`Store::conn`] inside that write's transaction instead.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -108,7 +108,7 @@ impl Store {
             return Ok(None);
         }
         Ok(self
-            .conn()
+            .reader()
             .query_row("SELECT tenant FROM tokens WHERE sha256 = ?1", [token_hash(token)], |row| row.get(0))
             .optional()?)
     }

@@ -109,6 +109,13 @@ async fn register(c: &mut Client, budget: f64) -> pb::Dataset {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_budget_and_signed_report() {
     let d = Daemon::start().await;
+    // grpc.health.v1 answers for every ewtune service, without a token.
+    let ch = Channel::from_shared(d.addr.clone()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    for service in ["ewtune.v1.Datasets", "ewtune.v1.Jobs", "ewtune.v1.Budget"] {
+        let status = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
+        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
+    }
     let token = d.state.store.create_token("clinic").unwrap();
     let mut c = client(&d.addr, &token).await;
     let ds = register(&mut c, 3.0).await;

@@ -63,13 +63,13 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<J
     if req.steps == 0 && !(req.epochs > 0.0 && req.epochs.is_finite()) {
         return Err(invalid("epochs", "give epochs > 0 or steps >= 1"));
     }
-    let format: DatasetFormat = std::fs::read(dataset_file(state, &dataset.id.as_str()).with_extension("json"))
+    let format: DatasetFormat = std::fs::read(dataset_file(state, dataset.id.as_str()).with_extension("json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(DatasetFormat { user_field: None });
     Ok(JobSpec {
         model,
-        data: dataset_file(state, &dataset.id.as_str()),
+        data: dataset_file(state, dataset.id.as_str()),
         output: state.config.data_dir.join("jobs").join("unassigned"),
         eval_data: None,
         finetune,

@@ -50,7 +50,7 @@ impl State {
         for dir in [config.data_dir.clone(), config.data_dir.join("datasets"), config.data_dir.join("jobs"), config.models_dir.clone()] {
             std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io { what: format!("create {}", dir.display()), reason: e.to_string() })?;
         }
-        let store = Store::open(&config.data_dir.join("ewtune.db"))?;
+        let store = Store::open(config.data_dir.join("ewtune.db"))?;
         let signer = Signer::load_or_create(&config.data_dir.join("signing_key.pk8"))?;
         Ok(Arc::new(State { config, store, signer, wake: tokio::sync::Notify::new() }))
     }

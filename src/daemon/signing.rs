@@ -76,7 +76,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(s: &str, what: &str) -> Result<Vec<u8>, SigningError> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(SigningError::Invalid(format!("{what} is not hex")));
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| SigningError::Invalid(format!("{what} is not hex")))).collect()

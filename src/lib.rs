@@ -5,6 +5,7 @@
 
 pub use ewtune_accountant as accountant;
 pub mod api;
+pub mod audit;
 pub mod daemon;
 pub mod store;
 pub mod train;

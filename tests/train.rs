@@ -41,6 +41,7 @@ fn spec(root: &Path, finetune: FineTune, epsilon: f64, steps: Option<u64>) -> Jo
         data_config: DataConfig { max_length: 40, ..DataConfig::default() },
         device: job::DeviceChoice::Cpu,
         expected_units: None,
+        canaries: None,
     }
 }
 

@@ -92,6 +92,7 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<J
         },
         device: DeviceChoice::Auto,
         expected_units: Some(dataset.units as usize),
+        canaries: None,
     })
 }
 

@@ -133,6 +133,10 @@ pub struct JobSpec {
     /// hold this many privacy units, or the job refuses to run.
     #[serde(default)]
     pub expected_units: Option<usize>,
+    /// Canaries for the one-run membership audit (each inserted with probability 1/2 and counted
+    /// in N); the manifest is written to `output/audit_manifest.json` before training.
+    #[serde(default)]
+    pub canaries: Option<crate::audit::canary::CanarySpec>,
 }
 
 impl JobSpec {
@@ -327,7 +331,16 @@ pub fn run_with_ledger(
         data_cfg.max_length = data_cfg.max_length.min(max as usize);
     }
     drop(probe);
-    let data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
+    let mut data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
+    std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
+    let manifest_sha = match &spec.canaries {
+        Some(c) => {
+            let (manifest, sha) = crate::audit::canary::prepare(&spec.output.join("audit_manifest.json"), c, vocab, spec.privacy.delta)?;
+            data.units.extend(manifest.training_units());
+            Some(sha)
+        }
+        None => None,
+    };
     let eval = spec.eval_data.as_ref().map(|p| Dataset::load(p, &tokenizer, &data_cfg, vocab)).transpose()?;
     if let Some(n) = spec.expected_units {
         if n != data.len() {
@@ -336,7 +349,8 @@ pub fn run_with_ledger(
     }
     let plan = plan(spec, data.len())?;
     let data_sha = sha256_file(&spec.data)?;
-    let job_fingerprint = fingerprint(spec, &data_sha);
+    // The canary manifest is part of the job's identity: checkpoints of one draw never resume another.
+    let job_fingerprint = fingerprint(spec, &format!("{data_sha}/{}", manifest_sha.as_deref().unwrap_or("-")));
     let ckpt_root = spec.output.join("checkpoints");
     std::fs::create_dir_all(&ckpt_root).map_err(|e| TrainError::Io { path: ckpt_root.clone(), reason: e.to_string() })?;
 
@@ -431,7 +445,7 @@ pub fn run_with_ledger(
             FineTune::Full => None,
         };
         checkpoint::write_output(&output_model, &spec.model, &model.named_tensors(), adapter.as_ref())?;
-        let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history });
+        let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha });
         super::weights::write_bytes_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
     }
     Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model })

@@ -46,6 +46,26 @@ impl Model {
         }
     }
 
+    /// Loads a model as `ewtune train` or the daemon wrote it: a full checkpoint directory, or a
+    /// PEFT LoRA adapter directory (`adapter_config.json` naming its base model).
+    pub fn load_output(dir: &Path, device: Device) -> Result<Self, TrainError> {
+        let adapter_cfg = dir.join("adapter_config.json");
+        if !adapter_cfg.exists() {
+            return Model::load(dir, &FineTune::Full, None, device);
+        }
+        #[derive(serde::Deserialize)]
+        struct Peft {
+            base_model_name_or_path: std::path::PathBuf,
+            r: i64,
+            lora_alpha: f64,
+            target_modules: Vec<String>,
+        }
+        let text = std::fs::read(&adapter_cfg).map_err(|_| TrainError::MissingFile { path: adapter_cfg.clone() })?;
+        let peft: Peft = serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path: adapter_cfg.clone(), reason: e.to_string() })?;
+        let ft = FineTune::Lora { rank: peft.r, alpha: peft.lora_alpha, target_modules: peft.target_modules };
+        Model::load(&peft.base_model_name_or_path, &ft, Some(&dir.join("adapter_model.safetensors")), device)
+    }
+
     /// Logits `[B, T, V]`.
     pub fn forward(&self, ids: &Tensor, tape: Option<&mut Tape>) -> Tensor {
         match self {

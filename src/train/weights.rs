@@ -32,9 +32,13 @@ impl Weights {
         Weights { path, tensors }
     }
 
-    /// Adds (or replaces) the tensors of `other`, e.g. LoRA adapters over a base model.
+    /// Adds (or replaces) the tensors of `other`, e.g. LoRA adapters over a base model. PEFT's
+    /// `base_model.model.` prefix is removed, so PEFT adapter files merge like our checkpoints.
     pub fn merge(&mut self, other: Weights) {
-        self.tensors.extend(other.tensors);
+        self.tensors.extend(other.tensors.into_iter().map(|(n, t)| match n.strip_prefix("base_model.model.") {
+            Some(rest) => (rest.to_string(), t),
+            None => (n, t),
+        }));
     }
 
     /// True when the checkpoint holds `name`.

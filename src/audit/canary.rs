@@ -1,0 +1,104 @@
+//! Canaries for the one-run audit (`research/audit.md` §5.3): m random-token sequences, each
+//! included in training with probability 1/2 (S_i drawn from the OS CSPRNG), written with the
+//! audit plan to a manifest whose SHA-256 is fixed before the first training step, so the audit
+//! cannot be tuned afterwards. Included canaries are ordinary privacy units: sampled like the
+//! data and counted in the N of the sampling rate.
+
+use crate::train::data::Example;
+use crate::train::TrainError;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a job asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanarySpec {
+    /// Number of canaries m (each included with probability 1/2).
+    pub count: usize,
+    /// Tokens per canary.
+    #[serde(default = "default_length")]
+    pub length: usize,
+}
+
+fn default_length() -> usize {
+    32
+}
+
+/// The audit plan, committed to before training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format.
+    pub version: u32,
+    /// "random_tokens": ids uniform over 1..vocab.
+    pub canary_type: String,
+    /// The canaries' token ids.
+    pub canaries: Vec<Vec<i64>>,
+    /// S_i: true = inserted into the training data.
+    pub included: Vec<bool>,
+    /// The one score the audit uses ("ref": loss_base - loss_target on the canary tokens).
+    pub primary_score: String,
+    /// Guess counts k+ tried (Bonferroni over them).
+    pub k_plus: Vec<usize>,
+    /// Significance of the bound.
+    pub beta: f64,
+    /// The job's delta.
+    pub delta: f64,
+}
+
+impl Manifest {
+    /// The included canaries as training examples (loss on every token but the first).
+    pub fn training_units(&self) -> Vec<Vec<Example>> {
+        self.canaries
+            .iter()
+            .zip(&self.included)
+            .filter(|(_, &inc)| inc)
+            .map(|(ids, _)| {
+                let mut mask = vec![1; ids.len()];
+                mask[0] = 0;
+                vec![Example { ids: ids.clone(), loss_mask: mask }]
+            })
+            .collect()
+    }
+}
+
+/// The default k+ grid for m canaries (§5.2.4): {10, 20, 50, 100, ...} up to m/2.
+pub fn default_k_plus(m: usize) -> Vec<usize> {
+    [10, 20, 50, 100, 200, 300, 400, 500].into_iter().filter(|&k| k <= (m / 2).max(10)).collect()
+}
+
+/// Loads `path` if it exists (a resumed job keeps its canaries and S), else draws a new manifest
+/// from the OS CSPRNG and writes it atomically. Returns it with its SHA-256.
+pub fn prepare(path: &Path, spec: &CanarySpec, vocab: i64, delta: f64) -> Result<(Manifest, String), TrainError> {
+    if spec.count < 2 || spec.length < 2 {
+        return Err(TrainError::BadSpec { field: "canaries", reason: "count and length must be >= 2".into() });
+    }
+    if path.exists() {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| TrainError::CorruptCheckpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+        if m.canaries.len() != spec.count {
+            return Err(TrainError::BadSpec { field: "canaries", reason: format!("the output's manifest holds {} canaries, the job asks for {}", m.canaries.len(), spec.count) });
+        }
+        return Ok((m, sha256_hex(&bytes)));
+    }
+    let mut rng = crate::train::noise::os_seeded_rng()?;
+    let canaries: Vec<Vec<i64>> = (0..spec.count).map(|_| (0..spec.length).map(|_| rng.random_range(1..vocab)).collect()).collect();
+    let included = (0..spec.count).map(|_| rng.random_bool(0.5)).collect();
+    let m = Manifest {
+        version: 1,
+        canary_type: "random_tokens".into(),
+        canaries,
+        included,
+        primary_score: "ref".into(),
+        k_plus: default_k_plus(spec.count),
+        beta: 0.05,
+        delta,
+    };
+    let bytes = serde_json::to_vec(&m).expect("manifests serialize");
+    crate::train::weights::write_bytes_atomic(path, &bytes)?;
+    Ok((m, sha256_hex(&bytes)))
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}

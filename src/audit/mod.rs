@@ -1,0 +1,4 @@
+//! The membership audit (`research/audit.md`): token log-probabilities by one forward pass,
+//! membership scores, metrics, canaries and the one-run epsilon lower bound, and the report.
+pub mod canary;
+pub mod logprobs;

@@ -1,5 +1,6 @@
 //! ewtune's integration tests, one binary (each tch-linking binary costs a full link).
 
+mod audit;
 mod crash;
 mod daemon;
 mod dp_oracle;

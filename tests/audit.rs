@@ -36,3 +36,97 @@ fn batched_logprobs_match_reference_and_unbatched() {
         }
     }
 }
+
+use ewtune::audit::canary::{audit_canaries, prepare, CanarySpec};
+use ewtune::audit::report::{audit_texts, LabeledText};
+use ewtune::train::data::Dataset;
+use ewtune::train::dpsgd::nonprivate_backward;
+use ewtune::train::finetune::FineTune;
+use ewtune::train::optim::{Optimizer, OptimizerKind, Schedule};
+
+/// §7.3 layer 2: every score of every fixture text equals the transformers reference to 1e-4,
+/// and the AUCs equal §7.1's exactly.
+#[test]
+fn fixture_scores_and_aucs_match_reference() {
+    let dir = fixture("audit");
+    let target = Model::load_output(&dir, Device::Cpu).unwrap();
+    let base = Model::load_output(&dir.join("base"), Device::Cpu).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let texts: Vec<LabeledText> = std::fs::read_to_string(dir.join("texts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let audit = audit_texts(&target, Some(&base), &tok, &texts, 64, Device::Cpu).unwrap();
+    let refs: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("reference_scores.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (got, want) in audit.texts.iter().zip(&refs) {
+        for (ours, theirs) in [("loss", "score_loss"), ("zlib", "score_zlib"), ("lowercase", "score_lowercase"), ("ref", "score_ref"),
+                               ("min_k_20", "min_k_0.2"), ("min_k_pp_20", "min_k_pp_0.2"), ("min_k_10", "min_k_0.1"), ("min_k_50", "min_k_0.5")] {
+            let (g, w) = (got.scores[ours], want[theirs].as_f64().unwrap_or(f64::NAN));
+            assert!((g - w).abs() < 1e-4 || (g.is_nan() && w.is_nan()), "{}: {ours} {g} vs {w}", got.input);
+        }
+    }
+    for (score, auc) in [("loss", 0.96875), ("zlib", 0.890625), ("lowercase", 0.90625), ("ref", 1.0), ("min_k_20", 0.828125), ("min_k_pp_20", 0.828125)] {
+        assert_eq!(audit.metrics[score].auc, auc, "{score}");
+    }
+}
+
+/// End to end without DP: a model fine-tuned on the inserted canaries leaks them, the AUC is
+/// far above 1/2 and the one-run lower bound far above 0.
+#[test]
+fn nonprivate_training_leaks_canaries() {
+    let root = tempfile::tempdir().unwrap();
+    let base_dir = fixture("audit").join("base");
+    let (manifest, _) = prepare(&root.path().join("manifest.json"), &CanarySpec { count: 200, length: 20 }, 400, 1e-5).unwrap();
+    let model = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
+    let data = Dataset { units: manifest.training_units(), dropped_examples: 0, truncated_examples: 0 };
+    let params: Vec<tch::Tensor> = model.trainable().into_iter().map(|(_, p)| p).collect();
+    let mut opt = Optimizer::new(OptimizerKind::default(), 3e-3, Schedule::Constant, 1000, &params);
+    let all: Vec<usize> = (0..data.len()).collect();
+    for _epoch in 0..5 {
+        for chunk in all.chunks(16) {
+            nonprivate_backward(&model, &data.micro_batch(chunk, Device::Cpu)).unwrap();
+            let grads: Vec<tch::Tensor> = params.iter().map(|p| p.grad()).collect();
+            opt.apply(&params, &grads);
+            for p in &params {
+                let _ = p.grad().zero_();
+            }
+        }
+    }
+    let base = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, &model, &base, None, 64, Device::Cpu).unwrap();
+    eprintln!("non-private: canary AUC {:.4}, eps_lb {:.4} (k+ {}, {}/{})", audit.auc, audit.eps_lb, audit.best_k_plus, audit.best_v, audit.best_r);
+    assert!(audit.auc > 0.9, "{audit:?}");
+    assert!(audit.eps_lb > 1.0, "{audit:?}");
+    assert!(!audit.violation);
+}
+
+/// End to end with DP at epsilon 1: the job inserts canaries (counted in N), and the audited
+/// lower bound stays at or below the certified epsilon.
+#[test]
+fn dp_training_at_epsilon_one_stays_below_its_claim() {
+    use ewtune::train::job::{self, DeviceChoice, JobSpec, PrivacySpec, TrainingSpec};
+    use ewtune::train::synthetic::write_notes;
+    let root = tempfile::tempdir().unwrap();
+    let base_dir = fixture("audit").join("base");
+    write_notes(&root.path().join("train.jsonl"), 400, 0, 5).unwrap();
+    let spec = JobSpec {
+        model: base_dir.clone(),
+        data: root.path().join("train.jsonl"),
+        output: root.path().join("out"),
+        eval_data: None,
+        finetune: FineTune::Full,
+        privacy: PrivacySpec { epsilon: Some(1.0), noise_multiplier: None, delta: 1e-5, clip_norm: 1.0 },
+        training: TrainingSpec { batch_size: 50, epochs: 3.0, micro_batch: 50, learning_rate: 3e-3, checkpoint_every: 100, ..TrainingSpec::default() },
+        data_config: ewtune::train::data::DataConfig { max_length: 40, ..Default::default() },
+        device: DeviceChoice::Cpu,
+        expected_units: None,
+        canaries: Some(CanarySpec { count: 200, length: 20 }),
+    };
+    let out = job::run(&spec, &std::sync::atomic::AtomicBool::new(false), |_| {}).unwrap();
+    let manifest: ewtune::audit::canary::Manifest = serde_json::from_slice(&std::fs::read(spec.output.join("audit_manifest.json")).unwrap()).unwrap();
+    let inserted = manifest.included.iter().filter(|&&s| s).count();
+    assert_eq!(out.plan.units, 400 + inserted, "canaries count in N");
+    let target = Model::load_output(&out.output_model, Device::Cpu).unwrap();
+    let base = Model::load_output(&base_dir, Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, &target, &base, Some(out.epsilon_spent), 64, Device::Cpu).unwrap();
+    eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.auc, audit.eps_lb);
+    assert!(out.epsilon_spent <= 1.0);
+    assert!(audit.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");
+}

@@ -102,3 +102,67 @@ pub fn prepare(path: &Path, spec: &CanarySpec, vocab: i64, delta: f64) -> Result
 pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The result of the one-run canary audit.
+#[derive(Debug, Clone, Serialize)]
+pub struct CanaryAudit {
+    /// Canaries m.
+    pub m: usize,
+    /// Canaries inserted (S = +1).
+    pub n_included: usize,
+    /// AUC of the primary score, inserted vs not.
+    pub auc: f64,
+    /// The one-run epsilon lower bound at 95 % (Bonferroni over the k+ grid).
+    pub eps_lb: f64,
+    /// Guesses of the best grid row.
+    pub best_k_plus: usize,
+    /// r of the best row.
+    pub best_r: usize,
+    /// v (correct guesses) of the best row.
+    pub best_v: usize,
+    /// Every grid row `(k+, r, v, eps_lb)`.
+    pub grid: Vec<(usize, usize, usize, f64)>,
+    /// The certified epsilon the job claimed, when known.
+    pub eps_claimed: Option<f64>,
+    /// True when `eps_lb > eps_claimed`: the DP claim is refuted (a bug in accounting or training).
+    pub violation: bool,
+    /// SHA-256 of the manifest audited.
+    pub manifest_sha256: String,
+}
+
+/// Scores every canary by `ref = loss_base - loss_target` on its tokens and runs the one-run
+/// audit of §5.2 with the manifest's grid, beta and delta.
+pub fn audit_canaries(
+    manifest: &Manifest,
+    target: &crate::train::model::Model,
+    base: &crate::train::model::Model,
+    eps_claimed: Option<f64>,
+    max_tokens: usize,
+    device: tch::Device,
+) -> Result<CanaryAudit, super::report::AuditError> {
+    use super::logprobs::token_stats;
+    if manifest.primary_score != "ref" {
+        return Err(super::report::AuditError::Input(format!("unsupported primary score `{}`", manifest.primary_score)));
+    }
+    let t = token_stats(target, &manifest.canaries, max_tokens, 64, device);
+    let b = token_stats(base, &manifest.canaries, max_tokens, 64, device);
+    let scores: Vec<f64> = t.iter().zip(&b).map(|(t, b)| super::scores::score_ref(&t.logprobs, &b.logprobs)).collect();
+    let auc = super::metrics::auc(&scores, &manifest.included)?.auc;
+    let audit = super::bounds::one_run_audit(&scores, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
+        .map_err(|e| super::report::AuditError::Input(e.to_string()))?;
+    let bytes = serde_json::to_vec(manifest).expect("manifests serialize");
+    let violation = eps_claimed.is_some_and(|c| audit.best.eps_lb > c);
+    Ok(CanaryAudit {
+        m: manifest.canaries.len(),
+        n_included: manifest.included.iter().filter(|&&s| s).count(),
+        auc,
+        eps_lb: audit.best.eps_lb,
+        best_k_plus: audit.best.k_plus,
+        best_r: audit.best.r,
+        best_v: audit.best.v,
+        grid: audit.grid.iter().map(|g| (g.k_plus, g.r, g.v, g.eps_lb)).collect(),
+        eps_claimed,
+        violation,
+        manifest_sha256: sha256_hex(&bytes),
+    })
+}

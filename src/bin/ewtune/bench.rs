@@ -22,6 +22,33 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Audit scoring throughput (tokens/s) over plain forward throughput, same model and batches.
+    Audit {
+        /// Transformer blocks.
+        #[arg(long, default_value_t = 12)]
+        layers: i64,
+        /// Model width.
+        #[arg(long, default_value_t = 768)]
+        d_model: i64,
+        /// Attention heads.
+        #[arg(long, default_value_t = 12)]
+        heads: i64,
+        /// Tokens per text.
+        #[arg(long, default_value_t = 128)]
+        seq_len: i64,
+        /// Texts.
+        #[arg(long, default_value_t = 32)]
+        texts: usize,
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Vocabulary size.
+        #[arg(long, default_value_t = 50257)]
+        vocab: i64,
+        /// libtorch intra-op threads (0: libtorch's default).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+    },
     /// DP step time over non-private step time, LoRA and full fine-tuning, same model and batch.
     DpStep {
         /// Transformer blocks.
@@ -59,6 +86,12 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
+        BenchCommand::Audit { layers, d_model, heads, seq_len, texts, batch, vocab, threads } => {
+            if threads > 0 {
+                tch::set_num_threads(threads);
+            }
+            audit_throughput(layers, d_model, heads, seq_len, texts, batch, vocab)
+        }
         BenchCommand::Load { rate, seconds, dataset, json } => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(load(connect, rate, seconds, dataset, json))
         }
@@ -119,5 +152,37 @@ async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset
     } else {
         println!("{} requests at {rate}/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {errors} errors", lat.len());
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit_throughput(layers: i64, d_model: i64, heads: i64, seq_len: i64, texts: usize, batch: usize, vocab: i64) -> Result<(), Box<dyn std::error::Error>> {
+    use ewtune::audit::logprobs::{forward_only, token_stats};
+    use ewtune::train::synthetic::{write_model, Family, Shape};
+    let dir = std::env::temp_dir().join(format!("ewtune-bench-audit-{}", std::process::id()));
+    write_model(&dir, Family::Gpt2, Shape { vocab, d_model, layers, heads, kv_heads: heads, positions: seq_len }, 0, None)?;
+    let model = ewtune::train::model::Model::load_output(&dir, tch::Device::Cpu)?;
+    tch::manual_seed(3);
+    let ids = tch::Tensor::randint(vocab, [texts as i64, seq_len], (tch::Kind::Int64, tch::Device::Cpu));
+    let seqs: Vec<Vec<i64>> = (0..texts as i64).map(|r| Vec::<i64>::try_from(&ids.get(r)).unwrap_or_default()).collect();
+    let tokens = (texts as f64) * seq_len as f64;
+    let (mut fwd, mut aud) = (Vec::new(), Vec::new());
+    for rep in 0..4 {
+        let t = std::time::Instant::now();
+        forward_only(&model, &seqs, seq_len as usize, batch, tch::Device::Cpu);
+        let f = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        token_stats(&model, &seqs, seq_len as usize, batch, tch::Device::Cpu);
+        let a = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            fwd.push(f);
+            aud.push(a);
+        }
+    }
+    fwd.sort_by(|a, b| a.total_cmp(b));
+    aud.sort_by(|a, b| a.total_cmp(b));
+    let (f, a) = (fwd[1], aud[1]);
+    println!("{}", serde_json::json!({"forward_tokens_per_s": tokens / f, "audit_tokens_per_s": tokens / a, "ratio": f / a, "texts": texts, "seq_len": seq_len, "batch": batch}));
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

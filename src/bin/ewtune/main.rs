@@ -1,6 +1,7 @@
 //! `ewtune`: the command line for people. Parses flags and hands each subcommand to its file;
 //! errors are printed once with their cause and map to exit code 2.
 
+mod audit;
 mod bench;
 mod client;
 mod remote;
@@ -41,6 +42,8 @@ enum Command {
     Budget(remote::BudgetCommand),
     /// Check a signed budget report offline.
     Verify(verify::VerifyArgs),
+    /// Membership audit of a trained model (texts, or a job's canaries).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd, &cli.connect),
         Command::Synth(args) => synth::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Datasets(cmd) => remote_call(remote::datasets(&cli.connect, cmd)),
         Command::Jobs(cmd) => remote_call(remote::jobs(&cli.connect, cmd)),
         Command::Budget(cmd) => remote_call(remote::budget(&cli.connect, cmd)),

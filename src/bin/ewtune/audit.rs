@@ -1,0 +1,101 @@
+//! `ewtune audit`: the membership audit of a trained model, locally. With `--texts`, scores
+//! labelled texts (1 = member) and prints per-score AUC / TPR at low FPR; with `--manifest`,
+//! runs the one-run canary audit of a job that inserted canaries and compares the empirical
+//! epsilon lower bound with the certified epsilon it claimed.
+
+use ewtune::audit::canary::{audit_canaries, Manifest};
+use ewtune::audit::report::{audit_texts, LabeledText};
+use ewtune::train::job::DeviceChoice;
+use ewtune::train::model::Model;
+use std::path::PathBuf;
+
+/// Arguments of `ewtune audit`.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// The audited (fine-tuned) model: an HF directory, or a PEFT adapter directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The model before fine-tuning (enables the `ref` score, the primary attack).
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// JSONL of {"input": text, "label": 1|0} (1 = member).
+    #[arg(long, required_unless_present = "manifest")]
+    texts: Option<PathBuf>,
+    /// A job's audit_manifest.json: run the one-run canary audit instead.
+    #[arg(long, conflicts_with = "texts", requires = "base")]
+    manifest: Option<PathBuf>,
+    /// The certified epsilon the job claimed (default: read from privacy.json beside the manifest).
+    #[arg(long)]
+    claimed_epsilon: Option<f64>,
+    /// Tokens per text (default: the model's context, or 1024).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let device = args.device.resolve()?;
+    let target = Model::load_output(&args.model, device)?;
+    let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
+    let max_tokens = args.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
+    if let Some(path) = &args.manifest {
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+            .map_err(|e| format!("{} is not an audit manifest: {e}", path.display()))?;
+        let claimed = match args.claimed_epsilon {
+            Some(e) => Some(e),
+            None => std::fs::read(path.with_file_name("privacy.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["epsilon_spent"].as_f64()),
+        };
+        let base = base.as_ref().ok_or("--manifest needs --base")?;
+        let audit = audit_canaries(&manifest, &target, base, claimed, max_tokens, device)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&audit)?);
+        } else {
+            println!("one-run canary audit: m = {} canaries, {} inserted, score `{}`", audit.m, audit.n_included, manifest.primary_score);
+            println!("  canary AUC {:.4}", audit.auc);
+            println!(
+                "  empirical epsilon lower bound {:.4} (95 %, k+ = {}, {}/{} correct, Bonferroni over {} guesses, delta {:e})",
+                audit.eps_lb, audit.best_k_plus, audit.best_v, audit.best_r, audit.grid.len(), manifest.delta
+            );
+            match audit.eps_claimed {
+                Some(c) => println!("  certified epsilon claimed {c:.4}"),
+                None => println!("  no claimed epsilon (pass --claimed-epsilon)"),
+            }
+            if audit.violation {
+                println!("ALARM: the lower bound exceeds the claimed epsilon: the DP claim is refuted; accounting or training is wrong");
+            }
+        }
+        return Ok(());
+    }
+    let texts_path = args.texts.as_ref().ok_or("give --texts or --manifest")?;
+    let tokenizer_path = args.model.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;
+    let text = std::fs::read_to_string(texts_path).map_err(|e| format!("cannot read {}: {e}", texts_path.display()))?;
+    let texts: Vec<LabeledText> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", texts_path.display(), i + 1)))
+        .collect::<Result<_, _>>()?;
+    let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&audit)?);
+        return Ok(());
+    }
+    println!("{} texts ({} members)", audit.texts.len(), texts.iter().filter(|t| t.label == 1).count());
+    println!("  {:<12} {:>7} {:>17} {:>10} {:>10} {:>8}", "score", "AUC", "95% CI", "TPR@1%", "TPR@5%", "dropped");
+    for (name, m) in &audit.metrics {
+        println!(
+            "  {:<12} {:>7.4} [{:>6.4}, {:>6.4}] {:>10.4} {:>10.4} {:>8}",
+            name, m.auc, m.auc_ci95[0], m.auc_ci95[1], m.tpr_at_1pct_fpr, m.tpr_at_fpr["0.05"].tpr, m.dropped_nan
+        );
+    }
+    Ok(())
+}

@@ -46,8 +46,8 @@ impl JobsApi {
         Ok((spec, p, d))
     }
 
-    fn delta_of(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> f64 {
-        self.state.store.get_dataset(tenant, &j.dataset).map(|d| d.budget_delta).unwrap_or(1e-5)
+    fn delta_of(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> Result<f64, Status> {
+        Ok(self.state.store.get_dataset(tenant, &j.dataset)?.budget_delta)
     }
 }
 
@@ -91,7 +91,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         let tenant = tenant(&req)?;
         tokio::task::block_in_place(|| {
             let j = self.state.store.get_job(&tenant, &job_id(&req.get_ref().job_id)?)?;
-            let eps = job_epsilon(&j, self.delta_of(&tenant, &j));
+            let eps = job_epsilon(&j, self.delta_of(&tenant, &j)?);
             Ok(Response::new(convert::job(&j, eps)))
         })
     }
@@ -99,7 +99,13 @@ impl pb::jobs_server::Jobs for JobsApi {
     async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let tenant = tenant(&req)?;
         tokio::task::block_in_place(|| {
-            let jobs = self.state.store.list_jobs(&tenant)?.iter().map(|j| convert::job(j, job_epsilon(j, self.delta_of(&tenant, j)))).collect();
+            let jobs = self
+                .state
+                .store
+                .list_jobs(&tenant)?
+                .iter()
+                .map(|j| Ok(convert::job(j, job_epsilon(j, self.delta_of(&tenant, j)?))))
+                .collect::<Result<_, Status>>()?;
             Ok(Response::new(pb::ListJobsResponse { jobs }))
         })
     }
@@ -157,7 +163,7 @@ impl pb::jobs_server::Jobs for JobsApi {
     async fn cancel(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
         let j = self.state.store.request_cancel(&tenant, &job_id(&req.get_ref().job_id)?)?;
-        let eps = job_epsilon(&j, self.delta_of(&tenant, &j));
+        let eps = job_epsilon(&j, self.delta_of(&tenant, &j)?);
         Ok(Response::new(convert::job(&j, eps)))
     }
 }

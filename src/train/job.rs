@@ -389,7 +389,8 @@ pub fn run_with_ledger(
     let noise_std = plan.noise_multiplier * spec.privacy.clip_norm;
     let expected_batch = sampler.expected_batch_size();
     let total_numel: usize = params.iter().map(|p| p.numel()).sum();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // The noise thread draws while the step computes: leave one core to the step.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1);
     let mut noise = NoiseStream::start(noise_source, noise_std, total_numel, threads);
     let accountant = PldAccountant::default();
 

@@ -42,14 +42,20 @@ pub fn token_stats(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, bat
     out
 }
 
-fn score_batch(model: &Model, seqs: &[Vec<i64>], max_tokens: usize, device: Device) -> Vec<TokenStats> {
+/// Right-pads `seqs` (each cut at `max_tokens`) into `[B, T]` ids, T >= 2; returns the kept lengths.
+fn padded_ids(seqs: &[Vec<i64>], max_tokens: usize, device: Device) -> (Tensor, Vec<usize>) {
     let lens: Vec<usize> = seqs.iter().map(|s| s.len().min(max_tokens)).collect();
     let t = lens.iter().copied().max().unwrap_or(0).max(2);
     let mut flat = vec![0i64; seqs.len() * t];
     for (r, s) in seqs.iter().enumerate() {
         flat[r * t..r * t + lens[r]].copy_from_slice(&s[..lens[r]]);
     }
-    let ids = Tensor::from_slice(&flat).reshape([seqs.len() as i64, t as i64]).to_device(device);
+    (Tensor::from_slice(&flat).reshape([seqs.len() as i64, t as i64]).to_device(device), lens)
+}
+
+fn score_batch(model: &Model, seqs: &[Vec<i64>], max_tokens: usize, device: Device) -> Vec<TokenStats> {
+    let (ids, lens) = padded_ids(seqs, max_tokens, device);
+    let t = ids.size()[1] as usize;
     let logits = model.forward(&ids, None).narrow(1, 0, t as i64 - 1);
     // One exp pass over [B, T, V] in the model's f32 (libtorch's cascaded f32 sums):
     // y = x - max, e = exp(y), s = sum e; log p = y - ln s. Under p, log p is y shifted by a
@@ -92,13 +98,7 @@ pub fn forward_only(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, ba
     let _guard = tch::no_grad_guard();
     let mut checksum = 0.0;
     for chunk in sequences.chunks(batch.max(1)) {
-        let t = chunk.iter().map(|s| s.len().min(max_tokens)).max().unwrap_or(2).max(2);
-        let mut flat = vec![0i64; chunk.len() * t];
-        for (r, s) in chunk.iter().enumerate() {
-            let n = s.len().min(max_tokens);
-            flat[r * t..r * t + n].copy_from_slice(&s[..n]);
-        }
-        let ids = Tensor::from_slice(&flat).reshape([chunk.len() as i64, t as i64]).to_device(device);
+        let (ids, _) = padded_ids(chunk, max_tokens, device);
         checksum += model.forward(&ids, None).mean(Kind::Float).double_value(&[]);
     }
     checksum

@@ -3,6 +3,37 @@
 use ewtune::train::bench::{dp_step, BenchShape};
 use ewtune::train::job::DeviceChoice;
 
+/// The GPT-2-shaped random model a benchmark runs on (defaults: GPT-2 small), and its threads.
+#[derive(clap::Args, Debug)]
+pub struct ModelShape {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 12)]
+    layers: i64,
+    /// Model width.
+    #[arg(long, default_value_t = 768)]
+    d_model: i64,
+    /// Attention heads.
+    #[arg(long, default_value_t = 12)]
+    heads: i64,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: i64,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 50257)]
+    vocab: i64,
+    /// libtorch intra-op threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+impl ModelShape {
+    fn set_threads(&self) {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+    }
+}
+
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -24,60 +55,28 @@ pub enum BenchCommand {
     },
     /// Audit scoring throughput (tokens/s) over plain forward throughput, same model and batches.
     Audit {
-        /// Transformer blocks.
-        #[arg(long, default_value_t = 12)]
-        layers: i64,
-        /// Model width.
-        #[arg(long, default_value_t = 768)]
-        d_model: i64,
-        /// Attention heads.
-        #[arg(long, default_value_t = 12)]
-        heads: i64,
-        /// Tokens per text.
-        #[arg(long, default_value_t = 128)]
-        seq_len: i64,
+        #[command(flatten)]
+        shape: ModelShape,
         /// Texts.
         #[arg(long, default_value_t = 32)]
         texts: usize,
         /// Texts per forward pass.
         #[arg(long, default_value_t = 8)]
         batch: usize,
-        /// Vocabulary size.
-        #[arg(long, default_value_t = 50257)]
-        vocab: i64,
-        /// libtorch intra-op threads (0: libtorch's default).
-        #[arg(long, default_value_t = 0)]
-        threads: i32,
     },
     /// DP step time over non-private step time, LoRA and full fine-tuning, same model and batch.
     DpStep {
-        /// Transformer blocks.
-        #[arg(long, default_value_t = 12)]
-        layers: i64,
-        /// Model width.
-        #[arg(long, default_value_t = 768)]
-        d_model: i64,
-        /// Attention heads.
-        #[arg(long, default_value_t = 12)]
-        heads: i64,
-        /// Tokens per sequence.
-        #[arg(long, default_value_t = 128)]
-        seq_len: i64,
+        #[command(flatten)]
+        shape: ModelShape,
         /// Sequences per batch.
         #[arg(long, default_value_t = 4)]
         batch: usize,
-        /// Vocabulary size.
-        #[arg(long, default_value_t = 50257)]
-        vocab: i64,
         /// Timed repeats (after one warm-up).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Device.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
-        /// libtorch intra-op threads (0: libtorch's default).
-        #[arg(long, default_value_t = 0)]
-        threads: i32,
         /// One JSON object per mode per line.
         #[arg(long)]
         json: bool,
@@ -86,20 +85,16 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
-        BenchCommand::Audit { layers, d_model, heads, seq_len, texts, batch, vocab, threads } => {
-            if threads > 0 {
-                tch::set_num_threads(threads);
-            }
-            audit_throughput(layers, d_model, heads, seq_len, texts, batch, vocab)
+        BenchCommand::Audit { shape, texts, batch } => {
+            shape.set_threads();
+            audit_throughput(&shape, texts, batch)
         }
         BenchCommand::Load { rate, seconds, dataset, json } => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(load(connect, rate, seconds, dataset, json))
         }
-        BenchCommand::DpStep { layers, d_model, heads, seq_len, batch, vocab, repeats, device, threads, json } => {
-            if threads > 0 {
-                tch::set_num_threads(threads);
-            }
-            let shape = BenchShape { layers, d_model, heads, seq_len, batch, vocab, repeats: repeats.max(1) };
+        BenchCommand::DpStep { shape: s, batch, repeats, device, json } => {
+            s.set_threads();
+            let shape = BenchShape { layers: s.layers, d_model: s.d_model, heads: s.heads, seq_len: s.seq_len, batch, vocab: s.vocab, repeats: repeats.max(1) };
             for t in dp_step(shape, device.resolve()?)? {
                 if json {
                     println!("{}", serde_json::to_string(&t)?);
@@ -155,8 +150,8 @@ async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn audit_throughput(layers: i64, d_model: i64, heads: i64, seq_len: i64, texts: usize, batch: usize, vocab: i64) -> Result<(), Box<dyn std::error::Error>> {
+fn audit_throughput(shape: &ModelShape, texts: usize, batch: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let ModelShape { layers, d_model, heads, seq_len, vocab, .. } = *shape;
     use ewtune::audit::logprobs::{forward_only, token_stats};
     use ewtune::train::synthetic::{write_model, Family, Shape};
     let dir = std::env::temp_dir().join(format!("ewtune-bench-audit-{}", std::process::id()));

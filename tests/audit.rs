@@ -37,7 +37,7 @@ fn batched_logprobs_match_reference_and_unbatched() {
     }
 }
 
-use ewtune::audit::canary::{audit_canaries, prepare, CanarySpec};
+use ewtune::audit::canary::{audit_canaries, draw, CanarySpec};
 use ewtune::audit::report::{audit_texts, LabeledText};
 use ewtune::train::data::Dataset;
 use ewtune::train::dpsgd::nonprivate_backward;
@@ -71,9 +71,10 @@ fn fixture_scores_and_aucs_match_reference() {
 /// far above 1/2 and the one-run lower bound far above 0.
 #[test]
 fn nonprivate_training_leaks_canaries() {
-    let root = tempfile::tempdir().unwrap();
     let base_dir = fixture("audit").join("base");
-    let (manifest, _) = prepare(&root.path().join("manifest.json"), &CanarySpec { count: 200, length: 20 }, 400, 1e-5).unwrap();
+    // Seeded (reproducible test, not private): canaries and inclusion bits from a fixed stream.
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(1);
+    let manifest = draw(&CanarySpec { count: 200, length: 20 }, 400, 1e-5, &mut rng);
     let model = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
     let data = Dataset { units: manifest.training_units(), dropped_examples: 0, truncated_examples: 0 };
     let params: Vec<tch::Tensor> = model.trainable().into_iter().map(|(_, p)| p).collect();

@@ -80,10 +80,18 @@ pub fn prepare(path: &Path, spec: &CanarySpec, vocab: i64, delta: f64) -> Result
         }
         return Ok((m, sha256_hex(&bytes)));
     }
-    let mut rng = crate::train::noise::os_seeded_rng()?;
+    let m = draw(spec, vocab, delta, &mut crate::train::noise::os_seeded_rng()?);
+    let bytes = serde_json::to_vec(&m).expect("manifests serialize");
+    crate::train::weights::write_bytes_atomic(path, &bytes)?;
+    Ok((m, sha256_hex(&bytes)))
+}
+
+/// Draws a manifest's canaries and inclusion bits from `rng` (the OS CSPRNG in jobs; a seeded
+/// generator only in reproducible tests).
+pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngCore) -> Manifest {
     let canaries: Vec<Vec<i64>> = (0..spec.count).map(|_| (0..spec.length).map(|_| rng.random_range(1..vocab)).collect()).collect();
     let included = (0..spec.count).map(|_| rng.random_bool(0.5)).collect();
-    let m = Manifest {
+    Manifest {
         version: 1,
         canary_type: "random_tokens".into(),
         canaries,
@@ -92,10 +100,7 @@ pub fn prepare(path: &Path, spec: &CanarySpec, vocab: i64, delta: f64) -> Result
         k_plus: default_k_plus(spec.count),
         beta: 0.05,
         delta,
-    };
-    let bytes = serde_json::to_vec(&m).expect("manifests serialize");
-    crate::train::weights::write_bytes_atomic(path, &bytes)?;
-    Ok((m, sha256_hex(&bytes)))
+    }
 }
 
 /// Lower-case hex SHA-256.

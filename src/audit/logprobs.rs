@@ -22,24 +22,15 @@ pub struct TokenStats {
     pub truncated: bool,
 }
 
-/// Largest `rows * positions * vocab` evaluated in f64 at once (memory bound, ~512 MiB).
-const MAX_F64_ELEMENTS: i64 = 1 << 26;
+/// Scored positions per vocabulary-wide pass: `[rows, V]` f32 temporaries of a few MiB stay in
+/// cache, where one pass over the whole `[B, T, V]` would stream it through memory several times.
+const ROWS_PER_PASS: i64 = 16;
 
-/// Scores token sequences with `model`, `batch` sequences per forward pass (fewer when the f64
-/// log-softmax would not fit), truncating each to `max_tokens`.
+/// Scores token sequences with `model`, `batch` sequences per forward pass, truncating each to
+/// `max_tokens`.
 pub fn token_stats(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, batch: usize, device: Device) -> Vec<TokenStats> {
     let _guard = tch::no_grad_guard();
-    let vocab = model.vocab_size();
-    let mut out = Vec::with_capacity(sequences.len());
-    let mut start = 0;
-    while start < sequences.len() {
-        let longest = sequences[start..].iter().take(batch.max(1)).map(|s| s.len().min(max_tokens)).max().unwrap_or(1).max(2) as i64;
-        let fit = (MAX_F64_ELEMENTS / (longest * vocab)).max(1) as usize;
-        let end = (start + batch.max(1).min(fit)).min(sequences.len());
-        out.extend(score_batch(model, &sequences[start..end], max_tokens, device));
-        start = end;
-    }
-    out
+    sequences.chunks(batch.max(1)).flat_map(|chunk| score_batch(model, chunk, max_tokens, device)).collect()
 }
 
 /// Right-pads `seqs` (each cut at `max_tokens`) into `[B, T]` ids, T >= 2; returns the kept lengths.
@@ -55,42 +46,50 @@ fn padded_ids(seqs: &[Vec<i64>], max_tokens: usize, device: Device) -> (Tensor, 
 
 fn score_batch(model: &Model, seqs: &[Vec<i64>], max_tokens: usize, device: Device) -> Vec<TokenStats> {
     let (ids, lens) = padded_ids(seqs, max_tokens, device);
-    let t = ids.size()[1] as usize;
-    let logits = model.forward(&ids, None).narrow(1, 0, t as i64 - 1);
-    // One exp pass over [B, T, V] in the model's f32 (libtorch's cascaded f32 sums):
-    // y = x - max, e = exp(y), s = sum e; log p = y - ln s. Under p, log p is y shifted by a
-    // constant, so mu = E[y] - ln s and sigma2 = Var(y) = E[(y - E y)^2] (two-pass, no
-    // cancellation). Checked against the transformers reference to 1e-4 in the tests.
-    let max = logits.amax(&[-1i64][..], true);
-    let y = &logits - &max;
-    let e = y.exp();
-    let s = e.sum_dim_intlist(&[-1i64][..], true, Kind::Float);
-    let ey = (&e * &y).sum_dim_intlist(&[-1i64][..], true, Kind::Float) / &s;
-    let centred = &y - &ey;
-    let sigma2 = ((&e * centred.square()).sum_dim_intlist(&[-1i64][..], true, Kind::Float) / &s).squeeze_dim(-1).to_kind(Kind::Double);
-    let (s, ey) = (s.to_kind(Kind::Double), ey.to_kind(Kind::Double));
-    let ln_s = s.log();
-    let mu = (&ey - &ln_s).squeeze_dim(-1);
-    let target = y.gather(2, &ids.narrow(1, 1, t as i64 - 1).unsqueeze(-1), false).to_kind(Kind::Double);
-    let lp = (target - &ln_s).squeeze_dim(-1);
-    let rows = |x: &Tensor| -> Vec<Vec<f64>> {
-        let x = x.to_device(Device::Cpu);
-        (0..seqs.len() as i64).map(|r| Vec::<f64>::try_from(&x.get(r)).unwrap_or_default()).collect()
-    };
-    let (lp, mu, sigma2) = (rows(&lp), rows(&mu), rows(&sigma2));
+    let logits = model.forward(&ids, None);
     seqs.iter()
         .enumerate()
         .map(|(r, s)| {
             let n = lens[r].saturating_sub(1);
-            TokenStats {
-                ids: s[..lens[r]].to_vec(),
-                logprobs: lp[r][..n].to_vec(),
-                mu: mu[r][..n].to_vec(),
-                sigma2: sigma2[r][..n].to_vec(),
-                truncated: s.len() > max_tokens,
+            let (mut logprobs, mut mu, mut sigma2) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let row_logits = logits.get(r as i64);
+            let next_ids = ids.get(r as i64);
+            let mut start = 0i64;
+            while start < n as i64 {
+                let len = ROWS_PER_PASS.min(n as i64 - start);
+                // Padding positions are never scored; each block of positions is [len, V].
+                let x = row_logits.narrow(0, start, len);
+                let (lp, m, v) = position_stats(&x, &next_ids.narrow(0, start + 1, len));
+                logprobs.extend(lp);
+                mu.extend(m);
+                sigma2.extend(v);
+                start += len;
             }
+            TokenStats { ids: s[..lens[r]].to_vec(), logprobs, mu, sigma2, truncated: s.len() > max_tokens }
         })
         .collect()
+}
+
+/// For logits `x` `[len, V]` and the next tokens `[len]`: `log p(next)`, and the mean and
+/// variance of `log p` under `p` (Min-K%++). One fused log-softmax in the model's f32
+/// (libtorch's max-shifted, vectorised kernel); the moments are per-row dot products, the
+/// variance two-pass (centred first, no cancellation). Checked against the transformers
+/// reference to 1e-4 in the tests.
+fn position_stats(x: &Tensor, next: &Tensor) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let len = x.size()[0];
+    let log_p = x.log_softmax(-1, Kind::Float);
+    let target = log_p.gather(1, &next.unsqueeze(-1), false);
+    let mut p = log_p.exp();
+    // Row-wise dot products as [len, 1, V] x [len, V, 1] batched matmuls: no [len, V] product
+    // is materialised.
+    let dot = |a: &Tensor, b: &Tensor| a.unsqueeze(1).matmul(&b.unsqueeze(-1)).view([len, 1]);
+    let mean = dot(&p, &log_p);
+    let mut centred = log_p;
+    let _ = centred.g_sub_(&mean);
+    let _ = p.g_mul_(&centred);
+    let var = dot(&p, &centred);
+    let to_vec = |t: &Tensor| Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double).view([len])).unwrap_or_default();
+    (to_vec(&target), to_vec(&mean), to_vec(&var))
 }
 
 /// Plain forward throughput reference for the benchmark: the same batches, logits only.

@@ -7,7 +7,7 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=proto");
-    let files = ["ewtune/v1/datasets.proto", "ewtune/v1/jobs.proto", "ewtune/v1/budget.proto"];
+    let files = ["ewtune/v1/datasets.proto", "ewtune/v1/jobs.proto", "ewtune/v1/budget.proto", "ewtune/v1/audits.proto"];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("ewtune_descriptor.bin"), fds.encode_to_vec())?;

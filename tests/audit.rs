@@ -38,7 +38,7 @@ fn batched_logprobs_match_reference_and_unbatched() {
 }
 
 use ewtune::audit::canary::{audit_canaries, draw, CanarySpec};
-use ewtune::audit::report::{audit_texts, LabeledText};
+use ewtune::audit::texts::{audit_texts, LabeledText};
 use ewtune::train::data::Dataset;
 use ewtune::train::dpsgd::nonprivate_backward;
 use ewtune::train::finetune::FineTune;
@@ -92,9 +92,12 @@ fn nonprivate_training_leaks_canaries() {
     }
     let base = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
     let audit = audit_canaries(&manifest, &model, &base, None, 64, Device::Cpu).unwrap();
-    eprintln!("non-private: canary AUC {:.4}, eps_lb {:.4} (k+ {}, {}/{})", audit.auc, audit.eps_lb, audit.best_k_plus, audit.best_v, audit.best_r);
-    assert!(audit.auc > 0.9, "{audit:?}");
-    assert!(audit.eps_lb > 1.0, "{audit:?}");
+    let auc = audit.metrics["ref"].auc;
+    eprintln!("non-private: canary AUC {auc:.4}, eps_lb {:.4} (k+ {}, {}/{}), ceiling {:.3}", audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.eps_ceiling_for_m);
+    assert!(auc > 0.9, "{audit:?}");
+    assert!(audit.best.eps_lb > 1.0, "{audit:?}");
+    assert!(audit.best.eps_lb <= audit.eps_ceiling_for_m);
+    assert_eq!(audit.grid_size, audit.grid.len());
     assert!(!audit.violation);
 }
 
@@ -127,7 +130,7 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
     let target = Model::load_output(&out.output_model, Device::Cpu).unwrap();
     let base = Model::load_output(&base_dir, Device::Cpu).unwrap();
     let audit = audit_canaries(&manifest, &target, &base, Some(out.epsilon_spent), 64, Device::Cpu).unwrap();
-    eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.auc, audit.eps_lb);
+    eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.metrics["ref"].auc, audit.best.eps_lb);
     assert!(out.epsilon_spent <= 1.0);
-    assert!(audit.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");
+    assert!(audit.best.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");
 }

@@ -2,6 +2,7 @@
 //! field) and the conversion of results into proto messages.
 
 use super::pb;
+use crate::audit::canary::CanarySpec;
 use crate::daemon::State;
 use crate::store::{Dataset, Job, JobState, PrivacyUnit, TenantId};
 use crate::train::data::DataConfig;
@@ -63,6 +64,17 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<J
     if req.steps == 0 && !(req.epochs > 0.0 && req.epochs.is_finite()) {
         return Err(invalid("epochs", "give epochs > 0 or steps >= 1"));
     }
+    let canaries = match &req.canaries {
+        None => None,
+        Some(c) => {
+            let spec = CanarySpec { count: c.count as usize, length: if c.length == 0 { 32 } else { c.length as usize } };
+            spec.validate().map_err(|e| match e {
+                crate::train::TrainError::BadSpec { field, reason } => invalid(field, reason),
+                other => invalid("canaries", other),
+            })?;
+            Some(spec)
+        }
+    };
     let format: DatasetFormat = std::fs::read(dataset_file(state, dataset.id.as_str()).with_extension("json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -92,7 +104,7 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<J
         },
         device: DeviceChoice::Auto,
         expected_units: Some(dataset.units as usize),
-        canaries: None,
+        canaries,
     })
 }
 
@@ -112,8 +124,8 @@ pub fn dataset(d: &Dataset) -> pb::Dataset {
     }
 }
 
-/// A job as the API shows it.
-pub fn job(j: &Job, epsilon_spent: f64) -> pb::Job {
+/// A job as the API shows it (`canary_manifest_sha256` empty when it inserts no canaries).
+pub fn job(j: &Job, epsilon_spent: f64, canary_manifest_sha256: Option<String>) -> pb::Job {
     pb::Job {
         job_id: j.id.as_str().to_string(),
         dataset_id: j.dataset.as_str().to_string(),
@@ -132,6 +144,7 @@ pub fn job(j: &Job, epsilon_spent: f64) -> pb::Job {
         reason: j.reason.clone().unwrap_or_default(),
         spec_json: j.spec_json.clone(),
         created_unix_ms: j.created_at_unix_ms,
+        canary_manifest_sha256: canary_manifest_sha256.unwrap_or_default(),
     }
 }
 

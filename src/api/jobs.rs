@@ -7,6 +7,7 @@ use super::pb;
 use crate::daemon::State;
 use crate::store::{JobId, JobState, NewJob};
 use crate::train::job::plan;
+use crate::train::model::config_vocab_size;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -17,37 +18,68 @@ pub struct JobsApi {
     pub(crate) state: Arc<State>,
 }
 
-fn job_id(id: &str) -> Result<JobId, Status> {
+pub(crate) fn job_id(id: &str) -> Result<JobId, Status> {
     JobId::parse(id).map_err(|_| invalid("job_id", "not a job id"))
 }
 
+/// The certified epsilon of a job's steps done at `delta` (NaN, logged, if it cannot be stated).
 fn job_epsilon(j: &crate::store::Job, delta: f64) -> f64 {
-    if j.steps_done == 0 {
-        return 0.0;
-    }
-    ewtune_accountant::History::homogeneous(j.noise_multiplier, j.sample_rate, j.steps_done)
-        .and_then(|h| ewtune_accountant::pld::PldAccountant::default().epsilon(&h, delta))
-        .map(|c| c.bounds.upper)
-        .unwrap_or_else(|e| {
-            tracing::warn!(job = %j.id.as_str(), error = %e, "cannot account a job's spend");
-            f64::NAN
-        })
+    j.certified_epsilon_spent(delta).unwrap_or_else(|e| {
+        tracing::warn!(job = %j.id.as_str(), error = %e, "cannot account a job's spend");
+        f64::NAN
+    })
+}
+
+/// A spec settled for admission: the training spec with sigma and steps fixed, its plan, the
+/// dataset, the canary manifest drawn for it (Create only) and advice.
+struct Settled {
+    spec: crate::train::job::JobSpec,
+    plan: crate::train::job::Plan,
+    dataset: crate::store::Dataset,
+    manifest_json: Option<String>,
+    warnings: Vec<String>,
 }
 
 impl JobsApi {
-    fn plan(&self, tenant: &crate::store::TenantId, req: &pb::JobSpec) -> Result<(crate::train::job::JobSpec, crate::train::job::Plan, crate::store::Dataset), Status> {
-        let d = convert::owned_dataset(&self.state, tenant, &req.dataset_id)?;
-        let mut spec = convert::job_spec(&self.state, &d, req)?;
-        let p = plan(&spec, d.units as usize).map_err(|e| invalid("spec", e))?;
+    /// Settles `req`. With canaries and `draw`, draws the manifest from the OS CSPRNG (m
+    /// canaries, S_i each 1/2) and plans over the dataset's units plus the inserted ones;
+    /// without `draw` (Plan: no side effects) it assumes m/2 inserted.
+    fn settle(&self, tenant: &crate::store::TenantId, req: &pb::JobSpec, draw: bool) -> Result<Settled, Status> {
+        let dataset = convert::owned_dataset(&self.state, tenant, &req.dataset_id)?;
+        let mut spec = convert::job_spec(&self.state, &dataset, req)?;
+        let mut units = dataset.units as usize;
+        let mut manifest_json = None;
+        let mut warnings = Vec::new();
+        if let Some(c) = &spec.canaries {
+            warnings.extend(c.warnings(units));
+            if draw {
+                let vocab = config_vocab_size(&spec.model).map_err(|e| invalid("base_model", e))?;
+                let mut rng = crate::train::noise::os_seeded_rng().map_err(|e| Status::internal(e.to_string()))?;
+                let manifest = crate::audit::canary::draw(c, vocab, spec.privacy.delta, &mut rng);
+                units += manifest.included.iter().filter(|&&s| s).count();
+                manifest_json = Some(serde_json::to_string(&manifest).expect("manifests serialize"));
+            } else {
+                units += c.count / 2;
+            }
+        }
+        spec.expected_units = Some(units);
+        let p = plan(&spec, units).map_err(|e| invalid("spec", e))?;
         // The daemon fixes sigma and steps now: the job runs exactly what was reserved.
         spec.privacy.epsilon = None;
         spec.privacy.noise_multiplier = Some(p.noise_multiplier);
         spec.training.steps = Some(p.steps);
-        Ok((spec, p, d))
+        Ok(Settled { spec, plan: p, dataset, manifest_json, warnings })
     }
 
     fn delta_of(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> Result<f64, Status> {
         Ok(self.state.store.get_dataset(tenant, &j.dataset)?.budget_delta)
+    }
+
+    /// A stored job as the API shows it, with its certified spend and canary commitment.
+    fn shown(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> Result<pb::Job, Status> {
+        let eps = job_epsilon(j, self.delta_of(tenant, j)?);
+        let sha = self.state.store.canary_manifest(&j.id)?.map(|(sha, _)| sha);
+        Ok(convert::job(j, eps, sha))
     }
 }
 
@@ -55,7 +87,7 @@ impl JobsApi {
 impl pb::jobs_server::Jobs for JobsApi {
     async fn plan(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::PlanResponse>, Status> {
         let tenant = tenant(&req)?;
-        let (_, p, d) = self.plan(&tenant, req.get_ref())?;
+        let Settled { plan: p, dataset: d, warnings, .. } = self.settle(&tenant, req.get_ref(), false)?;
         let report = self.state.store.budget_report(&tenant, &d.id)?;
         Ok(Response::new(pb::PlanResponse {
             units: p.units as u64,
@@ -66,12 +98,13 @@ impl pb::jobs_server::Jobs for JobsApi {
             edgeworth_epsilon: p.edgeworth_epsilon,
             delta: p.delta,
             remaining_epsilon_before: report.remaining_epsilon,
+            warnings,
         }))
     }
 
     async fn create(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
-        let (spec, p, d) = self.plan(&tenant, req.get_ref())?;
+        let Settled { spec, plan: p, dataset: d, manifest_json, .. } = self.settle(&tenant, req.get_ref(), true)?;
         let job = self.state.store.create_job(
             &tenant,
             NewJob {
@@ -80,19 +113,19 @@ impl pb::jobs_server::Jobs for JobsApi {
                 noise_multiplier: p.noise_multiplier,
                 sample_rate: p.sample_rate,
                 steps: p.steps,
+                canary_manifest_json: manifest_json,
             },
         )?;
         tracing::info!(tenant = %tenant.as_str(), job = %job.id.as_str(), certified_epsilon = p.certified_epsilon, "job queued");
         self.state.wake.notify_one();
-        Ok(Response::new(convert::job(&job, 0.0)))
+        Ok(Response::new(self.shown(&tenant, &job)?))
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
         tokio::task::block_in_place(|| {
             let j = self.state.store.get_job(&tenant, &job_id(&req.get_ref().job_id)?)?;
-            let eps = job_epsilon(&j, self.delta_of(&tenant, &j)?);
-            Ok(Response::new(convert::job(&j, eps)))
+            Ok(Response::new(self.shown(&tenant, &j)?))
         })
     }
 
@@ -104,7 +137,7 @@ impl pb::jobs_server::Jobs for JobsApi {
                 .store
                 .list_jobs(&tenant)?
                 .iter()
-                .map(|j| Ok(convert::job(j, job_epsilon(j, self.delta_of(&tenant, j)?))))
+                .map(|j| self.shown(&tenant, j))
                 .collect::<Result<_, Status>>()?;
             Ok(Response::new(pb::ListJobsResponse { jobs }))
         })
@@ -163,7 +196,6 @@ impl pb::jobs_server::Jobs for JobsApi {
     async fn cancel(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
         let j = self.state.store.request_cancel(&tenant, &job_id(&req.get_ref().job_id)?)?;
-        let eps = job_epsilon(&j, self.delta_of(&tenant, &j)?);
-        Ok(Response::new(convert::job(&j, eps)))
+        Ok(Response::new(self.shown(&tenant, &j)?))
     }
 }

@@ -19,6 +19,7 @@ pub async fn serve(
     health_reporter.set_serving::<pb::datasets_server::DatasetsServer<super::datasets::DatasetsApi>>().await;
     health_reporter.set_serving::<pb::jobs_server::JobsServer<super::jobs::JobsApi>>().await;
     health_reporter.set_serving::<pb::budget_server::BudgetServer<super::budget::BudgetApi>>().await;
+    health_reporter.set_serving::<pb::audits_server::AuditsServer<super::audits::AuditsApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -33,7 +34,7 @@ pub async fn serve(
         let key = std::fs::read(key)?;
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
     }
-    const MAX_MESSAGE: usize = 256 << 20; // datasets are uploaded in one message
+    const MAX_MESSAGE: usize = 256 << 20; // datasets and audit texts are uploaded in one message
     builder
         .add_service(health)
         .add_service(reflection_v1)
@@ -43,7 +44,11 @@ pub async fn serve(
             auth.clone(),
         ))
         .add_service(pb::jobs_server::JobsServer::with_interceptor(super::jobs::JobsApi { state: state.clone() }, auth.clone()))
-        .add_service(pb::budget_server::BudgetServer::with_interceptor(super::budget::BudgetApi { state }, auth))
+        .add_service(pb::budget_server::BudgetServer::with_interceptor(super::budget::BudgetApi { state: state.clone() }, auth.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pb::audits_server::AuditsServer::new(super::audits::AuditsApi { state }).max_decoding_message_size(MAX_MESSAGE),
+            auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

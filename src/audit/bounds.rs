@@ -320,7 +320,7 @@ pub fn one_run_eps(m: u64, r: u64, v: u64, delta: f64, beta: f64) -> Result<f64,
 }
 
 /// One (k+, k−) row of a one-run audit.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct OneRunRow {
     /// Canaries guessed "included": the k+ highest scores.
     pub k_plus: usize,

@@ -4,10 +4,14 @@
 //! cannot be tuned afterwards. Included canaries are ordinary privacy units: sampled like the
 //! data and counted in the N of the sampling rate.
 
+use super::bounds::OneRunRow;
+use super::report::AuditError;
+use super::texts::{score_metrics, ScoreMetrics, BOOTSTRAP_SEED};
 use crate::train::data::Example;
 use crate::train::TrainError;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// What a job asks for.
@@ -69,9 +73,7 @@ pub fn default_k_plus(m: usize) -> Vec<usize> {
 /// Loads `path` if it exists (a resumed job keeps its canaries and S), else draws a new manifest
 /// from the OS CSPRNG and writes it atomically. Returns it with its SHA-256.
 pub fn prepare(path: &Path, spec: &CanarySpec, vocab: i64, delta: f64) -> Result<(Manifest, String), TrainError> {
-    if spec.count < 2 || spec.length < 2 {
-        return Err(TrainError::BadSpec { field: "canaries", reason: "count and length must be >= 2".into() });
-    }
+    spec.validate()?;
     if path.exists() {
         let bytes = std::fs::read(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| TrainError::CorruptCheckpoint { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -108,35 +110,72 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The result of the one-run canary audit.
+/// The one-run canary audit, in the shape of `research/audit.md` §8 `canary_audit`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CanaryAudit {
     /// Canaries m.
     pub m: usize,
     /// Canaries inserted (S = +1).
     pub n_included: usize,
-    /// AUC of the primary score, inserted vs not.
-    pub auc: f64,
-    /// The one-run epsilon lower bound at 95 % (Bonferroni over the k+ grid).
-    pub eps_lb: f64,
-    /// Guesses of the best grid row.
-    pub best_k_plus: usize,
-    /// r of the best row.
-    pub best_r: usize,
-    /// v (correct guesses) of the best row.
-    pub best_v: usize,
-    /// Every grid row `(k+, r, v, eps_lb)`.
-    pub grid: Vec<(usize, usize, usize, f64)>,
+    /// How they were made.
+    pub canary_type: String,
+    /// The one score the bound uses (fixed in the manifest).
+    pub primary_score: String,
+    /// SHA-256 of the manifest audited (the commitment made before training).
+    pub manifest_sha256: String,
+    /// The job's delta.
+    pub delta: f64,
+    /// Significance of the bound.
+    pub beta: f64,
+    /// Multiple-testing correction over the grid.
+    pub correction: &'static str,
+    /// Guess pairs tried (beta is divided by it).
+    pub grid_size: usize,
+    /// The best row: the one-run epsilon lower bound at 95 %.
+    pub best: OneRunRow,
+    /// Every row.
+    pub grid: Vec<OneRunRow>,
     /// The certified epsilon the job claimed, when known.
     pub eps_claimed: Option<f64>,
-    /// True when `eps_lb > eps_claimed`: the DP claim is refuted (a bug in accounting or training).
+    /// True when `best.eps_lb > eps_claimed`: the DP claim is refuted at 95 % (a bug in
+    /// accounting, sampling, clipping or noise).
     pub violation: bool,
-    /// SHA-256 of the manifest audited.
-    pub manifest_sha256: String,
+    /// The largest lower bound m canaries can give at this delta and beta (§5.2.5).
+    pub eps_ceiling_for_m: f64,
+    /// Membership metrics on the canaries (inserted vs not): the primary score and Min-K%++ 20 %
+    /// (secondary, not used by the bound).
+    pub metrics: BTreeMap<String, ScoreMetrics>,
 }
 
-/// Scores every canary by `ref = loss_base - loss_target` on its tokens and runs the one-run
-/// audit of §5.2 with the manifest's grid, beta and delta.
+/// The smallest m the daemon accepts (§5.3: at least 200).
+pub const MIN_CANARIES: usize = 200;
+
+impl CanarySpec {
+    /// Refuses too few or too short canaries, naming the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.count < MIN_CANARIES {
+            return Err(TrainError::BadSpec { field: "canaries.count", reason: format!("must be >= {MIN_CANARIES} (fewer cannot bound epsilon usefully), got {}", self.count) });
+        }
+        if !(8..=1024).contains(&self.length) {
+            return Err(TrainError::BadSpec { field: "canaries.length", reason: format!("must lie in [8, 1024] tokens, got {}", self.length) });
+        }
+        Ok(())
+    }
+
+    /// Advice for a dataset of `units` (§5.3 step 5): m/2 extra examples are cheap only when
+    /// the data holds at least 10 m.
+    pub fn warnings(&self, units: usize) -> Vec<String> {
+        if units < 10 * self.count {
+            vec![format!("the dataset holds {units} units, fewer than 10 x {} canaries: about {} canaries are added; consider fewer", self.count, self.count / 2)]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Scores every canary by the manifest's primary score `ref = loss_base - loss_target` on its
+/// tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit of §5.2 with the
+/// manifest's grid, beta and delta.
 pub fn audit_canaries(
     manifest: &Manifest,
     target: &crate::train::model::Model,
@@ -144,30 +183,41 @@ pub fn audit_canaries(
     eps_claimed: Option<f64>,
     max_tokens: usize,
     device: tch::Device,
-) -> Result<CanaryAudit, super::report::AuditError> {
+) -> Result<CanaryAudit, AuditError> {
     use super::logprobs::token_stats;
+    use super::scores::{min_k_pp, score_ref};
     if manifest.primary_score != "ref" {
-        return Err(super::report::AuditError::Input(format!("unsupported primary score `{}`", manifest.primary_score)));
+        return Err(AuditError::Input(format!("unsupported primary score `{}`", manifest.primary_score)));
+    }
+    if manifest.canaries.len() != manifest.included.len() {
+        return Err(AuditError::Input(format!("the manifest holds {} canaries but {} inclusion bits", manifest.canaries.len(), manifest.included.len())));
     }
     let t = token_stats(target, &manifest.canaries, max_tokens, 64, device);
     let b = token_stats(base, &manifest.canaries, max_tokens, 64, device);
-    let scores: Vec<f64> = t.iter().zip(&b).map(|(t, b)| super::scores::score_ref(&t.logprobs, &b.logprobs)).collect();
-    let auc = super::metrics::auc(&scores, &manifest.included)?.auc;
-    let audit = super::bounds::one_run_audit(&scores, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
-        .map_err(|e| super::report::AuditError::Input(e.to_string()))?;
+    let primary: Vec<f64> = t.iter().zip(&b).map(|(t, b)| score_ref(&t.logprobs, &b.logprobs)).collect();
+    let secondary: Vec<f64> = t.iter().map(|t| min_k_pp(&t.logprobs, &t.mu, &t.sigma2, 0.2)).collect::<Result<_, _>>()?;
+    let audit = super::bounds::one_run_audit(&primary, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
+        .map_err(|e| AuditError::Input(e.to_string()))?;
+    let ceiling = super::bounds::one_run_ceiling(manifest.canaries.len(), manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
+    let mut metrics = BTreeMap::new();
+    metrics.insert("ref".to_string(), score_metrics(&primary, &manifest.included, BOOTSTRAP_SEED)?);
+    metrics.insert("min_k_pp_20".to_string(), score_metrics(&secondary, &manifest.included, BOOTSTRAP_SEED)?);
     let bytes = serde_json::to_vec(manifest).expect("manifests serialize");
-    let violation = eps_claimed.is_some_and(|c| audit.best.eps_lb > c);
     Ok(CanaryAudit {
         m: manifest.canaries.len(),
-        n_included: manifest.included.iter().filter(|&&s| s).count(),
-        auc,
-        eps_lb: audit.best.eps_lb,
-        best_k_plus: audit.best.k_plus,
-        best_r: audit.best.r,
-        best_v: audit.best.v,
-        grid: audit.grid.iter().map(|g| (g.k_plus, g.r, g.v, g.eps_lb)).collect(),
-        eps_claimed,
-        violation,
+        n_included: audit.n_included,
+        canary_type: manifest.canary_type.clone(),
+        primary_score: manifest.primary_score.clone(),
         manifest_sha256: sha256_hex(&bytes),
+        delta: manifest.delta,
+        beta: manifest.beta,
+        correction: "bonferroni",
+        grid_size: audit.grid.len(),
+        violation: eps_claimed.is_some_and(|c| audit.best.eps_lb > c),
+        best: audit.best,
+        grid: audit.grid,
+        eps_claimed,
+        eps_ceiling_for_m: ceiling.eps,
+        metrics,
     })
 }

@@ -1,77 +1,16 @@
-//! An audit of texts (`ewtune audit --texts`): per-text token log-probs and every score of
-//! `research/audit.md` §2, and per-score metrics (AUC with a bootstrap CI, TPR at 0.1 / 1 / 5 %
-//! FPR, strict, realised FPR reported), NaNs dropped and counted; plus the canary audit's
-//! one-run epsilon lower bound (§5.3) against the claimed certified epsilon.
+//! The audit report of `research/audit.md` §8, one per audit: which models (by SHA-256) and
+//! settings were audited, membership metrics on labelled texts (`data_mia`, aggregates only: no
+//! text leaves in a report) and the one-run canary audit with its violation alarm. The daemon
+//! signs its exact JSON bytes (`daemon/signing.rs`), as it signs budget reports.
 
-use super::logprobs::token_stats;
-use super::metrics::{self, FprMode};
-use super::scores::{TextInput, TextScores, REPORTED_RATIOS};
+use super::canary::{audit_canaries, CanaryAudit, Manifest};
+use super::scores::REPORTED_RATIOS;
+use super::texts::{audit_texts, LabeledText, ScoreMetrics, BOOTSTRAP_SEED};
 use crate::train::model::Model;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 use tch::Device;
-
-/// One labelled text (`{"input": ..., "label": 1|0}`, 1 = member).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct LabeledText {
-    /// The text.
-    pub input: String,
-    /// 1 = member (trained on), 0 = non-member.
-    pub label: i64,
-}
-
-/// One text's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct TextResult {
-    /// The text.
-    pub input: String,
-    /// Its label.
-    pub label: i64,
-    /// `log p(x_t | x_<t)`, t = 1..n-1.
-    pub token_logprobs: Vec<f64>,
-    /// Canonical scores (higher = member): `min_k_10/20/50`, `min_k_pp_10/20/50`, `loss`,
-    /// `zlib`, `lowercase`, and `ref` when a base model was given.
-    pub scores: BTreeMap<String, f64>,
-    /// The text was cut at the model's context.
-    pub truncated: bool,
-}
-
-/// One score's metrics.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScoreMetrics {
-    /// Exact AUC (ties = 1/2).
-    pub auc: f64,
-    /// Stratified percentile bootstrap 95 % interval of the AUC (seeded).
-    pub auc_ci95: [f64; 2],
-    /// TPR at FPR < 1 % (strict).
-    pub tpr_at_1pct_fpr: f64,
-    /// TPR at FPR < 0.1 % and 5 %, with the realised FPR, by target.
-    pub tpr_at_fpr: BTreeMap<String, TprPoint>,
-    /// NaN scores dropped before the metrics.
-    pub dropped_nan: usize,
-}
-
-/// A TPR at a target FPR.
-#[derive(Debug, Clone, Serialize)]
-pub struct TprPoint {
-    /// TPR.
-    pub tpr: f64,
-    /// FPR actually achieved.
-    pub realised_fpr: f64,
-    /// Too few non-members for the target (N < 10 / target).
-    pub underpowered: bool,
-}
-
-/// The audit of a labelled text set.
-#[derive(Debug, Clone, Serialize)]
-pub struct TextAudit {
-    /// Per text.
-    pub texts: Vec<TextResult>,
-    /// Per score.
-    pub metrics: BTreeMap<String, ScoreMetrics>,
-    /// Seed of the bootstrap.
-    pub bootstrap_seed: u64,
-}
 
 /// Audit errors.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +18,9 @@ pub enum AuditError {
     /// Bad input (names the problem).
     #[error("{0}")]
     Input(String),
+    /// A model or tokenizer could not be loaded.
+    #[error("{0}")]
+    Model(#[from] crate::train::TrainError),
     /// A score could not be computed.
     #[error("score: {0}")]
     Score(#[from] super::scores::ScoreError),
@@ -87,78 +29,163 @@ pub enum AuditError {
     Metric(#[from] super::metrics::MetricError),
 }
 
-fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<i64>, AuditError> {
-    // HF encode semantics: the tokenizer's post-processor decides about BOS (§1.2).
-    let enc = tok.encode(text, true).map_err(|e| AuditError::Input(format!("tokenizer: {e}")))?;
-    Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+/// Version of the report format.
+pub const AUDIT_VERSION: &str = "1";
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// The audited job, for daemon audits.
+    pub job_id: Option<String>,
+    /// Report format version.
+    pub audit_version: &'static str,
+    /// What computed it.
+    pub software: BTreeMap<&'static str, String>,
+    /// What was audited.
+    pub models: ModelHashes,
+    /// How.
+    pub config: AuditConfig,
+    /// Membership metrics on labelled texts, when texts were given.
+    pub data_mia: Option<DataMia>,
+    /// The one-run canary audit, when the job inserted canaries.
+    pub canary_audit: Option<CanaryAudit>,
 }
 
-/// Scores `texts` with `target` (and `base` for `ref`) and computes the metrics.
-pub fn audit_texts(
-    target: &Model,
-    base: Option<&Model>,
-    tokenizer: &tokenizers::Tokenizer,
-    texts: &[LabeledText],
-    max_tokens: usize,
-    device: Device,
-) -> Result<TextAudit, AuditError> {
-    if texts.iter().any(|t| t.label != 0 && t.label != 1) {
-        return Err(AuditError::Input("every label must be 1 (member) or 0 (non-member)".into()));
+/// SHA-256 of the audited files.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelHashes {
+    /// The fine-tuned model (or adapter) directory: every file, by name, in order.
+    pub target_sha256: String,
+    /// The base model directory, likewise.
+    pub base_sha256: String,
+    /// The tokenizer used for texts.
+    pub tokenizer_sha256: Option<String>,
+    /// Scoring precision.
+    pub dtype: &'static str,
+}
+
+/// Scoring settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditConfig {
+    /// Tokens scored per text at most.
+    pub max_tokens: usize,
+    /// Which end is kept when a text is cut.
+    pub truncation: &'static str,
+    /// Whether a BOS token is added beyond the tokenizer's own post-processor.
+    pub prepend_bos: bool,
+    /// Which tokens are scored.
+    pub token_mask: &'static str,
+    /// Min-K% ratios reported.
+    pub k_ratios: Vec<f64>,
+    /// Bootstrap settings of every interval.
+    pub bootstrap: BTreeMap<&'static str, serde_json::Value>,
+}
+
+/// Membership metrics on labelled texts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataMia {
+    /// Texts labelled member.
+    pub n_members: usize,
+    /// Texts labelled non-member.
+    pub n_nonmembers: usize,
+    /// Texts cut at `max_tokens`.
+    pub n_truncated: usize,
+    /// NaN scores dropped, per score.
+    pub dropped_nan: BTreeMap<String, usize>,
+    /// Metrics per score.
+    pub scores: BTreeMap<String, ScoreMetrics>,
+}
+
+/// What to audit.
+pub struct AuditInputs<'a> {
+    /// The job, for daemon audits.
+    pub job_id: Option<String>,
+    /// The fine-tuned model: an HF directory or a PEFT adapter directory.
+    pub target_dir: &'a Path,
+    /// The model before fine-tuning.
+    pub base_dir: &'a Path,
+    /// Labelled texts (1 = member), possibly none.
+    pub texts: &'a [LabeledText],
+    /// The job's canary manifest, when it inserted canaries.
+    pub manifest: Option<&'a Manifest>,
+    /// The certified epsilon the job spent.
+    pub eps_claimed: Option<f64>,
+    /// Tokens per text (default: the model's context, or 1024).
+    pub max_tokens: Option<usize>,
+    /// Where to score.
+    pub device: Device,
+}
+
+/// Runs every part of the audit `inputs` asks for and assembles the report.
+pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError> {
+    if inputs.texts.is_empty() && inputs.manifest.is_none() {
+        return Err(AuditError::Input("nothing to audit: the job inserted no canaries and no texts were given".into()));
     }
-    let ids: Vec<Vec<i64>> = texts.iter().map(|t| encode(tokenizer, &t.input)).collect::<Result<_, _>>()?;
-    let lower_ids: Vec<Vec<i64>> = texts.iter().map(|t| encode(tokenizer, &t.input.to_lowercase())).collect::<Result<_, _>>()?;
-    let batch = 16;
-    let stats = token_stats(target, &ids, max_tokens, batch, device);
-    let lower = token_stats(target, &lower_ids, max_tokens, batch, device);
-    let base_stats = base.map(|b| token_stats(b, &ids, max_tokens, batch, device));
-    let mut results = Vec::with_capacity(texts.len());
-    for (i, t) in texts.iter().enumerate() {
-        let s = &stats[i];
-        let input = TextInput {
-            logprobs: &s.logprobs,
-            moments: Some((&s.mu, &s.sigma2)),
-            text: Some(&t.input),
-            lowercase_logprobs: Some(&lower[i].logprobs),
-            base_logprobs: base_stats.as_ref().map(|b| b[i].logprobs.as_slice()),
-        };
-        let sc = TextScores::compute(&input, &REPORTED_RATIOS)?;
-        let mut scores = BTreeMap::new();
-        for r in &sc.min_k {
-            scores.insert(format!("min_k_{}", (r.ratio * 100.0).round()), r.score);
-        }
-        for r in &sc.min_k_pp {
-            scores.insert(format!("min_k_pp_{}", (r.ratio * 100.0).round()), r.score);
-        }
-        scores.insert("loss".into(), sc.score_loss);
-        if let Some(z) = sc.score_zlib {
-            scores.insert("zlib".into(), z);
-        }
-        if let Some(l) = sc.score_lowercase {
-            scores.insert("lowercase".into(), l);
-        }
-        if let Some(r) = sc.score_ref {
-            scores.insert("ref".into(), r);
-        }
-        results.push(TextResult { input: t.input.clone(), label: t.label, token_logprobs: s.logprobs.clone(), scores, truncated: s.truncated });
+    let target = Model::load_output(inputs.target_dir, inputs.device)?;
+    let base = Model::load_output(inputs.base_dir, inputs.device)?;
+    let max_tokens = inputs.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
+    let tokenizer_path = inputs.base_dir.join("tokenizer.json");
+    let mut tokenizer_sha256 = None;
+    let data_mia = if inputs.texts.is_empty() {
+        None
+    } else {
+        let bytes = std::fs::read(&tokenizer_path).map_err(|e| AuditError::Input(format!("cannot read {}: {e}", tokenizer_path.display())))?;
+        tokenizer_sha256 = Some(super::canary::sha256_hex(&bytes));
+        let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| AuditError::Input(format!("{}: {e}", tokenizer_path.display())))?;
+        let audit = audit_texts(&target, Some(&base), &tokenizer, inputs.texts, max_tokens, inputs.device)?;
+        let n_members = inputs.texts.iter().filter(|t| t.label == 1).count();
+        Some(DataMia {
+            n_members,
+            n_nonmembers: inputs.texts.len() - n_members,
+            n_truncated: audit.texts.iter().filter(|t| t.truncated).count(),
+            dropped_nan: audit.metrics.iter().map(|(k, m)| (k.clone(), m.dropped_nan)).collect(),
+            scores: audit.metrics,
+        })
+    };
+    let canary_audit = inputs.manifest.map(|m| audit_canaries(m, &target, &base, inputs.eps_claimed, max_tokens, inputs.device)).transpose()?;
+    let mut software = BTreeMap::new();
+    software.insert("crate", format!("ewtune {}", env!("CARGO_PKG_VERSION")));
+    software.insert("zlib", "flate2 (zlib backend)".to_string());
+    software.insert("libtorch", "tch 0.24".to_string());
+    let mut bootstrap = BTreeMap::new();
+    bootstrap.insert("B", serde_json::json!(super::metrics::BootstrapConfig::default().resamples));
+    bootstrap.insert("seed", serde_json::json!(BOOTSTRAP_SEED));
+    bootstrap.insert("method", serde_json::json!("stratified-percentile"));
+    Ok(AuditReport {
+        job_id: inputs.job_id.clone(),
+        audit_version: AUDIT_VERSION,
+        software,
+        models: ModelHashes { target_sha256: dir_sha256(inputs.target_dir)?, base_sha256: dir_sha256(inputs.base_dir)?, tokenizer_sha256, dtype: "f32" },
+        config: AuditConfig {
+            max_tokens,
+            truncation: "head",
+            prepend_bos: false,
+            token_mask: "all but the first token",
+            k_ratios: REPORTED_RATIOS.to_vec(),
+            bootstrap,
+        },
+        data_mia,
+        canary_audit,
+    })
+}
+
+/// SHA-256 over a model directory: for every regular file, sorted by name, its name, a NUL,
+/// its length and its bytes. A single file hashes the same way, as a one-file directory.
+pub fn dir_sha256(path: &Path) -> Result<String, AuditError> {
+    let err = |e: std::io::Error| AuditError::Input(format!("cannot hash {}: {e}", path.display()));
+    let mut files: Vec<std::path::PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path).map_err(err)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(err)?;
+        ctx.update(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        ctx.update(&[0]);
+        ctx.update(&(bytes.len() as u64).to_le_bytes());
+        ctx.update(&bytes);
     }
-    let members: Vec<bool> = texts.iter().map(|t| t.label == 1).collect();
-    let seed = 7;
-    let mut metrics_by_score = BTreeMap::new();
-    let names: Vec<String> = results.first().map(|r| r.scores.keys().cloned().collect()).unwrap_or_default();
-    for name in names {
-        let values: Vec<f64> = results.iter().map(|r| r.scores.get(&name).copied().unwrap_or(f64::NAN)).collect();
-        let auc = metrics::auc(&values, &members)?;
-        let mut tpr = BTreeMap::new();
-        for target in metrics::FPR_TARGETS {
-            let p = metrics::tpr_at_fpr(&values, &members, target, FprMode::Strict)?;
-            tpr.insert(format!("{target}"), TprPoint { tpr: p.tpr, realised_fpr: p.realised_fpr, underpowered: p.underpowered });
-        }
-        let config = metrics::BootstrapConfig { seed, ..metrics::BootstrapConfig::default() };
-        let ci = metrics::bootstrap_ci(&values, &members, &config, |s, m| Ok(metrics::auc(s, m)?.auc))?;
-        metrics_by_score.insert(
-            name,
-            ScoreMetrics { auc: auc.auc, auc_ci95: [ci.lo, ci.hi], tpr_at_1pct_fpr: tpr["0.01"].tpr, tpr_at_fpr: tpr, dropped_nan: auc.dropped_nan },
-        );
-    }
-    Ok(TextAudit { texts: results, metrics: metrics_by_score, bootstrap_seed: seed })
+    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
 }

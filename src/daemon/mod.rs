@@ -1,6 +1,7 @@
 //! `ewtuned`'s body: opens the store, the signing key and the directories, requeues jobs a crash
-//! left running, and serves gRPC and the scheduler until shutdown.
+//! left running (and ends its unfinished audits), and serves gRPC and the scheduler until shutdown.
 
+pub mod auditor;
 pub mod config;
 pub mod scheduler;
 pub mod signing;
@@ -20,6 +21,8 @@ pub struct State {
     pub signer: Signer,
     /// Wakes the scheduler when a job is queued.
     pub wake: tokio::sync::Notify,
+    /// Audits run one at a time.
+    pub audit_slots: tokio::sync::Semaphore,
 }
 
 /// Start-up failures.
@@ -52,7 +55,7 @@ impl State {
         }
         let store = Store::open(config.data_dir.join("ewtune.db"))?;
         let signer = Signer::load_or_create(&config.data_dir.join("signing_key.pk8"))?;
-        Ok(Arc::new(State { config, store, signer, wake: tokio::sync::Notify::new() }))
+        Ok(Arc::new(State { config, store, signer, wake: tokio::sync::Notify::new(), audit_slots: tokio::sync::Semaphore::new(1) }))
     }
 }
 
@@ -61,6 +64,10 @@ pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown:
     let requeued = state.store.requeue_running()?;
     if !requeued.is_empty() {
         tracing::info!(requeued = requeued.len(), "jobs interrupted by the last stop go back to the queue");
+    }
+    let failed_audits = state.store.fail_running_audits()?;
+    if failed_audits > 0 {
+        tracing::info!(failed_audits, "audits interrupted by the last stop end failed (create them again)");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(scheduler::run(state.clone(), stop_rx.clone()));

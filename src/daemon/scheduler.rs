@@ -70,6 +70,7 @@ const EPSILON_BLOCK: u64 = 10;
 fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, TrainError> {
     let mut spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| TrainError::BadSpec { field: "spec_json", reason: e.to_string() })?;
     spec.output = state.config.data_dir.join("jobs").join(job.id.as_str());
+    place_canary_manifest(state, job, &spec.output)?;
     let delta = spec.privacy.delta;
     let cancel = AtomicBool::new(false);
     let user_cancel = AtomicBool::new(false);
@@ -108,6 +109,24 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
     } else {
         Ok(Ended::Interrupted)
     }
+}
+
+/// Writes the canary manifest committed at admission into the job's directory, where training
+/// reads it, or checks that the one already there (a resumed job) is byte for byte the same.
+fn place_canary_manifest(state: &State, job: &Job, output: &std::path::Path) -> Result<(), TrainError> {
+    let Some((sha, json)) = state.store.canary_manifest(&job.id).map_err(store_err)? else {
+        return Ok(());
+    };
+    let path = output.join("audit_manifest.json");
+    if path.exists() {
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::Io { path: path.clone(), reason: e.to_string() })?;
+        if crate::audit::canary::sha256_hex(&bytes) != sha {
+            return Err(TrainError::BadSpec { field: "canaries", reason: format!("{} differs from the manifest committed at admission", path.display()) });
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(output).map_err(|e| TrainError::Io { path: output.to_path_buf(), reason: e.to_string() })?;
+    crate::train::weights::write_bytes_atomic(&path, json.as_bytes())
 }
 
 fn store_err(e: crate::store::StoreError) -> TrainError {

@@ -18,74 +18,17 @@ use super::datasets::{self, DatasetId};
 use super::error::{Result, StoreError};
 use super::ledger;
 use super::tokens::TenantId;
-use super::{corrupt, hex, now_ms, to_sql_count, Store};
+use super::{corrupt, now_ms, sha256_hex, to_sql_count, Store};
 use ewtune_accountant::StepGroup;
-use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::fmt;
 
-/// Random bytes in a job id.
-const JOB_ID_BYTES: usize = 16;
-
-/// A job's id: 128 random bits from ring's `SystemRandom`, as 32 lower-case hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct JobId(String);
-
-impl JobId {
-    /// Validates 32 hex digits; a bad one is `InvalidArgument` naming `job`.
-    pub fn parse(id: &str) -> Result<JobId> {
-        if id.len() != 2 * JOB_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(StoreError::invalid("job", format!("must be {} hex digits", 2 * JOB_ID_BYTES)));
-        }
-        Ok(JobId(id.to_ascii_lowercase()))
-    }
-
-    fn random() -> Result<JobId> {
-        let mut bytes = [0u8; JOB_ID_BYTES];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Random)?;
-        Ok(JobId(hex(&bytes)))
-    }
-
-    /// The hex id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for JobId {
-    type Error = StoreError;
-    fn try_from(id: String) -> Result<Self> {
-        JobId::parse(&id)
-    }
-}
-
-impl From<JobId> for String {
-    fn from(id: JobId) -> String {
-        id.0
-    }
-}
-
-impl ToSql for JobId {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for JobId {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        JobId::parse(s).map_err(|_| corrupt("job", s))
-    }
+random_id! {
+    /// A job's id: 128 random bits from ring's `SystemRandom`, as 32 lower-case hex digits.
+    JobId, "job"
 }
 
 /// Where a job is in its life.
@@ -158,6 +101,10 @@ pub struct NewJob {
     pub dataset: DatasetId,
     /// The validated job spec as JSON (stored as given; the store only checks it is JSON).
     pub spec_json: String,
+    /// The canary audit manifest, committed with the job (before its first step) when it
+    /// inserts canaries; stored with its SHA-256 and never changed.
+    #[serde(default)]
+    pub canary_manifest_json: Option<String>,
     /// Noise std / clip norm of every step.
     pub noise_multiplier: f64,
     /// Poisson sampling rate q of every step.
@@ -170,6 +117,10 @@ impl NewJob {
     fn validate(&self) -> Result<()> {
         serde_json::from_str::<serde::de::IgnoredAny>(&self.spec_json)
             .map_err(|e| StoreError::invalid("spec_json", format!("is not JSON: {e}")))?;
+        if let Some(m) = &self.canary_manifest_json {
+            serde_json::from_str::<serde::de::IgnoredAny>(m)
+                .map_err(|e| StoreError::invalid("canary_manifest_json", format!("is not JSON: {e}")))?;
+        }
         if !(self.noise_multiplier.is_finite() && self.noise_multiplier > 0.0) {
             return Err(StoreError::invalid(
                 "noise_multiplier",
@@ -226,6 +177,15 @@ impl Job {
     /// The plan as the accountant's step group.
     pub fn plan(&self) -> StepGroup {
         StepGroup { noise_multiplier: self.noise_multiplier, sample_rate: self.sample_rate, steps: self.steps_planned }
+    }
+
+    /// The certified epsilon (PLD upper bound) of the steps done, at `delta`; 0 before any.
+    pub fn certified_epsilon_spent(&self, delta: f64) -> Result<f64> {
+        if self.steps_done == 0 {
+            return Ok(0.0);
+        }
+        let history = ewtune_accountant::History::homogeneous(self.noise_multiplier, self.sample_rate, self.steps_done)?;
+        Ok(ewtune_accountant::pld::PldAccountant::default().epsilon(&history, delta)?.bounds.upper)
     }
 
     /// Steps still reserved: `steps_planned - steps_done` while queued or running, else 0.
@@ -306,6 +266,12 @@ impl Store {
                 now
             ],
         )?;
+        if let Some(manifest) = &job.canary_manifest_json {
+            tx.execute(
+                "INSERT INTO canary_manifests (job, sha256, manifest_json) VALUES (?1, ?2, ?3)",
+                params![id, sha256_hex(manifest.as_bytes()), manifest],
+            )?;
+        }
         append_event(
             &tx,
             &id,
@@ -324,6 +290,15 @@ impl Store {
         let created = load_any(&tx, &id)?;
         tx.commit()?;
         Ok(created)
+    }
+
+    /// The canary manifest committed with job `id` and its SHA-256, or `None` when the job
+    /// inserts no canaries (scheduler and auditor paths: no tenant check).
+    pub fn canary_manifest(&self, id: &JobId) -> Result<Option<(String, String)>> {
+        Ok(self
+            .reader()
+            .query_row("SELECT sha256, manifest_json FROM canary_manifests WHERE job = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
     }
 
     /// The tenant's job `id`; `NotFound` if absent or another tenant's.
@@ -539,7 +514,7 @@ fn load_any(conn: &Connection, id: &JobId) -> Result<Job> {
 }
 
 /// The tenant's job `id`; `NotFound` if absent or another tenant's.
-fn load_owned(conn: &Connection, tenant: &TenantId, id: &JobId) -> Result<Job> {
+pub(super) fn load_owned(conn: &Connection, tenant: &TenantId, id: &JobId) -> Result<Job> {
     conn.query_row(
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2"),
         params![id, tenant],

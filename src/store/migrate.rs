@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// Migration `k` (1-based) takes the schema from version `k - 1` to `k`. Append only: a
 /// released migration never changes.
-pub(crate) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_audits.sql")];
 
 /// The schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -165,16 +165,18 @@ mod tests {
     fn failed_migration_keeps_data_and_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ewtune.db");
-        let mut conn = open(&path).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        prepare(&conn).unwrap();
+        migrate(&mut conn, &MIGRATIONS[..1]).unwrap();
         conn.execute("INSERT INTO tenants (name, created_at_ms) VALUES ('acme', 1)", []).unwrap();
-        let broken = [MIGRATIONS[0], "CREATE TABLE audits (id TEXT); DROP TABLE tenants; THIS IS NOT SQL;"];
+        let broken = [MIGRATIONS[0], "CREATE TABLE half_done (id TEXT); DROP TABLE tenants; THIS IS NOT SQL;"];
         assert!(matches!(migrate(&mut conn, &broken), Err(StoreError::Sqlite { .. })));
         assert_eq!(user_version(&conn).unwrap(), 1);
         let n: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1, "the failed step rolled back");
-        let audits: i64 =
-            conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'audits'", [], |r| r.get(0)).unwrap();
-        assert_eq!(audits, 0);
+        let half_done: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'half_done'", [], |r| r.get(0)).unwrap();
+        assert_eq!(half_done, 0);
     }
 
     #[test]

@@ -22,6 +22,69 @@
 //!
 //! What this module does not own: gRPC status codes (`api/status.rs`), scheduling, training.
 
+/// Defines a random id newtype: 128 bits from ring's `SystemRandom` as 32 lower-case hex
+/// digits, parsed and validated at the edge (`InvalidArgument` naming `$kind`), stored as TEXT.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates 32 hex digits.
+            pub fn parse(id: &str) -> $crate::store::Result<$name> {
+                if id.len() != 2 * $crate::store::RANDOM_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err($crate::store::StoreError::invalid($kind, format!("must be {} hex digits", 2 * $crate::store::RANDOM_ID_BYTES)));
+                }
+                Ok($name(id.to_ascii_lowercase()))
+            }
+
+            fn random() -> $crate::store::Result<$name> {
+                Ok($name($crate::store::random_hex()?))
+            }
+
+            /// The hex id.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::store::StoreError;
+            fn try_from(id: String) -> $crate::store::Result<Self> {
+                $name::parse(&id)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let s = value.as_str()?;
+                $name::parse(s).map_err(|_| $crate::store::corrupt($kind, s))
+            }
+        }
+    };
+}
+
+mod audits;
 mod datasets;
 mod error;
 mod jobs;
@@ -32,6 +95,7 @@ mod tokens;
 #[cfg(test)]
 mod testutil;
 
+pub use audits::{Audit, AuditId, AuditOutcome, AuditState};
 pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
 pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
@@ -96,6 +160,22 @@ fn to_sql_count(field: &'static str, value: u64) -> Result<i64> {
 /// The `FromSql` error for a stored value that the schema should have made impossible.
 fn corrupt(column: &'static str, value: &str) -> FromSqlError {
     FromSqlError::Other(Box::new(StoreError::Corrupt { column, value: value.to_owned() }))
+}
+
+/// Random bytes in a job or audit id.
+const RANDOM_ID_BYTES: usize = 16;
+
+/// [`RANDOM_ID_BYTES`] from the OS generator, as hex.
+fn random_hex() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; RANDOM_ID_BYTES];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Random)?;
+    Ok(hex(&bytes))
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// Lower-case hex of `bytes`.

@@ -52,6 +52,7 @@ pub(crate) fn new_job(dataset: &DatasetId, noise_multiplier: f64, sample_rate: f
         noise_multiplier,
         sample_rate,
         steps,
+        canary_manifest_json: None,
     }
 }
 

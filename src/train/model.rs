@@ -21,6 +21,18 @@ struct ModelType {
     model_type: Option<String>,
 }
 
+/// The vocabulary size in `dir/config.json`, without loading weights.
+pub fn config_vocab_size(dir: &Path) -> Result<i64, TrainError> {
+    #[derive(serde::Deserialize)]
+    struct Vocab {
+        vocab_size: i64,
+    }
+    let path = dir.join("config.json");
+    let text = std::fs::read(&path).map_err(|_| TrainError::MissingFile { path: path.clone() })?;
+    let v: Vocab = serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path, reason: e.to_string() })?;
+    Ok(v.vocab_size)
+}
+
 impl Model {
     /// Loads `dir/config.json` and `dir/model.safetensors`; `adapter` (a PEFT-layout safetensors
     /// of LoRA tensors named as in [`Model::named_tensors`]) is merged in when given (resume).

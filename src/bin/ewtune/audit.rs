@@ -1,10 +1,13 @@
 //! `ewtune audit`: the membership audit of a trained model, locally. With `--texts`, scores
 //! labelled texts (1 = member) and prints per-score AUC / TPR at low FPR; with `--manifest`,
 //! runs the one-run canary audit of a job that inserted canaries and compares the empirical
-//! epsilon lower bound with the certified epsilon it claimed.
+//! epsilon lower bound with the certified epsilon it claimed (the report of audit.md §8).
+//! `--sign-key` signs the printed JSON like the daemon signs its reports (`ewtune verify`).
 
-use ewtune::audit::canary::{audit_canaries, Manifest};
-use ewtune::audit::report::{audit_texts, LabeledText};
+use ewtune::audit::canary::{CanaryAudit, Manifest};
+use ewtune::audit::report::{build_report, AuditInputs};
+use ewtune::audit::texts::{audit_texts, LabeledText};
+use ewtune::daemon::signing::{to_hex, SignedReport, Signer};
 use ewtune::train::job::DeviceChoice;
 use ewtune::train::model::Model;
 use std::path::PathBuf;
@@ -36,13 +39,46 @@ pub struct AuditArgs {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the JSON signed with this Ed25519 key (PKCS#8; created, mode 0600, if absent), as
+    /// `{"report_json", "signature", "public_key"}` for `ewtune verify`.
+    #[arg(long)]
+    sign_key: Option<PathBuf>,
+}
+
+/// Prints `json`, signed when a key is given.
+fn emit(json: String, sign_key: Option<&PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
+    match sign_key {
+        None => println!("{json}"),
+        Some(path) => {
+            let signer = Signer::load_or_create(path)?;
+            let signed = SignedReport { signature: to_hex(&signer.sign(json.as_bytes())), public_key: to_hex(&signer.public_key()), report_json: json };
+            println!("{}", serde_json::to_string(&signed)?);
+        }
+    }
+    Ok(())
+}
+
+/// The table of a canary audit, for people.
+pub fn print_canary_audit(audit: &CanaryAudit) {
+    println!("one-run canary audit: m = {} canaries, {} inserted, score `{}`", audit.m, audit.n_included, audit.primary_score);
+    let primary = &audit.metrics[&audit.primary_score];
+    println!("  canary AUC {:.4} [{:.4}, {:.4}], TPR@1%FPR {:.4}", primary.auc, primary.auc_ci95[0], primary.auc_ci95[1], primary.tpr_at_1pct_fpr);
+    println!(
+        "  empirical epsilon lower bound {:.4} (95 %, k+ = {}, {}/{} correct, Bonferroni over {} guesses, delta {:e}; at most {:.3} with {} canaries)",
+        audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.grid_size, audit.delta, audit.eps_ceiling_for_m, audit.m
+    );
+    match audit.eps_claimed {
+        Some(c) => println!("  certified epsilon claimed {c:.4}"),
+        None => println!("  no claimed epsilon (pass --claimed-epsilon)"),
+    }
+    if audit.violation {
+        println!("ALARM: the lower bound exceeds the claimed epsilon: the DP claim is refuted; accounting or training is wrong");
+    }
 }
 
 pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = args.device.resolve()?;
-    let target = Model::load_output(&args.model, device)?;
-    let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
-    let max_tokens = args.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
+    let json = args.json || args.sign_key.is_some();
     if let Some(path) = &args.manifest {
         let manifest: Manifest = serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
             .map_err(|e| format!("{} is not an audit manifest: {e}", path.display()))?;
@@ -53,27 +89,28 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v["epsilon_spent"].as_f64()),
         };
-        let base = base.as_ref().ok_or("--manifest needs --base")?;
-        let audit = audit_canaries(&manifest, &target, base, claimed, max_tokens, device)?;
-        if args.json {
-            println!("{}", serde_json::to_string(&audit)?);
-        } else {
-            println!("one-run canary audit: m = {} canaries, {} inserted, score `{}`", audit.m, audit.n_included, manifest.primary_score);
-            println!("  canary AUC {:.4}", audit.auc);
-            println!(
-                "  empirical epsilon lower bound {:.4} (95 %, k+ = {}, {}/{} correct, Bonferroni over {} guesses, delta {:e})",
-                audit.eps_lb, audit.best_k_plus, audit.best_v, audit.best_r, audit.grid.len(), manifest.delta
-            );
-            match audit.eps_claimed {
-                Some(c) => println!("  certified epsilon claimed {c:.4}"),
-                None => println!("  no claimed epsilon (pass --claimed-epsilon)"),
-            }
-            if audit.violation {
-                println!("ALARM: the lower bound exceeds the claimed epsilon: the DP claim is refuted; accounting or training is wrong");
-            }
+        let base = args.base.as_ref().ok_or("--manifest needs --base")?;
+        let report = build_report(&AuditInputs {
+            job_id: None,
+            target_dir: &args.model,
+            base_dir: base,
+            texts: &[],
+            manifest: Some(&manifest),
+            eps_claimed: claimed,
+            max_tokens: args.max_tokens,
+            device,
+        })?;
+        if json {
+            return emit(serde_json::to_string(&report)?, args.sign_key.as_ref());
+        }
+        if let Some(audit) = &report.canary_audit {
+            print_canary_audit(audit);
         }
         return Ok(());
     }
+    let target = Model::load_output(&args.model, device)?;
+    let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
+    let max_tokens = args.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
     let texts_path = args.texts.as_ref().ok_or("give --texts or --manifest")?;
     let tokenizer_path = args.model.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;
@@ -85,9 +122,8 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", texts_path.display(), i + 1)))
         .collect::<Result<_, _>>()?;
     let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&audit)?);
-        return Ok(());
+    if json {
+        return emit(serde_json::to_string(&audit)?, args.sign_key.as_ref());
     }
     println!("{} texts ({} members)", audit.texts.len(), texts.iter().filter(|t| t.label == 1).count());
     println!("  {:<12} {:>7} {:>17} {:>10} {:>10} {:>8}", "score", "AUC", "95% CI", "TPR@1%", "TPR@5%", "dropped");

@@ -28,11 +28,12 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// The three clients over one channel.
+/// The clients over one channel.
 pub struct Clients {
     pub datasets: pb::datasets_client::DatasetsClient<Authed>,
     pub jobs: pb::jobs_client::JobsClient<Authed>,
     pub budget: pb::budget_client::BudgetClient<Authed>,
+    pub audits: pb::audits_client::AuditsClient<Authed>,
 }
 
 impl Connect {
@@ -47,7 +48,8 @@ impl Connect {
         Ok(Clients {
             datasets: pb::datasets_client::DatasetsClient::with_interceptor(channel.clone(), b.clone()).max_encoding_message_size(256 << 20),
             jobs: pb::jobs_client::JobsClient::with_interceptor(channel.clone(), b.clone()),
-            budget: pb::budget_client::BudgetClient::with_interceptor(channel, b),
+            budget: pb::budget_client::BudgetClient::with_interceptor(channel.clone(), b.clone()),
+            audits: pb::audits_client::AuditsClient::with_interceptor(channel, b).max_encoding_message_size(256 << 20),
         })
     }
 }

@@ -40,7 +40,10 @@ enum Command {
     /// Privacy-budget reports.
     #[command(subcommand)]
     Budget(remote::BudgetCommand),
-    /// Check a signed budget report offline.
+    /// Membership audits of jobs on the daemon, signed.
+    #[command(subcommand)]
+    Audits(remote::AuditsCommand),
+    /// Check a signed budget or audit report offline.
     Verify(verify::VerifyArgs),
     /// Membership audit of a trained model (texts, or a job's canaries).
     Audit(audit::AuditArgs),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Datasets(cmd) => remote_call(remote::datasets(&cli.connect, cmd)),
         Command::Jobs(cmd) => remote_call(remote::jobs(&cli.connect, cmd)),
         Command::Budget(cmd) => remote_call(remote::budget(&cli.connect, cmd)),
+        Command::Audits(cmd) => remote_call(remote::audits(&cli.connect, cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

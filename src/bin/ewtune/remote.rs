@@ -81,6 +81,13 @@ pub struct SpecArgs {
     /// Tokens per example.
     #[arg(long, default_value_t = 128)]
     max_length: u32,
+    /// Insert this many random-token canaries (each with probability 1/2; at least 200) for the
+    /// one-run membership audit (`ewtune audits create`).
+    #[arg(long)]
+    canaries: Option<u32>,
+    /// Tokens per canary.
+    #[arg(long, default_value_t = 32, requires = "canaries")]
+    canary_length: u32,
 }
 
 impl SpecArgs {
@@ -106,6 +113,7 @@ impl SpecArgs {
             micro_batch: self.micro_batch,
             learning_rate: self.learning_rate,
             max_length: self.max_length,
+            canaries: self.canaries.map(|count| pb::CanaryConfig { count, length: self.canary_length }),
         })
     }
 }
@@ -147,6 +155,44 @@ pub enum JobsCommand {
     },
 }
 
+/// `ewtune audits ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditsCommand {
+    /// Audit a succeeded job: its canaries (when it inserted some) and, with --texts, membership
+    /// metrics on labelled texts. Waits for the report unless --no-wait.
+    Create {
+        /// Job id.
+        #[arg(long)]
+        job: String,
+        /// JSONL of {"input": text, "label": 1|0} (1 = member).
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Tokens per text (default: the model's context).
+        #[arg(long, default_value_t = 0)]
+        max_tokens: u32,
+        /// Print the audit id and return at once.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the signed report as JSON (what `ewtune verify` checks).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One audit (its signed report once done).
+    Get {
+        /// Audit id.
+        audit: String,
+        /// Print the signed report as JSON (what `ewtune verify` checks).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your audits (of one job with --job).
+    List {
+        /// Job id.
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
 /// `ewtune budget ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum BudgetCommand {
@@ -158,6 +204,15 @@ pub enum BudgetCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn audit_state_name(s: i32) -> &'static str {
+    match pb::AuditState::try_from(s) {
+        Ok(pb::AuditState::Running) => "running",
+        Ok(pb::AuditState::Succeeded) => "succeeded",
+        Ok(pb::AuditState::Failed) => "failed",
+        _ => "unknown",
+    }
 }
 
 fn state_name(s: i32) -> &'static str {
@@ -208,11 +263,14 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
         JobsCommand::Plan { spec, json } => {
             let p = c.jobs.plan(spec.proto()?).await.map_err(explain)?.into_inner();
             if json {
-                println!("{}", serde_json::json!({"units": p.units, "sample_rate": p.sample_rate, "steps": p.steps, "noise_multiplier": p.noise_multiplier, "certified_epsilon": p.certified_epsilon, "edgeworth_epsilon": p.edgeworth_epsilon, "delta": p.delta, "remaining_epsilon_before": p.remaining_epsilon_before}));
+                println!("{}", serde_json::json!({"units": p.units, "sample_rate": p.sample_rate, "steps": p.steps, "noise_multiplier": p.noise_multiplier, "certified_epsilon": p.certified_epsilon, "edgeworth_epsilon": p.edgeworth_epsilon, "delta": p.delta, "remaining_epsilon_before": p.remaining_epsilon_before, "warnings": p.warnings}));
             } else {
                 println!("N = {} units, q = {:.6}, steps = {}, sigma = {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier);
                 println!("certified epsilon {:.4} at delta {:e} (guarantee); Edgeworth {:.4} (estimate)", p.certified_epsilon, p.delta, p.edgeworth_epsilon);
                 println!("the dataset has {:.4} epsilon left before this job", p.remaining_epsilon_before);
+                for w in &p.warnings {
+                    println!("warning: {w}");
+                }
             }
         }
         JobsCommand::Submit { spec, watch } => {
@@ -314,5 +372,98 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
         }
     }
     println!("  signed by {} (verify offline with `ewtune budget show --json > r.json; ewtune verify r.json`)", to_hex(&r.public_key));
+    Ok(())
+}
+
+pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let mut c = conn.clients().await?;
+    match cmd {
+        AuditsCommand::Create { job, texts, max_tokens, no_wait, json } => {
+            let texts = match texts {
+                None => Vec::new(),
+                Some(path) => {
+                    let body = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    body.lines()
+                        .enumerate()
+                        .filter(|(_, l)| !l.trim().is_empty())
+                        .map(|(i, l)| {
+                            let t: ewtune::audit::texts::LabeledText = serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?;
+                            Ok(pb::LabeledText { input: t.input, member: t.label == 1 })
+                        })
+                        .collect::<Result<_, String>>()?
+                }
+            };
+            let a = c.audits.create(pb::CreateAuditRequest { job_id: job, texts, max_tokens }).await.map_err(explain)?.into_inner();
+            if no_wait {
+                println!("{}", a.audit_id);
+                return Ok(());
+            }
+            eprintln!("audit {} running", a.audit_id);
+            let mut a = a;
+            while a.state == pb::AuditState::Running as i32 {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                a = c.audits.get(pb::GetAuditRequest { audit_id: a.audit_id.clone() }).await.map_err(explain)?.into_inner();
+            }
+            show_audit(&a, json)
+        }
+        AuditsCommand::Get { audit, json } => {
+            let a = c.audits.get(pb::GetAuditRequest { audit_id: audit }).await.map_err(explain)?.into_inner();
+            show_audit(&a, json)
+        }
+        AuditsCommand::List { job } => {
+            let audits = c.audits.list(pb::ListAuditsRequest { job_id: job.unwrap_or_default() }).await.map_err(explain)?.into_inner().audits;
+            println!("{:<32}  {:<32}  {:<10} {:>10} {:>10}", "audit", "job", "state", "eps_lb", "certified");
+            for a in audits {
+                println!("{:<32}  {:<32}  {:<10} {:>10.4} {:>10.4}  {}", a.audit_id, a.job_id, audit_state_name(a.state), a.epsilon_lower_bound, a.certified_epsilon, a.reason);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if a.state == pb::AuditState::Failed as i32 {
+        return Err(format!("audit {} failed: {}", a.audit_id, a.reason).into());
+    }
+    if a.state != pb::AuditState::Succeeded as i32 {
+        println!("audit {} {}", a.audit_id, audit_state_name(a.state));
+        return Ok(());
+    }
+    if json {
+        let signed = SignedReport { report_json: a.report_json.clone(), signature: to_hex(&a.signature), public_key: to_hex(&a.public_key) };
+        println!("{}", serde_json::to_string_pretty(&signed)?);
+        return Ok(());
+    }
+    let report: serde_json::Value = serde_json::from_str(&a.report_json)?;
+    println!("audit {} of job {}", a.audit_id, a.job_id);
+    if let Some(mia) = report["data_mia"].as_object() {
+        println!("  texts: {} members, {} non-members", mia["n_members"], mia["n_nonmembers"]);
+        println!("  {:<12} {:>7} {:>17} {:>10}", "score", "AUC", "95% CI", "TPR@1%");
+        for (name, m) in mia["scores"].as_object().into_iter().flatten() {
+            println!(
+                "  {:<12} {:>7.4} [{:>6.4}, {:>6.4}] {:>10.4}",
+                name,
+                m["auc"].as_f64().unwrap_or(f64::NAN),
+                m["auc_ci95"][0].as_f64().unwrap_or(f64::NAN),
+                m["auc_ci95"][1].as_f64().unwrap_or(f64::NAN),
+                m["tpr_at_1pct_fpr"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    if a.has_canary_audit {
+        let c = &report["canary_audit"];
+        println!("  canaries: m = {}, {} inserted; canary AUC {:.4}", c["m"], c["n_included"], a.canary_auc);
+        println!(
+            "  empirical epsilon lower bound {:.4} (95 %, one run, Bonferroni over {} guesses; at most {:.3} with these canaries)",
+            a.epsilon_lower_bound,
+            c["grid_size"],
+            c["eps_ceiling_for_m"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!("  certified epsilon {:.4}", a.certified_epsilon);
+        if a.violation {
+            println!("ALARM: the lower bound exceeds the certified epsilon: the DP claim is refuted; accounting or training is wrong");
+        }
+    }
+    println!("  signed by {} (verify offline with `ewtune audits get {} --json > a.json; ewtune verify a.json`)", to_hex(&a.public_key), a.audit_id);
     Ok(())
 }

@@ -1,0 +1,68 @@
+//! Runs the membership audits of succeeded jobs: one at a time on a blocking thread (scoring is
+//! CPU or GPU bound), loading the job's final model, its base model and the canary manifest
+//! committed at admission, and ends each audit in the store with its report signed by the
+//! daemon's key, or with the reason it failed. Audits read the model only; they spend no budget.
+
+use super::State;
+use crate::audit::canary::Manifest;
+use crate::audit::report::{build_report, AuditError, AuditInputs};
+use crate::audit::texts::LabeledText;
+use crate::store::{Audit, AuditOutcome, Job};
+use crate::train::job::JobSpec;
+use std::sync::Arc;
+
+/// What the tenant asked to audit beyond the job's canaries.
+pub struct AuditRequest {
+    /// Labelled texts (1 = member), possibly none. Used, never stored.
+    pub texts: Vec<LabeledText>,
+    /// Tokens per text (default: the model's context).
+    pub max_tokens: Option<usize>,
+}
+
+/// Runs `audit` of `job` in the background and records how it ended.
+pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
+    tokio::spawn(async move {
+        let _slot = state.audit_slots.acquire().await;
+        let worker = state.clone();
+        let result = tokio::task::spawn_blocking(move || report_json(&worker, &job, &request)).await;
+        let outcome = match result {
+            Ok(Ok(json)) => AuditOutcome::Report { signature: state.signer.sign(json.as_bytes()), report_json: json },
+            Ok(Err(e)) => {
+                tracing::warn!(audit = %audit.id, error = %e, "audit failed");
+                AuditOutcome::Failed(e.to_string())
+            }
+            Err(_) => AuditOutcome::Failed("the audit worker panicked (a shape or device error)".into()),
+        };
+        if let Err(e) = state.store.finish_audit(&audit.id, outcome) {
+            tracing::error!(audit = %audit.id, error = %e, "cannot record the audit's end");
+        }
+    });
+}
+
+/// The audit's report as the exact JSON that gets signed.
+fn report_json(state: &State, job: &Job, request: &AuditRequest) -> Result<String, AuditError> {
+    let input = |what: &str, e: &dyn std::fmt::Display| AuditError::Input(format!("{what}: {e}"));
+    let spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| input("the job's spec", &e))?;
+    let manifest: Option<Manifest> = match state.store.canary_manifest(&job.id).map_err(|e| input("the store", &e))? {
+        Some((_, json)) => Some(serde_json::from_str(&json).map_err(|e| input("the committed canary manifest", &e))?),
+        None => None,
+    };
+    // The claim the canary audit tests: the certified epsilon of the steps that ran, at the
+    // job's own delta (the manifest's).
+    let claimed = job.certified_epsilon_spent(spec.privacy.delta).map_err(|e| input("accounting the job", &e))?;
+    let target = state.config.data_dir.join("jobs").join(job.id.as_str()).join("model");
+    let report = build_report(&AuditInputs {
+        job_id: Some(job.id.as_str().to_string()),
+        target_dir: &target,
+        base_dir: &spec.model,
+        texts: &request.texts,
+        manifest: manifest.as_ref(),
+        eps_claimed: Some(claimed),
+        max_tokens: request.max_tokens,
+        device: spec.device.resolve()?,
+    })?;
+    if report.canary_audit.as_ref().is_some_and(|c| c.violation) {
+        tracing::error!(job = %job.id, "ALARM: the canary audit's lower bound exceeds the certified epsilon: accounting or training is wrong");
+    }
+    Ok(serde_json::to_string(&report).expect("reports serialize"))
+}

@@ -1,0 +1,280 @@
+//! Membership audits of finished jobs: an audit is created `Running` for a tenant's succeeded
+//! job, and ends once, either `Succeeded` with its report and the daemon's signature over the
+//! report's exact bytes, or `Failed` with a reason. Audits are never deleted and a finished one
+//! never changes (SQL triggers in `0002_audits.sql`). What this module does not own: running
+//! the audit (`daemon/auditor.rs`) and the report's content (`audit/report.rs`).
+
+use super::error::{Result, StoreError};
+use super::jobs::{self, JobId, JobState};
+use super::tokens::TenantId;
+use super::{corrupt, now_ms, Store};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+random_id! {
+    /// An audit's id: 128 random bits from ring's `SystemRandom`, as 32 lower-case hex digits.
+    AuditId, "audit"
+}
+
+/// Where an audit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditState {
+    /// Created, scoring.
+    Running,
+    /// Done; the signed report is stored.
+    Succeeded,
+    /// Stopped by an error (the reason says which).
+    Failed,
+}
+
+impl AuditState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditState::Running => "running",
+            AuditState::Succeeded => "succeeded",
+            AuditState::Failed => "failed",
+        }
+    }
+}
+
+impl ToSql for AuditState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for AuditState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "running" => Ok(AuditState::Running),
+            "succeeded" => Ok(AuditState::Succeeded),
+            "failed" => Ok(AuditState::Failed),
+            other => Err(corrupt("audits.state", other)),
+        }
+    }
+}
+
+/// An audit as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    /// Its id.
+    pub id: AuditId,
+    /// Its owner.
+    pub tenant: TenantId,
+    /// The audited job.
+    pub job: JobId,
+    /// Where it is.
+    pub state: AuditState,
+    /// What was asked (counts, not texts), as JSON.
+    pub request_json: String,
+    /// The report, exactly the signed bytes (when succeeded).
+    pub report_json: Option<String>,
+    /// Ed25519 signature over `report_json` (when succeeded).
+    pub signature: Option<Vec<u8>>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// When it was created.
+    pub created_at_unix_ms: i64,
+    /// When it ended.
+    pub finished_at_unix_ms: Option<i64>,
+}
+
+const AUDIT_COLUMNS: &str = "id, tenant, job, state, request_json, report_json, signature, reason, created_at_ms, finished_at_ms";
+
+impl Audit {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Audit> {
+        Ok(Audit {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            job: row.get(2)?,
+            state: row.get(3)?,
+            request_json: row.get(4)?,
+            report_json: row.get(5)?,
+            signature: row.get(6)?,
+            reason: row.get(7)?,
+            created_at_unix_ms: row.get(8)?,
+            finished_at_unix_ms: row.get(9)?,
+        })
+    }
+}
+
+/// How an audit ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuditOutcome {
+    /// The report and the signature over its bytes.
+    Report {
+        /// The report JSON.
+        report_json: String,
+        /// Ed25519 signature (64 bytes).
+        signature: Vec<u8>,
+    },
+    /// Why it failed.
+    Failed(String),
+}
+
+impl Store {
+    /// Creates a `Running` audit of the tenant's job: `NotFound` if the job is absent or
+    /// another tenant's, `FailedPrecondition` unless it succeeded (only a succeeded job has a
+    /// final model to audit).
+    pub fn create_audit(&self, tenant: &TenantId, job: &JobId, request_json: &str) -> Result<Audit> {
+        serde_json::from_str::<serde::de::IgnoredAny>(request_json)
+            .map_err(|e| StoreError::invalid("request_json", format!("is not JSON: {e}")))?;
+        let id = AuditId::random()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let j = jobs::load_owned(&tx, tenant, job)?;
+        if j.state != JobState::Succeeded {
+            return Err(StoreError::FailedPrecondition { job: job.clone(), state: j.state, action: "audit (only a succeeded job has a final model)" });
+        }
+        tx.execute(
+            "INSERT INTO audits (id, tenant, job, state, request_json, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, tenant, job, AuditState::Running, request_json, now_ms()],
+        )?;
+        let created = load(&tx, &id)?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    /// Ends a running audit; ending a finished one is `InvalidArgument` (it never changes).
+    pub fn finish_audit(&self, id: &AuditId, outcome: AuditOutcome) -> Result<Audit> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load(&tx, id)?;
+        if current.state != AuditState::Running {
+            return Err(StoreError::invalid("audit", format!("{} is {} and never changes", id, current.state.as_str())));
+        }
+        match outcome {
+            AuditOutcome::Report { report_json, signature } => tx.execute(
+                "UPDATE audits SET state = ?2, report_json = ?3, signature = ?4, finished_at_ms = ?5 WHERE id = ?1",
+                params![id, AuditState::Succeeded, report_json, signature, now_ms()],
+            )?,
+            AuditOutcome::Failed(reason) => tx.execute(
+                "UPDATE audits SET state = ?2, reason = ?3, finished_at_ms = ?4 WHERE id = ?1",
+                params![id, AuditState::Failed, reason, now_ms()],
+            )?,
+        };
+        let done = load(&tx, id)?;
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// The tenant's audit `id`; `NotFound` if absent or another tenant's.
+    pub fn get_audit(&self, tenant: &TenantId, id: &AuditId) -> Result<Audit> {
+        self.reader()
+            .query_row(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?1 AND tenant = ?2"), params![id, tenant], Audit::from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("audit", id.as_str()))
+    }
+
+    /// The tenant's audits of `job` (all its jobs when `None`), oldest first.
+    pub fn list_audits(&self, tenant: &TenantId, job: Option<&JobId>) -> Result<Vec<Audit>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE tenant = ?1 AND (?2 IS NULL OR job = ?2) ORDER BY seq"))?;
+        let rows = stmt.query_map(params![tenant, job], Audit::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Daemon start-up: audits a previous process left running end `Failed` (their texts were
+    /// never stored, so they cannot be resumed; creating the audit again is safe, audits spend
+    /// no privacy budget). Returns how many.
+    pub fn fail_running_audits(&self) -> Result<usize> {
+        let n = self.conn().execute(
+            "UPDATE audits SET state = ?1, reason = ?2, finished_at_ms = ?3 WHERE state = ?4",
+            params![AuditState::Failed, "the daemon stopped during the audit; create it again", now_ms(), AuditState::Running],
+        )?;
+        Ok(n)
+    }
+}
+
+fn load(conn: &Connection, id: &AuditId) -> Result<Audit> {
+    conn.query_row(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?1"), [id], Audit::from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("audit", id.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{self, Fixture};
+    use super::*;
+
+    fn succeeded_job(fx: &Fixture) -> (TenantId, JobId) {
+        let token = fx.store.create_token("acme").unwrap();
+        let tenant = fx.store.authenticate(&token).unwrap().unwrap();
+        let dataset = fx.store.register_dataset(&tenant, testutil::new_dataset(1, 8.0)).unwrap();
+        let job = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 20)).unwrap();
+        fx.store.claim_next_queued().unwrap();
+        fx.store.record_progress(&job.id, 20, 0.1).unwrap();
+        fx.store.finish_job(&job.id, JobState::Succeeded, None).unwrap();
+        (tenant, job.id)
+    }
+
+    #[test]
+    fn audit_lifecycle_and_finality() {
+        let fx = Fixture::new();
+        let (tenant, job) = succeeded_job(&fx);
+        let a = fx.store.create_audit(&tenant, &job, r#"{"texts": 0}"#).unwrap();
+        assert_eq!(a.state, AuditState::Running);
+        let done = fx.store.finish_audit(&a.id, AuditOutcome::Report { report_json: "{}".into(), signature: vec![7; 64] }).unwrap();
+        assert_eq!((done.state, done.report_json.as_deref(), done.signature.as_deref()), (AuditState::Succeeded, Some("{}"), Some(&[7u8; 64][..])));
+        assert!(matches!(fx.store.finish_audit(&a.id, AuditOutcome::Failed("late".into())), Err(StoreError::InvalidArgument { .. })));
+        // Below the Rust code, SQL refuses to change or delete a finished audit.
+        let conn = fx.store.conn();
+        assert!(conn.execute("UPDATE audits SET report_json = '{\"forged\": 1}' WHERE id = ?1", [&a.id]).is_err());
+        assert!(conn.execute("DELETE FROM audits", []).is_err());
+        drop(conn);
+        assert_eq!(fx.store.get_audit(&tenant, &a.id).unwrap(), done);
+        assert_eq!(fx.store.list_audits(&tenant, Some(&job)).unwrap(), vec![done]);
+    }
+
+    #[test]
+    fn only_the_owner_audits_only_succeeded_jobs() {
+        let fx = Fixture::new();
+        let (tenant, job) = succeeded_job(&fx);
+        let other = fx.store.authenticate(&fx.store.create_token("globex").unwrap()).unwrap().unwrap();
+        assert!(matches!(fx.store.create_audit(&other, &job, "{}"), Err(StoreError::NotFound { .. })));
+        let a = fx.store.create_audit(&tenant, &job, "{}").unwrap();
+        assert!(matches!(fx.store.get_audit(&other, &a.id), Err(StoreError::NotFound { .. })));
+        assert!(fx.store.list_audits(&other, None).unwrap().is_empty());
+
+        let dataset = fx.store.register_dataset(&tenant, testutil::new_dataset(2, 8.0)).unwrap();
+        let queued = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 20)).unwrap();
+        let err = fx.store.create_audit(&tenant, &queued.id, "{}").unwrap_err();
+        assert!(matches!(err, StoreError::FailedPrecondition { state: JobState::Queued, .. }), "{err:?}");
+        assert!(matches!(fx.store.create_audit(&tenant, &job, "not json"), Err(StoreError::InvalidArgument { .. })));
+    }
+
+    #[test]
+    fn a_restart_fails_running_audits() {
+        let fx = Fixture::new();
+        let (tenant, job) = succeeded_job(&fx);
+        let a = fx.store.create_audit(&tenant, &job, "{}").unwrap();
+        assert_eq!(fx.store.fail_running_audits().unwrap(), 1);
+        let failed = fx.store.get_audit(&tenant, &a.id).unwrap();
+        assert_eq!(failed.state, AuditState::Failed);
+        assert!(failed.reason.unwrap().contains("create it again"));
+        assert_eq!(fx.store.fail_running_audits().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_canary_manifest_is_committed_with_its_job_and_never_changes() {
+        let fx = Fixture::new();
+        let token = fx.store.create_token("acme").unwrap();
+        let tenant = fx.store.authenticate(&token).unwrap().unwrap();
+        let dataset = fx.store.register_dataset(&tenant, testutil::new_dataset(1, 8.0)).unwrap();
+        let mut new = testutil::new_job(&dataset.id, 1.0, 0.01, 20);
+        new.canary_manifest_json = Some(r#"{"included": [true, false]}"#.into());
+        let job = fx.store.create_job(&tenant, new).unwrap();
+        let (sha, json) = fx.store.canary_manifest(&job.id).unwrap().unwrap();
+        assert_eq!(json, r#"{"included": [true, false]}"#);
+        assert_eq!(sha, super::super::sha256_hex(json.as_bytes()));
+        let conn = fx.store.conn();
+        assert!(conn.execute("UPDATE canary_manifests SET manifest_json = '{\"included\": [true, true]}'", []).is_err());
+        assert!(conn.execute("DELETE FROM canary_manifests", []).is_err());
+        drop(conn);
+        let plain = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 20)).unwrap();
+        assert_eq!(fx.store.canary_manifest(&plain.id).unwrap(), None);
+    }
+}

@@ -3,7 +3,8 @@
 # build, make a small base model and a small sensitive dataset (nothing can be downloaded),
 # start ewtuned on the embedded defaults, and through its gRPC API register the dataset with a
 # privacy budget, plan and submit a DP fine-tuning job, watch it, and print the signed budget
-# report (verified offline).
+# report (verified offline); the job inserts canaries, and a membership audit of the trained
+# model (canaries and labelled texts) is signed by the daemon and verified offline too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -33,11 +34,17 @@ dataset=$("$bin/ewtune" datasets register --file "$run/assets/train.jsonl" --nam
 job=(--dataset "$dataset" --model tiny-gpt2 --batch-size 100 --epochs 2 --full --learning-rate 3e-3 --micro-batch 50 --max-length 48)
 echo "== plan (nothing runs, nothing is reserved)"
 "$bin/ewtune" jobs plan "${job[@]}" --epsilon 4
-echo "== submit and watch"
-"$bin/ewtune" jobs submit "${job[@]}" --epsilon 4 --watch
+echo "== submit (with 200 canaries for the membership audit) and watch"
+job_id=$("$bin/ewtune" jobs submit "${job[@]}" --epsilon 4 --canaries 200)
+"$bin/ewtune" jobs watch "$job_id"
 echo "== a second job that would overspend the budget is refused"
 "$bin/ewtune" jobs submit "${job[@]}" --epsilon 7.5 2>&1 | sed 's/^/   /' || true
 echo "== the budget report, signed by the daemon"
 "$bin/ewtune" budget show "$dataset"
 "$bin/ewtune" budget show "$dataset" --json > "$run/budget-report.json"
 "$bin/ewtune" verify "$run/budget-report.json"
+echo "== the membership audit of the trained model: canaries (one-run epsilon lower bound) and texts"
+audit=$("$bin/ewtune" audits create --job "$job_id" --texts "$run/assets/audit_texts.jsonl" --no-wait)
+"$bin/ewtune" audits get "$audit"
+"$bin/ewtune" audits get "$audit" --json > "$run/audit-report.json"
+"$bin/ewtune" verify "$run/audit-report.json"

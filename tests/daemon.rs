@@ -64,6 +64,7 @@ struct Client {
     datasets: pb::datasets_client::DatasetsClient<Svc>,
     jobs: pb::jobs_client::JobsClient<Svc>,
     budget: pb::budget_client::BudgetClient<Svc>,
+    audits: pb::audits_client::AuditsClient<Svc>,
 }
 
 async fn client(addr: &str, token: &str) -> Client {
@@ -72,7 +73,8 @@ async fn client(addr: &str, token: &str) -> Client {
     Client {
         datasets: pb::datasets_client::DatasetsClient::with_interceptor(ch.clone(), b.clone()),
         jobs: pb::jobs_client::JobsClient::with_interceptor(ch.clone(), b.clone()),
-        budget: pb::budget_client::BudgetClient::with_interceptor(ch, b),
+        budget: pb::budget_client::BudgetClient::with_interceptor(ch.clone(), b.clone()),
+        audits: pb::audits_client::AuditsClient::with_interceptor(ch, b),
     }
 }
 
@@ -112,7 +114,7 @@ async fn lifecycle_budget_and_signed_report() {
     // grpc.health.v1 answers for every ewtune service, without a token.
     let ch = Channel::from_shared(d.addr.clone()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
-    for service in ["ewtune.v1.Datasets", "ewtune.v1.Jobs", "ewtune.v1.Budget"] {
+    for service in ["ewtune.v1.Datasets", "ewtune.v1.Jobs", "ewtune.v1.Budget", "ewtune.v1.Audits"] {
         let status = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status;
         assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
     }
@@ -205,5 +207,104 @@ async fn bad_input_gets_the_right_status_and_tenants_are_isolated() {
     assert!(a.jobs.create(bad_batch).await.unwrap_err().message().contains("batch_size"));
     assert_eq!(a.jobs.get(pb::GetJobRequest { job_id: "../etc".into() }).await.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(a.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    d.stop().await;
+}
+
+/// The `text` of each line of a notes dataset.
+fn lines(content: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(content).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string()).collect()
+}
+
+async fn wait_for_audit(c: &mut Client, id: &str) -> pb::Audit {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let a = c.audits.get(pb::GetAuditRequest { audit_id: id.to_string() }).await.unwrap().into_inner();
+        if a.state != pb::AuditState::Running as i32 || std::time::Instant::now() > deadline {
+            return a;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A job with canaries: the manifest is committed with the job before training, the inserted
+/// canaries count in N, and the Audits service answers with a signed audit.md §8 report whose
+/// one-run lower bound stays at or below the certified epsilon. Audits of unfinished or other
+/// tenants' jobs, and audits with nothing to score, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
+    use ewtune::audit::canary::Manifest;
+    let d = Daemon::start().await;
+    let mut c = client(&d.addr, &d.state.store.create_token("clinic").unwrap()).await;
+    let mut other = client(&d.addr, &d.state.store.create_token("rival").unwrap()).await;
+    let ds = register(&mut c, 8.0).await;
+    let mut with_canaries = spec(&ds.dataset_id, 2.0);
+    with_canaries.steps = 30;
+    with_canaries.canaries = Some(pb::CanaryConfig { count: 200, length: 16 });
+    let plan = c.jobs.plan(with_canaries.clone()).await.unwrap().into_inner();
+    assert_eq!(plan.units, 400 + 100, "Plan assumes m/2 inserted");
+    assert!(plan.warnings.iter().any(|w| w.contains("canaries")), "{:?}", plan.warnings);
+    let mut too_few = with_canaries.clone();
+    too_few.canaries = Some(pb::CanaryConfig { count: 20, length: 16 });
+    let e = c.jobs.create(too_few).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("canaries.count"), "{e:?}");
+
+    let job = c.jobs.create(with_canaries).await.unwrap().into_inner();
+    let plain = c.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
+    assert!(plain.canary_manifest_sha256.is_empty());
+    // The manifest was committed with the job; N counts the inserted canaries.
+    let id = ewtune::store::JobId::parse(&job.job_id).unwrap();
+    let (sha, json) = d.state.store.canary_manifest(&id).unwrap().unwrap();
+    assert_eq!(job.canary_manifest_sha256, sha);
+    let manifest: Manifest = serde_json::from_str(&json).unwrap();
+    let inserted = manifest.included.iter().filter(|&&s| s).count();
+    assert!((job.sample_rate - 40.0 / (400 + inserted) as f64).abs() < 1e-15, "q = B / (N + inserted)");
+    // Not finished yet (it trains 30 steps, the plain job waits behind it).
+    let e = c.audits.create(pb::CreateAuditRequest { job_id: job.job_id.clone(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = c.audits.create(pb::CreateAuditRequest { job_id: plain.job_id.clone(), ..Default::default() }).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("no canaries"), "{e:?}");
+    for j in [&job, &plain] {
+        let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: j.job_id.clone(), after_seq: 0 }).await.unwrap().into_inner();
+        while stream.message().await.unwrap().is_some() {}
+    }
+    let done = c.jobs.get(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.reason);
+    assert_eq!(other.audits.create(pb::CreateAuditRequest { job_id: job.job_id.clone(), ..Default::default() }).await.unwrap_err().code(), Code::NotFound);
+    let members_only: Vec<pb::LabeledText> = lines(&notes(400, 1))[..5].iter().map(|t| pb::LabeledText { input: t.clone(), member: true }).collect();
+    let e = c.audits.create(pb::CreateAuditRequest { job_id: job.job_id.clone(), texts: members_only, max_tokens: 0 }).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("non-members"), "{e:?}");
+
+    let mut texts: Vec<pb::LabeledText> = lines(&notes(400, 1))[..40].iter().map(|t| pb::LabeledText { input: t.clone(), member: true }).collect();
+    texts.extend(lines(&notes(40, 2)).into_iter().map(|t| pb::LabeledText { input: t, member: false }));
+    let started = c.audits.create(pb::CreateAuditRequest { job_id: job.job_id.clone(), texts, max_tokens: 0 }).await.unwrap().into_inner();
+    assert_eq!(started.state, pb::AuditState::Running as i32);
+    let a = wait_for_audit(&mut c, &started.audit_id).await;
+    assert_eq!(a.state, pb::AuditState::Succeeded as i32, "{}", a.reason);
+    // Signed by the daemon; a tampered copy fails.
+    let signed = signing::SignedReport { report_json: a.report_json.clone(), signature: signing::to_hex(&a.signature), public_key: signing::to_hex(&a.public_key) };
+    signing::verify(&signed, Some(&signing::to_hex(&d.state.signer.public_key()))).unwrap();
+    let tampered = signing::SignedReport { report_json: a.report_json.replace("\"violation\":false", "\"violation\":true"), ..signed.clone() };
+    assert_ne!(tampered.report_json, signed.report_json);
+    assert!(signing::verify(&tampered, None).is_err());
+    // The report: the committed manifest, the claim, the bound below it.
+    let r: serde_json::Value = serde_json::from_str(&a.report_json).unwrap();
+    let ca = &r["canary_audit"];
+    assert_eq!(r["job_id"], job.job_id.as_str());
+    assert_eq!((ca["m"].as_u64(), ca["n_included"].as_u64()), (Some(200), Some(inserted as u64)));
+    assert_eq!(ca["manifest_sha256"], sha.as_str());
+    assert!((a.certified_epsilon - done.epsilon_spent).abs() < 1e-9 && a.certified_epsilon <= 2.0, "{} vs {}", a.certified_epsilon, done.epsilon_spent);
+    assert!(a.has_canary_audit && a.epsilon_lower_bound <= a.certified_epsilon && !a.violation, "{}", a.report_json);
+    assert_eq!(r["data_mia"]["n_members"], 40);
+    assert_eq!(r["data_mia"]["n_nonmembers"], 40);
+    for score in ["ref", "loss", "min_k_20", "min_k_pp_20", "zlib"] {
+        let auc = r["data_mia"]["scores"][score]["auc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auc), "{score}: {auc}");
+    }
+    assert_eq!(r["models"]["target_sha256"].as_str().unwrap().len(), 64);
+    assert!(!a.report_json.contains(&lines(&notes(400, 1))[0]), "reports hold aggregates, never texts");
+    let listed = c.audits.list(pb::ListAuditsRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner().audits;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].report_json, a.report_json);
+    assert!(other.audits.list(pb::ListAuditsRequest::default()).await.unwrap().into_inner().audits.is_empty());
     d.stop().await;
 }

@@ -177,7 +177,7 @@ pub enum AuditsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One audit (its signed report once done).
+    /// One audit: waits for it to end, then shows its signed report.
     Get {
         /// Audit id.
         audit: String,
@@ -399,16 +399,11 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
                 return Ok(());
             }
             eprintln!("audit {} running", a.audit_id);
-            let mut a = a;
-            while a.state == pb::AuditState::Running as i32 {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                a = c.audits.get(pb::GetAuditRequest { audit_id: a.audit_id.clone() }).await.map_err(explain)?.into_inner();
-            }
-            show_audit(&a, json)
+            show_audit(&finished(&mut c, a).await?, json)
         }
         AuditsCommand::Get { audit, json } => {
             let a = c.audits.get(pb::GetAuditRequest { audit_id: audit }).await.map_err(explain)?.into_inner();
-            show_audit(&a, json)
+            show_audit(&finished(&mut c, a).await?, json)
         }
         AuditsCommand::List { job } => {
             let audits = c.audits.list(pb::ListAuditsRequest { job_id: job.unwrap_or_default() }).await.map_err(explain)?.into_inner().audits;
@@ -419,6 +414,15 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
             Ok(())
         }
     }
+}
+
+/// Polls a running audit until it ends.
+async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb::Audit, Box<dyn std::error::Error>> {
+    while a.state == pb::AuditState::Running as i32 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        a = c.audits.get(pb::GetAuditRequest { audit_id: a.audit_id.clone() }).await.map_err(explain)?.into_inner();
+    }
+    Ok(a)
 }
 
 fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,4 @@
-//! `ewtune verify FILE`: checks a signed budget report offline (no daemon needed).
+//! `ewtune verify FILE`: checks a signed budget or audit report offline (no daemon needed).
 
 use ewtune::daemon::signing::{verify, SignedReport};
 use std::path::PathBuf;
@@ -6,7 +6,8 @@ use std::path::PathBuf;
 /// Arguments of `ewtune verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// A signed report, as `ewtune budget show --json` prints it.
+    /// A signed report, as `ewtune budget show --json`, `ewtune audits get --json` or
+    /// `ewtune audit --sign-key` print it.
     file: PathBuf,
     /// Also require this signer (hex public key, as the daemon's operator publishes it).
     #[arg(long)]

@@ -74,7 +74,7 @@ fn nonprivate_training_leaks_canaries() {
     let base_dir = fixture("audit").join("base");
     // Seeded (reproducible test, not private): canaries and inclusion bits from a fixed stream.
     let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(1);
-    let manifest = draw(&CanarySpec { count: 200, length: 20 }, 400, 1e-5, &mut rng);
+    let manifest = draw(&CanarySpec { count: 200, length: 20 }, 400, 1e-5, &mut rng).unwrap();
     let model = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
     let data = Dataset { units: manifest.training_units(), dropped_examples: 0, truncated_examples: 0 };
     let params: Vec<tch::Tensor> = model.trainable().into_iter().map(|(_, p)| p).collect();
@@ -133,4 +133,43 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
     eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.metrics["ref"].auc, audit.best.eps_lb);
     assert!(out.epsilon_spent <= 1.0);
     assert!(audit.best.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");
+}
+
+/// `ewtune audit` as an operator runs it: the JSON shape, the report signed with
+/// `--sign-key` verifies with `ewtune verify` and a tampered copy does not, and a missing model
+/// is a named error with exit code 2.
+#[test]
+fn audit_cli_prints_the_json_shape_and_signs_it() {
+    use std::process::Command;
+    let dir = fixture("audit");
+    let tmp = tempfile::tempdir().unwrap();
+    let ewtune = env!("CARGO_BIN_EXE_ewtune");
+    let (base, texts) = (dir.join("base"), dir.join("texts.jsonl"));
+    let args = ["audit", "--model", dir.to_str().unwrap(), "--base", base.to_str().unwrap(), "--texts", texts.to_str().unwrap(), "--device", "cpu"];
+    let key = tmp.path().join("operator.pk8");
+    let out = Command::new(ewtune).args(args).args(["--sign-key", key.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let signed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(signed["report_json"].as_str().unwrap()).unwrap();
+    let first = &report["texts"][0];
+    assert!(first["input"].is_string() && first["label"].is_i64() && first["token_logprobs"].as_array().is_some_and(|a| !a.is_empty()));
+    for score in ["min_k_20", "min_k_pp_20", "loss", "zlib", "ref"] {
+        assert!(first["scores"][score].is_f64(), "{score}");
+        assert!(report["metrics"][score]["auc"].is_f64() && report["metrics"][score]["tpr_at_1pct_fpr"].is_f64(), "{score}");
+    }
+    assert_eq!(report["metrics"]["ref"]["auc"], 1.0);
+    let file = tmp.path().join("audit.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let ok = Command::new(ewtune).args(["verify", file.to_str().unwrap()]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let tampered = String::from_utf8(out.stdout.clone()).unwrap().replacen("\\\"label\\\":0", "\\\"label\\\":1", 1);
+    assert_ne!(tampered.as_bytes(), &out.stdout[..]);
+    std::fs::write(&file, tampered).unwrap();
+    let bad = Command::new(ewtune).args(["verify", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    let nope = tmp.path().join("nope");
+    let missing = Command::new(ewtune).args(["audit", "--model", nope.to_str().unwrap(), "--texts", texts.to_str().unwrap()]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"), "{}", String::from_utf8_lossy(&missing.stderr));
 }

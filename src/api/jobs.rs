@@ -55,7 +55,7 @@ impl JobsApi {
             if draw {
                 let vocab = config_vocab_size(&spec.model).map_err(|e| invalid("base_model", e))?;
                 let mut rng = crate::train::noise::os_seeded_rng().map_err(|e| Status::internal(e.to_string()))?;
-                let manifest = crate::audit::canary::draw(c, vocab, spec.privacy.delta, &mut rng);
+                let manifest = crate::audit::canary::draw(c, vocab, spec.privacy.delta, &mut rng).map_err(|e| invalid("canaries", e))?;
                 units += manifest.included.iter().filter(|&&s| s).count();
                 manifest_json = Some(serde_json::to_string(&manifest).expect("manifests serialize"));
             } else {

@@ -82,18 +82,29 @@ pub fn prepare(path: &Path, spec: &CanarySpec, vocab: i64, delta: f64) -> Result
         }
         return Ok((m, sha256_hex(&bytes)));
     }
-    let m = draw(spec, vocab, delta, &mut crate::train::noise::os_seeded_rng()?);
+    let m = draw(spec, vocab, delta, &mut crate::train::noise::os_seeded_rng()?)?;
     let bytes = serde_json::to_vec(&m).expect("manifests serialize");
     crate::train::weights::write_bytes_atomic(path, &bytes)?;
     Ok((m, sha256_hex(&bytes)))
 }
 
-/// Draws a manifest's canaries and inclusion bits from `rng` (the OS CSPRNG in jobs; a seeded
-/// generator only in reproducible tests).
-pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngCore) -> Manifest {
-    let canaries: Vec<Vec<i64>> = (0..spec.count).map(|_| (0..spec.length).map(|_| rng.random_range(1..vocab)).collect()).collect();
+/// Draws a manifest's m distinct canaries and inclusion bits from `rng` (the OS CSPRNG in jobs;
+/// a seeded generator only in reproducible tests).
+pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngCore) -> Result<Manifest, TrainError> {
+    if ((vocab - 1).max(0) as f64).powi(spec.length as i32) < 2.0 * spec.count as f64 {
+        return Err(TrainError::BadSpec { field: "canaries.length", reason: format!("{} distinct canaries of {} tokens cannot be drawn from a vocabulary of {vocab}", spec.count, spec.length) });
+    }
+    // Unique canaries (§5.3): a repeat would be a group of two, audited against the wrong epsilon.
+    let mut seen = std::collections::HashSet::new();
+    let mut canaries: Vec<Vec<i64>> = Vec::with_capacity(spec.count);
+    while canaries.len() < spec.count {
+        let c: Vec<i64> = (0..spec.length).map(|_| rng.random_range(1..vocab)).collect();
+        if seen.insert(c.clone()) {
+            canaries.push(c);
+        }
+    }
     let included = (0..spec.count).map(|_| rng.random_bool(0.5)).collect();
-    Manifest {
+    Ok(Manifest {
         version: 1,
         canary_type: "random_tokens".into(),
         canaries,
@@ -102,7 +113,7 @@ pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngC
         k_plus: default_k_plus(spec.count),
         beta: 0.05,
         delta,
-    }
+    })
 }
 
 /// Lower-case hex SHA-256.
@@ -220,4 +231,35 @@ pub fn audit_canaries(
         eps_ceiling_for_m: ceiling.eps,
         metrics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Seeded generators (reproducible tests, not private).
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn draws_distinct_canaries_and_fair_inclusion_bits() {
+        // Ids 1..3 over 12 tokens: 4096 sequences, so 1000 draws would repeat some without the check.
+        let spec = CanarySpec { count: 1000, length: 12 };
+        let m = draw(&spec, 3, 1e-5, &mut rand_chacha::ChaCha20Rng::seed_from_u64(11)).unwrap();
+        let distinct: std::collections::HashSet<_> = m.canaries.iter().collect();
+        assert_eq!(distinct.len(), 1000);
+        assert!(m.canaries.iter().flatten().all(|&t| (1..3).contains(&t)), "token 0 is never drawn");
+        let inserted = m.included.iter().filter(|&&s| s).count();
+        assert!((430..=570).contains(&inserted), "Binomial(1000, 1/2) within 4.4 sd: {inserted}");
+        assert_eq!(m.k_plus, vec![10, 20, 50, 100, 200, 300, 400, 500]);
+    }
+
+    #[test]
+    fn impossible_or_weak_canary_settings_are_refused() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(12);
+        let err = draw(&CanarySpec { count: 300, length: 8 }, 3, 1e-5, &mut rng).unwrap_err();
+        assert!(err.to_string().contains("cannot be drawn"), "{err}");
+        assert!(CanarySpec { count: 199, length: 32 }.validate().unwrap_err().to_string().contains("canaries.count"));
+        assert!(CanarySpec { count: 200, length: 4 }.validate().unwrap_err().to_string().contains("canaries.length"));
+        assert!(CanarySpec { count: 200, length: 32 }.validate().is_ok());
+        assert!(CanarySpec { count: 200, length: 32 }.warnings(1000).len() == 1 && CanarySpec { count: 200, length: 32 }.warnings(2000).is_empty());
+    }
 }

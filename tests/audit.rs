@@ -93,10 +93,11 @@ fn nonprivate_training_leaks_canaries() {
     let base = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
     let audit = audit_canaries(&manifest, &model, &base, None, 64, Device::Cpu).unwrap();
     let auc = audit.metrics["ref"].auc;
-    eprintln!("non-private: canary AUC {auc:.4}, eps_lb {:.4} (k+ {}, {}/{}), ceiling {:.3}", audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.eps_ceiling_for_m);
+    eprintln!("non-private: canary AUC {auc:.4}, eps_lb {:.4} (k+ {}, {}/{}), ceiling {:.3}, classic (heuristic) {:.3}", audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.eps_ceiling_for_m, audit.eps_classic_heuristic);
     assert!(auc > 0.9, "{audit:?}");
     assert!(audit.best.eps_lb > 1.0, "{audit:?}");
     assert!(audit.best.eps_lb <= audit.eps_ceiling_for_m);
+    assert!(audit.eps_classic_heuristic > 0.0 && audit.eps_classic_heuristic.is_finite(), "{audit:?}");
     assert_eq!(audit.grid_size, audit.grid.len());
     assert!(!audit.violation);
 }

@@ -153,6 +153,10 @@ pub struct CanaryAudit {
     pub violation: bool,
     /// The largest lower bound m canaries can give at this delta and beta (§5.2.5).
     pub eps_ceiling_for_m: f64,
+    /// The classic Clopper-Pearson bound on the same scores (best threshold, beta split over
+    /// every threshold), labelled heuristic: its confidence needs independent training runs,
+    /// and this is one (§0). Never compared with the claim; `best.eps_lb` is the headline.
+    pub eps_classic_heuristic: f64,
     /// Membership metrics on the canaries (inserted vs not): the primary score and Min-K%++ 20 %
     /// (secondary, not used by the bound).
     pub metrics: BTreeMap<String, ScoreMetrics>,
@@ -210,6 +214,7 @@ pub fn audit_canaries(
     let audit = super::bounds::one_run_audit(&primary, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
         .map_err(|e| AuditError::Input(e.to_string()))?;
     let ceiling = super::bounds::one_run_ceiling(manifest.canaries.len(), manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
+    let classic = super::bounds::eps_classic_best(&primary, &manifest.included, manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
     let mut metrics = BTreeMap::new();
     metrics.insert("ref".to_string(), score_metrics(&primary, &manifest.included, BOOTSTRAP_SEED)?);
     metrics.insert("min_k_pp_20".to_string(), score_metrics(&secondary, &manifest.included, BOOTSTRAP_SEED)?);
@@ -229,6 +234,7 @@ pub fn audit_canaries(
         grid: audit.grid,
         eps_claimed,
         eps_ceiling_for_m: ceiling.eps,
+        eps_classic_heuristic: classic.eps_lb,
         metrics,
     })
 }

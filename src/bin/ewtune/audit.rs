@@ -67,6 +67,7 @@ pub fn print_canary_audit(audit: &CanaryAudit) {
         "  empirical epsilon lower bound {:.4} (95 %, k+ = {}, {}/{} correct, Bonferroni over {} guesses, delta {:e}; at most {:.3} with {} canaries)",
         audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.grid_size, audit.delta, audit.eps_ceiling_for_m, audit.m
     );
+    println!("  classic Clopper-Pearson bound {:.4} (heuristic: one training run)", audit.eps_classic_heuristic);
     match audit.eps_claimed {
         Some(c) => println!("  certified epsilon claimed {c:.4}"),
         None => println!("  no claimed epsilon (pass --claimed-epsilon)"),

@@ -169,8 +169,54 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
     let bad = Command::new(ewtune).args(["verify", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 
+    // The multi-run form: one line per run.
+    let runs = tmp.path().join("runs.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&texts).unwrap().repeat(4).lines().map(|l| {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["model"] = serde_json::json!(dir);
+        v.to_string()
+    }).collect();
+    std::fs::write(&runs, lines.join("\n")).unwrap();
+    let out = Command::new(ewtune).args(["audit", "--runs", runs.to_str().unwrap(), "--base", base.to_str().unwrap(), "--device", "cpu", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let multi: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(multi["n_runs"].as_u64(), Some(lines.len() as u64));
+    assert!(multi["eps_lb"].as_f64().unwrap() > 0.0);
+
     let nope = tmp.path().join("nope");
     let missing = Command::new(ewtune).args(["audit", "--model", nope.to_str().unwrap(), "--texts", texts.to_str().unwrap()]).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"), "{}", String::from_utf8_lossy(&missing.stderr));
+}
+
+/// §5.1 multi-run audit: each "run" scores its own target once; the scores equal the batched
+/// text audit's `ref` scores, and with the fixture's perfect separation the bound is the classic
+/// bound at the all-correct threshold. One-class input and bad labels are named errors.
+#[test]
+fn multi_run_classic_bound_matches_its_parts() {
+    use ewtune::audit::bounds::{eps_classic, Confusion};
+    use ewtune::audit::runs::{audit_runs, RunTarget};
+    let dir = fixture("audit");
+    let texts: Vec<LabeledText> = std::fs::read_to_string(dir.join("texts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Each text four times: enough decisions for a bound above 0 (the mechanics; these "runs"
+    // share one model, so this is not itself a valid audit).
+    let runs: Vec<RunTarget> = texts.iter().cycle().take(4 * texts.len()).map(|t| RunTarget { model: dir.clone(), input: t.input.clone(), label: t.label }).collect();
+    let audit = audit_runs(&runs, Some(&dir.join("base")), 1e-5, 0.05, Some(0.5), Device::Cpu).unwrap();
+    let target = Model::load_output(&dir, Device::Cpu).unwrap();
+    let base = Model::load_output(&dir.join("base"), Device::Cpu).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let batched = audit_texts(&target, Some(&base), &tok, &texts, 64, Device::Cpu).unwrap();
+    for (s, t) in audit.scores.iter().zip(batched.texts.iter().cycle()) {
+        assert!((s - t.scores["ref"]).abs() < 1e-5, "{s} vs {}", t.scores["ref"]);
+    }
+    assert_eq!((audit.score, audit.auc), ("ref", 1.0));
+    let (p, n) = (audit.n_members as u64, (audit.n_runs - audit.n_members) as u64);
+    let perfect = eps_classic(Confusion { tp: p, fp: 0, fn_: 0, tn: n }, 1e-5, 0.05 / audit.thresholds as f64).unwrap().eps_lb;
+    assert!(audit.eps_lb >= perfect - 1e-12 && audit.eps_lb > 0.0, "{} vs {perfect}", audit.eps_lb);
+    assert_eq!(audit.violation, audit.eps_lb > 0.5);
+    let members_only: Vec<RunTarget> = runs.iter().filter(|r| r.label == 1).cloned().collect();
+    assert!(audit_runs(&members_only, None, 1e-5, 0.05, None, Device::Cpu).unwrap_err().to_string().contains("did not"));
+    let mut bad = runs.clone();
+    bad[2].label = 3;
+    assert!(audit_runs(&bad, None, 1e-5, 0.05, None, Device::Cpu).unwrap_err().to_string().contains("run 3"));
 }

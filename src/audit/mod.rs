@@ -1,11 +1,12 @@
 //! The membership audit (`research/audit.md`): token log-probabilities by one forward pass,
 //! membership scores, metrics, labelled-text audits, canaries and the one-run epsilon lower bound,
-//! and the §8 report.
+//! the multi-run classic bound, and the §8 report.
 pub mod bounds;
 pub mod canary;
 pub mod logprobs;
 pub mod metrics;
 pub mod report;
+pub mod runs;
 pub mod scores;
 pub mod texts;
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use ewtune::audit::canary::{CanaryAudit, Manifest};
 use ewtune::audit::report::{build_report, AuditInputs};
+use ewtune::audit::runs::{audit_runs, RunTarget};
 use ewtune::audit::texts::{audit_texts, LabeledText};
 use ewtune::daemon::signing::{to_hex, SignedReport, Signer};
 use ewtune::train::job::DeviceChoice;
@@ -16,17 +17,25 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {
     /// The audited (fine-tuned) model: an HF directory, or a PEFT adapter directory.
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "runs")]
+    model: Option<PathBuf>,
     /// The model before fine-tuning (enables the `ref` score, the primary attack).
     #[arg(long)]
     base: Option<PathBuf>,
     /// JSONL of {"input": text, "label": 1|0} (1 = member).
-    #[arg(long, required_unless_present = "manifest")]
+    #[arg(long, required_unless_present_any = ["manifest", "runs"])]
     texts: Option<PathBuf>,
     /// A job's audit_manifest.json: run the one-run canary audit instead.
     #[arg(long, conflicts_with = "texts", requires = "base")]
     manifest: Option<PathBuf>,
+    /// A multi-run audit: JSONL of {"model": DIR, "input": text, "label": 1|0}, one line per
+    /// independent training run (its target text, and whether that run trained on it); prints
+    /// the classic Clopper-Pearson epsilon lower bound.
+    #[arg(long, conflicts_with_all = ["texts", "manifest", "model"])]
+    runs: Option<PathBuf>,
+    /// Delta of the multi-run bound.
+    #[arg(long, default_value_t = 1e-5, requires = "runs")]
+    delta: f64,
     /// The certified epsilon the job claimed (default: read from privacy.json beside the manifest).
     #[arg(long)]
     claimed_epsilon: Option<f64>,
@@ -77,9 +86,36 @@ pub fn print_canary_audit(audit: &CanaryAudit) {
     }
 }
 
+/// Reads the JSON lines of `path`, naming the line that does not parse.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1)))
+        .collect()
+}
+
 pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = args.device.resolve()?;
     let json = args.json || args.sign_key.is_some();
+    if let Some(path) = &args.runs {
+        let runs: Vec<RunTarget> = read_jsonl(path)?;
+        let audit = audit_runs(&runs, args.base.as_deref(), args.delta, 0.05, args.claimed_epsilon, device)?;
+        if json {
+            return emit(serde_json::to_string(&audit)?, args.sign_key.as_ref());
+        }
+        println!("multi-run audit: {} runs ({} trained on their target), score `{}`, AUC {:.4}", audit.n_runs, audit.n_members, audit.score, audit.auc);
+        println!(
+            "  classic epsilon lower bound {:.4} (95 %, Clopper-Pearson, best of {} thresholds with alpha split over them; TP {} FP {}; delta {:e})",
+            audit.eps_lb, audit.thresholds, audit.tp, audit.fp, audit.delta
+        );
+        if audit.violation {
+            println!("ALARM: the lower bound exceeds the claimed epsilon: the DP claim is refuted; accounting or training is wrong");
+        }
+        return Ok(());
+    }
+    let model = args.model.as_ref().ok_or("give --model")?;
     if let Some(path) = &args.manifest {
         let manifest: Manifest = serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
             .map_err(|e| format!("{} is not an audit manifest: {e}", path.display()))?;
@@ -93,7 +129,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         let base = args.base.as_ref().ok_or("--manifest needs --base")?;
         let report = build_report(&AuditInputs {
             job_id: None,
-            target_dir: &args.model,
+            target_dir: model,
             base_dir: base,
             texts: &[],
             manifest: Some(&manifest),
@@ -109,19 +145,13 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    let target = Model::load_output(&args.model, device)?;
+    let target = Model::load_output(model, device)?;
     let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
     let max_tokens = args.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
     let texts_path = args.texts.as_ref().ok_or("give --texts or --manifest")?;
-    let tokenizer_path = args.model.join("tokenizer.json");
+    let tokenizer_path = model.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;
-    let text = std::fs::read_to_string(texts_path).map_err(|e| format!("cannot read {}: {e}", texts_path.display()))?;
-    let texts: Vec<LabeledText> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", texts_path.display(), i + 1)))
-        .collect::<Result<_, _>>()?;
+    let texts: Vec<LabeledText> = read_jsonl(texts_path)?;
     let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device)?;
     if json {
         return emit(serde_json::to_string(&audit)?, args.sign_key.as_ref());

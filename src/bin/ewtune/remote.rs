@@ -381,17 +381,14 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
         AuditsCommand::Create { job, texts, max_tokens, no_wait, json } => {
             let texts = match texts {
                 None => Vec::new(),
-                Some(path) => {
-                    let body = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                    body.lines()
-                        .enumerate()
-                        .filter(|(_, l)| !l.trim().is_empty())
-                        .map(|(i, l)| {
-                            let t: ewtune::audit::texts::LabeledText = serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?;
-                            Ok(pb::LabeledText { input: t.input, member: t.label == 1 })
-                        })
-                        .collect::<Result<_, String>>()?
-                }
+                Some(path) => super::audit::read_jsonl::<ewtune::audit::texts::LabeledText>(&path)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| match t.label {
+                        0 | 1 => Ok(pb::LabeledText { member: t.label == 1, input: t.input }),
+                        other => Err(format!("{} text {}: label must be 1 (member) or 0, got {other}", path.display(), i + 1)),
+                    })
+                    .collect::<Result<_, _>>()?,
             };
             let a = c.audits.create(pb::CreateAuditRequest { job_id: job, texts, max_tokens }).await.map_err(explain)?.into_inner();
             if no_wait {

@@ -1,6 +1,6 @@
 //! The Python grpcio client in examples/ against a daemon this test starts: it learns the API by
-//! server reflection (no .proto files), registers, plans, submits, watches, gets refused on an
-//! overspend and reads the signed budget report.
+//! server reflection (no .proto files), registers, plans, submits a job with canaries, watches,
+//! gets refused on an overspend, reads the signed budget report and audits the model.
 
 use crate::daemon::Daemon;
 use ewtune::train::synthetic::write_notes;
@@ -29,6 +29,6 @@ async fn python_grpcio_client_runs_the_whole_flow() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("job succeeded") && stdout.contains("overspend refused") && stdout.contains("budget report"), "{stdout}");
+    assert!(stdout.contains("job succeeded") && stdout.contains("overspend refused") && stdout.contains("budget report") && stdout.contains("empirical epsilon lower bound"), "{stdout}");
     d.stop().await;
 }

@@ -21,11 +21,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start() -> Daemon {
+        Daemon::start_with(|_| None).await
+    }
+
+    /// Starts a daemon whose TLS identity `tls(root)` writes (certificate and key paths).
+    pub async fn start_with(tls: impl FnOnce(&std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)>) -> Daemon {
         let root = tempfile::tempdir().unwrap();
         let data_dir = root.path().join("data");
         let shape = Shape { vocab: 400, d_model: 32, layers: 2, heads: 2, kv_heads: 2, positions: 64 };
         write_model(&data_dir.join("models/tiny"), Family::Gpt2, shape, 1, Some(&fixture("audit").join("tokenizer.json"))).unwrap();
-        let config = DaemonConfig::resolve(&data_dir, Some("127.0.0.1:0"), None).unwrap();
+        let mut config = DaemonConfig::resolve(&data_dir, Some("127.0.0.1:0"), None).unwrap();
+        config.tls = tls(root.path());
         let state = State::open(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -306,5 +312,52 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].report_json, a.report_json);
     assert!(other.audits.list(pb::ListAuditsRequest::default()).await.unwrap().into_inner().audits.is_empty());
+    d.stop().await;
+}
+
+/// With `tls_cert`/`tls_key` the daemon speaks TLS only: a client trusting the certificate is
+/// served (health and an authenticated call, and the `ewtune` CLI with `--ca-cert`), a plaintext
+/// client is not. The certificate is a fresh self-signed one for `localhost` (rcgen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_only_clients_that_trust_its_certificate() {
+    let identity = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = identity.cert.pem();
+    let key_pem = identity.signing_key.serialize_pem();
+    let written = cert_pem.clone();
+    let d = Daemon::start_with(move |root| {
+        let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
+        std::fs::write(&cert, written).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        Some((cert, key))
+    })
+    .await;
+    let port = d.addr.rsplit(':').next().unwrap().to_string();
+    let https = format!("https://localhost:{port}");
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem));
+    let ch = Channel::from_shared(https.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: "ewtune.v1.Jobs".into() }).await.unwrap().into_inner().status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let token = d.state.store.create_token("clinic").unwrap();
+    let mut datasets = pb::datasets_client::DatasetsClient::with_interceptor(ch, Bearer(token.clone()));
+    assert!(datasets.list(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets.is_empty());
+    // Plaintext to the TLS port: no answer.
+    let plain = Channel::from_shared(d.addr.clone()).unwrap().connect().await;
+    if let Ok(ch) = plain {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+        assert!(health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_err());
+    }
+    // The CLI, trusting the certificate.
+    let cert_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cert_file.path(), &cert_pem).unwrap();
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune"))
+        .args(["datasets", "list", "--addr", &https, "--ca-cert", cert_file.path().to_str().unwrap(), "--json"])
+        .env("EWTUNE_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "[]");
+    let untrusted = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(["datasets", "list", "--addr", &https]).env("EWTUNE_TOKEN", &token).output().unwrap();
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("--ca-cert"), "{}", String::from_utf8_lossy(&untrusted.stderr));
     d.stop().await;
 }

@@ -1,5 +1,6 @@
-//! The gRPC connection every client subcommand uses: `--addr` / `EWTUNE_ADDR` and `--token` /
-//! `EWTUNE_TOKEN` (sent as `authorization: Bearer <token>`).
+//! The gRPC connection every client subcommand uses: `--addr` / `EWTUNE_ADDR`, `--token` /
+//! `EWTUNE_TOKEN` (sent as `authorization: Bearer <token>`) and, for `https://`, `--ca-cert` /
+//! `EWTUNE_CA_CERT` (the certificate to trust).
 
 use ewtune::api::pb;
 use tonic::service::interceptor::InterceptedService;
@@ -14,6 +15,9 @@ pub struct Connect {
     /// Bearer token of your tenant (from `ewtuned token create`).
     #[arg(long, env = "EWTUNE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM certificate (or CA) to trust for an `https://` address (a daemon with `tls_cert`).
+    #[arg(long, env = "EWTUNE_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -40,10 +44,13 @@ impl Connect {
     pub async fn clients(&self) -> Result<Clients, Box<dyn std::error::Error>> {
         let token = self.token.as_deref().ok_or("no token: pass --token or set EWTUNE_TOKEN (ewtuned token create --tenant NAME)")?;
         let value = format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot carry")?;
-        let channel = Channel::from_shared(self.addr.clone())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the daemon at {}: {e}", self.addr))?;
+        let mut endpoint = Channel::from_shared(self.addr.clone())?;
+        if self.addr.starts_with("https://") {
+            let ca = self.ca_cert.as_ref().ok_or("an https:// address needs --ca-cert (or EWTUNE_CA_CERT): the certificate to trust")?;
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            endpoint = endpoint.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot reach the daemon at {}: {e}", self.addr))?;
         let b = Bearer(value);
         Ok(Clients {
             datasets: pb::datasets_client::DatasetsClient::with_interceptor(channel.clone(), b.clone()).max_encoding_message_size(256 << 20),

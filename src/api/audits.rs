@@ -72,7 +72,7 @@ impl pb::audits_server::Audits for AuditsApi {
         let r = req.get_ref();
         let job = self.state.store.get_job(&tenant, &job_id(&r.job_id)?)?;
         let texts = texts(&r.texts)?;
-        if texts.is_empty() && self.state.store.canary_manifest(&job.id)?.is_none() {
+        if texts.is_empty() && self.state.store.canary_manifest_sha256(&job.id)?.is_none() {
             return Err(invalid("texts", format!("job {} inserted no canaries: give member and non-member texts to audit", job.id)));
         }
         let summary = serde_json::json!({

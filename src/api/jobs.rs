@@ -78,7 +78,7 @@ impl JobsApi {
     /// A stored job as the API shows it, with its certified spend and canary commitment.
     fn shown(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> Result<pb::Job, Status> {
         let eps = job_epsilon(j, self.delta_of(tenant, j)?);
-        let sha = self.state.store.canary_manifest(&j.id)?.map(|(sha, _)| sha);
+        let sha = self.state.store.canary_manifest_sha256(&j.id)?;
         Ok(convert::job(j, eps, sha))
     }
 }

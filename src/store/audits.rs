@@ -270,11 +270,13 @@ mod tests {
         let (sha, json) = fx.store.canary_manifest(&job.id).unwrap().unwrap();
         assert_eq!(json, r#"{"included": [true, false]}"#);
         assert_eq!(sha, super::super::sha256_hex(json.as_bytes()));
+        assert_eq!(fx.store.canary_manifest_sha256(&job.id).unwrap(), Some(sha.clone()));
         let conn = fx.store.conn();
         assert!(conn.execute("UPDATE canary_manifests SET manifest_json = '{\"included\": [true, true]}'", []).is_err());
         assert!(conn.execute("DELETE FROM canary_manifests", []).is_err());
         drop(conn);
         let plain = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 20)).unwrap();
         assert_eq!(fx.store.canary_manifest(&plain.id).unwrap(), None);
+        assert_eq!(fx.store.canary_manifest_sha256(&plain.id).unwrap(), None);
     }
 }

@@ -301,6 +301,11 @@ impl Store {
             .optional()?)
     }
 
+    /// The SHA-256 of the canary manifest committed with job `id`, without reading the manifest.
+    pub fn canary_manifest_sha256(&self, id: &JobId) -> Result<Option<String>> {
+        Ok(self.reader().query_row("SELECT sha256 FROM canary_manifests WHERE job = ?1", [id], |row| row.get(0)).optional()?)
+    }
+
     /// The tenant's job `id`; `NotFound` if absent or another tenant's.
     pub fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<Job> {
         load_owned(&self.reader(), tenant, id)

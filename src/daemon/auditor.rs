@@ -1,5 +1,5 @@
-//! Runs the membership audits of succeeded jobs: one at a time on a blocking thread (scoring is
-//! CPU or GPU bound), loading the job's final model, its base model and the canary manifest
+//! Runs the membership audits of succeeded jobs: one at a time on a low-priority thread (scoring
+//! is CPU or GPU bound), loading the job's final model, its base model and the canary manifest
 //! committed at admission, and ends each audit in the store with its report signed by the
 //! daemon's key, or with the reason it failed. Audits read the model only; they spend no budget.
 
@@ -24,14 +24,17 @@ pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
     tokio::spawn(async move {
         let _slot = state.audit_slots.acquire().await;
         let worker = state.clone();
-        let result = tokio::task::spawn_blocking(move || report_json(&worker, &job, &request)).await;
+        let result = super::run_batch("ewtune-audit", move || report_json(&worker, &job, &request)).await;
         let outcome = match result {
             Ok(Ok(json)) => AuditOutcome::Report { signature: state.signer.sign(json.as_bytes()), report_json: json },
             Ok(Err(e)) => {
                 tracing::warn!(audit = %audit.id, error = %e, "audit failed");
                 AuditOutcome::Failed(e.to_string())
             }
-            Err(_) => AuditOutcome::Failed("the audit worker panicked (a shape or device error)".into()),
+            Err(super::BatchPanicked(message)) => {
+                tracing::error!(audit = %audit.id, panic = %message, "the audit worker panicked");
+                AuditOutcome::Failed("the audit worker panicked (a shape or device error)".into())
+            }
         };
         if let Err(e) = state.store.finish_audit(&audit.id, outcome) {
             tracing::error!(audit = %audit.id, error = %e, "cannot record the audit's end");

@@ -59,6 +59,47 @@ impl State {
     }
 }
 
+/// The nice value of batch work (training, audits) in the daemon: on a busy machine the API's
+/// threads get the CPU first, so unary calls stay fast while a job trains.
+const BATCH_NICENESS: i32 = 10;
+
+/// A batch worker panicked (a shape or device error); its message.
+#[derive(Debug)]
+pub struct BatchPanicked(pub String);
+
+/// Runs `work` on a new OS thread named `name` at lower scheduling priority
+/// ([`BATCH_NICENESS`]; threads it spawns, like the noise thread, inherit it) and awaits it. A
+/// fresh thread, not tokio's blocking pool: pooled threads later serve the runtime itself, and an
+/// unprivileged process cannot raise a thread's priority back.
+pub async fn run_batch<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, BatchPanicked> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        lower_thread_priority();
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    });
+    if let Err(e) = spawned {
+        return Err(BatchPanicked(format!("cannot start a worker thread: {e}")));
+    }
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => Err(BatchPanicked(panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())),
+        Err(_) => Err(BatchPanicked("the worker thread ended without a result".into())),
+    }
+}
+
+/// Lowers the calling thread's priority to [`BATCH_NICENESS`] (on Linux the nice value is per
+/// thread). A failure only costs latency, so it is logged and ignored.
+fn lower_thread_priority() {
+    // SAFETY: gettid and setpriority take no pointers; they act on the calling thread only.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, BATCH_NICENESS)
+    };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch thread's priority");
+    }
+}
+
 /// Serves until `shutdown` resolves (SIGTERM/SIGINT in `ewtuned`), on an already bound listener.
 pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
     let requeued = state.store.requeue_running()?;

@@ -1,4 +1,4 @@
-//! The scheduler: claims queued jobs from the store and runs each on a blocking worker thread
+//! The scheduler: claims queued jobs from the store and runs each on its own low-priority thread
 //! (up to `concurrency` at once), recording the privacy spend in the ledger *before* every step
 //! touches data, and the outcome at the end. On shutdown running jobs stop after their current
 //! step with a checkpoint and stay `running` in the store, which requeues them (with an
@@ -32,7 +32,7 @@ pub async fn run(state: Arc<State>, mut shutdown: tokio::sync::watch::Receiver<b
                     running.spawn(async move {
                         let worker_state = state.clone();
                         let worker_job = job.clone();
-                        let result = tokio::task::spawn_blocking(move || run_job(&worker_state, &worker_job, &stopping)).await;
+                        let result = super::run_batch("ewtune-train", move || run_job(&worker_state, &worker_job, &stopping)).await;
                         settle(&state, &job, result);
                     });
                 }
@@ -135,7 +135,7 @@ fn store_err(e: crate::store::StoreError) -> TrainError {
 
 /// Records the end of a worker: success, cancellation, failure (with the reason), or a panic.
 /// An interrupted job stays `running` in the store; start-up requeues it.
-fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, tokio::task::JoinError>) {
+fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, super::BatchPanicked>) {
     let id = &job.id;
     let r = match result {
         Ok(Ok(Ended::Finished)) => state.store.finish_job(id, JobState::Succeeded, None),
@@ -148,10 +148,9 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, to
             tracing::error!(job = %id.as_str(), error = %e, "job failed");
             state.store.finish_job(id, JobState::Failed, Some(e.to_string()))
         }
-        Err(join) => {
-            let reason = if join.is_panic() { "the training worker panicked (a shape or device error)" } else { "the training worker was aborted" };
-            tracing::error!(job = %id.as_str(), reason, "job failed");
-            state.store.finish_job(id, JobState::Failed, Some(reason.into()))
+        Err(super::BatchPanicked(message)) => {
+            tracing::error!(job = %id.as_str(), panic = %message, "the training worker panicked");
+            state.store.finish_job(id, JobState::Failed, Some("the training worker panicked (a shape or device error)".into()))
         }
     };
     if let Err(e) = r {

@@ -127,25 +127,35 @@ async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset
                 1 => j.list(pb::ListJobsRequest {}).await.is_ok(),
                 _ => b.get(pb::GetBudgetRequest { dataset_id: ds }).await.is_ok(),
             };
-            (t.elapsed().as_secs_f64(), ok)
+            (i % 3, t.elapsed().as_secs_f64(), ok)
         });
     }
     let mut lat = Vec::new();
+    let mut by_method: [Vec<f64>; 3] = Default::default();
     let mut errors = 0;
     while let Some(r) = tasks.join_next().await {
-        let (s, ok) = r?;
+        let (method, s, ok) = r?;
         lat.push(s);
+        by_method[method as usize].push(s);
         if !ok {
             errors += 1;
         }
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] * 1e3;
-    let (p50, p99, max) = (pct(0.5), pct(0.99), pct(1.0));
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3
+    };
+    let (p50, p99, max) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
+    let names = ["Datasets.Get", "Jobs.List", "Budget.Get"];
+    let per: Vec<(&str, f64, f64)> = names.iter().zip(by_method.iter_mut()).filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, pct(v, 0.5), pct(v, 0.99))).collect();
     if json {
-        println!("{}", serde_json::json!({"rate": rate, "requests": lat.len(), "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
+        let methods: serde_json::Map<String, serde_json::Value> = per.iter().map(|(n, a, b)| (n.to_string(), serde_json::json!({"p50_ms": a, "p99_ms": b}))).collect();
+        println!("{}", serde_json::json!({"rate": rate, "requests": lat.len(), "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": max, "by_method": methods}));
     } else {
         println!("{} requests at {rate}/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {errors} errors", lat.len());
+        for (n, a, b) in per {
+            println!("  {n:<13} p50 {a:.2} ms, p99 {b:.2} ms");
+        }
     }
     Ok(())
 }

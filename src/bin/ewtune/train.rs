@@ -67,6 +67,15 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some((before, after)) = outcome.eval_loss {
         println!("held-out loss: {before:.4} -> {after:.4}");
     }
+    if let Some(c) = &spec.canaries {
+        let path = spec.output.join("audit_manifest.json");
+        let manifest: Option<ewtune::audit::canary::Manifest> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let inserted = manifest.map_or(0, |m| m.included.iter().filter(|&&s| s).count());
+        println!("canaries: {} drawn, {inserted} inserted (counted in N); manifest {} (audit with `ewtune audit --manifest`)", c.count, path.display());
+        for w in c.warnings(p.units - inserted) {
+            println!("warning: {w}");
+        }
+    }
     if outcome.cancelled {
         println!("stopped after {} of {} steps; run the same command to resume", outcome.steps_done, p.steps);
     } else {

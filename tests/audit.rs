@@ -91,7 +91,7 @@ fn nonprivate_training_leaks_canaries() {
         }
     }
     let base = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
-    let audit = audit_canaries(&manifest, &model, &base, None, 64, Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, "(seeded test draw)", &model, &base, None, Device::Cpu).unwrap();
     let auc = audit.metrics["ref"].auc;
     eprintln!("non-private: canary AUC {auc:.4}, eps_lb {:.4} (k+ {}, {}/{}), ceiling {:.3}, classic (heuristic) {:.3}", audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.eps_ceiling_for_m, audit.eps_classic_heuristic);
     assert!(auc > 0.9, "{audit:?}");
@@ -125,12 +125,13 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
         canaries: Some(CanarySpec { count: 200, length: 20 }),
     };
     let out = job::run(&spec, &std::sync::atomic::AtomicBool::new(false), |_| {}).unwrap();
-    let manifest: ewtune::audit::canary::Manifest = serde_json::from_slice(&std::fs::read(spec.output.join("audit_manifest.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(spec.output.join("audit_manifest.json")).unwrap();
+    let manifest: ewtune::audit::canary::Manifest = serde_json::from_slice(&bytes).unwrap();
     let inserted = manifest.included.iter().filter(|&&s| s).count();
     assert_eq!(out.plan.units, 400 + inserted, "canaries count in N");
     let target = Model::load_output(&out.output_model, Device::Cpu).unwrap();
     let base = Model::load_output(&base_dir, Device::Cpu).unwrap();
-    let audit = audit_canaries(&manifest, &target, &base, Some(out.epsilon_spent), 64, Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, &ewtune::audit::canary::sha256_hex(&bytes), &target, &base, Some(out.epsilon_spent), Device::Cpu).unwrap();
     eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.metrics["ref"].auc, audit.best.eps_lb);
     assert!(out.epsilon_spent <= 1.0);
     assert!(audit.best.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");

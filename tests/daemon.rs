@@ -253,6 +253,14 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     too_few.canaries = Some(pb::CanaryConfig { count: 20, length: 16 });
     let e = c.jobs.create(too_few).await.unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("canaries.count"), "{e:?}");
+    let mut too_many = with_canaries.clone();
+    too_many.canaries = Some(pb::CanaryConfig { count: u32::MAX, length: 16 });
+    let e = c.jobs.create(too_many).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("canaries.count"), "{e:?}");
+    let mut too_long = with_canaries.clone();
+    too_long.canaries = Some(pb::CanaryConfig { count: 200, length: 41 });
+    let e = c.jobs.create(too_long).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("canaries.length"), "{e:?}");
 
     let job = c.jobs.create(with_canaries).await.unwrap().into_inner();
     let plain = c.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();

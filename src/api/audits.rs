@@ -1,5 +1,5 @@
-//! `ewtune.v1.Audits`: create (for a succeeded job; runs in the background), get (with the
-//! signed report), list.
+//! `ewtune.v1.Audits`: create (for a succeeded job; runs in the background, one per tenant at a
+//! time), get (with the signed report), list.
 
 use super::auth::tenant;
 use super::convert::invalid;
@@ -80,7 +80,7 @@ impl pb::audits_server::Audits for AuditsApi {
             "members": texts.iter().filter(|t| t.label == 1).count(),
             "max_tokens": r.max_tokens,
         });
-        let audit = self.state.store.create_audit(&tenant, &job.id, &summary.to_string())?;
+        let audit = tokio::task::block_in_place(|| self.state.store.create_audit(&tenant, &job.id, &summary.to_string()))?;
         tracing::info!(tenant = %tenant.as_str(), job = %job.id, audit = %audit.id, "audit started");
         let shown = self.shown(&audit);
         auditor::start(self.state.clone(), audit, job, AuditRequest { texts, max_tokens: (r.max_tokens > 0).then_some(r.max_tokens as usize) });

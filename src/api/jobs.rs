@@ -7,7 +7,7 @@ use super::pb;
 use crate::daemon::State;
 use crate::store::{JobId, JobState, NewJob};
 use crate::train::job::plan;
-use crate::train::model::config_vocab_size;
+use crate::train::model::ConfigLimits;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -52,10 +52,15 @@ impl JobsApi {
         let mut warnings = Vec::new();
         if let Some(c) = &spec.canaries {
             warnings.extend(c.warnings(units));
+            let limits = ConfigLimits::read(&spec.model).map_err(|e| invalid("base_model", e))?;
+            let per_example = limits.n_positions.map_or(spec.data_config.max_length, |p| spec.data_config.max_length.min(p as usize));
+            if c.length > per_example {
+                return Err(invalid("canaries.length", format!("{} tokens exceed the job's {per_example} tokens per example (max_length, at most the model's context)", c.length)));
+            }
             if draw {
-                let vocab = config_vocab_size(&spec.model).map_err(|e| invalid("base_model", e))?;
                 let mut rng = crate::train::noise::os_seeded_rng().map_err(|e| Status::internal(e.to_string()))?;
-                let manifest = crate::audit::canary::draw(c, vocab, spec.privacy.delta, &mut rng).map_err(|e| invalid("canaries", e))?;
+                // Bounded by MAX_CANARIES x MAX_CANARY_LENGTH; off the async worker all the same.
+                let manifest = tokio::task::block_in_place(|| crate::audit::canary::draw(c, limits.vocab_size, spec.privacy.delta, &mut rng)).map_err(|e| invalid("canaries", e))?;
                 units += manifest.included.iter().filter(|&&s| s).count();
                 manifest_json = Some(serde_json::to_string(&manifest).expect("manifests serialize"));
             } else {
@@ -105,7 +110,7 @@ impl pb::jobs_server::Jobs for JobsApi {
     async fn create(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
         let Settled { spec, plan: p, dataset: d, manifest_json, .. } = self.settle(&tenant, req.get_ref(), true)?;
-        let job = self.state.store.create_job(
+        let job = tokio::task::block_in_place(|| self.state.store.create_job(
             &tenant,
             NewJob {
                 dataset: d.id.clone(),
@@ -115,7 +120,7 @@ impl pb::jobs_server::Jobs for JobsApi {
                 steps: p.steps,
                 canary_manifest_json: manifest_json,
             },
-        )?;
+        ))?;
         tracing::info!(tenant = %tenant.as_str(), job = %job.id.as_str(), certified_epsilon = p.certified_epsilon, "job queued");
         self.state.wake.notify_one();
         Ok(Response::new(self.shown(&tenant, &job)?))

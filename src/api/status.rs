@@ -12,6 +12,7 @@ impl From<StoreError> for Status {
             StoreError::NotFound { kind, id } => Status::not_found(format!("{kind} {id} not found")),
             StoreError::AlreadyExists { kind, id } => Status::already_exists(format!("{kind} {id} already exists")),
             e @ StoreError::FailedPrecondition { .. } => Status::failed_precondition(e.to_string()),
+            StoreError::Busy(reason) => Status::resource_exhausted(reason),
             StoreError::BudgetExceeded { dataset, requested_epsilon, committed_epsilon, budget_epsilon } => Status::failed_precondition(format!(
                 "privacy budget exceeded on dataset {}: this job would bring the certified epsilon to {requested_epsilon:.4}, \
                  above the budget {budget_epsilon}; {committed_epsilon:.4} is already spent or reserved, {:.4} is left",

@@ -165,14 +165,23 @@ pub struct CanaryAudit {
 /// The smallest m the daemon accepts (§5.3: at least 200).
 pub const MIN_CANARIES: usize = 200;
 
+/// The largest m accepted (§5.3 suggests 1000; the manifest is stored whole).
+pub const MAX_CANARIES: usize = 10_000;
+
+/// The longest canary accepted, in tokens (§5.3: 32-64 for random-token canaries).
+pub const MAX_CANARY_LENGTH: usize = 256;
+
 impl CanarySpec {
-    /// Refuses too few or too short canaries, naming the field.
+    /// Refuses too few, too many, too short or too long canaries, naming the field.
     pub fn validate(&self) -> Result<(), TrainError> {
-        if self.count < MIN_CANARIES {
-            return Err(TrainError::BadSpec { field: "canaries.count", reason: format!("must be >= {MIN_CANARIES} (fewer cannot bound epsilon usefully), got {}", self.count) });
+        if !(MIN_CANARIES..=MAX_CANARIES).contains(&self.count) {
+            return Err(TrainError::BadSpec {
+                field: "canaries.count",
+                reason: format!("must lie in [{MIN_CANARIES}, {MAX_CANARIES}] (fewer cannot bound epsilon usefully), got {}", self.count),
+            });
         }
-        if !(8..=1024).contains(&self.length) {
-            return Err(TrainError::BadSpec { field: "canaries.length", reason: format!("must lie in [8, 1024] tokens, got {}", self.length) });
+        if !(8..=MAX_CANARY_LENGTH).contains(&self.length) {
+            return Err(TrainError::BadSpec { field: "canaries.length", reason: format!("must lie in [8, {MAX_CANARY_LENGTH}] tokens, got {}", self.length) });
         }
         Ok(())
     }
@@ -188,15 +197,16 @@ impl CanarySpec {
     }
 }
 
-/// Scores every canary by the manifest's primary score `ref = loss_base - loss_target` on its
-/// tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit of §5.2 with the
-/// manifest's grid, beta and delta.
+/// Scores every canary, whole, by the manifest's primary score `ref = loss_base - loss_target`
+/// on its tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit of §5.2
+/// with the manifest's grid, beta and delta. Nothing here is a knob: the audit was fixed before
+/// training. `manifest_sha256` is the hash committed then (of the manifest's stored bytes).
 pub fn audit_canaries(
     manifest: &Manifest,
+    manifest_sha256: &str,
     target: &crate::train::model::Model,
     base: &crate::train::model::Model,
     eps_claimed: Option<f64>,
-    max_tokens: usize,
     device: tch::Device,
 ) -> Result<CanaryAudit, AuditError> {
     use super::logprobs::token_stats;
@@ -207,8 +217,12 @@ pub fn audit_canaries(
     if manifest.canaries.len() != manifest.included.len() {
         return Err(AuditError::Input(format!("the manifest holds {} canaries but {} inclusion bits", manifest.canaries.len(), manifest.included.len())));
     }
-    let t = token_stats(target, &manifest.canaries, max_tokens, 64, device);
-    let b = token_stats(base, &manifest.canaries, max_tokens, 64, device);
+    let longest = manifest.canaries.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(limit) = target.max_positions().filter(|&p| longest as i64 > p) {
+        return Err(AuditError::Input(format!("canaries of {longest} tokens exceed the model's context of {limit}")));
+    }
+    let t = token_stats(target, &manifest.canaries, longest, 64, device);
+    let b = token_stats(base, &manifest.canaries, longest, 64, device);
     let primary: Vec<f64> = t.iter().zip(&b).map(|(t, b)| score_ref(&t.logprobs, &b.logprobs)).collect();
     let secondary: Vec<f64> = t.iter().map(|t| min_k_pp(&t.logprobs, &t.mu, &t.sigma2, 0.2)).collect::<Result<_, _>>()?;
     let audit = super::bounds::one_run_audit(&primary, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
@@ -218,13 +232,12 @@ pub fn audit_canaries(
     let mut metrics = BTreeMap::new();
     metrics.insert("ref".to_string(), score_metrics(&primary, &manifest.included, BOOTSTRAP_SEED)?);
     metrics.insert("min_k_pp_20".to_string(), score_metrics(&secondary, &manifest.included, BOOTSTRAP_SEED)?);
-    let bytes = serde_json::to_vec(manifest).expect("manifests serialize");
     Ok(CanaryAudit {
         m: manifest.canaries.len(),
         n_included: audit.n_included,
         canary_type: manifest.canary_type.clone(),
         primary_score: manifest.primary_score.clone(),
-        manifest_sha256: sha256_hex(&bytes),
+        manifest_sha256: manifest_sha256.to_string(),
         delta: manifest.delta,
         beta: manifest.beta,
         correction: "bonferroni",

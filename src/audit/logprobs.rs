@@ -26,11 +26,25 @@ pub struct TokenStats {
 /// cache, where one pass over the whole `[B, T, V]` would stream it through memory several times.
 const ROWS_PER_PASS: i64 = 16;
 
-/// Scores token sequences with `model`, `batch` sequences per forward pass, truncating each to
-/// `max_tokens`.
+/// Largest `[B, T, V]` logits tensor a forward pass may produce (f32 elements, 1 GiB): fewer
+/// sequences go into a pass when long texts or a large vocabulary would exceed it.
+const MAX_LOGITS_ELEMENTS: i64 = 1 << 28;
+
+/// Scores token sequences with `model`, up to `batch` sequences per forward pass (fewer when
+/// their logits would exceed [`MAX_LOGITS_ELEMENTS`]), truncating each to `max_tokens`.
 pub fn token_stats(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, batch: usize, device: Device) -> Vec<TokenStats> {
     let _guard = tch::no_grad_guard();
-    sequences.chunks(batch.max(1)).flat_map(|chunk| score_batch(model, chunk, max_tokens, device)).collect()
+    let vocab = model.vocab_size().max(1);
+    let mut out = Vec::with_capacity(sequences.len());
+    let mut start = 0;
+    while start < sequences.len() {
+        let longest = sequences[start..].iter().take(batch.max(1)).map(|s| s.len().min(max_tokens)).max().unwrap_or(1).max(2) as i64;
+        let fit = (MAX_LOGITS_ELEMENTS / (longest * vocab)).max(1) as usize;
+        let end = (start + batch.max(1).min(fit)).min(sequences.len());
+        out.extend(score_batch(model, &sequences[start..end], max_tokens, device));
+        start = end;
+    }
+    out
 }
 
 /// Right-pads `seqs` (each cut at `max_tokens`) into `[B, T]` ids, T >= 2; returns the kept lengths.
@@ -88,7 +102,7 @@ fn position_stats(x: &Tensor, next: &Tensor) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let _ = centred.g_sub_(&mean);
     let _ = p.g_mul_(&centred);
     let var = dot(&p, &centred);
-    let to_vec = |t: &Tensor| Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double).view([len])).unwrap_or_default();
+    let to_vec = |t: &Tensor| Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double).view([len])).expect("a [len] f64 tensor converts");
     (to_vec(&target), to_vec(&mean), to_vec(&var))
 }
 

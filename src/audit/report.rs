@@ -106,11 +106,12 @@ pub struct AuditInputs<'a> {
     pub base_dir: &'a Path,
     /// Labelled texts (1 = member), possibly none.
     pub texts: &'a [LabeledText],
-    /// The job's canary manifest, when it inserted canaries.
-    pub manifest: Option<&'a Manifest>,
+    /// The job's canary manifest and the SHA-256 committed for it before training.
+    pub manifest: Option<(&'a Manifest, &'a str)>,
     /// The certified epsilon the job spent.
     pub eps_claimed: Option<f64>,
-    /// Tokens per text (default: the model's context, or 1024).
+    /// Tokens per text (default and ceiling: the model's context; 1024 without one). Canaries
+    /// are always scored whole.
     pub max_tokens: Option<usize>,
     /// Where to score.
     pub device: Device,
@@ -123,7 +124,15 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     }
     let target = Model::load_output(inputs.target_dir, inputs.device)?;
     let base = Model::load_output(inputs.base_dir, inputs.device)?;
-    let max_tokens = inputs.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
+    let context = target.max_positions().map(|p| p as usize);
+    let max_tokens = match (inputs.max_tokens, context) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, c) => c.unwrap_or(1024),
+    };
+    if max_tokens < 2 {
+        return Err(AuditError::Input("max_tokens must be >= 2 (one scored token)".into()));
+    }
     let tokenizer_path = inputs.base_dir.join("tokenizer.json");
     let mut tokenizer_sha256 = None;
     let data_mia = if inputs.texts.is_empty() {
@@ -142,7 +151,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
             scores: audit.metrics,
         })
     };
-    let canary_audit = inputs.manifest.map(|m| audit_canaries(m, &target, &base, inputs.eps_claimed, max_tokens, inputs.device)).transpose()?;
+    let canary_audit = inputs.manifest.map(|(m, sha)| audit_canaries(m, sha, &target, &base, inputs.eps_claimed, inputs.device)).transpose()?;
     let mut software = BTreeMap::new();
     software.insert("crate", format!("ewtune {}", env!("CARGO_PKG_VERSION")));
     software.insert("zlib", "flate2 (zlib backend)".to_string());

@@ -9,7 +9,6 @@ use super::report::AuditError;
 use super::scores::{score_loss, score_ref};
 use crate::train::model::Model;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
@@ -76,21 +75,26 @@ pub fn audit_runs(
     let tokenizer_dir = base_dir.unwrap_or(&runs[0].model);
     let tokenizer_path = tokenizer_dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| AuditError::Input(format!("cannot load {}: {e}", tokenizer_path.display())))?;
-    let mut models: HashMap<&Path, Model> = HashMap::new();
-    let mut scores = Vec::with_capacity(runs.len());
+    // One model in memory at a time: the runs of each model, in order of first appearance.
+    let mut scores = vec![f64::NAN; runs.len()];
+    let mut order: Vec<&Path> = Vec::new();
     for r in runs {
-        if !models.contains_key(r.model.as_path()) {
-            models.insert(&r.model, Model::load_output(&r.model, device)?);
+        if !order.contains(&r.model.as_path()) {
+            order.push(&r.model);
         }
-        let model = &models[r.model.as_path()];
-        let enc = tokenizer.encode(r.input.as_str(), true).map_err(|e| AuditError::Input(format!("tokenizer: {e}")))?;
-        let ids = vec![enc.get_ids().iter().map(|&i| i64::from(i)).collect::<Vec<i64>>()];
+    }
+    for dir in order {
+        let model = Model::load_output(dir, device)?;
         let max_tokens = model.max_positions().map_or(1024, |p| p as usize);
-        let target = &token_stats(model, &ids, max_tokens, 1, device)[0];
-        scores.push(match &base {
-            Some(b) => score_ref(&target.logprobs, &token_stats(b, &ids, max_tokens, 1, device)[0].logprobs),
-            None => score_loss(&target.logprobs),
-        });
+        for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.model == dir) {
+            let enc = tokenizer.encode(r.input.as_str(), true).map_err(|e| AuditError::Input(format!("tokenizer: {e}")))?;
+            let ids = vec![enc.get_ids().iter().map(|&t| i64::from(t)).collect::<Vec<i64>>()];
+            let target = &token_stats(&model, &ids, max_tokens, 1, device)[0];
+            scores[i] = match &base {
+                Some(b) => score_ref(&target.logprobs, &token_stats(b, &ids, max_tokens, 1, device)[0].logprobs),
+                None => score_loss(&target.logprobs),
+            };
+        }
     }
     let auc = super::metrics::auc(&scores, &members)?.auc;
     let best = super::bounds::eps_classic_best(&scores, &members, delta, alpha).map_err(|e| AuditError::Input(e.to_string()))?;

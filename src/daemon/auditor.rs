@@ -46,8 +46,8 @@ pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
 fn report_json(state: &State, job: &Job, request: &AuditRequest) -> Result<String, AuditError> {
     let input = |what: &str, e: &dyn std::fmt::Display| AuditError::Input(format!("{what}: {e}"));
     let spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| input("the job's spec", &e))?;
-    let manifest: Option<Manifest> = match state.store.canary_manifest(&job.id).map_err(|e| input("the store", &e))? {
-        Some((_, json)) => Some(serde_json::from_str(&json).map_err(|e| input("the committed canary manifest", &e))?),
+    let manifest: Option<(Manifest, String)> = match state.store.canary_manifest(&job.id).map_err(|e| input("the store", &e))? {
+        Some((sha, json)) => Some((serde_json::from_str(&json).map_err(|e| input("the committed canary manifest", &e))?, sha)),
         None => None,
     };
     // The claim the canary audit tests: the certified epsilon of the steps that ran, at the
@@ -59,7 +59,7 @@ fn report_json(state: &State, job: &Job, request: &AuditRequest) -> Result<Strin
         target_dir: &target,
         base_dir: &spec.model,
         texts: &request.texts,
-        manifest: manifest.as_ref(),
+        manifest: manifest.as_ref().map(|(m, sha)| (m, sha.as_str())),
         eps_claimed: Some(claimed),
         max_tokens: request.max_tokens,
         device: spec.device.resolve()?,

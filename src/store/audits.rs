@@ -82,6 +82,9 @@ pub struct Audit {
     pub finished_at_unix_ms: Option<i64>,
 }
 
+/// Running audits one tenant may have.
+const MAX_RUNNING_PER_TENANT: i64 = 1;
+
 const AUDIT_COLUMNS: &str = "id, tenant, job, state, request_json, report_json, signature, reason, created_at_ms, finished_at_ms";
 
 impl Audit {
@@ -118,7 +121,8 @@ pub enum AuditOutcome {
 impl Store {
     /// Creates a `Running` audit of the tenant's job: `NotFound` if the job is absent or
     /// another tenant's, `FailedPrecondition` unless it succeeded (only a succeeded job has a
-    /// final model to audit).
+    /// final model to audit), `Busy` while the tenant has another audit running (an audit holds
+    /// its texts in memory until it runs).
     pub fn create_audit(&self, tenant: &TenantId, job: &JobId, request_json: &str) -> Result<Audit> {
         serde_json::from_str::<serde::de::IgnoredAny>(request_json)
             .map_err(|e| StoreError::invalid("request_json", format!("is not JSON: {e}")))?;
@@ -128,6 +132,10 @@ impl Store {
         let j = jobs::load_owned(&tx, tenant, job)?;
         if j.state != JobState::Succeeded {
             return Err(StoreError::FailedPrecondition { job: job.clone(), state: j.state, action: "audit (only a succeeded job has a final model)" });
+        }
+        let running: i64 = tx.query_row("SELECT count(*) FROM audits WHERE tenant = ?1 AND state = ?2", params![tenant, AuditState::Running], |row| row.get(0))?;
+        if running >= MAX_RUNNING_PER_TENANT {
+            return Err(StoreError::Busy(format!("an audit of yours is still running (at most {MAX_RUNNING_PER_TENANT} at a time); wait for it to end")));
         }
         tx.execute(
             "INSERT INTO audits (id, tenant, job, state, request_json, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -236,6 +244,7 @@ mod tests {
         let other = fx.store.authenticate(&fx.store.create_token("globex").unwrap()).unwrap().unwrap();
         assert!(matches!(fx.store.create_audit(&other, &job, "{}"), Err(StoreError::NotFound { .. })));
         let a = fx.store.create_audit(&tenant, &job, "{}").unwrap();
+        assert!(matches!(fx.store.create_audit(&tenant, &job, "{}"), Err(StoreError::Busy(_))), "one running audit per tenant");
         assert!(matches!(fx.store.get_audit(&other, &a.id), Err(StoreError::NotFound { .. })));
         assert!(fx.store.list_audits(&other, None).unwrap().is_empty());
 
@@ -244,6 +253,8 @@ mod tests {
         let err = fx.store.create_audit(&tenant, &queued.id, "{}").unwrap_err();
         assert!(matches!(err, StoreError::FailedPrecondition { state: JobState::Queued, .. }), "{err:?}");
         assert!(matches!(fx.store.create_audit(&tenant, &job, "not json"), Err(StoreError::InvalidArgument { .. })));
+        fx.store.finish_audit(&a.id, AuditOutcome::Failed("test".into())).unwrap();
+        fx.store.create_audit(&tenant, &job, "{}").unwrap();
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum StoreError {
         /// What was asked (`finish`, `cancel`, `record progress`).
         action: &'static str,
     },
+    /// The tenant already has as much work of this kind in flight as it may (one running audit).
+    #[error("{0}")]
+    Busy(String),
     /// Admitting the job would let the certified epsilon of the dataset exceed its budget.
     /// Nothing was written.
     #[error(

@@ -334,6 +334,12 @@ pub fn run_with_ledger(
     let mut data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
     std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
     let manifest_sha = match &spec.canaries {
+        Some(c) if c.length > data_cfg.max_length => {
+            return Err(TrainError::BadSpec {
+                field: "canaries.length",
+                reason: format!("{} tokens exceed the job's {} tokens per example (data_format.max_length, at most the model's context)", c.length, data_cfg.max_length),
+            })
+        }
         Some(c) => {
             let (manifest, sha) = crate::audit::canary::prepare(&spec.output.join("audit_manifest.json"), c, vocab, spec.privacy.delta)?;
             data.units.extend(manifest.training_units());

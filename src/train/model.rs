@@ -21,16 +21,23 @@ struct ModelType {
     model_type: Option<String>,
 }
 
-/// The vocabulary size in `dir/config.json`, without loading weights.
-pub fn config_vocab_size(dir: &Path) -> Result<i64, TrainError> {
-    #[derive(serde::Deserialize)]
-    struct Vocab {
-        vocab_size: i64,
+/// What `dir/config.json` says about the model's limits, read without loading weights.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+pub struct ConfigLimits {
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// Learned positions (GPT-2's `n_positions`); `None` for rotary models.
+    #[serde(default)]
+    pub n_positions: Option<i64>,
+}
+
+impl ConfigLimits {
+    /// Reads `dir/config.json`.
+    pub fn read(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(|_| TrainError::MissingFile { path: path.clone() })?;
+        serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path, reason: e.to_string() })
     }
-    let path = dir.join("config.json");
-    let text = std::fs::read(&path).map_err(|_| TrainError::MissingFile { path: path.clone() })?;
-    let v: Vocab = serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path, reason: e.to_string() })?;
-    Ok(v.vocab_size)
 }
 
 impl Model {

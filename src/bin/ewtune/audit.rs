@@ -117,8 +117,9 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let model = args.model.as_ref().ok_or("give --model")?;
     if let Some(path) = &args.manifest {
-        let manifest: Manifest = serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
-            .map_err(|e| format!("{} is not an audit manifest: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("{} is not an audit manifest: {e}", path.display()))?;
+        let sha = ewtune::audit::canary::sha256_hex(&bytes);
         let claimed = match args.claimed_epsilon {
             Some(e) => Some(e),
             None => std::fs::read(path.with_file_name("privacy.json"))
@@ -132,7 +133,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
             target_dir: model,
             base_dir: base,
             texts: &[],
-            manifest: Some(&manifest),
+            manifest: Some((&manifest, &sha)),
             eps_claimed: claimed,
             max_tokens: args.max_tokens,
             device,

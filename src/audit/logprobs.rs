@@ -64,46 +64,51 @@ fn score_batch(model: &Model, seqs: &[Vec<i64>], max_tokens: usize, device: Devi
     seqs.iter()
         .enumerate()
         .map(|(r, s)| {
-            let n = lens[r].saturating_sub(1);
-            let (mut logprobs, mut mu, mut sigma2) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let n = lens[r].saturating_sub(1) as i64;
             let row_logits = logits.get(r as i64);
             let next_ids = ids.get(r as i64);
+            // Padding positions are never scored; each block of positions is [len, V]. The
+            // results stay on the device until the row is done: one copy per row and statistic.
+            let mut parts: [Vec<Tensor>; 3] = Default::default();
             let mut start = 0i64;
-            while start < n as i64 {
-                let len = ROWS_PER_PASS.min(n as i64 - start);
-                // Padding positions are never scored; each block of positions is [len, V].
-                let x = row_logits.narrow(0, start, len);
-                let (lp, m, v) = position_stats(&x, &next_ids.narrow(0, start + 1, len));
-                logprobs.extend(lp);
-                mu.extend(m);
-                sigma2.extend(v);
+            while start < n {
+                let len = ROWS_PER_PASS.min(n - start);
+                let stats = position_stats(&row_logits.narrow(0, start, len), &next_ids.narrow(0, start + 1, len));
+                for (part, t) in parts.iter_mut().zip(stats) {
+                    part.push(t);
+                }
                 start += len;
             }
+            let [logprobs, mu, sigma2] = parts.map(|p| {
+                if p.is_empty() {
+                    return Vec::new();
+                }
+                Vec::<f64>::try_from(&Tensor::cat(&p, 0).to_device(Device::Cpu).to_kind(Kind::Double)).expect("a 1-d f64 tensor converts")
+            });
             TokenStats { ids: s[..lens[r]].to_vec(), logprobs, mu, sigma2, truncated: s.len() > max_tokens }
         })
         .collect()
 }
 
 /// For logits `x` `[len, V]` and the next tokens `[len]`: `log p(next)`, and the mean and
-/// variance of `log p` under `p` (Min-K%++). One fused log-softmax in the model's f32
-/// (libtorch's max-shifted, vectorised kernel); the moments are per-row dot products, the
-/// variance two-pass (centred first, no cancellation). Checked against the transformers
-/// reference to 1e-4 in the tests.
-fn position_stats(x: &Tensor, next: &Tensor) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+/// variance of `log p` under `p` (Min-K%++), each `[len]` on the logits' device. One fused
+/// log-softmax in the model's f32 (libtorch's max-shifted, vectorised kernel); the moments are
+/// per-row dot products, the variance two-pass (centred first, no cancellation). Checked against
+/// the transformers reference to 1e-4 in the tests.
+fn position_stats(x: &Tensor, next: &Tensor) -> [Tensor; 3] {
     let len = x.size()[0];
     let log_p = x.log_softmax(-1, Kind::Float);
-    let target = log_p.gather(1, &next.unsqueeze(-1), false);
+    let target = log_p.gather(1, &next.unsqueeze(-1), false).view([len]);
     let mut p = log_p.exp();
     // Row-wise dot products as [len, 1, V] x [len, V, 1] batched matmuls: no [len, V] product
     // is materialised.
-    let dot = |a: &Tensor, b: &Tensor| a.unsqueeze(1).matmul(&b.unsqueeze(-1)).view([len, 1]);
+    let dot = |a: &Tensor, b: &Tensor| a.unsqueeze(1).matmul(&b.unsqueeze(-1)).view([len]);
     let mean = dot(&p, &log_p);
     let mut centred = log_p;
-    let _ = centred.g_sub_(&mean);
+    let _ = centred.g_sub_(&mean.unsqueeze(-1));
     let _ = p.g_mul_(&centred);
     let var = dot(&p, &centred);
-    let to_vec = |t: &Tensor| Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double).view([len])).expect("a [len] f64 tensor converts");
-    (to_vec(&target), to_vec(&mean), to_vec(&var))
+    [target, mean, var]
 }
 
 /// Plain forward throughput reference for the benchmark: the same batches, logits only.

@@ -39,7 +39,7 @@ pub struct AuditArgs {
     /// The certified epsilon the job claimed (default: read from privacy.json beside the manifest).
     #[arg(long)]
     claimed_epsilon: Option<f64>,
-    /// Tokens per text (default: the model's context, or 1024).
+    /// Tokens per text (default and ceiling: the model's context; 1024 without one).
     #[arg(long)]
     max_tokens: Option<usize>,
     /// Device.
@@ -148,7 +148,9 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let target = Model::load_output(model, device)?;
     let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
-    let max_tokens = args.max_tokens.or(target.max_positions().map(|p| p as usize)).unwrap_or(1024);
+    // Never past the model's context (a learned position table has no row there).
+    let context = target.max_positions().map(|p| p as usize);
+    let max_tokens = args.max_tokens.map_or(context.unwrap_or(1024), |m| context.map_or(m, |c| m.min(c))).max(2);
     let texts_path = args.texts.as_ref().ok_or("give --texts or --manifest")?;
     let tokenizer_path = model.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;

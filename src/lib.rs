@@ -7,5 +7,6 @@ pub use ewtune_accountant as accountant;
 pub mod api;
 pub mod audit;
 pub mod daemon;
+pub mod digest;
 pub mod store;
 pub mod train;

@@ -131,7 +131,7 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
     assert_eq!(out.plan.units, 400 + inserted, "canaries count in N");
     let target = Model::load_output(&out.output_model, Device::Cpu).unwrap();
     let base = Model::load_output(&base_dir, Device::Cpu).unwrap();
-    let audit = audit_canaries(&manifest, &ewtune::audit::canary::sha256_hex(&bytes), &target, &base, Some(out.epsilon_spent), Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, &ewtune::digest::sha256_hex(&bytes), &target, &base, Some(out.epsilon_spent), Device::Cpu).unwrap();
     eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.metrics["ref"].auc, audit.best.eps_lb);
     assert!(out.epsilon_spent <= 1.0);
     assert!(audit.best.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");

@@ -144,8 +144,8 @@ async fn lifecycle_budget_and_signed_report() {
     // The budget report is signed and verifies offline; a tampered copy does not.
     let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
     assert!((r.spent_epsilon - plan.certified_epsilon).abs() < 1e-9 && r.remaining_epsilon < 3.0 - 0.5);
-    let signed = signing::SignedReport { report_json: r.report_json.clone(), signature: signing::to_hex(&r.signature), public_key: signing::to_hex(&r.public_key) };
-    signing::verify(&signed, Some(&signing::to_hex(&d.state.signer.public_key()))).unwrap();
+    let signed = signing::SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
+    signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
     let tampered = signing::SignedReport { report_json: r.report_json.replace("clinic", "clinio"), ..signed.clone() };
     assert!(signing::verify(&tampered, None).is_err() || tampered.report_json == signed.report_json);
     // Overspend: a job that would exceed the budget is refused and nothing changes.
@@ -295,8 +295,8 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     let a = wait_for_audit(&mut c, &started.audit_id).await;
     assert_eq!(a.state, pb::AuditState::Succeeded as i32, "{}", a.reason);
     // Signed by the daemon; a tampered copy fails.
-    let signed = signing::SignedReport { report_json: a.report_json.clone(), signature: signing::to_hex(&a.signature), public_key: signing::to_hex(&a.public_key) };
-    signing::verify(&signed, Some(&signing::to_hex(&d.state.signer.public_key()))).unwrap();
+    let signed = signing::SignedReport::new(a.report_json.clone(), &a.signature, &a.public_key);
+    signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
     let tampered = signing::SignedReport { report_json: a.report_json.replace("\"violation\":false", "\"violation\":true"), ..signed.clone() };
     assert_ne!(tampered.report_json, signed.report_json);
     assert!(signing::verify(&tampered, None).is_err());

@@ -33,8 +33,7 @@ impl pb::datasets_server::Datasets for DatasetsApi {
         let cfg = DataConfig { user_field: user_field.clone(), ..DataConfig::default() };
         let records = read_records(std::path::Path::new("content"), text, &cfg).map_err(|e| invalid("content", e))?;
         let units = count_units(&records) as u64;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &r.content);
-        let sha: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let sha = crate::digest::sha256_hex(&r.content);
         let path = dataset_file(&self.state, &sha);
         // Content-addressed: identical bytes are identical files, whichever tenant wrote them.
         if !path.exists() {

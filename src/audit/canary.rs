@@ -7,6 +7,7 @@
 use super::bounds::OneRunRow;
 use super::report::AuditError;
 use super::texts::{score_metrics, ScoreMetrics, BOOTSTRAP_SEED};
+use crate::digest::sha256_hex;
 use crate::train::data::Example;
 use crate::train::TrainError;
 use rand::Rng;
@@ -116,10 +117,6 @@ pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngC
     })
 }
 
-/// Lower-case hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The one-run canary audit, in the shape of `research/audit.md` §8 `canary_audit`.
 #[derive(Debug, Clone, Serialize)]

@@ -139,7 +139,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
         None
     } else {
         let bytes = std::fs::read(&tokenizer_path).map_err(|e| AuditError::Input(format!("cannot read {}: {e}", tokenizer_path.display())))?;
-        tokenizer_sha256 = Some(super::canary::sha256_hex(&bytes));
+        tokenizer_sha256 = Some(crate::digest::sha256_hex(&bytes));
         let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| AuditError::Input(format!("{}: {e}", tokenizer_path.display())))?;
         let audit = audit_texts(&target, Some(&base), &tokenizer, inputs.texts, max_tokens, inputs.device)?;
         let n_members = inputs.texts.iter().filter(|t| t.label == 1).count();
@@ -196,5 +196,5 @@ pub fn dir_sha256(path: &Path) -> Result<String, AuditError> {
         ctx.update(&(bytes.len() as u64).to_le_bytes());
         ctx.update(&bytes);
     }
-    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::digest::hex(ctx.finish().as_ref()))
 }

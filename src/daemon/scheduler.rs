@@ -120,7 +120,7 @@ fn place_canary_manifest(state: &State, job: &Job, output: &std::path::Path) -> 
     let path = output.join("audit_manifest.json");
     if path.exists() {
         let bytes = std::fs::read(&path).map_err(|e| TrainError::Io { path: path.clone(), reason: e.to_string() })?;
-        if crate::audit::canary::sha256_hex(&bytes) != sha {
+        if crate::digest::sha256_hex(&bytes) != sha {
             return Err(TrainError::BadSpec { field: "canaries", reason: format!("{} differs from the manifest committed at admission", path.display()) });
         }
         return Ok(());

@@ -70,10 +70,13 @@ pub struct SignedReport {
     pub public_key: String,
 }
 
-/// Lower-case hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+impl SignedReport {
+    /// A report with its raw Ed25519 signature and public key (as the API returns them).
+    pub fn new(report_json: String, signature: &[u8], public_key: &[u8]) -> Self {
+        SignedReport { report_json, signature: crate::digest::hex(signature), public_key: crate::digest::hex(public_key) }
+    }
 }
+
 
 fn from_hex(s: &str, what: &str) -> Result<Vec<u8>, SigningError> {
     if !s.len().is_multiple_of(2) {

@@ -7,9 +7,8 @@
 use super::error::{Result, StoreError};
 use super::jobs::{self, JobId, JobState};
 use super::tokens::TenantId;
-use super::{corrupt, now_ms, Store};
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use super::{now_ms, Store};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 random_id! {
@@ -29,33 +28,7 @@ pub enum AuditState {
     Failed,
 }
 
-impl AuditState {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditState::Running => "running",
-            AuditState::Succeeded => "succeeded",
-            AuditState::Failed => "failed",
-        }
-    }
-}
-
-impl ToSql for AuditState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for AuditState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
-            "running" => Ok(AuditState::Running),
-            "succeeded" => Ok(AuditState::Succeeded),
-            "failed" => Ok(AuditState::Failed),
-            other => Err(corrupt("audits.state", other)),
-        }
-    }
-}
+stored_names!(AuditState, "audits.state", { Running => "running", Succeeded => "succeeded", Failed => "failed" });
 
 /// An audit as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,7 +253,7 @@ mod tests {
         let job = fx.store.create_job(&tenant, new).unwrap();
         let (sha, json) = fx.store.canary_manifest(&job.id).unwrap().unwrap();
         assert_eq!(json, r#"{"included": [true, false]}"#);
-        assert_eq!(sha, super::super::sha256_hex(json.as_bytes()));
+        assert_eq!(sha, crate::digest::sha256_hex(json.as_bytes()));
         assert_eq!(fx.store.canary_manifest_sha256(&job.id).unwrap(), Some(sha.clone()));
         let conn = fx.store.conn();
         assert!(conn.execute("UPDATE canary_manifests SET manifest_json = '{\"included\": [true, true]}'", []).is_err());

@@ -8,16 +8,14 @@
 
 use super::error::{Result, StoreError};
 use super::tokens::TenantId;
-use super::{corrupt, now_ms, to_sql_count, Store};
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use super::{now_ms, to_sql_count, Store};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
-/// The lower-case hex SHA-256 of a dataset's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DatasetId(String);
+text_id! {
+    /// The lower-case hex SHA-256 of a dataset's bytes.
+    DatasetId, "sha256"
+}
 
 impl DatasetId {
     /// Validates 64 hex digits (either case; stored lower-case). A bad one is
@@ -27,43 +25,6 @@ impl DatasetId {
             return Err(StoreError::invalid("sha256", "must be 64 hex digits (the SHA-256 of the dataset's bytes)"));
         }
         Ok(DatasetId(sha256.to_ascii_lowercase()))
-    }
-
-    /// The hex digest.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for DatasetId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for DatasetId {
-    type Error = StoreError;
-    fn try_from(sha256: String) -> Result<Self> {
-        DatasetId::parse(&sha256)
-    }
-}
-
-impl From<DatasetId> for String {
-    fn from(id: DatasetId) -> String {
-        id.0
-    }
-}
-
-impl ToSql for DatasetId {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for DatasetId {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        DatasetId::parse(s).map_err(|_| corrupt("sha256", s))
     }
 }
 
@@ -77,31 +38,7 @@ pub enum PrivacyUnit {
     User,
 }
 
-impl PrivacyUnit {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PrivacyUnit::Example => "example",
-            PrivacyUnit::User => "user",
-        }
-    }
-}
-
-impl ToSql for PrivacyUnit {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for PrivacyUnit {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
-            "example" => Ok(PrivacyUnit::Example),
-            "user" => Ok(PrivacyUnit::User),
-            other => Err(corrupt("privacy_unit", other)),
-        }
-    }
-}
+stored_names!(PrivacyUnit, "privacy_unit", { Example => "example", User => "user" });
 
 /// A dataset to register.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,10 +18,10 @@ use super::datasets::{self, DatasetId};
 use super::error::{Result, StoreError};
 use super::ledger;
 use super::tokens::TenantId;
-use super::{corrupt, now_ms, sha256_hex, to_sql_count, Store};
+use super::{now_ms, to_sql_count, Store};
+use crate::digest::sha256_hex;
 use ewtune_accountant::StepGroup;
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::fmt;
@@ -31,7 +31,8 @@ random_id! {
     JobId, "job"
 }
 
-/// Where a job is in its life.
+/// Where a job is in its life. The stored name of a final state is also the kind of the event
+/// that enters it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -47,18 +48,15 @@ pub enum JobState {
     Cancelled,
 }
 
-impl JobState {
-    /// The stored name (also the kind of the event that enters a terminal state).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
+stored_names!(JobState, "state", {
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
 
+impl JobState {
     /// True for Succeeded, Failed and Cancelled: nothing changes afterwards, and the job holds
     /// no reservation (it contributes only its `steps_done` to the ledger).
     pub fn is_terminal(self) -> bool {
@@ -72,25 +70,6 @@ impl JobState {
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl ToSql for JobState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for JobState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
-            "queued" => Ok(JobState::Queued),
-            "running" => Ok(JobState::Running),
-            "succeeded" => Ok(JobState::Succeeded),
-            "failed" => Ok(JobState::Failed),
-            "cancelled" => Ok(JobState::Cancelled),
-            other => Err(corrupt("state", other)),
-        }
     }
 }
 

@@ -107,11 +107,6 @@ fn report(dataset: &Dataset, jobs: &[Job]) -> Result<BudgetReport> {
     let rows = jobs
         .iter()
         .map(|job| {
-            let alone = if job.steps_done == 0 {
-                History::new()
-            } else {
-                History::homogeneous(job.noise_multiplier, job.sample_rate, job.steps_done)?
-            };
             Ok(JobLedgerRow {
                 job: job.id.clone(),
                 state: job.state,
@@ -120,7 +115,7 @@ fn report(dataset: &Dataset, jobs: &[Job]) -> Result<BudgetReport> {
                 steps_planned: job.steps_planned,
                 steps_done: job.steps_done,
                 steps_reserved: job.steps_reserved(),
-                epsilon_alone: certified_epsilon(&alone, delta)?,
+                epsilon_alone: job.certified_epsilon_spent(delta)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -22,29 +22,18 @@
 //!
 //! What this module does not own: gRPC status codes (`api/status.rs`), scheduling, training.
 
-/// Defines a random id newtype: 128 bits from ring's `SystemRandom` as 32 lower-case hex
-/// digits, parsed and validated at the edge (`InvalidArgument` naming `$kind`), stored as TEXT.
-macro_rules! random_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+/// Defines a validated string id: the newtype (serde through `String`, validated), `as_str`,
+/// `Display`, and TEXT in SQLite, where a stored value that fails validation is `Corrupt` for
+/// `$column`. The type writes its own `parse(&str) -> Result<Self>`.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $column:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
-            /// Validates 32 hex digits.
-            pub fn parse(id: &str) -> $crate::store::Result<$name> {
-                if id.len() != 2 * $crate::store::RANDOM_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err($crate::store::StoreError::invalid($kind, format!("must be {} hex digits", 2 * $crate::store::RANDOM_ID_BYTES)));
-                }
-                Ok($name(id.to_ascii_lowercase()))
-            }
-
-            fn random() -> $crate::store::Result<$name> {
-                Ok($name($crate::store::random_hex()?))
-            }
-
-            /// The hex id.
+            /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -78,7 +67,60 @@ macro_rules! random_id {
         impl rusqlite::types::FromSql for $name {
             fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
                 let s = value.as_str()?;
-                $name::parse(s).map_err(|_| $crate::store::corrupt($kind, s))
+                $name::parse(s).map_err(|_| $crate::store::corrupt($column, s))
+            }
+        }
+    };
+}
+
+/// Defines a random id: a `text_id!` of 128 bits from ring's `SystemRandom` as 32 lower-case
+/// hex digits; a bad one is `InvalidArgument` naming `$kind`.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        text_id! { $(#[$doc])* $name, $kind }
+
+        impl $name {
+            /// Validates 32 hex digits.
+            pub fn parse(id: &str) -> $crate::store::Result<$name> {
+                if id.len() != 2 * $crate::store::RANDOM_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err($crate::store::StoreError::invalid($kind, format!("must be {} hex digits", 2 * $crate::store::RANDOM_ID_BYTES)));
+                }
+                Ok($name(id.to_ascii_lowercase()))
+            }
+
+            fn random() -> $crate::store::Result<$name> {
+                Ok($name($crate::store::random_hex()?))
+            }
+        }
+    };
+}
+
+/// For an enum stored by name: `as_str` and TEXT in SQLite from ONE table of
+/// `Variant => "name"` pairs, so what is written and what is read back cannot disagree; an
+/// unknown stored name is `Corrupt` for `$column`.
+macro_rules! stored_names {
+    ($name:ident, $column:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                match value.as_str()? {
+                    $($text => Ok($name::$variant),)+
+                    other => Err($crate::store::corrupt($column, other)),
+                }
             }
         }
     };
@@ -170,34 +212,14 @@ fn random_hex() -> Result<String> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; RANDOM_ID_BYTES];
     ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Random)?;
-    Ok(hex(&bytes))
+    Ok(crate::digest::hex(&bytes))
 }
 
-/// Lower-case hex SHA-256 of `bytes`.
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-/// Lower-case hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
 
 #[cfg(test)]
 mod tests {
     use super::testutil::Fixture;
     use super::*;
-
-    #[test]
-    fn hex_is_lower_case() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
-    }
 
     #[test]
     fn store_and_its_error_are_send_and_sync() {

@@ -33,10 +33,9 @@ impl Fixture {
 
 /// A dataset whose bytes are `[seed]`, with budget (`budget_epsilon`, 1e-5).
 pub(crate) fn new_dataset(seed: u8, budget_epsilon: f64) -> NewDataset {
-    let digest = ring::digest::digest(&ring::digest::SHA256, &[seed]);
     NewDataset {
         name: format!("dataset {seed}"),
-        sha256: super::hex(digest.as_ref()),
+        sha256: crate::digest::sha256_hex(&[seed]),
         path: format!("/data/{seed}.jsonl"),
         units: 10_000,
         privacy_unit: PrivacyUnit::Example,

@@ -6,13 +6,10 @@
 //! token. What this module does not own: the gRPC interceptor that reads the header.
 
 use super::error::{Result, StoreError};
-use super::{corrupt, hex, now_ms, Store};
+use super::{now_ms, Store};
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{params, OptionalExtension, ToSql, TransactionBehavior};
-use serde::{Deserialize, Serialize};
-use std::fmt;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 /// The prefix of every ewtune bearer token (lets secret scanners and people recognise one).
 const TOKEN_PREFIX: &str = "ewt_";
@@ -21,10 +18,10 @@ const TOKEN_BYTES: usize = 32;
 /// Longest tenant name.
 const TENANT_MAX_LEN: usize = 64;
 
-/// A tenant's name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TenantId(String);
+text_id! {
+    /// A tenant's name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    TenantId, "tenant"
+}
 
 impl TenantId {
     /// Validates a tenant name; a bad one is `InvalidArgument` naming `tenant`.
@@ -40,43 +37,6 @@ impl TenantId {
         }
         Ok(TenantId(name.to_owned()))
     }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for TenantId {
-    type Error = StoreError;
-    fn try_from(name: String) -> Result<Self> {
-        TenantId::parse(&name)
-    }
-}
-
-impl From<TenantId> for String {
-    fn from(id: TenantId) -> String {
-        id.0
-    }
-}
-
-impl ToSql for TenantId {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for TenantId {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        TenantId::parse(s).map_err(|_| corrupt("tenant", s))
-    }
 }
 
 impl Store {
@@ -86,7 +46,7 @@ impl Store {
         let tenant = TenantId::parse(tenant)?;
         let mut bytes = [0u8; TOKEN_BYTES];
         SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Random)?;
-        let token = format!("{TOKEN_PREFIX}{}", hex(&bytes));
+        let token = format!("{TOKEN_PREFIX}{}", crate::digest::hex(&bytes));
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

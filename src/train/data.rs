@@ -241,6 +241,5 @@ impl Dataset {
 /// SHA-256 of a file's bytes, hex (a dataset's identity).
 pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
     let bytes = std::fs::read(path).map_err(|_| TrainError::MissingFile { path: PathBuf::from(path) })?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::digest::sha256_hex(&bytes))
 }

@@ -249,8 +249,7 @@ fn fingerprint(spec: &JobSpec, data_sha: &str) -> String {
         o.remove("device");
     }
     let text = format!("{data_sha}\n{s}");
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::sha256_hex(text.as_bytes())
 }
 
 /// Mean sequence loss over a dataset (no gradients).

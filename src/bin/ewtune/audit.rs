@@ -8,7 +8,7 @@ use ewtune::audit::canary::{CanaryAudit, Manifest};
 use ewtune::audit::report::{build_report, AuditInputs};
 use ewtune::audit::runs::{audit_runs, RunTarget};
 use ewtune::audit::texts::{audit_texts, LabeledText};
-use ewtune::daemon::signing::{to_hex, SignedReport, Signer};
+use ewtune::daemon::signing::{SignedReport, Signer};
 use ewtune::train::job::DeviceChoice;
 use ewtune::train::model::Model;
 use std::path::PathBuf;
@@ -60,7 +60,7 @@ fn emit(json: String, sign_key: Option<&PathBuf>) -> Result<(), Box<dyn std::err
         None => println!("{json}"),
         Some(path) => {
             let signer = Signer::load_or_create(path)?;
-            let signed = SignedReport { signature: to_hex(&signer.sign(json.as_bytes())), public_key: to_hex(&signer.public_key()), report_json: json };
+            let signed = SignedReport::new(json.clone(), &signer.sign(json.as_bytes()), &signer.public_key());
             println!("{}", serde_json::to_string(&signed)?);
         }
     }
@@ -119,7 +119,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.manifest {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("{} is not an audit manifest: {e}", path.display()))?;
-        let sha = ewtune::audit::canary::sha256_hex(&bytes);
+        let sha = ewtune::digest::sha256_hex(&bytes);
         let claimed = match args.claimed_epsilon {
             Some(e) => Some(e),
             None => std::fs::read(path.with_file_name("privacy.json"))

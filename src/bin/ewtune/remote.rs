@@ -3,7 +3,8 @@
 
 use super::client::{explain, Connect};
 use ewtune::api::pb;
-use ewtune::daemon::signing::{to_hex, SignedReport};
+use ewtune::daemon::signing::SignedReport;
+use ewtune::digest::hex;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -347,7 +348,7 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
     let BudgetCommand::Show { dataset, json } = cmd;
     let r = c.budget.get(pb::GetBudgetRequest { dataset_id: dataset }).await.map_err(explain)?.into_inner();
     if json {
-        let signed = SignedReport { report_json: r.report_json, signature: to_hex(&r.signature), public_key: to_hex(&r.public_key) };
+        let signed = SignedReport::new(r.report_json, &r.signature, &r.public_key);
         println!("{}", serde_json::to_string_pretty(&signed)?);
         return Ok(());
     }
@@ -371,7 +372,7 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
             );
         }
     }
-    println!("  signed by {} (verify offline with `ewtune budget show --json > r.json; ewtune verify r.json`)", to_hex(&r.public_key));
+    println!("  signed by {} (verify offline with `ewtune budget show --json > r.json; ewtune verify r.json`)", hex(&r.public_key));
     Ok(())
 }
 
@@ -431,7 +432,7 @@ fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error
         return Ok(());
     }
     if json {
-        let signed = SignedReport { report_json: a.report_json.clone(), signature: to_hex(&a.signature), public_key: to_hex(&a.public_key) };
+        let signed = SignedReport::new(a.report_json.clone(), &a.signature, &a.public_key);
         println!("{}", serde_json::to_string_pretty(&signed)?);
         return Ok(());
     }
@@ -465,6 +466,6 @@ fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error
             println!("ALARM: the lower bound exceeds the certified epsilon: the DP claim is refuted; accounting or training is wrong");
         }
     }
-    println!("  signed by {} (verify offline with `ewtune audits get {} --json > a.json; ewtune verify a.json`)", to_hex(&a.public_key), a.audit_id);
+    println!("  signed by {} (verify offline with `ewtune audits get {} --json > a.json; ewtune verify a.json`)", hex(&a.public_key), a.audit_id);
     Ok(())
 }

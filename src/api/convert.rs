@@ -16,13 +16,6 @@ pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
 
-/// The sidecar of a registered dataset: how its file is read.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct DatasetFormat {
-    /// User key field when the privacy unit is a user.
-    pub user_field: Option<String>,
-}
-
 /// Where a dataset's bytes live.
 pub fn dataset_file(state: &State, id: &str) -> std::path::PathBuf {
     state.config.data_dir.join("datasets").join(format!("{id}.jsonl"))
@@ -75,10 +68,7 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<J
             Some(spec)
         }
     };
-    let format: DatasetFormat = std::fs::read(dataset_file(state, dataset.id.as_str()).with_extension("json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(DatasetFormat { user_field: None });
+    let user_field = dataset.data_user_field()?.map(str::to_string);
     Ok(JobSpec {
         model,
         data: dataset_file(state, dataset.id.as_str()),
@@ -98,7 +88,7 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<J
             init_seed: 0,
         },
         data_config: DataConfig {
-            user_field: format.user_field,
+            user_field,
             max_length: if req.max_length == 0 { 128 } else { req.max_length as usize },
             ..DataConfig::default()
         },

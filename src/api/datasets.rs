@@ -1,7 +1,7 @@
 //! `ewtune.v1.Datasets`: register (upload, validate every line, fix the budget), get, list.
 
 use super::auth::tenant;
-use super::convert::{self, dataset_file, invalid, DatasetFormat};
+use super::convert::{self, dataset_file, invalid};
 use super::pb;
 use crate::daemon::State;
 use crate::store::{NewDataset, PrivacyUnit};
@@ -42,8 +42,6 @@ impl pb::datasets_server::Datasets for DatasetsApi {
                 Status::internal("cannot store the dataset")
             })?;
         }
-        let sidecar = serde_json::to_vec(&DatasetFormat { user_field }).expect("serializes");
-        crate::train::weights::write_bytes_atomic(&path.with_extension("json"), &sidecar).map_err(|_| Status::internal("cannot store the dataset"))?;
         let d = self.state.store.register_dataset(
             &tenant,
             NewDataset {
@@ -52,6 +50,7 @@ impl pb::datasets_server::Datasets for DatasetsApi {
                 path: path.display().to_string(),
                 units,
                 privacy_unit: unit,
+                user_field,
                 budget_epsilon: r.budget_epsilon,
                 budget_delta: r.budget_delta,
             },

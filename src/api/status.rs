@@ -11,7 +11,7 @@ impl From<StoreError> for Status {
             StoreError::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
             StoreError::NotFound { kind, id } => Status::not_found(format!("{kind} {id} not found")),
             StoreError::AlreadyExists { kind, id } => Status::already_exists(format!("{kind} {id} already exists")),
-            e @ StoreError::FailedPrecondition { .. } => Status::failed_precondition(e.to_string()),
+            e @ (StoreError::FailedPrecondition { .. } | StoreError::DatasetUnusable { .. }) => Status::failed_precondition(e.to_string()),
             StoreError::Busy(reason) => Status::resource_exhausted(reason),
             StoreError::BudgetExceeded { dataset, requested_epsilon, committed_epsilon, budget_epsilon } => Status::failed_precondition(format!(
                 "privacy budget exceeded on dataset {}: this job would bring the certified epsilon to {requested_epsilon:.4}, \

@@ -54,9 +54,32 @@ impl State {
             std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io { what: format!("create {}", dir.display()), reason: e.to_string() })?;
         }
         let store = Store::open(config.data_dir.join("ewtune.db"))?;
+        adopt_legacy_sidecars(&store, &config.data_dir.join("datasets"))?;
         let signer = Signer::load_or_create(&config.data_dir.join("signing_key.pk8"))?;
         Ok(Arc::new(State { config, store, signer, wake: tokio::sync::Notify::new(), audit_slots: tokio::sync::Semaphore::new(1) }))
     }
+}
+
+/// Moves the `user_field` of user-level datasets registered by a daemon before schema version 3
+/// from their sidecar files (`datasets/<sha256>.json`) into their rows, once. A missing or
+/// corrupt sidecar is never guessed: that dataset stays unusable, and the log says which.
+fn adopt_legacy_sidecars(store: &Store, datasets_dir: &std::path::Path) -> Result<(), DaemonError> {
+    #[derive(serde::Deserialize)]
+    struct Sidecar {
+        user_field: Option<String>,
+    }
+    let read = |id: &crate::store::DatasetId| {
+        let bytes = std::fs::read(datasets_dir.join(format!("{id}.json"))).ok()?;
+        serde_json::from_slice::<Sidecar>(&bytes).ok()?.user_field
+    };
+    let (adopted, unusable) = store.adopt_legacy_user_fields(read)?;
+    if adopted > 0 {
+        tracing::info!(adopted, "user-level datasets: user_field moved from sidecar files into the store");
+    }
+    for id in unusable {
+        tracing::warn!(dataset = %id, "user-level dataset without a readable user_field record: no job will run on it");
+    }
+    Ok(())
 }
 
 /// The nice value of batch work (training, audits) in the daemon: on a busy machine the API's

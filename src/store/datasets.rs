@@ -53,6 +53,8 @@ pub struct NewDataset {
     pub units: u64,
     /// What one unit is.
     pub privacy_unit: PrivacyUnit,
+    /// The field whose value names a line's user: `Some` exactly when the unit is a user.
+    pub user_field: Option<String>,
     /// Total epsilon all jobs on this dataset may spend (certified).
     pub budget_epsilon: f64,
     /// The delta at which the budget's epsilon is stated.
@@ -74,6 +76,10 @@ pub struct Dataset {
     pub units: u64,
     /// What one unit is.
     pub privacy_unit: PrivacyUnit,
+    /// The field naming a line's user, for a user-level dataset. `None` for a user-level dataset
+    /// registered before the store kept it, whose old sidecar file was missing or corrupt: no job
+    /// can run on such a dataset (see [`Dataset::data_user_field`]).
+    pub user_field: Option<String>,
     /// Epsilon budget (certified).
     pub budget_epsilon: f64,
     /// Delta of the budget.
@@ -83,21 +89,37 @@ pub struct Dataset {
 }
 
 const DATASET_COLUMNS: &str =
-    "sha256, tenant, name, path, units, privacy_unit, budget_epsilon, budget_delta, created_at_ms";
+    "sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms";
 
 impl Dataset {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Dataset> {
         Ok(Dataset {
-            id: row.get(0)?,
-            tenant: row.get(1)?,
-            name: row.get(2)?,
-            path: row.get(3)?,
-            units: row.get(4)?,
-            privacy_unit: row.get(5)?,
-            budget_epsilon: row.get(6)?,
-            budget_delta: row.get(7)?,
-            created_at_unix_ms: row.get(8)?,
+            id: row.get("sha256")?,
+            tenant: row.get("tenant")?,
+            name: row.get("name")?,
+            path: row.get("path")?,
+            units: row.get("units")?,
+            privacy_unit: row.get("privacy_unit")?,
+            user_field: row.get("user_field")?,
+            budget_epsilon: row.get("budget_epsilon")?,
+            budget_delta: row.get("budget_delta")?,
+            created_at_unix_ms: row.get("created_at_ms")?,
         })
+    }
+
+    /// How the dataset's lines are grouped into privacy units: `None` for one unit per line,
+    /// the user field for a user-level dataset. A user-level dataset whose field is unknown is
+    /// `FailedPrecondition`: training it per line would state a guarantee about the wrong unit.
+    pub fn data_user_field(&self) -> Result<Option<&str>> {
+        match (self.privacy_unit, self.user_field.as_deref()) {
+            (PrivacyUnit::Example, _) => Ok(None),
+            (PrivacyUnit::User, Some(f)) => Ok(Some(f)),
+            (PrivacyUnit::User, None) => Err(StoreError::DatasetUnusable {
+                dataset: self.id.clone(),
+                reason: "it was registered with privacy unit USER before the daemon stored user fields, and its user_field \
+                         record was missing or corrupt at the upgrade; no job runs on it rather than guess its privacy unit",
+            }),
+        }
     }
 }
 
@@ -115,6 +137,12 @@ impl NewDataset {
             return Err(StoreError::invalid("units", "the number of privacy units must be >= 1"));
         }
         to_sql_count("units", self.units)?;
+        match (self.privacy_unit, self.user_field.as_deref()) {
+            (PrivacyUnit::User, None) => return Err(StoreError::invalid("user_field", "required when the privacy unit is a user")),
+            (PrivacyUnit::Example, Some(_)) => return Err(StoreError::invalid("user_field", "only for a user-level dataset")),
+            (_, Some(f)) if f.is_empty() || f.len() > 256 => return Err(StoreError::invalid("user_field", "must be 1 to 256 bytes")),
+            _ => {}
+        }
         if !(self.budget_epsilon.is_finite() && self.budget_epsilon > 0.0) {
             return Err(StoreError::invalid(
                 "budget_epsilon",
@@ -140,6 +168,7 @@ impl Store {
             path: d.path,
             units: d.units,
             privacy_unit: d.privacy_unit,
+            user_field: d.user_field,
             budget_epsilon: d.budget_epsilon,
             budget_delta: d.budget_delta,
             created_at_unix_ms: now_ms(),
@@ -152,8 +181,8 @@ impl Store {
             return Err(StoreError::not_found("tenant", tenant.as_str()));
         }
         let inserted = tx.execute(
-            "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, budget_epsilon, budget_delta, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (tenant, sha256) DO NOTHING",
             params![
                 dataset.id,
@@ -162,6 +191,7 @@ impl Store {
                 dataset.path,
                 to_sql_count("units", dataset.units)?,
                 dataset.privacy_unit.as_str(),
+                dataset.user_field,
                 dataset.budget_epsilon,
                 dataset.budget_delta,
                 dataset.created_at_unix_ms,
@@ -190,6 +220,34 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Version-3 upgrade of user-level datasets registered before the store kept their user
+    /// field: `legacy_field(id)` reads the field the old sidecar file recorded (`None` when it is
+    /// missing or corrupt). A field found is set once; a dataset without one keeps `NULL` and
+    /// [`Dataset::data_user_field`] refuses it. Returns (adopted, left unusable).
+    pub fn adopt_legacy_user_fields(&self, legacy_field: impl Fn(&DatasetId) -> Option<String>) -> Result<(usize, Vec<DatasetId>)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pending: Vec<(TenantId, DatasetId)> = {
+            let mut stmt = tx.prepare("SELECT tenant, sha256 FROM datasets WHERE privacy_unit = 'user' AND user_field IS NULL")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let (mut adopted, mut unusable) = (0, Vec::new());
+        for (tenant, id) in pending {
+            match legacy_field(&id).filter(|f| !f.is_empty() && f.len() <= 256) {
+                Some(field) => {
+                    tx.execute("UPDATE datasets SET user_field = ?1 WHERE tenant = ?2 AND sha256 = ?3", params![field, tenant, id])?;
+                    adopted += 1;
+                }
+                None => unusable.push(id),
+            }
+        }
+        tx.commit()?;
+        Ok((adopted, unusable))
+    }
+}
+
 /// The tenant's dataset `id` on an open connection or transaction (`NotFound` otherwise).
 pub(crate) fn load(conn: &Connection, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
     conn.query_row(
@@ -214,6 +272,7 @@ mod tests {
         let mut upper = new_dataset(2, 1.0);
         upper.sha256 = upper.sha256.to_ascii_uppercase();
         upper.privacy_unit = PrivacyUnit::User;
+        upper.user_field = Some("user".into());
         let d2 = fx.store.register_dataset(&acme, upper).unwrap();
         assert_eq!(d2.id, DatasetId::parse(&new_dataset(2, 1.0).sha256).unwrap(), "ids are stored lower-case");
         assert_eq!(fx.store.get_dataset(&acme, &d1.id).unwrap(), d1);

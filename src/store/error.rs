@@ -49,6 +49,15 @@ pub enum StoreError {
         /// What was asked (`finish`, `cancel`, `record progress`).
         action: &'static str,
     },
+    /// The dataset cannot be trained on as stored (a user-level dataset whose user field was
+    /// lost before the store kept it).
+    #[error("dataset {dataset} cannot be used: {reason}")]
+    DatasetUnusable {
+        /// The dataset.
+        dataset: DatasetId,
+        /// Why, in words a person can act on.
+        reason: &'static str,
+    },
     /// The tenant already has as much work of this kind in flight as it may (one running audit).
     #[error("{0}")]
     Busy(String),

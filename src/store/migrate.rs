@@ -22,7 +22,11 @@ use std::time::Duration;
 
 /// Migration `k` (1-based) takes the schema from version `k - 1` to `k`. Append only: a
 /// released migration never changes.
-pub(crate) const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql"), include_str!("migrations/0002_audits.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_audits.sql"),
+    include_str!("migrations/0003_hardening.sql"),
+];
 
 /// The schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

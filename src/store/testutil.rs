@@ -39,6 +39,7 @@ pub(crate) fn new_dataset(seed: u8, budget_epsilon: f64) -> NewDataset {
         path: format!("/data/{seed}.jsonl"),
         units: 10_000,
         privacy_unit: PrivacyUnit::Example,
+        user_field: None,
         budget_epsilon,
         budget_delta: 1e-5,
     }

@@ -54,7 +54,7 @@ impl Daemon {
 }
 
 #[derive(Clone)]
-struct Bearer(String);
+pub struct Bearer(pub String);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if !self.0.is_empty() {
@@ -64,16 +64,16 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-type Svc = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+pub type Svc = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
-struct Client {
-    datasets: pb::datasets_client::DatasetsClient<Svc>,
-    jobs: pb::jobs_client::JobsClient<Svc>,
-    budget: pb::budget_client::BudgetClient<Svc>,
-    audits: pb::audits_client::AuditsClient<Svc>,
+pub struct Client {
+    pub datasets: pb::datasets_client::DatasetsClient<Svc>,
+    pub jobs: pb::jobs_client::JobsClient<Svc>,
+    pub budget: pb::budget_client::BudgetClient<Svc>,
+    pub audits: pb::audits_client::AuditsClient<Svc>,
 }
 
-async fn client(addr: &str, token: &str) -> Client {
+pub async fn client(addr: &str, token: &str) -> Client {
     let ch = Channel::from_shared(addr.to_string()).unwrap().connect().await.unwrap();
     let b = Bearer(token.to_string());
     Client {
@@ -84,14 +84,14 @@ async fn client(addr: &str, token: &str) -> Client {
     }
 }
 
-fn notes(n: usize, seed: u64) -> Vec<u8> {
+pub fn notes(n: usize, seed: u64) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("d.jsonl");
     write_notes(&p, n, 0, seed).unwrap();
     std::fs::read(p).unwrap()
 }
 
-fn spec(dataset: &str, epsilon: f64) -> pb::JobSpec {
+pub fn spec(dataset: &str, epsilon: f64) -> pb::JobSpec {
     pb::JobSpec {
         dataset_id: dataset.to_string(),
         base_model: "tiny".into(),
@@ -106,7 +106,7 @@ fn spec(dataset: &str, epsilon: f64) -> pb::JobSpec {
     }
 }
 
-async fn register(c: &mut Client, budget: f64) -> pb::Dataset {
+pub async fn register(c: &mut Client, budget: f64) -> pb::Dataset {
     c.datasets
         .register(pb::RegisterDatasetRequest { name: "notes".into(), content: notes(400, 1), privacy_unit: pb::PrivacyUnit::Example as i32, user_field: String::new(), budget_epsilon: budget, budget_delta: 1e-5 })
         .await
@@ -149,11 +149,11 @@ async fn lifecycle_budget_and_signed_report() {
     let tampered = signing::SignedReport { report_json: r.report_json.replace("clinic", "clinio"), ..signed.clone() };
     assert!(signing::verify(&tampered, None).is_err() || tampered.report_json == signed.report_json);
     // Overspend: a job that would exceed the budget is refused and nothing changes.
-    let jobs_before = c.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len();
+    let jobs_before = c.jobs.list(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs.len();
     let err = c.jobs.create(spec(&ds.dataset_id, 3.0)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("left"), "{}", err.message());
-    assert_eq!(c.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), jobs_before);
+    assert_eq!(c.jobs.list(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs.len(), jobs_before);
     let r2 = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
     assert_eq!(r2.committed_epsilon, r.committed_epsilon);
     d.stop().await;
@@ -168,11 +168,11 @@ async fn bad_input_gets_the_right_status_and_tenants_are_isolated() {
     let mut b = client(&d.addr, &bob).await;
     let mut nobody = client(&d.addr, "").await;
     let mut forged = client(&d.addr, "ewt_0000").await;
-    assert_eq!(nobody.datasets.list(pb::ListDatasetsRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(forged.datasets.list(pb::ListDatasetsRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(nobody.datasets.list(pb::ListDatasetsRequest::default()).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(forged.datasets.list(pb::ListDatasetsRequest::default()).await.unwrap_err().code(), Code::Unauthenticated);
     let ds = register(&mut a, 5.0).await;
     // Bob sees nothing of Alice's.
-    assert!(b.datasets.list(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets.is_empty());
+    assert!(b.datasets.list(pb::ListDatasetsRequest::default()).await.unwrap().into_inner().datasets.is_empty());
     assert_eq!(b.datasets.get(pb::GetDatasetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(b.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(b.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap_err().code(), Code::NotFound);
@@ -212,7 +212,7 @@ async fn bad_input_gets_the_right_status_and_tenants_are_isolated() {
     bad_batch.batch_size = 0;
     assert!(a.jobs.create(bad_batch).await.unwrap_err().message().contains("batch_size"));
     assert_eq!(a.jobs.get(pb::GetJobRequest { job_id: "../etc".into() }).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(a.jobs.list(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    assert_eq!(a.jobs.list(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs.len(), 1);
     d.stop().await;
 }
 
@@ -316,7 +316,7 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     }
     assert_eq!(r["models"]["target_sha256"].as_str().unwrap().len(), 64);
     assert!(!a.report_json.contains(&lines(&notes(400, 1))[0]), "reports hold aggregates, never texts");
-    let listed = c.audits.list(pb::ListAuditsRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner().audits;
+    let listed = c.audits.list(pb::ListAuditsRequest { job_id: job.job_id.clone(), ..Default::default() }).await.unwrap().into_inner().audits;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].report_json, a.report_json);
     assert!(other.audits.list(pb::ListAuditsRequest::default()).await.unwrap().into_inner().audits.is_empty());
@@ -348,7 +348,7 @@ async fn tls_serves_only_clients_that_trust_its_certificate() {
     assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     let token = d.state.store.create_token("clinic").unwrap();
     let mut datasets = pb::datasets_client::DatasetsClient::with_interceptor(ch, Bearer(token.clone()));
-    assert!(datasets.list(pb::ListDatasetsRequest {}).await.unwrap().into_inner().datasets.is_empty());
+    assert!(datasets.list(pb::ListDatasetsRequest::default()).await.unwrap().into_inner().datasets.is_empty());
     // Plaintext to the TLS port: no answer.
     let plain = Channel::from_shared(d.addr.clone()).unwrap().connect().await;
     if let Ok(ch) = plain {

@@ -4,6 +4,7 @@ mod audit;
 mod crash;
 mod daemon;
 mod dp_oracle;
+mod hardening;
 mod models;
 mod python_client;
 mod train;

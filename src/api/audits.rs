@@ -2,7 +2,7 @@
 //! time), get (with the signed report), list.
 
 use super::auth::tenant;
-use super::convert::invalid;
+use super::convert::{self, invalid};
 use super::jobs::job_id;
 use super::pb;
 use crate::audit::texts::LabeledText;
@@ -99,7 +99,9 @@ impl pb::audits_server::Audits for AuditsApi {
             "" => None,
             id => Some(job_id(id)?),
         };
-        let audits = self.state.store.list_audits(&tenant, job.as_ref())?.iter().map(|a| self.shown(a)).collect();
-        Ok(Response::new(pb::ListAuditsResponse { audits }))
+        let page = convert::page_request(req.get_ref().page_size, &req.get_ref().page_token)?;
+        let listed = self.state.store.list_audits(&tenant, job.as_ref(), page)?;
+        let audits = listed.items.iter().map(|a| self.shown(a)).collect();
+        Ok(Response::new(pb::ListAuditsResponse { audits, next_page_token: listed.next.map(convert::page_token).unwrap_or_default() }))
     }
 }

@@ -2,12 +2,11 @@
 //! (a server stream of events), cancel.
 
 use super::auth::tenant;
-use super::convert::{self, invalid};
+use super::convert::{self, invalid, CheckedSpec};
 use super::pb;
 use crate::daemon::State;
-use crate::store::{JobId, JobState, NewJob};
+use crate::store::{JobId, JobState, NewJob, TenantId};
 use crate::train::job::plan;
-use crate::train::model::ConfigLimits;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -40,60 +39,83 @@ struct Settled {
     warnings: Vec<String>,
 }
 
-impl JobsApi {
-    /// Settles `req`. With canaries and `draw`, draws the manifest from the OS CSPRNG (m
-    /// canaries, S_i each 1/2) and plans over the dataset's units plus the inserted ones;
-    /// without `draw` (Plan: no side effects) it assumes m/2 inserted.
-    fn settle(&self, tenant: &crate::store::TenantId, req: &pb::JobSpec, draw: bool) -> Result<Settled, Status> {
-        let dataset = convert::owned_dataset(&self.state, tenant, &req.dataset_id)?;
-        let mut spec = convert::job_spec(&self.state, &dataset, req)?;
-        let mut units = dataset.units as usize;
-        let mut manifest_json = None;
-        let mut warnings = Vec::new();
-        if let Some(c) = &spec.canaries {
-            warnings.extend(c.warnings(units));
-            let limits = ConfigLimits::read(&spec.model).map_err(|e| invalid("base_model", e))?;
-            let per_example = limits.n_positions.map_or(spec.data_config.max_length, |p| spec.data_config.max_length.min(p as usize));
-            if c.length > per_example {
-                return Err(invalid("canaries.length", format!("{} tokens exceed the job's {per_example} tokens per example (max_length, at most the model's context)", c.length)));
-            }
-            if draw {
-                let mut rng = crate::train::noise::os_seeded_rng().map_err(|e| Status::internal(e.to_string()))?;
-                // Bounded by MAX_CANARIES x MAX_CANARY_LENGTH; off the async worker all the same.
-                let manifest = tokio::task::block_in_place(|| crate::audit::canary::draw(c, limits.vocab_size, spec.privacy.delta, &mut rng)).map_err(|e| invalid("canaries", e))?;
-                units += manifest.included.iter().filter(|&&s| s).count();
-                manifest_json = Some(serde_json::to_string(&manifest).expect("manifests serialize"));
-            } else {
-                units += c.count / 2;
-            }
+/// Settles `req` (blocking: runs on the CPU pool). With canaries and `draw`, draws the manifest
+/// from the OS CSPRNG (m canaries, S_i each 1/2) and plans over the dataset's units plus the
+/// inserted ones; without `draw` (Plan: no side effects) it assumes m/2 inserted.
+fn settle(state: &State, tenant: &TenantId, req: &pb::JobSpec, draw: bool) -> Result<Settled, Status> {
+    let dataset = convert::owned_dataset(state, tenant, &req.dataset_id)?;
+    let CheckedSpec { mut spec, model } = convert::job_spec(state, &dataset, req)?;
+    let mut units = dataset.units as usize;
+    let mut manifest_json = None;
+    let mut warnings = Vec::new();
+    if let Some(c) = &spec.canaries {
+        warnings.extend(c.warnings(units));
+        let per_example = spec.data_config.max_length;
+        if c.length > per_example {
+            return Err(invalid("canaries.length", format!("{} tokens exceed the job's {per_example} tokens per example (max_length, at most the model's context)", c.length)));
         }
-        spec.expected_units = Some(units);
-        let p = plan(&spec, units).map_err(|e| invalid("spec", e))?;
-        // The daemon fixes sigma and steps now: the job runs exactly what was reserved.
-        spec.privacy.epsilon = None;
-        spec.privacy.noise_multiplier = Some(p.noise_multiplier);
-        spec.training.steps = Some(p.steps);
-        Ok(Settled { spec, plan: p, dataset, manifest_json, warnings })
+        if draw {
+            let mut rng = crate::train::noise::os_seeded_rng().map_err(|e| Status::internal(e.to_string()))?;
+            let manifest = crate::audit::canary::draw(c, model.vocab_size, spec.privacy.delta, &mut rng).map_err(|e| invalid("canaries", e))?;
+            units += manifest.included.iter().filter(|&&s| s).count();
+            manifest_json = Some(serde_json::to_string(&manifest).expect("manifests serialize"));
+        } else {
+            units += c.count / 2;
+        }
+    }
+    spec.expected_units = Some(units);
+    let p = plan(&spec, units).map_err(plan_error)?;
+    // The daemon fixes sigma and steps now: the job runs exactly what was reserved.
+    spec.privacy.epsilon = None;
+    spec.privacy.noise_multiplier = Some(p.noise_multiplier);
+    spec.training.steps = Some(p.steps);
+    Ok(Settled { spec, plan: p, dataset, manifest_json, warnings })
+}
+
+/// A plan that cannot be made: a spec the accountant cannot certify or calibrate is the
+/// client's to change (InvalidArgument, or FailedPrecondition when no noise reaches the target).
+fn plan_error(e: crate::train::TrainError) -> Status {
+    use crate::train::TrainError;
+    match e {
+        TrainError::BadSpec { field, reason } => invalid(field, reason),
+        TrainError::Accountant(a) => Status::failed_precondition(format!("the privacy accountant cannot plan this job: {a}")),
+        other => {
+            tracing::error!(error = %other, "planning failed");
+            Status::internal("planning failed; see the daemon's log")
+        }
+    }
+}
+
+impl JobsApi {
+    /// Settles `req` on the CPU pool under the request's deadline.
+    async fn settle_off_runtime(&self, tenant: &TenantId, metadata: &tonic::metadata::MetadataMap, req: &pb::JobSpec, draw: bool) -> Result<Settled, Status> {
+        let deadline = crate::daemon::cpu_pool::deadline(metadata);
+        let (state, t, r) = (self.state.clone(), tenant.clone(), req.clone());
+        self.state.cpu.run(tenant.as_str(), deadline, move || settle(&state, &t, &r, draw)).await?
     }
 
-    fn delta_of(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> Result<f64, Status> {
-        Ok(self.state.store.get_dataset(tenant, &j.dataset)?.budget_delta)
+    /// Runs store reads (and the ledger's accounting) off the async workers.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&State) -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| Status::internal(format!("request failed: {e}")))?
     }
+}
 
-    /// A stored job as the API shows it, with its certified spend and canary commitment.
-    fn shown(&self, tenant: &crate::store::TenantId, j: &crate::store::Job) -> Result<pb::Job, Status> {
-        let eps = job_epsilon(j, self.delta_of(tenant, j)?);
-        let sha = self.state.store.canary_manifest_sha256(&j.id)?;
-        Ok(convert::job(j, eps, sha))
-    }
+/// A stored job as the API shows it, with its certified spend and canary commitment.
+fn shown(state: &State, tenant: &TenantId, j: &crate::store::Job) -> Result<pb::Job, Status> {
+    let delta = state.store.get_dataset(tenant, &j.dataset)?.budget_delta;
+    let eps = job_epsilon(j, delta);
+    let sha = state.store.canary_manifest_sha256(&j.id)?;
+    Ok(convert::job(j, eps, sha))
 }
 
 #[tonic::async_trait]
 impl pb::jobs_server::Jobs for JobsApi {
     async fn plan(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::PlanResponse>, Status> {
         let tenant = tenant(&req)?;
-        let Settled { plan: p, dataset: d, warnings, .. } = self.settle(&tenant, req.get_ref(), false)?;
-        let report = self.state.store.budget_report(&tenant, &d.id)?;
+        let Settled { plan: p, dataset: d, warnings, .. } = self.settle_off_runtime(&tenant, req.metadata(), req.get_ref(), false).await?;
+        let t = tenant.clone();
+        let report = self.blocking(move |s| Ok(s.store.budget_report(&t, &d.id)?)).await?;
         Ok(Response::new(pb::PlanResponse {
             units: p.units as u64,
             sample_rate: p.sample_rate,
@@ -109,43 +131,45 @@ impl pb::jobs_server::Jobs for JobsApi {
 
     async fn create(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
-        let Settled { spec, plan: p, dataset: d, manifest_json, .. } = self.settle(&tenant, req.get_ref(), true)?;
-        let job = tokio::task::block_in_place(|| self.state.store.create_job(
-            &tenant,
-            NewJob {
-                dataset: d.id.clone(),
-                spec_json: serde_json::to_string(&spec).expect("specs serialize"),
-                noise_multiplier: p.noise_multiplier,
-                sample_rate: p.sample_rate,
-                steps: p.steps,
-                canary_manifest_json: manifest_json,
-            },
-        ))?;
-        tracing::info!(tenant = %tenant.as_str(), job = %job.id.as_str(), certified_epsilon = p.certified_epsilon, "job queued");
+        let Settled { spec, plan: p, dataset: d, manifest_json, .. } = self.settle_off_runtime(&tenant, req.metadata(), req.get_ref(), true).await?;
+        let t = tenant.clone();
+        let shown_job = self
+            .blocking(move |s| {
+                let job = s.store.create_job(
+                    &t,
+                    NewJob {
+                        dataset: d.id.clone(),
+                        spec_json: serde_json::to_string(&spec).expect("specs serialize"),
+                        noise_multiplier: p.noise_multiplier,
+                        sample_rate: p.sample_rate,
+                        steps: p.steps,
+                        canary_manifest_json: manifest_json,
+                    },
+                )?;
+                tracing::info!(tenant = %t.as_str(), job = %job.id.as_str(), certified_epsilon = p.certified_epsilon, "job queued");
+                shown(s, &t, &job)
+            })
+            .await?;
         self.state.wake.notify_one();
-        Ok(Response::new(self.shown(&tenant, &job)?))
+        Ok(Response::new(shown_job))
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
-        tokio::task::block_in_place(|| {
-            let j = self.state.store.get_job(&tenant, &job_id(&req.get_ref().job_id)?)?;
-            Ok(Response::new(self.shown(&tenant, &j)?))
-        })
+        let id = job_id(&req.get_ref().job_id)?;
+        let job = self.blocking(move |s| shown(s, &tenant, &s.store.get_job(&tenant, &id)?)).await?;
+        Ok(Response::new(job))
     }
 
     async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let tenant = tenant(&req)?;
-        tokio::task::block_in_place(|| {
-            let jobs = self
-                .state
-                .store
-                .list_jobs(&tenant)?
-                .iter()
-                .map(|j| self.shown(&tenant, j))
-                .collect::<Result<_, Status>>()?;
-            Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let page = convert::page_request(req.get_ref().page_size, &req.get_ref().page_token)?;
+        self.blocking(move |s| {
+            let listed = s.store.list_jobs(&tenant, page)?;
+            let jobs = listed.items.iter().map(|j| shown(s, &tenant, j)).collect::<Result<_, Status>>()?;
+            Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token: listed.next.map(convert::page_token).unwrap_or_default() }))
         })
+        .await
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -200,7 +224,8 @@ impl pb::jobs_server::Jobs for JobsApi {
 
     async fn cancel(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
-        let j = self.state.store.request_cancel(&tenant, &job_id(&req.get_ref().job_id)?)?;
-        Ok(Response::new(self.shown(&tenant, &j)?))
+        let id = job_id(&req.get_ref().job_id)?;
+        let job = self.blocking(move |s| shown(s, &tenant, &s.store.request_cancel(&tenant, &id)?)).await?;
+        Ok(Response::new(job))
     }
 }

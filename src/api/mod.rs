@@ -7,6 +7,7 @@ pub mod budget;
 pub mod convert;
 pub mod datasets;
 pub mod jobs;
+pub mod limits;
 pub mod pb;
 pub mod server;
 pub mod status;

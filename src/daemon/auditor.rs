@@ -29,7 +29,10 @@ pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
             Ok(Ok(json)) => AuditOutcome::Report { signature: state.signer.sign(json.as_bytes()), report_json: json },
             Ok(Err(e)) => {
                 tracing::warn!(audit = %audit.id, error = %e, "audit failed");
-                AuditOutcome::Failed(e.to_string())
+                AuditOutcome::Failed(match &e {
+                    AuditError::Model(t) => t.without_paths(),
+                    other => other.to_string(),
+                })
             }
             Err(super::BatchPanicked(message)) => {
                 tracing::error!(audit = %audit.id, panic = %message, "the audit worker panicked");

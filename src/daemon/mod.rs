@@ -3,6 +3,7 @@
 
 pub mod auditor;
 pub mod config;
+pub mod cpu_pool;
 pub mod scheduler;
 pub mod signing;
 
@@ -23,6 +24,11 @@ pub struct State {
     pub wake: tokio::sync::Notify,
     /// Audits run one at a time.
     pub audit_slots: tokio::sync::Semaphore,
+    /// Request-driven CPU work (plans, uploads), off the async workers.
+    pub cpu: cpu_pool::CpuPool,
+    /// Serialises the write-and-record step of dataset registrations, so a file another
+    /// registration relies on is never removed under it.
+    pub dataset_writes: tokio::sync::Mutex<()>,
 }
 
 /// Start-up failures.
@@ -56,7 +62,17 @@ impl State {
         let store = Store::open(config.data_dir.join("ewtune.db"))?;
         adopt_legacy_sidecars(&store, &config.data_dir.join("datasets"))?;
         let signer = Signer::load_or_create(&config.data_dir.join("signing_key.pk8"))?;
-        Ok(Arc::new(State { config, store, signer, wake: tokio::sync::Notify::new(), audit_slots: tokio::sync::Semaphore::new(1) }))
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = cpu_pool::CpuPool::new(threads).map_err(|e| DaemonError::Io { what: "start the CPU pool".into(), reason: e.to_string() })?;
+        Ok(Arc::new(State {
+            config,
+            store,
+            signer,
+            wake: tokio::sync::Notify::new(),
+            audit_slots: tokio::sync::Semaphore::new(1),
+            cpu,
+            dataset_writes: tokio::sync::Mutex::new(()),
+        }))
     }
 }
 
@@ -97,7 +113,7 @@ pub struct BatchPanicked(pub String);
 pub async fn run_batch<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, BatchPanicked> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || {
-        lower_thread_priority();
+        lower_thread_priority(BATCH_NICENESS);
         let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
     });
     if let Err(e) = spawned {
@@ -110,13 +126,13 @@ pub async fn run_batch<T: Send + 'static>(name: &str, work: impl FnOnce() -> T +
     }
 }
 
-/// Lowers the calling thread's priority to [`BATCH_NICENESS`] (on Linux the nice value is per
-/// thread). A failure only costs latency, so it is logged and ignored.
-fn lower_thread_priority() {
+/// Lowers the calling thread's priority to `niceness` (on Linux the nice value is per thread). A
+/// failure only costs latency, so it is logged and ignored.
+fn lower_thread_priority(niceness: i32) {
     // SAFETY: gettid and setpriority take no pointers; they act on the calling thread only.
     let rc = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, BATCH_NICENESS)
+        libc::setpriority(libc::PRIO_PROCESS, tid, niceness)
     };
     if rc != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch thread's priority");

@@ -121,7 +121,7 @@ fn place_canary_manifest(state: &State, job: &Job, output: &std::path::Path) -> 
     if path.exists() {
         let bytes = std::fs::read(&path).map_err(|e| TrainError::Io { path: path.clone(), reason: e.to_string() })?;
         if crate::digest::sha256_hex(&bytes) != sha {
-            return Err(TrainError::BadSpec { field: "canaries", reason: format!("{} differs from the manifest committed at admission", path.display()) });
+            return Err(TrainError::BadSpec { field: "canaries", reason: "the job's audit_manifest.json differs from the manifest committed at admission".into() });
         }
         return Ok(());
     }
@@ -146,7 +146,7 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, su
         }
         Ok(Err(e)) => {
             tracing::error!(job = %id.as_str(), error = %e, "job failed");
-            state.store.finish_job(id, JobState::Failed, Some(e.to_string()))
+            state.store.finish_job(id, JobState::Failed, Some(e.without_paths()))
         }
         Err(super::BatchPanicked(message)) => {
             tracing::error!(job = %id.as_str(), panic = %message, "the training worker panicked");

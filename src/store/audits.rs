@@ -7,7 +7,7 @@
 use super::error::{Result, StoreError};
 use super::jobs::{self, JobId, JobState};
 use super::tokens::TenantId;
-use super::{now_ms, Store};
+use super::{list_page, now_ms, Listed, Page, Store};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -150,12 +150,15 @@ impl Store {
             .ok_or_else(|| StoreError::not_found("audit", id.as_str()))
     }
 
-    /// The tenant's audits of `job` (all its jobs when `None`), oldest first.
-    pub fn list_audits(&self, tenant: &TenantId, job: Option<&JobId>) -> Result<Vec<Audit>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE tenant = ?1 AND (?2 IS NULL OR job = ?2) ORDER BY seq"))?;
-        let rows = stmt.query_map(params![tenant, job], Audit::from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// One page of the tenant's audits of `job` (all its jobs when `None`), oldest first.
+    pub fn list_audits(&self, tenant: &TenantId, job: Option<&JobId>, page: Page) -> Result<Listed<Audit>> {
+        list_page(
+            &self.reader(),
+            &format!("SELECT {AUDIT_COLUMNS}, seq AS cursor FROM audits WHERE tenant = ?3 AND (?4 IS NULL OR job = ?4) AND seq > ?1 ORDER BY seq LIMIT ?2"),
+            page,
+            &[tenant, &job],
+            Audit::from_row,
+        )
     }
 
     /// Daemon start-up: audits a previous process left running end `Failed` (their texts were
@@ -207,7 +210,7 @@ mod tests {
         assert!(conn.execute("DELETE FROM audits", []).is_err());
         drop(conn);
         assert_eq!(fx.store.get_audit(&tenant, &a.id).unwrap(), done);
-        assert_eq!(fx.store.list_audits(&tenant, Some(&job)).unwrap(), vec![done]);
+        assert_eq!(fx.store.list_audits(&tenant, Some(&job), Page::default()).unwrap().items, vec![done]);
     }
 
     #[test]
@@ -219,7 +222,7 @@ mod tests {
         let a = fx.store.create_audit(&tenant, &job, "{}").unwrap();
         assert!(matches!(fx.store.create_audit(&tenant, &job, "{}"), Err(StoreError::Busy(_))), "one running audit per tenant");
         assert!(matches!(fx.store.get_audit(&other, &a.id), Err(StoreError::NotFound { .. })));
-        assert!(fx.store.list_audits(&other, None).unwrap().is_empty());
+        assert!(fx.store.list_audits(&other, None, Page::default()).unwrap().items.is_empty());
 
         let dataset = fx.store.register_dataset(&tenant, testutil::new_dataset(2, 8.0)).unwrap();
         let queued = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 20)).unwrap();

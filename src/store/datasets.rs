@@ -8,7 +8,7 @@
 
 use super::error::{Result, StoreError};
 use super::tokens::TenantId;
-use super::{now_ms, to_sql_count, Store};
+use super::{list_page, now_ms, to_sql_count, Listed, Page, Store};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -209,14 +209,20 @@ impl Store {
         load(&self.reader(), tenant, id)
     }
 
-    /// The tenant's datasets, oldest first.
-    pub fn list_datasets(&self, tenant: &TenantId) -> Result<Vec<Dataset>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 ORDER BY created_at_ms, rowid"
-        ))?;
-        let rows = stmt.query_map([tenant], Dataset::from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// One page of the tenant's datasets, oldest first.
+    pub fn list_datasets(&self, tenant: &TenantId, page: Page) -> Result<Listed<Dataset>> {
+        list_page(
+            &self.reader(),
+            &format!("SELECT {DATASET_COLUMNS}, rowid AS cursor FROM datasets WHERE tenant = ?3 AND rowid > ?1 ORDER BY rowid LIMIT ?2"),
+            page,
+            &[tenant],
+            Dataset::from_row,
+        )
+    }
+
+    /// True when some tenant's dataset has these bytes (so their file must stay).
+    pub fn dataset_file_in_use(&self, id: &DatasetId) -> Result<bool> {
+        Ok(self.reader().query_row("SELECT 1 FROM datasets WHERE sha256 = ?1 LIMIT 1", [id], |_| Ok(())).optional()?.is_some())
     }
 }
 
@@ -277,7 +283,7 @@ mod tests {
         assert_eq!(d2.id, DatasetId::parse(&new_dataset(2, 1.0).sha256).unwrap(), "ids are stored lower-case");
         assert_eq!(fx.store.get_dataset(&acme, &d1.id).unwrap(), d1);
         assert_eq!(fx.store.get_dataset(&acme, &d2.id).unwrap().privacy_unit, PrivacyUnit::User);
-        assert_eq!(fx.store.list_datasets(&acme).unwrap(), vec![d1, d2]);
+        assert_eq!(fx.store.list_datasets(&acme, Page::default()).unwrap().items, vec![d1, d2]);
     }
 
     #[test]
@@ -320,7 +326,7 @@ mod tests {
             let err = fx.store.register_dataset(&acme, d).unwrap_err();
             assert!(matches!(err, StoreError::InvalidArgument { field: f, .. } if f == field), "{field}: {err:?}");
         }
-        assert!(fx.store.list_datasets(&acme).unwrap().is_empty());
+        assert!(fx.store.list_datasets(&acme, Page::default()).unwrap().items.is_empty());
     }
 
     #[test]
@@ -329,7 +335,7 @@ mod tests {
         let (acme, globex) = (fx.tenant("acme"), fx.tenant("globex"));
         let d = fx.store.register_dataset(&acme, new_dataset(1, 1.0)).unwrap();
         assert!(matches!(fx.store.get_dataset(&globex, &d.id), Err(StoreError::NotFound { kind: "dataset", .. })));
-        assert!(fx.store.list_datasets(&globex).unwrap().is_empty());
+        assert!(fx.store.list_datasets(&globex, Page::default()).unwrap().items.is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::datasets::{self, DatasetId};
 use super::error::{Result, StoreError};
 use super::ledger;
 use super::tokens::TenantId;
-use super::{now_ms, to_sql_count, Store};
+use super::{list_page, now_ms, to_sql_count, Listed, Page, Store};
 use crate::digest::sha256_hex;
 use ewtune_accountant::StepGroup;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -290,12 +290,15 @@ impl Store {
         load_owned(&self.reader(), tenant, id)
     }
 
-    /// The tenant's jobs, oldest first.
-    pub fn list_jobs(&self, tenant: &TenantId) -> Result<Vec<Job>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq"))?;
-        let rows = stmt.query_map([tenant], Job::from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// One page of the tenant's jobs, oldest first.
+    pub fn list_jobs(&self, tenant: &TenantId, page: Page) -> Result<Listed<Job>> {
+        list_page(
+            &self.reader(),
+            &format!("SELECT {JOB_COLUMNS}, seq AS cursor FROM jobs WHERE tenant = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2"),
+            page,
+            &[tenant],
+            Job::from_row,
+        )
     }
 
     /// The tenant's job events with `seq > after_seq`, in order (`after_seq = 0` for all).
@@ -532,7 +535,7 @@ mod tests {
         let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
         let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
         assert_eq!((job.state, job.steps_done, job.steps_reserved()), (JobState::Queued, 0, 100));
-        assert_eq!(fx.store.list_jobs(&acme).unwrap(), vec![job.clone()]);
+        assert_eq!(fx.store.list_jobs(&acme, Page::default()).unwrap().items, vec![job.clone()]);
 
         let claimed = fx.store.claim_next_queued().unwrap().unwrap();
         assert_eq!((claimed.id.clone(), claimed.state), (job.id.clone(), JobState::Running));
@@ -718,8 +721,8 @@ mod tests {
         not_found(fx.store.get_job(&globex, &job.id).map(drop), "job");
         not_found(fx.store.events_since(&globex, &job.id, 0).map(drop), "job");
         not_found(fx.store.request_cancel(&globex, &job.id).map(drop), "job");
-        assert!(fx.store.list_jobs(&globex).unwrap().is_empty());
-        assert!(fx.store.list_datasets(&globex).unwrap().is_empty());
+        assert!(fx.store.list_jobs(&globex, Page::default()).unwrap().items.is_empty());
+        assert!(fx.store.list_datasets(&globex, Page::default()).unwrap().items.is_empty());
         assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().state, JobState::Queued, "untouched");
 
         // The same bytes under globex are a separate dataset with its own, empty ledger.

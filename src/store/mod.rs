@@ -189,6 +189,58 @@ impl Store {
     }
 }
 
+/// One page of a listing: the rows after cursor `after` (0: from the start), at most `size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// The cursor of the last row of the previous page (0 for the first page).
+    pub after: i64,
+    /// Rows per page (>= 1).
+    pub size: u32,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page { after: 0, size: 1000 }
+    }
+}
+
+/// A page of rows, oldest first, and the cursor to continue from when there are more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// `Some(cursor)` when more rows follow: pass it as the next page's `after`.
+    pub next: Option<i64>,
+}
+
+/// Reads one page: `sql` selects the row's columns then its cursor as a column named `cursor`,
+/// in cursor order, with `?1` the cursor to start after and `?2` the limit (one more than the
+/// page, to know whether more follow); `extra` binds from `?3` on.
+fn list_page<T>(
+    conn: &Connection,
+    sql: &str,
+    page: Page,
+    extra: &[&dyn rusqlite::ToSql],
+    from_row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Listed<T>> {
+    let size = page.size.max(1) as usize;
+    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 + extra.len());
+    let limit = size as i64 + 1;
+    params.push(&page.after);
+    params.push(&limit);
+    params.extend_from_slice(extra);
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(params.as_slice(), |row| Ok((from_row(row)?, row.get::<_, i64>("cursor")?)))?;
+    let mut rows: Vec<(T, i64)> = rows.collect::<rusqlite::Result<_>>()?;
+    let next = if rows.len() > size {
+        rows.truncate(size);
+        rows.last().map(|(_, c)| *c)
+    } else {
+        None
+    };
+    Ok(Listed { items: rows.into_iter().map(|(t, _)| t).collect(), next })
+}
+
 /// Now, in unix milliseconds (0 if the clock is before 1970).
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -246,7 +298,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.authenticate(&token).unwrap(), Some(tenant.clone()));
         assert_eq!(store.get_dataset(&tenant, &dataset.id).unwrap(), dataset);
-        assert_eq!(store.list_datasets(&tenant).unwrap(), vec![dataset.clone()]);
+        assert_eq!(store.list_datasets(&tenant, Page::default()).unwrap().items, vec![dataset.clone()]);
         let reopened = store.get_job(&tenant, &job.id).unwrap();
         assert_eq!(reopened.state, JobState::Running);
         assert_eq!(reopened.steps_done, 50);

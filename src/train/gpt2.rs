@@ -77,6 +77,9 @@ impl HfConfig {
 /// PEFT's default LoRA targets for GPT-2.
 pub const DEFAULT_LORA_TARGETS: &[&str] = &["c_attn"];
 
+/// Every linear (Conv1D) module of a block, by its HF name.
+pub const LINEAR_MODULES: &[&str] = &["c_attn", "c_proj", "c_fc"];
+
 struct Block {
     ln_1: Norm,
     c_attn: Linear,

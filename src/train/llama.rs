@@ -106,6 +106,9 @@ impl HfConfig {
 /// PEFT's default LoRA targets for Llama.
 pub const DEFAULT_LORA_TARGETS: &[&str] = &["q_proj", "v_proj"];
 
+/// Every linear module of a decoder layer, by its HF name.
+pub const LINEAR_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
 struct Layer {
     input_layernorm: Norm,
     q_proj: Linear,

@@ -92,3 +92,20 @@ pub enum TrainError {
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
 }
+
+impl TrainError {
+    /// The error as a remote client may read it: files are named by their last component only,
+    /// never by a path on the daemon's machine (the whole error goes to the daemon's log).
+    pub fn without_paths(&self) -> String {
+        let file = |p: &std::path::Path| p.file_name().map_or_else(|| "a file".to_string(), |n| n.to_string_lossy().into_owned());
+        match self {
+            TrainError::MissingFile { path } => format!("missing file {}", file(path)),
+            TrainError::CorruptCheckpoint { path, reason } => format!("corrupt or mismatched checkpoint file {}: {reason}", file(path)),
+            TrainError::Io { path, .. } => format!("the daemon could not read or write {}; see its log", file(path)),
+            TrainError::BadDataset { line: 0, reason, .. } => format!("bad dataset: {reason}"),
+            TrainError::BadDataset { line, reason, .. } => format!("bad dataset, line {line}: {reason}"),
+            TrainError::Torch(_) => "the training engine failed (torch); see the daemon's log".into(),
+            other => other.to_string(),
+        }
+    }
+}

@@ -22,13 +22,19 @@ struct ModelType {
 }
 
 /// What `dir/config.json` says about the model's limits, read without loading weights.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct ConfigLimits {
     /// Vocabulary size.
     pub vocab_size: i64,
     /// Learned positions (GPT-2's `n_positions`); `None` for rotary models.
     #[serde(default)]
     pub n_positions: Option<i64>,
+    /// The context a rotary model was trained for (Llama's `max_position_embeddings`).
+    #[serde(default)]
+    pub max_position_embeddings: Option<i64>,
+    /// HF `model_type`.
+    #[serde(default)]
+    pub model_type: Option<String>,
 }
 
 impl ConfigLimits {
@@ -37,6 +43,21 @@ impl ConfigLimits {
         let path = dir.join("config.json");
         let text = std::fs::read(&path).map_err(|_| TrainError::MissingFile { path: path.clone() })?;
         serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path, reason: e.to_string() })
+    }
+
+    /// Tokens one sequence may hold: the learned positions, else the trained context.
+    pub fn context(&self) -> Option<i64> {
+        self.n_positions.or(self.max_position_embeddings)
+    }
+
+    /// Names of the model's linear modules (what LoRA `target_modules` may name); empty for a
+    /// family ewtune does not load.
+    pub fn linear_modules(&self) -> &'static [&'static str] {
+        match self.model_type.as_deref() {
+            Some("gpt2") => super::gpt2::LINEAR_MODULES,
+            Some("llama") => super::llama::LINEAR_MODULES,
+            _ => &[],
+        }
     }
 }
 

@@ -37,8 +37,9 @@ impl ModelShape {
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Unary calls (Datasets.Get, Jobs.List, Budget.Get in turn) at a fixed rate against a
-    /// running daemon; prints p50/p99 latency. Run it while a job trains.
+    /// Unary calls (Datasets.Get, Jobs.List, Budget.Get, health in turn) at a fixed rate
+    /// against a running daemon; prints p50/p99 latency per method. Run it while a job trains;
+    /// with `--plans`/`--upload-mib`, hostile clients load the daemon at the same time.
     Load {
         /// Requests per second.
         #[arg(long, default_value_t = 200)]
@@ -49,6 +50,16 @@ pub enum BenchCommand {
         /// A dataset id of your tenant.
         #[arg(long)]
         dataset: String,
+        /// Clients that send Plans with never-seen targets (each one a fresh calibration)
+        /// back to back during the measurement.
+        #[arg(long, default_value_t = 0)]
+        plans: u32,
+        /// The model those Plans name (a directory in the daemon's models dir).
+        #[arg(long, default_value = "tiny-gpt2")]
+        model: String,
+        /// One client that registers datasets of this many MiB back to back (0: none).
+        #[arg(long, default_value_t = 0)]
+        upload_mib: u32,
         /// One JSON object.
         #[arg(long)]
         json: bool,
@@ -89,8 +100,9 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
             shape.set_threads();
             audit_throughput(&shape, texts, batch)
         }
-        BenchCommand::Load { rate, seconds, dataset, json } => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(load(connect, rate, seconds, dataset, json))
+        BenchCommand::Load { rate, seconds, dataset, plans, model, upload_mib, json } => {
+            let hostile = Hostile { plans, model, upload_mib };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(load(connect, rate, seconds, dataset, hostile, json))
         }
         BenchCommand::DpStep { shape: s, batch, repeats, device, json } => {
             s.set_threads();
@@ -110,28 +122,96 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
     }
 }
 
-async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset: String, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+/// The hostile load beside the measured calls.
+struct Hostile {
+    plans: u32,
+    model: String,
+    upload_mib: u32,
+}
+
+/// Sends `hostile`'s Plans and uploads until `stop` turns true; returns (plans answered,
+/// uploads answered, other outcomes).
+async fn hostile_load(connect: &crate::client::Connect, hostile: Hostile, dataset: String, stop: tokio::sync::watch::Receiver<bool>) -> Result<tokio::task::JoinSet<(u32, u32, u32)>, Box<dyn std::error::Error>> {
+    use ewtune::api::pb;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..hostile.plans {
+        let mut jobs = connect.clients().await?.jobs;
+        let (ds, model, stop) = (dataset.clone(), hostile.model.clone(), stop.clone());
+        tasks.spawn(async move {
+            let (mut ok, mut other) = (0, 0);
+            let mut n = 0u64;
+            while !*stop.borrow() {
+                n += 1;
+                // A target and length never asked before: no cache can answer it.
+                let spec = pb::JobSpec {
+                    dataset_id: ds.clone(),
+                    base_model: model.clone(),
+                    target_epsilon: 0.5 + f64::from(client) * 0.1 + n as f64 * 1e-4,
+                    batch_size: 100,
+                    steps: 2000 + n * 7 + u64::from(client),
+                    ..Default::default()
+                };
+                match jobs.plan(spec).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            (ok, 0, other)
+        });
+    }
+    if hostile.upload_mib > 0 {
+        let mut datasets = connect.clients().await?.datasets;
+        let stop = stop.clone();
+        let line = "{\"text\": \"The patient was seen on Monday with a cough; we advised rest and fluids.\"}\n";
+        let body = line.repeat((hostile.upload_mib as usize) << 20 / line.len());
+        tasks.spawn(async move {
+            let (mut ok, mut other) = (0, 0);
+            let mut n = 0u64;
+            while !*stop.borrow() {
+                n += 1;
+                let mut content = format!("{{\"text\": \"upload {n} {}\"}}\n", std::process::id()).into_bytes();
+                content.extend_from_slice(body.as_bytes());
+                let req = pb::RegisterDatasetRequest { name: format!("upload {n}"), content, budget_epsilon: 1.0, budget_delta: 1e-6, ..Default::default() };
+                match datasets.register(req).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            (0, ok, other)
+        });
+    }
+    Ok(tasks)
+}
+
+async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset: String, hostile: Hostile, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     use ewtune::api::pb;
     let clients = connect.clients().await?;
+    let health = tonic_health::pb::health_client::HealthClient::new(connect.channel().await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background = hostile_load(connect, hostile, dataset.clone(), stop_rx).await?;
+    if !background.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await; // let the hostile load build up
+    }
     let mut interval = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = u64::from(rate) * seconds;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         interval.tick().await;
-        let (mut d, mut j, mut b, ds) = (clients.datasets.clone(), clients.jobs.clone(), clients.budget.clone(), dataset.clone());
+        let (mut d, mut j, mut b, mut h, ds) = (clients.datasets.clone(), clients.jobs.clone(), clients.budget.clone(), health.clone(), dataset.clone());
         tasks.spawn(async move {
             let t = std::time::Instant::now();
-            let ok = match i % 3 {
+            let ok = match i % 4 {
                 0 => d.get(pb::GetDatasetRequest { dataset_id: ds }).await.is_ok(),
-                1 => j.list(pb::ListJobsRequest {}).await.is_ok(),
-                _ => b.get(pb::GetBudgetRequest { dataset_id: ds }).await.is_ok(),
+                1 => j.list(pb::ListJobsRequest::default()).await.is_ok(),
+                2 => b.get(pb::GetBudgetRequest { dataset_id: ds }).await.is_ok(),
+                _ => h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok(),
             };
-            (i % 3, t.elapsed().as_secs_f64(), ok)
+            (i % 4, t.elapsed().as_secs_f64(), ok)
         });
     }
     let mut lat = Vec::new();
-    let mut by_method: [Vec<f64>; 3] = Default::default();
+    let mut by_method: [Vec<f64>; 4] = Default::default();
     let mut errors = 0;
     while let Some(r) = tasks.join_next().await {
         let (method, s, ok) = r?;
@@ -146,15 +226,24 @@ async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset
         v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3
     };
     let (p50, p99, max) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99), pct(&mut lat, 1.0));
-    let names = ["Datasets.Get", "Jobs.List", "Budget.Get"];
+    let _ = stop_tx.send(true);
+    let (mut plans, mut uploads, mut refused) = (0, 0, 0);
+    while let Some(r) = background.join_next().await {
+        let (p, u, o) = r?;
+        (plans, uploads, refused) = (plans + p, uploads + u, refused + o);
+    }
+    let names = ["Datasets.Get", "Jobs.List", "Budget.Get", "health"];
     let per: Vec<(&str, f64, f64)> = names.iter().zip(by_method.iter_mut()).filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, pct(v, 0.5), pct(v, 0.99))).collect();
     if json {
         let methods: serde_json::Map<String, serde_json::Value> = per.iter().map(|(n, a, b)| (n.to_string(), serde_json::json!({"p50_ms": a, "p99_ms": b}))).collect();
-        println!("{}", serde_json::json!({"rate": rate, "requests": lat.len(), "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": max, "by_method": methods}));
+        println!("{}", serde_json::json!({"rate": rate, "requests": lat.len(), "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": max, "by_method": methods, "hostile": {"plans_answered": plans, "uploads_answered": uploads, "refused": refused}}));
     } else {
         println!("{} requests at {rate}/s: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, {errors} errors", lat.len());
         for (n, a, b) in per {
             println!("  {n:<13} p50 {a:.2} ms, p99 {b:.2} ms");
+        }
+        if plans + uploads + refused > 0 {
+            println!("meanwhile: {plans} uncached Plans answered, {uploads} uploads registered, {refused} refused (busy or deadline)");
         }
     }
     Ok(())

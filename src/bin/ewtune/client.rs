@@ -44,13 +44,7 @@ impl Connect {
     pub async fn clients(&self) -> Result<Clients, Box<dyn std::error::Error>> {
         let token = self.token.as_deref().ok_or("no token: pass --token or set EWTUNE_TOKEN (ewtuned token create --tenant NAME)")?;
         let value = format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot carry")?;
-        let mut endpoint = Channel::from_shared(self.addr.clone())?;
-        if self.addr.starts_with("https://") {
-            let ca = self.ca_cert.as_ref().ok_or("an https:// address needs --ca-cert (or EWTUNE_CA_CERT): the certificate to trust")?;
-            let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-            endpoint = endpoint.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| format!("cannot reach the daemon at {}: {e}", self.addr))?;
+        let channel = self.channel().await?;
         let b = Bearer(value);
         Ok(Clients {
             datasets: pb::datasets_client::DatasetsClient::with_interceptor(channel.clone(), b.clone()).max_encoding_message_size(256 << 20),
@@ -58,6 +52,17 @@ impl Connect {
             budget: pb::budget_client::BudgetClient::with_interceptor(channel.clone(), b.clone()),
             audits: pb::audits_client::AuditsClient::with_interceptor(channel, b).max_encoding_message_size(256 << 20),
         })
+    }
+
+    /// A connection to the daemon (no credentials: health needs none).
+    pub async fn channel(&self) -> Result<Channel, Box<dyn std::error::Error>> {
+        let mut endpoint = Channel::from_shared(self.addr.clone())?;
+        if self.addr.starts_with("https://") {
+            let ca = self.ca_cert.as_ref().ok_or("an https:// address needs --ca-cert (or EWTUNE_CA_CERT): the certificate to trust")?;
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            endpoint = endpoint.tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)))?;
+        }
+        Ok(endpoint.connect().await.map_err(|e| format!("cannot reach the daemon at {}: {e}", self.addr))?)
     }
 }
 

@@ -207,6 +207,19 @@ pub enum BudgetCommand {
     },
 }
 
+/// Text from the daemon as a terminal may show it: control characters (ANSI escapes, carriage
+/// returns, new lines) are escaped, so a name cannot repaint the screen or forge a line.
+fn printable(s: &str) -> String {
+    s.chars().fold(String::with_capacity(s.len()), |mut out, c| {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        out
+    })
+}
+
 fn audit_state_name(s: i32) -> &'static str {
     match pb::AuditState::try_from(s) {
         Ok(pb::AuditState::Running) => "running",
@@ -240,17 +253,26 @@ pub async fn datasets(conn: &Connect, cmd: DatasetsCommand) -> Result<(), Box<dy
                 .map_err(explain)?
                 .into_inner();
             println!("{}", d.dataset_id);
-            eprintln!("registered {} ({} privacy units, budget epsilon {} at delta {:e})", d.name, d.units, d.budget_epsilon, d.budget_delta);
+            eprintln!("registered {} ({} privacy units, budget epsilon {} at delta {:e})", printable(&d.name), d.units, d.budget_epsilon, d.budget_delta);
         }
         DatasetsCommand::List { json } => {
-            let ds = c.datasets.list(pb::ListDatasetsRequest {}).await.map_err(explain)?.into_inner().datasets;
+            let mut ds = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c.datasets.list(pb::ListDatasetsRequest { page_size: 1000, page_token }).await.map_err(explain)?.into_inner();
+                ds.extend(page.datasets);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             if json {
                 let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta})).collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 println!("{:<64}  {:<16} {:>8} {:>8} {:>8}", "dataset", "name", "units", "epsilon", "delta");
                 for d in ds {
-                    println!("{:<64}  {:<16} {:>8} {:>8} {:>8.0e}", d.dataset_id, d.name, d.units, d.budget_epsilon, d.budget_delta);
+                    println!("{:<64}  {:<16} {:>8} {:>8} {:>8.0e}", d.dataset_id, printable(&d.name), d.units, d.budget_epsilon, d.budget_delta);
                 }
             }
         }
@@ -283,14 +305,23 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
         }
         JobsCommand::Watch { job } => follow(&mut c, &job).await?,
         JobsCommand::List { json } => {
-            let js = c.jobs.list(pb::ListJobsRequest {}).await.map_err(explain)?.into_inner().jobs;
+            let mut js = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c.jobs.list(pb::ListJobsRequest { page_size: 1000, page_token }).await.map_err(explain)?.into_inner();
+                js.extend(page.jobs);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             if json {
                 let v: Vec<_> = js.iter().map(|j| serde_json::json!({"job_id": j.job_id, "dataset_id": j.dataset_id, "state": state_name(j.state), "steps_done": j.steps_done, "steps_planned": j.steps_planned, "epsilon_spent": j.epsilon_spent, "reason": j.reason})).collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 println!("{:<32}  {:<10} {:>12} {:>10}", "job", "state", "steps", "epsilon");
                 for j in js {
-                    println!("{:<32}  {:<10} {:>5}/{:<6} {:>10.4}  {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, j.reason);
+                    println!("{:<32}  {:<10} {:>5}/{:<6} {:>10.4}  {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, printable(&j.reason));
                 }
             }
         }
@@ -329,14 +360,14 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
                     last_eps = eps;
                 }
             }
-            (None, _) => eprintln!("{} {}", e.kind, e.payload_json),
+            (None, _) => eprintln!("{} {}", printable(&e.kind), printable(&e.payload_json)),
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     let j = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner();
-    println!("job {} {}: {}/{} steps, certified epsilon spent {:.4} {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, j.reason);
+    println!("job {} {}: {}/{} steps, certified epsilon spent {:.4} {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, printable(&j.reason));
     if j.state == pb::JobState::Failed as i32 {
         return Err(format!("job failed: {}", j.reason).into());
     }
@@ -404,10 +435,19 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
             show_audit(&finished(&mut c, a).await?, json)
         }
         AuditsCommand::List { job } => {
-            let audits = c.audits.list(pb::ListAuditsRequest { job_id: job.unwrap_or_default() }).await.map_err(explain)?.into_inner().audits;
+            let mut audits = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c.audits.list(pb::ListAuditsRequest { job_id: job.clone().unwrap_or_default(), page_size: 1000, page_token }).await.map_err(explain)?.into_inner();
+                audits.extend(page.audits);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             println!("{:<32}  {:<32}  {:<10} {:>10} {:>10}", "audit", "job", "state", "eps_lb", "certified");
             for a in audits {
-                println!("{:<32}  {:<32}  {:<10} {:>10.4} {:>10.4}  {}", a.audit_id, a.job_id, audit_state_name(a.state), a.epsilon_lower_bound, a.certified_epsilon, a.reason);
+                println!("{:<32}  {:<32}  {:<10} {:>10.4} {:>10.4}  {}", a.audit_id, a.job_id, audit_state_name(a.state), a.epsilon_lower_bound, a.certified_epsilon, printable(&a.reason));
             }
             Ok(())
         }

@@ -1,0 +1,200 @@
+//! The bounded pool for request-driven CPU work (accountant calibration and composition, dataset
+//! parsing and hashing), so that no request can occupy the async runtime's workers: the health
+//! check and every other call keep being answered while it runs.
+//!
+//! * A fixed number of threads (rayon), each at lower scheduling priority than the runtime's
+//!   workers, so the API's own threads get the CPU first on a busy machine.
+//! * A bounded number of tasks admitted at once (running plus queued) and at most
+//!   [`PER_TENANT`] per tenant: past either, the call is ResourceExhausted at once, naming the
+//!   limit; one tenant cannot queue work in front of everybody else.
+//! * The client's deadline (`grpc-timeout`, capped by the daemon's own [`MAX_WORK`]): waiting
+//!   for a slot stops at the deadline; a task whose caller has gone (deadline passed, client
+//!   hung up) before it started is skipped and its slot freed; a task already running finishes
+//!   (every input was range-checked first, so it is bounded) and its result is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+/// Tasks one tenant may have admitted at once.
+pub const PER_TENANT: usize = 4;
+/// Tasks admitted per pool thread (one running, the rest queued).
+const ADMITTED_PER_THREAD: usize = 8;
+/// The longest a request may wait for and run CPU work when its client sets no deadline.
+pub const MAX_WORK: Duration = Duration::from_secs(120);
+/// Answered before the client's own deadline, so the client reads our status, not its timeout.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+/// Nice value of the pool's threads (the runtime's workers run at 0, training at 10).
+const POOL_NICENESS: i32 = 5;
+
+/// The pool.
+pub struct CpuPool {
+    threads: rayon::ThreadPool,
+    admitted: Arc<tokio::sync::Semaphore>,
+    per_tenant: Arc<Mutex<HashMap<String, usize>>>,
+    capacity: usize,
+}
+
+/// Frees a tenant's admission when dropped.
+struct TenantSlot {
+    tenant: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Marks the task abandoned when the awaiting request goes away first.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl CpuPool {
+    /// A pool of `threads` threads.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ewtune-cpu-{i}"))
+            .start_handler(|_| super::lower_thread_priority(POOL_NICENESS))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let capacity = threads * ADMITTED_PER_THREAD;
+        Ok(CpuPool { threads: pool, admitted: Arc::new(tokio::sync::Semaphore::new(capacity)), per_tenant: Arc::default(), capacity })
+    }
+
+    /// Runs `work` for `tenant` on the pool before `deadline`. ResourceExhausted when the pool
+    /// or the tenant's share is full, DeadlineExceeded when the deadline passes first; a panic
+    /// in `work` is Internal (logged).
+    pub async fn run<T: Send + 'static>(&self, tenant: &str, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let tenant_slot = {
+            let mut counts = self.per_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = counts.entry(tenant.to_string()).or_insert(0);
+            if *n >= PER_TENANT {
+                return Err(Status::resource_exhausted(format!(
+                    "this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"
+                )));
+            }
+            *n += 1;
+            TenantSlot { tenant: tenant.to_string(), counts: self.per_tenant.clone() }
+        };
+        let permit = match self.admitted.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                return Err(Status::resource_exhausted(format!(
+                    "the daemon is computing {} plans or uploads already; retry shortly",
+                    self.capacity
+                )))
+            }
+        };
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let guard = AbandonOnDrop(abandoned.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.threads.spawn(move || {
+            let _held = (permit, tenant_slot);
+            if abandoned.load(Ordering::Relaxed) {
+                return; // the caller is gone: free the slot without doing the work
+            }
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+        });
+        let result = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx).await;
+        drop(guard);
+        match result {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(panic))) => {
+                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                tracing::error!(panic = %msg, "request work panicked");
+                Err(Status::internal("the daemon failed while computing this request; see its log"))
+            }
+            Ok(Err(_)) => Err(Status::internal("the computation ended without a result")),
+            Err(_) => Err(Status::deadline_exceeded("the deadline passed before the computation finished")),
+        }
+    }
+}
+
+/// The deadline of a request: its client's `grpc-timeout` less a margin (so our answer arrives
+/// first), at most [`MAX_WORK`] from now.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Instant {
+    let now = Instant::now();
+    let cap = now + MAX_WORK;
+    match metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout) {
+        Some(t) => (now + t.saturating_sub(DEADLINE_MARGIN)).min(cap),
+        None => cap,
+    }
+}
+
+/// gRPC's `TimeoutValue TimeoutUnit`: up to 8 digits and one of H M S m u n.
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        for bad in ["", "5", "m", "123456789S", "-1S", "1x"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenant_share_and_deadlines_are_enforced() {
+        let pool = Arc::new(CpuPool::new(1).unwrap());
+        let release = Arc::new(AtomicBool::new(false));
+        let far = Instant::now() + Duration::from_secs(30);
+        let mut held = tokio::task::JoinSet::new();
+        for _ in 0..PER_TENANT {
+            let (r, p) = (release.clone(), pool.clone());
+            held.spawn(async move { p.run("a", far, move || while !r.load(Ordering::Relaxed) { std::thread::sleep(Duration::from_millis(1)) }).await });
+        }
+        while pool.per_tenant.lock().unwrap().get("a") != Some(&PER_TENANT) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let e = pool.run("a", far, || ()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        // Another tenant is admitted, but the one thread is busy: its deadline passes.
+        let e = pool.run("b", Instant::now() + Duration::from_millis(100), || ()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        release.store(true, Ordering::Relaxed);
+        while let Some(r) = held.join_next().await {
+            r.unwrap().unwrap();
+        }
+        // Every slot came back: the abandoned task was skipped, not leaked.
+        assert_eq!(pool.run("b", Instant::now() + Duration::from_secs(5), || 7).await.unwrap(), 7);
+        assert!(pool.per_tenant.lock().unwrap().is_empty());
+        assert_eq!(pool.admitted.available_permits(), pool.capacity);
+    }
+}

@@ -43,7 +43,8 @@ async fn another_tenant_cannot_rewrite_my_privacy_unit() {
     assert_eq!(plan.units, 40, "Alice's plan counts her users");
     let job = a.jobs.create(s).await.unwrap().into_inner();
     let stored: serde_json::Value = serde_json::from_str(&job.spec_json).unwrap();
-    assert_eq!(stored["data_config"]["user_field"], "user", "{}", job.spec_json);
+    assert_eq!(stored["data_format"]["user_field"], "user", "{}", job.spec_json);
+    assert!(!job.spec_json.contains(d.state.config.data_dir.to_str().unwrap()), "no server paths: {}", job.spec_json);
     assert!((job.sample_rate - 10.0 / 40.0).abs() < 1e-15);
     // No sidecar file exists for anyone to rewrite.
     let files: Vec<String> = std::fs::read_dir(d.state.config.data_dir.join("datasets")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -151,13 +152,15 @@ async fn names_are_bounded_and_lists_page() {
     let e = a.datasets.register(pb::RegisterDatasetRequest { name: huge.clone(), content: notes(20, 1), budget_epsilon: 1.0, budget_delta: 1e-5, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().len() < 300, "{} bytes of error", e.message().len());
-    let mut s = spec(&"0".repeat(64), 1.0);
-    s.base_model = huge;
+    let mut first = None;
+    for i in 0..7 {
+        let d = a.datasets.register(pb::RegisterDatasetRequest { name: format!("d{i}"), content: notes(20, 100 + i), budget_epsilon: 1.0, budget_delta: 1e-5, ..Default::default() }).await.unwrap();
+        first.get_or_insert(d.into_inner().dataset_id);
+    }
+    let mut s = spec(&first.unwrap(), 1.0);
+    s.base_model = huge[..1 << 20].to_string(); // under the Jobs service's 4 MiB message limit
     let e = a.jobs.plan(s).await.unwrap_err();
     assert!(e.message().len() < 300 && e.message().contains("base_model"), "{}", &e.message()[..e.message().len().min(300)]);
-    for i in 0..7 {
-        a.datasets.register(pb::RegisterDatasetRequest { name: format!("d{i}"), content: notes(20, 100 + i), budget_epsilon: 1.0, budget_delta: 1e-5, ..Default::default() }).await.unwrap();
-    }
     let mut names = Vec::new();
     let mut token_ = String::new();
     let mut pages = 0;

@@ -198,10 +198,28 @@ pub fn job(j: &Job, epsilon_spent: f64, canary_manifest_sha256: Option<String>) 
         sample_rate: j.sample_rate,
         epsilon_spent,
         reason: j.reason.clone().unwrap_or_default(),
-        spec_json: j.spec_json.clone(),
+        spec_json: spec_without_paths(&j.spec_json),
         created_unix_ms: j.created_at_unix_ms,
         canary_manifest_sha256: canary_manifest_sha256.unwrap_or_default(),
     }
+}
+
+/// A stored job spec as a client may read it: the model by its name in the models dir, the
+/// data by its dataset id, no other path on the daemon's machine.
+fn spec_without_paths(spec_json: &str) -> String {
+    let Ok(serde_json::Value::Object(mut spec)) = serde_json::from_str(spec_json) else {
+        return String::new();
+    };
+    let last = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.as_str()).and_then(|p| std::path::Path::new(p).file_name()).map(|n| n.to_string_lossy().into_owned())
+    };
+    let model = last(spec.get("model"));
+    let data = last(spec.get("data")).map(|n| n.trim_end_matches(".jsonl").to_string());
+    spec.insert("model".into(), model.into());
+    spec.insert("data".into(), data.into());
+    spec.remove("output");
+    spec.remove("eval_data");
+    serde_json::Value::Object(spec).to_string()
 }
 
 /// The tenant's dataset, NotFound otherwise.

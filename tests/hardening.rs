@@ -289,3 +289,33 @@ async fn random_specs_get_ok_or_a_clear_refusal() {
     assert!(seen.contains_key("InvalidArgument"), "{seen:?}");
     d.stop().await;
 }
+
+/// Issue 9.10: statuses and job reasons name the problem without paths on the daemon's machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_reasons_hold_no_server_paths() {
+    let d = Daemon::start().await;
+    let mut a = client(&d.addr, &d.state.store.create_token("alice").unwrap()).await;
+    let ds = register(&mut a, 5.0).await;
+    let models = d.state.config.models_dir.clone();
+    // A model whose config is corrupt, and one whose weights are missing.
+    std::fs::create_dir_all(models.join("corrupt")).unwrap();
+    std::fs::write(models.join("corrupt/config.json"), b"{not json").unwrap();
+    std::fs::create_dir_all(models.join("hollow")).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(models.join("tiny").join(f), models.join("hollow").join(f)).unwrap();
+    }
+    let root = d.state.config.data_dir.parent().unwrap().to_str().unwrap().to_string();
+    let mut s = spec(&ds.dataset_id, 1.0);
+    s.base_model = "corrupt".into();
+    let e = a.jobs.create(s.clone()).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && !e.message().contains(&root), "{e:?}");
+    s.base_model = "hollow".into();
+    let job = a.jobs.create(s).await.unwrap().into_inner();
+    assert!(!job.spec_json.contains(&root), "{}", job.spec_json);
+    let mut stream = a.jobs.watch(pb::WatchJobRequest { job_id: job.job_id.clone(), after_seq: 0 }).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    let failed = a.jobs.get(pb::GetJobRequest { job_id: job.job_id }).await.unwrap().into_inner();
+    assert_eq!(failed.state, pb::JobState::Failed as i32);
+    assert!(failed.reason.contains("model.safetensors") && !failed.reason.contains(&root), "{}", failed.reason);
+    d.stop().await;
+}

@@ -6,7 +6,8 @@
 //!   workers, so the API's own threads get the CPU first on a busy machine.
 //! * A bounded number of tasks admitted at once (running plus queued) and at most
 //!   [`PER_TENANT`] per tenant: past either, the call is ResourceExhausted at once, naming the
-//!   limit; one tenant cannot queue work in front of everybody else.
+//!   limit. A tenant runs on at most all threads but one (one thread on a two-core machine), so
+//!   one tenant's long calibrations cannot keep everybody else's plans waiting.
 //! * The client's deadline (`grpc-timeout`, capped by the daemon's own [`MAX_WORK`]): waiting
 //!   for a slot stops at the deadline; a task whose caller has gone (deadline passed, client
 //!   hung up) before it started is skipped and its slot freed; a task already running finishes
@@ -33,23 +34,30 @@ const POOL_NICENESS: i32 = 5;
 pub struct CpuPool {
     threads: rayon::ThreadPool,
     admitted: Arc<tokio::sync::Semaphore>,
-    per_tenant: Arc<Mutex<HashMap<String, usize>>>,
+    per_tenant: Arc<Mutex<HashMap<String, TenantShare>>>,
     capacity: usize,
+    running_per_tenant: usize,
+}
+
+/// One tenant's admitted tasks and the permits to run them.
+struct TenantShare {
+    admitted: usize,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 /// Frees a tenant's admission when dropped.
 struct TenantSlot {
     tenant: String,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    shares: Arc<Mutex<HashMap<String, TenantShare>>>,
 }
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = counts.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.tenant);
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = shares.get_mut(&self.tenant) {
+            share.admitted -= 1;
+            if share.admitted == 0 {
+                shares.remove(&self.tenant);
             }
         }
     }
@@ -75,23 +83,31 @@ impl CpuPool {
             .build()
             .map_err(std::io::Error::other)?;
         let capacity = threads * ADMITTED_PER_THREAD;
-        Ok(CpuPool { threads: pool, admitted: Arc::new(tokio::sync::Semaphore::new(capacity)), per_tenant: Arc::default(), capacity })
+        Ok(CpuPool {
+            threads: pool,
+            admitted: Arc::new(tokio::sync::Semaphore::new(capacity)),
+            per_tenant: Arc::default(),
+            capacity,
+            running_per_tenant: (threads - 1).max(1),
+        })
     }
 
     /// Runs `work` for `tenant` on the pool before `deadline`. ResourceExhausted when the pool
     /// or the tenant's share is full, DeadlineExceeded when the deadline passes first; a panic
     /// in `work` is Internal (logged).
     pub async fn run<T: Send + 'static>(&self, tenant: &str, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-        let tenant_slot = {
-            let mut counts = self.per_tenant.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = counts.entry(tenant.to_string()).or_insert(0);
-            if *n >= PER_TENANT {
+        let (tenant_slot, running) = {
+            let mut shares = self.per_tenant.lock().unwrap_or_else(PoisonError::into_inner);
+            let share = shares
+                .entry(tenant.to_string())
+                .or_insert_with(|| TenantShare { admitted: 0, running: Arc::new(tokio::sync::Semaphore::new(self.running_per_tenant)) });
+            if share.admitted >= PER_TENANT {
                 return Err(Status::resource_exhausted(format!(
                     "this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"
                 )));
             }
-            *n += 1;
-            TenantSlot { tenant: tenant.to_string(), counts: self.per_tenant.clone() }
+            share.admitted += 1;
+            (TenantSlot { tenant: tenant.to_string(), shares: self.per_tenant.clone() }, share.running.clone())
         };
         let permit = match self.admitted.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -102,11 +118,17 @@ impl CpuPool {
                 )))
             }
         };
+        let deadline_passed = || Status::deadline_exceeded("the deadline passed before the computation could start");
+        let run_permit = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), running.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(Status::internal("the CPU pool is closed")),
+            Err(_) => return Err(deadline_passed()),
+        };
         let abandoned = Arc::new(AtomicBool::new(false));
         let guard = AbandonOnDrop(abandoned.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.threads.spawn(move || {
-            let _held = (permit, tenant_slot);
+            let _held = (permit, run_permit, tenant_slot);
             if abandoned.load(Ordering::Relaxed) {
                 return; // the caller is gone: free the slot without doing the work
             }
@@ -180,7 +202,7 @@ mod tests {
             let (r, p) = (release.clone(), pool.clone());
             held.spawn(async move { p.run("a", far, move || while !r.load(Ordering::Relaxed) { std::thread::sleep(Duration::from_millis(1)) }).await });
         }
-        while pool.per_tenant.lock().unwrap().get("a") != Some(&PER_TENANT) {
+        while pool.per_tenant.lock().unwrap().get("a").map(|s| s.admitted) != Some(PER_TENANT) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let e = pool.run("a", far, || ()).await.unwrap_err();

@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(sync, 2, "synchronous=FULL");
         let names: Vec<String> =
             schema(&conn).into_iter().filter(|(t, _, _)| t == "table").map(|(_, n, _)| n).collect();
-        assert_eq!(names, ["audits", "canary_manifests", "datasets", "job_events", "jobs", "tenants", "tokens"]);
+        assert_eq!(names, ["audits", "canary_manifests", "datasets", "job_events", "jobs", "report_sequences", "tenants", "tokens"]);
     }
 
     #[test]

@@ -79,8 +79,8 @@ pub struct SpecArgs {
     /// Units per micro-batch.
     #[arg(long, default_value_t = 16)]
     micro_batch: u32,
-    /// Tokens per example.
-    #[arg(long, default_value_t = 128)]
+    /// Tokens per example (default: 128, at most the model's context).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     max_length: u32,
     /// Insert this many random-token canaries (each with probability 1/2; at least 200) for the
     /// one-run membership audit (`ewtune audits create`).
@@ -109,7 +109,7 @@ impl SpecArgs {
             delta: self.delta,
             clip_norm: self.clip_norm,
             batch_size: self.batch_size,
-            epochs: self.epochs,
+            epochs: if self.steps > 0 { 0.0 } else { self.epochs },
             steps: self.steps,
             micro_batch: self.micro_batch,
             learning_rate: self.learning_rate,

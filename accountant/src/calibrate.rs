@@ -7,7 +7,8 @@
 
 use crate::brent::brentq;
 use crate::edgeworth::{self, Order};
-use crate::error::{check_open, Error, Result};
+use crate::domain::{check_delta, check_open};
+use crate::error::{Error, Result};
 use crate::event::History;
 use crate::pld::{adaptive_interval, CertifiedEpsilon, PldAccountant};
 use serde::Serialize;
@@ -33,18 +34,27 @@ pub struct Calibration {
 }
 
 /// The noise multiplier for `target_epsilon` at `delta` after `steps` steps at sampling rate `q`.
+///
+/// Accepted: `target_epsilon` in `(0, 1000)`, `delta` in `(0, 1)`, `sample_rate` in
+/// `[1e-12, 1]`, `steps` in `1 ..= 10^9` (see [`crate::domain`]); anything else is refused before
+/// any evaluation. When the certified accountant cannot state an epsilon for this schedule at
+/// all (it cannot even at `MAX_SIGMA`), its error (`NotCertifiable`, `TooLarge`) is returned as
+/// is; `Calibration` means the accountant works but no sigma up to `MAX_SIGMA` meets the
+/// target. Once a sigma that meets the target is known, a smaller sigma the accountant cannot
+/// certify counts as not meeting it (the answer stays certified; it may then be less tight).
+/// At most about 80 certified evaluations are made.
 pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps: u64) -> Result<Calibration> {
     check_open("epsilon", target_epsilon, 0.0, 1e3, "the target epsilon must lie in (0, 1000)")?;
-    check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
+    check_delta(delta)?;
     History::homogeneous(1.0, sample_rate, steps)?; // validates q and steps
     let accountant = PldAccountant::with_interval(adaptive_interval(steps, target_epsilon, delta))?;
     let mut evaluations = 0u32;
-    let mut certified = |sigma: f64| -> Option<CertifiedEpsilon> {
+    let mut certified = |sigma: f64| -> Result<CertifiedEpsilon> {
         evaluations += 1;
-        let history = History::homogeneous(sigma, sample_rate, steps).ok()?;
-        accountant.epsilon(&history, delta).ok()
+        let history = History::homogeneous(sigma, sample_rate, steps)?;
+        accountant.epsilon(&history, delta)
     };
-    let meets = |c: &Option<CertifiedEpsilon>| c.as_ref().is_some_and(|c| c.bounds.upper <= target_epsilon);
+    let meets = |c: &Result<CertifiedEpsilon>| c.as_ref().is_ok_and(|c| c.bounds.upper <= target_epsilon);
 
     let edgeworth_sigma = brentq(
         |s| {
@@ -63,14 +73,20 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
     let mut hi = start * 1.005;
     let mut hi_cert = certified(hi);
     let mut lo = None;
-    while !meets(&hi_cert) {
-        lo = Some(hi);
-        hi *= 1.25;
-        if hi > MAX_SIGMA {
+    if !meets(&hi_cert) {
+        // Before walking up, ask the most noise the search allows: if the accountant cannot
+        // certify even that, no sigma will do, and its error says why (not "target not met").
+        let most = certified(MAX_SIGMA)?;
+        if most.bounds.upper > target_epsilon {
             return Err(Error::Calibration {
                 reason: format!("no noise multiplier up to {MAX_SIGMA} reaches epsilon {target_epsilon} at delta {delta:e}"),
             });
         }
+    }
+    // MAX_SIGMA meets the target (checked above), so the walk ends there at the latest.
+    while !meets(&hi_cert) && hi < MAX_SIGMA {
+        lo = Some(hi);
+        hi = (hi * 1.25).min(MAX_SIGMA);
         hi_cert = certified(hi);
     }
     let mut lo = match lo {

@@ -9,7 +9,7 @@
 //! | groups of a history | `<= MAX_GROUPS` (10^5) | `OutOfRange` |
 //! | `delta` | finite, in `(0, 1)` | `InvalidArgument` |
 //! | `epsilon` (delta at epsilon) | finite, `>= 0` | `InvalidArgument` |
-//! | target epsilon (calibration) | finite, in `(0, 1000)` | `InvalidArgument` |
+//! | target epsilon (calibration) | finite, in `[MIN_TARGET_EPSILON, 1000)` | `InvalidArgument` (NaN, <= 0, >= 1000), `OutOfRange` (0 < eps < 0.01) |
 //!
 //! Why these limits:
 //! * `sigma >= 0.01`. One step's privacy loss spans at least `mu^2 / 2` nats with `mu = 1/sigma`
@@ -24,6 +24,10 @@
 //!   steps it alone exceeds 3e-5, more than any delta DP-SGD uses; step counts enter the
 //!   arithmetic as `f64` and `i64` grid offsets, and this cap keeps both exact and far from
 //!   overflow.
+//! * calibration target `>= 0.01`. The certified grid is chosen fine enough for the target
+//!   (interval ~ sqrt(8e-4 eps / steps), at least 1e-7), and a calibration makes ~15-25
+//!   certified evaluations: measured on two cores at q = 0.3, 1899 steps, delta = 1e-3, a
+//!   target of 0.01 takes 3 s, 1e-3 takes 12 s and 1e-4 90 s. No DP-SGD run targets less.
 //! * Everything that could still need a large grid (a fine fixed discretisation, a long history
 //!   at a tiny delta) is checked against `MAX_GRID_POINTS` with checked arithmetic and refused
 //!   with `TooLarge` before any allocation.
@@ -38,6 +42,8 @@ pub const MIN_NOISE_MULTIPLIER: f64 = 0.01;
 pub const MAX_NOISE_MULTIPLIER: f64 = 1e6;
 /// Smallest Poisson sampling rate any accountant accepts.
 pub const MIN_SAMPLE_RATE: f64 = 1e-12;
+/// Smallest target epsilon calibration accepts.
+pub const MIN_TARGET_EPSILON: f64 = 0.01;
 /// Most steps one group, or one whole history, may hold.
 pub const MAX_STEPS: u64 = 1_000_000_000;
 /// Most groups (runs of identical steps) one history may hold.
@@ -81,6 +87,15 @@ pub fn check_steps(steps: u64) -> Result<u64> {
         return Err(Error::OutOfRange { name: "steps", value: steps.to_string(), range: STEPS_RANGE });
     }
     Ok(steps)
+}
+
+/// Checks a calibration target epsilon: finite, in `[MIN_TARGET_EPSILON, 1000)`.
+pub fn check_target_epsilon(eps: f64) -> Result<f64> {
+    check_open("epsilon", eps, 0.0, 1e3, "the target epsilon must lie in (0, 1000)")?;
+    if eps < MIN_TARGET_EPSILON {
+        return Err(Error::OutOfRange { name: "epsilon", value: format!("{eps:e}"), range: "[0.01, 1000)" });
+    }
+    Ok(eps)
 }
 
 /// Checks a delta: finite, in `(0, 1)`.

@@ -3,8 +3,8 @@
 //!
 //! | argument | accepted | refused with |
 //! |---|---|---|
-//! | noise multiplier `sigma` | finite, `>= MIN_NOISE_MULTIPLIER` (0.01) | `InvalidArgument` (NaN, inf, <= 0), `OutOfRange` (0 < sigma < 0.01) |
-//! | sample rate `q` | finite, in `(0, 1]` | `InvalidArgument` |
+//! | noise multiplier `sigma` | `[MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]` = `[0.01, 1e6]` | `InvalidArgument` (NaN, inf, <= 0), `OutOfRange` (finite, outside) |
+//! | sample rate `q` | `[MIN_SAMPLE_RATE, 1]` = `[1e-12, 1]` | `InvalidArgument` (NaN, <= 0, > 1), `OutOfRange` (0 < q < 1e-12) |
 //! | steps (one group, and a whole history) | `1 ..= MAX_STEPS` (10^9) | `InvalidArgument` (0), `OutOfRange` (above) |
 //! | groups of a history | `<= MAX_GROUPS` (10^5) | `OutOfRange` |
 //! | `delta` | finite, in `(0, 1)` | `InvalidArgument` |
@@ -18,7 +18,16 @@
 //!   (`1e-3`) holds at most `MAX_GRID_POINTS` = 2^23 points, 8.4e3 nats, so below sigma ~ 0.0077
 //!   not even one step fits; 0.01 (mu = 100, a step of about 5e3 + 100 z nats) leaves room for
 //!   the tail quantile. The Edgeworth cumulant quadrature uses `(80 + mu) mu / 0.02` points,
-//!   9e5 at the floor. Larger sigma is always accepted.
+//!   9e5 at the floor.
+//! * `sigma <= 1e6`. The privacy loss `log(1 - q + q e^{mu x - mu^2/2})` is formed in floating
+//!   point and keeps about `16 - log10(sigma)` significant digits: at sigma = 1e12 the
+//!   Edgeworth skewness is already wrong in its first digit, and from about 1e16 the PLD's
+//!   interval masses are (a bogus "mass 1 at infinity"). At 1e6 about ten digits remain, and
+//!   epsilon is small anyway (about 0.1 after 10^9 full-batch steps).
+//! * `q >= 1e-12`. The Edgeworth cumulants scale like `(q mu)^j`, `j <= 6`; with mu >= 1e-6 they
+//!   stay above 1e-108, far from underflow (at q = 1e-300 they vanish and the standardised
+//!   cumulants turn NaN). A rate below 1e-12 would mean more than 10^12 examples per expected
+//!   example in a batch.
 //! * `steps <= 10^9`. The certified upper bound adds a rounding-error allowance for the FFT
 //!   powers that grows linearly with the number of steps (about 3e-14 per step), so past 10^9
 //!   steps it alone exceeds 3e-5, more than any delta DP-SGD uses; step counts enter the

@@ -145,7 +145,7 @@ impl History {
                     [] => Ok(()),
                     // One kind of step: `count` passes are one group (no loop over a crafted count).
                     [g] => {
-                        let steps = g.steps.checked_mul(count).unwrap_or(u64::MAX);
+                        let steps = g.steps.saturating_mul(count); // past MAX_STEPS either way: refused
                         self.compose(g.noise_multiplier, g.sample_rate, steps)
                     }
                     // Each further pass adds at least one group, so MAX_GROUPS bounds the loop.

@@ -7,7 +7,8 @@
 
 use crate::brent::brentq;
 use crate::edgeworth::{self, Order};
-use crate::error::{check_open, Error, Result};
+use crate::domain::{check_delta, check_target_epsilon};
+use crate::error::{Error, Result};
 use crate::event::History;
 use crate::pld::{adaptive_interval, CertifiedEpsilon, PldAccountant};
 use serde::Serialize;
@@ -16,6 +17,8 @@ use serde::Serialize;
 const MAX_SIGMA: f64 = 1e4;
 /// Smallest noise multiplier the search considers.
 const MIN_SIGMA: f64 = 1e-2;
+/// Steps of 1.25 the bracket search walks before it closes the bracket at the end of the range.
+const WALK_STEPS: u32 = 6;
 /// Relative width of the final bracket.
 const TOLERANCE: f64 = 1e-3;
 
@@ -33,50 +36,72 @@ pub struct Calibration {
 }
 
 /// The noise multiplier for `target_epsilon` at `delta` after `steps` steps at sampling rate `q`.
+///
+/// Accepted: `target_epsilon` in `[0.01, 1000)`, `delta` in `(0, 1)`, `sample_rate` in
+/// `[1e-12, 1]`, `steps` in `1 ..= 10^9` (see [`crate::domain`]); anything else is refused before
+/// any evaluation. When the certified accountant cannot state an epsilon for this schedule at
+/// all (it cannot even at `MAX_SIGMA`), its error (`NotCertifiable`, `TooLarge`) is returned as
+/// is; `Calibration` means the accountant works but no sigma up to `MAX_SIGMA` meets the
+/// target. Once a sigma that meets the target is known, a smaller sigma the accountant cannot
+/// certify counts as not meeting it (the answer stays certified; it may then be less tight).
+/// At most about 80 certified evaluations are made.
 pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps: u64) -> Result<Calibration> {
-    check_open("epsilon", target_epsilon, 0.0, 1e3, "the target epsilon must lie in (0, 1000)")?;
-    check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
+    check_target_epsilon(target_epsilon)?;
+    check_delta(delta)?;
     History::homogeneous(1.0, sample_rate, steps)?; // validates q and steps
     let accountant = PldAccountant::with_interval(adaptive_interval(steps, target_epsilon, delta))?;
     let mut evaluations = 0u32;
-    let mut certified = |sigma: f64| -> Option<CertifiedEpsilon> {
+    let mut certified = |sigma: f64| -> Result<CertifiedEpsilon> {
         evaluations += 1;
-        let history = History::homogeneous(sigma, sample_rate, steps).ok()?;
-        accountant.epsilon(&history, delta).ok()
+        let history = History::homogeneous(sigma, sample_rate, steps)?;
+        accountant.epsilon(&history, delta)
     };
-    let meets = |c: &Option<CertifiedEpsilon>| c.as_ref().is_some_and(|c| c.bounds.upper <= target_epsilon);
+    let meets = |c: &Result<CertifiedEpsilon>| c.as_ref().is_ok_and(|c| c.bounds.upper <= target_epsilon);
 
-    let edgeworth_sigma = brentq(
-        |s| {
-            let h = History::homogeneous(s, sample_rate, steps).expect("validated above");
-            let e = edgeworth::epsilon(&h, delta, Order::DEFAULT).map(|e| e.estimate).unwrap_or(f64::INFINITY);
-            e.min(1e6) - target_epsilon
-        },
-        0.05,
-        1e3,
-        1e-4,
-        1e-6,
-    );
-    let start = edgeworth_sigma.unwrap_or(1.0).clamp(MIN_SIGMA, MAX_SIGMA);
+    let edgeworth_gap = |s: f64| {
+        let h = History::homogeneous(s, sample_rate, steps).expect("validated above");
+        let e = edgeworth::epsilon(&h, delta, Order::DEFAULT).map(|e| e.estimate).unwrap_or(f64::INFINITY);
+        e.min(1e6) - target_epsilon
+    };
+    let (ew_lo, ew_hi) = (0.05, 1e3);
+    let edgeworth_sigma = brentq(edgeworth_gap, ew_lo, ew_hi, 1e-4, 1e-6);
+    // Without an Edgeworth root, start at the end of its range the answer lies beyond.
+    let start = match edgeworth_sigma {
+        Some(s) => s,
+        None if edgeworth_gap(ew_hi) > 0.0 => ew_hi,
+        None if edgeworth_gap(ew_lo) < 0.0 => ew_lo,
+        None => 1.0,
+    }
+    .clamp(MIN_SIGMA, MAX_SIGMA);
 
     // Bracket [lo, hi]: hi meets the target, lo does not.
     let mut hi = start * 1.005;
     let mut hi_cert = certified(hi);
     let mut lo = None;
-    while !meets(&hi_cert) {
-        lo = Some(hi);
-        hi *= 1.25;
-        if hi > MAX_SIGMA {
+    if !meets(&hi_cert) {
+        // Before walking up, ask the most noise the search allows: if the accountant cannot
+        // certify even that, no sigma will do, and its error says why (not "target not met").
+        let most = certified(MAX_SIGMA)?;
+        if most.bounds.upper > target_epsilon {
             return Err(Error::Calibration {
                 reason: format!("no noise multiplier up to {MAX_SIGMA} reaches epsilon {target_epsilon} at delta {delta:e}"),
             });
         }
+    }
+    // MAX_SIGMA meets the target (checked above): after WALK_STEPS steps up the bracket is
+    // closed there and bisection takes over (at most ~14 halvings of the log-range).
+    let mut walked = 0;
+    while !meets(&hi_cert) {
+        lo = Some(hi);
+        walked += 1;
+        hi = if walked > WALK_STEPS { MAX_SIGMA } else { (hi * 1.25).min(MAX_SIGMA) };
         hi_cert = certified(hi);
     }
     let mut lo = match lo {
         Some(lo) => lo,
         None => {
             let mut lo = hi / 1.01;
+            let mut walked = 0;
             loop {
                 let c = certified(lo);
                 if !meets(&c) {
@@ -85,8 +110,10 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
                 hi = lo;
                 hi_cert = c;
                 lo /= 1.25;
-                if lo < MIN_SIGMA {
-                    break lo;
+                walked += 1;
+                if lo < MIN_SIGMA || walked > WALK_STEPS {
+                    // Below the accepted floor every evaluation is refused, i.e. not met.
+                    break lo.min(MIN_SIGMA / 1.25);
                 }
             }
         }

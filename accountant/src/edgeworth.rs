@@ -8,7 +8,8 @@
 //! interval (§5, homogeneous histories only) reported as infinite where it is vacuous.
 
 use crate::brent::brentq;
-use crate::error::{check_epsilon, check_open, Error, Result};
+use crate::domain::{check_delta, check_epsilon};
+use crate::error::{Error, Result};
 use crate::event::History;
 use crate::normal::{self, LN_SQRT_2PI};
 use serde::Serialize;
@@ -58,7 +59,13 @@ impl SumCumulants {
         if order.0 == 0 {
             return main;
         }
-        main + (log_scale - 0.5 * z * z - LN_SQRT_2PI).exp() * self.correction(z, order)
+        let weight = (log_scale - 0.5 * z * z - LN_SQRT_2PI).exp();
+        if weight == 0.0 {
+            // Far in the tail (or an epsilon of 1e300): the correction's polynomial may be
+            // infinite there, and 0 * inf must not turn the answer into NaN.
+            return main;
+        }
+        main + weight * self.correction(z, order)
     }
 
     /// `c_r(z)` of §3: `F(x) ~ Phi(z) - phi(z) c_r(z)`.
@@ -149,7 +156,7 @@ pub struct EdgeworthEstimate {
 /// Edgeworth estimate of epsilon at `delta` for a history.
 pub fn epsilon(history: &History, delta: f64, order: Order) -> Result<EdgeworthEstimate> {
     history.require_nonempty()?;
-    check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
+    check_delta(delta)?;
     let (kx, ky) = sum_cumulants(history);
     let estimate = invert_delta(|e| delta_from_cumulants(&kx, &ky, e, order), delta);
     let tail_correction_large = estimate.is_finite() && order.0 > 0 && {

@@ -21,6 +21,30 @@ pub enum Error {
         /// Why, in words a person can act on.
         reason: String,
     },
+    /// A finite argument lies outside the range this accountant supports (see [`crate::domain`]):
+    /// the value is meaningful, but the method cannot work with it within bounded memory and time.
+    #[error("{name} = {value} is outside the accepted range {range}")]
+    OutOfRange {
+        /// The argument's name as the user wrote it (`sigma`, `steps`, ...).
+        name: &'static str,
+        /// The offending value, printed.
+        value: String,
+        /// The accepted range, printed (e.g. `[0.01, inf)`).
+        range: &'static str,
+    },
+    /// The certified method would need a grid larger than its memory cap
+    /// ([`crate::domain::MAX_GRID_POINTS`]); refused before allocating.
+    #[error("cannot certify: {what} needs {points} grid points at interval {interval:e}, above the limit of {limit}")]
+    TooLarge {
+        /// What would have been allocated (`one step's privacy loss`, `the composed privacy loss`).
+        what: &'static str,
+        /// The number of grid points it would need, printed (may be `inf`).
+        points: String,
+        /// The value discretisation interval of the grid.
+        interval: f64,
+        /// The cap.
+        limit: usize,
+    },
     /// Calibration found no noise multiplier meeting the target in its search range.
     #[error("calibration failed: {reason}")]
     Calibration {
@@ -35,23 +59,5 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub(crate) fn invalid(name: &'static str, value: f64, reason: &'static str) -> Self {
         Error::InvalidArgument { name, value: format!("{value}"), reason }
-    }
-}
-
-/// Checks that `value` is a finite number strictly inside `(lo, hi)` (an open interval).
-pub(crate) fn check_open(name: &'static str, value: f64, lo: f64, hi: f64, reason: &'static str) -> Result<f64> {
-    if value.is_finite() && value > lo && value < hi {
-        Ok(value)
-    } else {
-        Err(Error::invalid(name, value, reason))
-    }
-}
-
-/// Checks an epsilon argument: a finite number >= 0.
-pub(crate) fn check_epsilon(eps: f64) -> Result<f64> {
-    if eps.is_finite() && eps >= 0.0 {
-        Ok(eps)
-    } else {
-        Err(Error::invalid("epsilon", eps, "epsilon must be a finite number >= 0"))
     }
 }

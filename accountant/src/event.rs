@@ -3,6 +3,7 @@
 //!
 //! A stored event's meaning never changes; a new kind of mechanism is a new variant.
 
+use crate::domain::{check_steps, MAX_GROUPS, MAX_STEPS};
 use crate::error::{Error, Result};
 use crate::mechanism::SubsampledGaussian;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,8 @@ impl StepGroup {
 #[serde(try_from = "Vec<StepGroup>", into = "Vec<StepGroup>")]
 pub struct History {
     groups: Vec<StepGroup>,
+    /// Sum of the groups' steps (kept so that composing one step stays O(1)).
+    total: u64,
 }
 
 impl History {
@@ -68,7 +71,9 @@ impl History {
         Self::default()
     }
 
-    /// A homogeneous history: `steps` steps of `(sigma, q)`.
+    /// A homogeneous history: `steps` steps of `(sigma, q)`. Accepted: sigma finite and
+    /// `>= 0.01`, q in `(0, 1]`, steps in `1 ..= 10^9` ([`crate::domain`]); anything else is
+    /// `InvalidArgument` or `OutOfRange`.
     pub fn homogeneous(noise_multiplier: f64, sample_rate: f64, steps: u64) -> Result<Self> {
         let mut h = Self::new();
         h.compose(noise_multiplier, sample_rate, steps)?;
@@ -85,22 +90,30 @@ impl History {
     }
 
     /// Appends `steps` steps of `(sigma, q)`, merging with the last group when it matches (as
-    /// Opacus' `step()` does). Zero steps are refused: they would be a silent no-op.
+    /// Opacus' `step()` does). Zero steps are refused: they would be a silent no-op. The whole
+    /// history holds at most `MAX_STEPS` (10^9) steps; past it the call is refused
+    /// (`OutOfRange`, name `steps`) and the history is left unchanged; so is a history of more
+    /// than `MAX_GROUPS` (10^5) groups (`OutOfRange`, name `history`).
     pub fn compose(&mut self, noise_multiplier: f64, sample_rate: f64, steps: u64) -> Result<()> {
         SubsampledGaussian::new(noise_multiplier, sample_rate)?;
-        if steps == 0 {
-            return Err(Error::InvalidArgument { name: "steps", value: "0".into(), reason: "the number of steps must be >= 1" });
+        check_steps(steps)?;
+        let total = self.total + steps; // both <= MAX_STEPS: no overflow
+        if total > MAX_STEPS {
+            return Err(Error::OutOfRange { name: "steps", value: format!("{total} in total"), range: "[1, 1e9] in total" });
         }
+        let groups = self.groups.len();
         match self.groups.last_mut() {
-            Some(last) if last.noise_multiplier == noise_multiplier && last.sample_rate == sample_rate => {
-                last.steps = last.steps.checked_add(steps).ok_or_else(|| Error::InvalidArgument {
-                    name: "steps",
-                    value: steps.to_string(),
-                    reason: "the total number of steps overflows u64",
-                })?;
+            Some(last) if last.noise_multiplier == noise_multiplier && last.sample_rate == sample_rate => last.steps += steps,
+            _ if groups >= MAX_GROUPS => {
+                return Err(Error::OutOfRange {
+                    name: "history",
+                    value: format!("{} groups", groups + 1),
+                    range: "[1, 100000] groups",
+                })
             }
             _ => self.groups.push(StepGroup { noise_multiplier, sample_rate, steps }),
         }
+        self.total = total;
         Ok(())
     }
 
@@ -124,12 +137,27 @@ impl History {
                 self.compose_event(event, total)
             }
             DpEvent::Composed(events) => {
-                for _ in 0..count {
-                    for e in events {
-                        self.compose_event(e, 1)?;
+                let mut pass = History::new();
+                for e in events {
+                    pass.compose_event(e, 1)?;
+                }
+                match pass.groups() {
+                    [] => Ok(()),
+                    // One kind of step: `count` passes are one group (no loop over a crafted count).
+                    [g] => {
+                        let steps = g.steps.saturating_mul(count); // past MAX_STEPS either way: refused
+                        self.compose(g.noise_multiplier, g.sample_rate, steps)
+                    }
+                    // Each further pass adds at least one group, so MAX_GROUPS bounds the loop.
+                    groups => {
+                        for _ in 0..count {
+                            for g in groups {
+                                self.compose(g.noise_multiplier, g.sample_rate, g.steps)?;
+                            }
+                        }
+                        Ok(())
                     }
                 }
-                Ok(())
             }
         }
     }
@@ -141,7 +169,7 @@ impl History {
 
     /// Total number of steps.
     pub fn total_steps(&self) -> u64 {
-        self.groups.iter().map(|g| g.steps).sum()
+        self.total
     }
 
     /// True when nothing has been composed.

@@ -9,6 +9,8 @@
 //! * [`rdp`] — Rényi DP, the classic loose baseline.
 //! * [`calibrate`] — the noise multiplier for a target (epsilon, delta), always certified.
 //! * [`report`] — the three side by side, with the divergence warning of §7.
+//! * [`domain`] — the accepted range of every argument; anything outside it is a typed error,
+//!   returned before any arithmetic or allocation.
 //!
 //! ```
 //! use ewtune_accountant::{History, pld::PldAccountant};
@@ -21,6 +23,7 @@
 
 mod brent;
 pub mod calibrate;
+pub mod domain;
 pub mod edgeworth;
 mod error;
 mod event;

@@ -6,10 +6,14 @@
 //! `L(x) = log(1 - q + q exp(mu x - mu^2/2))`, `X = L(xi), xi ~ P`, `Y = L(xi), xi ~ Q`.
 //! `q = 1` is the plain Gaussian mechanism.
 
-use crate::error::{check_open, Error, Result};
+use crate::domain::{check_noise_multiplier, check_sample_rate};
+use crate::error::Result;
 use crate::normal;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// Most points of the cumulant quadrature (never reached for an accepted sigma).
+const MAX_QUADRATURE_POINTS: usize = 1 << 21;
 
 /// One DP-SGD step: the Gaussian mechanism with noise multiplier `sigma` (noise std / L2
 /// sensitivity) applied to a Poisson sample drawn at rate `q`, add/remove-one adjacency.
@@ -22,12 +26,11 @@ pub struct SubsampledGaussian {
 }
 
 impl SubsampledGaussian {
-    /// Validates and builds the mechanism.
+    /// Validates and builds the mechanism: `noise_multiplier` finite and
+    /// `>= MIN_NOISE_MULTIPLIER` (0.01), `sample_rate` in `(0, 1]` (see [`crate::domain`]).
     pub fn new(noise_multiplier: f64, sample_rate: f64) -> Result<Self> {
-        check_open("sigma", noise_multiplier, 0.0, f64::INFINITY, "the noise multiplier must be a finite number > 0")?;
-        if !(sample_rate.is_finite() && sample_rate > 0.0 && sample_rate <= 1.0) {
-            return Err(Error::invalid("sample_rate", sample_rate, "the sampling rate q must lie in (0, 1]"));
-        }
+        check_noise_multiplier(noise_multiplier)?;
+        check_sample_rate(sample_rate)?;
         Ok(Self { noise_multiplier, sample_rate })
     }
 
@@ -122,7 +125,9 @@ impl SubsampledGaussian {
         let mu = self.mu();
         let h = (0.02 / mu).min(0.01);
         let end = 40.0 + mu + h;
-        let count = ((end + 40.0) / h).ceil() as usize;
+        // At the sigma floor (mu = 100) this is 9e5 points; the cap only guards a mechanism
+        // built around `new` (its fields are public) from allocating without bound.
+        let count = (((end + 40.0) / h).ceil() as usize).min(MAX_QUADRATURE_POINTS);
         let mut losses = Vec::with_capacity(count);
         let mut w_p = Vec::with_capacity(count);
         let mut w_q = Vec::with_capacity(count);
@@ -224,6 +229,7 @@ pub struct PllrStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn rel(a: f64, b: f64) -> f64 {
         ((a - b) / b).abs()
@@ -319,5 +325,6 @@ mod tests {
         assert!(matches!(SubsampledGaussian::new(1.0, 0.0), Err(Error::InvalidArgument { name: "sample_rate", .. })));
         assert!(matches!(SubsampledGaussian::new(1.0, 1.5), Err(Error::InvalidArgument { name: "sample_rate", .. })));
         assert!(SubsampledGaussian::new(1.0, 1.0).is_ok());
+        assert!(matches!(SubsampledGaussian::new(1e-300, 0.1), Err(Error::OutOfRange { name: "sigma", .. })));
     }
 }

@@ -24,7 +24,8 @@
 //! `estimate` is the connect-the-dots value itself (what dp_accounting reports as its PLD epsilon).
 
 use crate::edgeworth::{self, Order};
-use crate::error::{check_epsilon, check_open, Error, Result};
+use crate::domain::{check_delta, check_epsilon, check_open, MAX_GRID_POINTS};
+use crate::error::{Error, Result};
 use crate::event::{History, StepGroup};
 use crate::mechanism::SubsampledGaussian;
 use crate::normal;
@@ -34,7 +35,13 @@ use serde::Serialize;
 
 const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
 /// Largest FFT the accountant will run (2^23 points, 64 MiB per buffer).
-const MAX_FFT_LEN: usize = 1 << 23;
+const MAX_FFT_LEN: usize = MAX_GRID_POINTS;
+/// Grid indices beyond this are not exact in f64 (2^53).
+const EXACT_INDEX: f64 = 9_007_199_254_740_992.0;
+/// Most grid points of all one-step PMFs of a history together (they are alive at once).
+const MAX_STEP_POINTS: f64 = 4.0 * MAX_GRID_POINTS as f64;
+/// Most (groups x FFT length) one composition may cost: each group is one forward FFT.
+const MAX_COMPOSE_WORK: f64 = 64.0 * MAX_GRID_POINTS as f64;
 /// Coarsest value discretisation the adaptive rule picks.
 const MAX_INTERVAL: f64 = 1e-3;
 /// Finest value discretisation the adaptive rule picks.
@@ -113,7 +120,7 @@ impl PldAccountant {
     /// question many times between two training steps.
     pub fn epsilon(&self, history: &History, delta: f64) -> Result<CertifiedEpsilon> {
         history.require_nonempty()?;
-        check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
+        check_delta(delta)?;
         let key = memo_key(history, delta, self.discretization);
         if let Some(hit) = memo().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(*hit);
@@ -296,7 +303,8 @@ impl LossModel {
         let (lo, hi, lo_truncated, hi_truncated) = self.range(tau);
         let first = (lo / h).floor() as i64;
         let last = (hi / h).ceil() as i64;
-        let len = (last - first + 1) as usize;
+        // Composed::build has checked that both indices are exact and the span is below the cap.
+        let len = (last - first + 1).max(1) as usize;
         let mut probs = vec![0.0; len];
         // Lower tail below the first grid point (only when truncated): rounded up onto it.
         let mut raised_mass = 0.0;
@@ -306,7 +314,7 @@ impl LossModel {
             raised_mass = a;
         }
         let shrink = -(-h).exp_m1(); // 1 - e^{-h}
-        for i in 0..len - 1 {
+        for i in 0..len.saturating_sub(1) {
             let la = (first + i as i64) as f64 * h;
             let lb = la + h;
             let (a, b) = self.masses(la, lb);
@@ -345,17 +353,22 @@ struct Composed {
 
 impl Composed {
     fn build(history: &History, adjacency: Adjacency, h: f64, truncation: f64, window_tail: f64) -> Result<Self> {
+        // Every size is checked in f64 (never wraps) before anything is allocated.
+        let too_large = |what: &'static str, points: f64| Error::TooLarge { what, points: format!("{points:.3e}"), interval: h, limit: MAX_FFT_LEN };
+        let mut all_points = 0.0;
         for g in history.groups() {
             let (lo, hi, _, _) = LossModel { mech: g.mechanism(), adjacency }.range(truncation);
-            let points = (hi - lo) / h;
-            if points.is_nan() || points >= MAX_FFT_LEN as f64 {
-                return Err(Error::NotCertifiable {
-                    reason: format!(
-                        "one step at sigma = {} spans {points:.3e} grid points at interval {h:e}, above the limit of {MAX_FFT_LEN}",
-                        g.noise_multiplier
-                    ),
-                });
+            // +3: the floor/ceil of both ends and the last point. Grid indices must also be exact
+            // integers in f64 (below 2^53) to be cast to i64 and offset without overflow.
+            let (lo_index, hi_index) = ((lo / h).floor(), (hi / h).ceil());
+            let points = (hi_index - lo_index + 3.0).max(0.0);
+            if !points.is_finite() || points >= MAX_FFT_LEN as f64 || lo_index.abs() >= EXACT_INDEX || hi_index.abs() >= EXACT_INDEX {
+                return Err(too_large("one step's privacy loss", if points.is_nan() { f64::INFINITY } else { points }));
             }
+            all_points += points;
+        }
+        if all_points > MAX_STEP_POINTS {
+            return Err(too_large("the one-step privacy losses of the history together", all_points));
         }
         let steps: Vec<(StepPmf, u64)> = history
             .groups()
@@ -364,23 +377,27 @@ impl Composed {
             .collect();
         // Window from Chernoff bounds of the finite parts: P(S > hi) <= tail, P(S < lo) <= tail.
         let ln_tail = window_tail.ln();
-        let hi_idx = chernoff_edge(&steps, ln_tail, 1.0);
-        let lo_idx = -chernoff_edge(&steps, ln_tail, -1.0);
-        let min_idx: i64 = steps.iter().map(|(p, n)| p.first.saturating_mul(*n as i64)).sum();
-        let max_idx: i64 = steps.iter().map(|(p, n)| (p.first + p.probs.len() as i64 - 1).saturating_mul(*n as i64)).sum();
-        let lo_idx = lo_idx.max(min_idx);
+        // Grid indices in i128: |first| < 2^63 per step times at most 10^9 steps cannot overflow.
+        let hi_idx = i128::from(chernoff_edge(&steps, ln_tail, 1.0));
+        let lo_idx = -i128::from(chernoff_edge(&steps, ln_tail, -1.0));
+        let min_idx: i128 = steps.iter().map(|(p, n)| i128::from(p.first) * i128::from(*n)).sum();
+        let max_idx: i128 = steps.iter().map(|(p, n)| (i128::from(p.first) + p.probs.len() as i128 - 1) * i128::from(*n)).sum();
         let hi_idx = hi_idx.min(max_idx);
-        let widest = steps.iter().map(|(p, _)| p.probs.len()).max().unwrap_or(1);
-        let needed = ((hi_idx - lo_idx + 1) as usize).max(widest) + 1;
-        let fft_len = needed.next_power_of_two();
-        if fft_len > MAX_FFT_LEN {
-            return Err(Error::NotCertifiable {
-                reason: format!(
-                    "the composed privacy loss needs {needed} grid points at interval {h:e}, above the limit of {MAX_FFT_LEN}; \
-                     use a coarser value discretisation"
-                ),
-            });
+        let lo_idx = lo_idx.max(min_idx).min(hi_idx);
+        let widest = steps.iter().map(|(p, _)| p.probs.len()).max().unwrap_or(1) as i128;
+        let needed = (hi_idx - lo_idx + 1).max(widest) + 1;
+        if needed > MAX_FFT_LEN as i128 {
+            return Err(too_large("the composed privacy loss", needed as f64));
         }
+        let fft_len = (needed as usize).next_power_of_two();
+        if fft_len > MAX_FFT_LEN {
+            return Err(too_large("the composed privacy loss", fft_len as f64));
+        }
+        if steps.len() as f64 * fft_len as f64 > MAX_COMPOSE_WORK {
+            return Err(too_large("composing every group of the history", steps.len() as f64 * fft_len as f64));
+        }
+        // The window's first index: within +-i64::MAX/4 (chernoff_edge's range, and lo <= hi).
+        let lo_idx = i64::try_from(lo_idx).map_err(|_| too_large("the composed privacy loss", lo_idx as f64))?;
         let (probs, numerical) = compose_fft(&steps, fft_len, lo_idx);
         let total_steps = history.total_steps() as f64;
         let inf_mass = -steps.iter().map(|(p, n)| *n as f64 * (-p.inf_mass).ln_1p()).sum::<f64>().exp_m1();
@@ -584,7 +601,7 @@ fn compose_fft(steps: &[(StepPmf, u64)], len: usize, lo_idx: i64) -> (Vec<f64>, 
     let mut err_coef = vec![0.0f64; half];
     let mut buf = forward.make_input_vec();
     let mut spec = forward.make_output_vec();
-    let mut base: i64 = 0;
+    let mut base: i128 = 0;
     for (pmf, count) in steps {
         let n = *count as f64;
         buf.iter_mut().for_each(|x| *x = 0.0);
@@ -605,7 +622,7 @@ fn compose_fft(steps: &[(StepPmf, u64)], len: usize, lo_idx: i64) -> (Vec<f64>, 
             log_envelope[k] += (n - 1.0) * (r + fft_err).min(1.0).ln();
             err_coef[k] += n * (fft_err + UNIT_ROUNDOFF * (ln_r.abs().min(1e3) + std::f64::consts::PI)) + 6.0 * UNIT_ROUNDOFF;
         }
-        base += pmf.first * *count as i64;
+        base += i128::from(pmf.first) * i128::from(*count);
     }
     // a-posteriori error of the spectrum (Parseval: the L1 error of the result is at most the
     // L2 norm of the full spectrum's error), plus the inverse transform's own error.
@@ -626,7 +643,7 @@ fn compose_fft(steps: &[(StepPmf, u64)], len: usize, lo_idx: i64) -> (Vec<f64>, 
     let scale = 1.0 / len as f64;
     let window: Vec<f64> = (0..len)
         .map(|i| {
-            let r = (lo_idx + i as i64 - base).rem_euclid(len as i64) as usize;
+            let r = (i128::from(lo_idx) + i as i128 - base).rem_euclid(len as i128) as usize;
             out[r] * scale
         })
         .collect();

@@ -6,7 +6,8 @@
 //! Canonne, Kamath, Steinke, arXiv 2004.00010 v4, Proposition 12, with the KL shortcut
 //! `delta <= sqrt(1 - exp(-KL))`.
 
-use crate::error::{check_epsilon, check_open, Result};
+use crate::domain::{check_delta, check_epsilon};
+use crate::error::Result;
 use crate::event::History;
 use crate::normal;
 use serde::Serialize;
@@ -99,7 +100,7 @@ fn history_rdp(history: &History, alpha: f64) -> f64 {
 /// The RDP epsilon of a history at `delta`, over dp_accounting's default orders.
 pub fn epsilon(history: &History, delta: f64) -> Result<RdpEpsilon> {
     history.require_nonempty()?;
-    check_open("delta", delta, 0.0, 1.0, "delta must lie in (0, 1)")?;
+    check_delta(delta)?;
     let mut best = RdpEpsilon { epsilon: f64::INFINITY, order: f64::NAN };
     for alpha in default_orders() {
         let rdp = history_rdp(history, alpha);

@@ -107,6 +107,30 @@ fn bad_input_names_the_argument() {
     }
 }
 
+/// Issue 9 item 3: absurd numbers are refused with the argument named and exit code 2, never a
+/// panic (101), an abort or minutes of work.
+#[test]
+fn r9_absurd_input_is_a_clear_error() {
+    for (args, name) in [
+        (vec!["epsilon", "--sigma", "1e-300", "--sample-rate", "0.01", "--steps", "100", "--delta", "1e-5"], "sigma"),
+        (vec!["epsilon", "--sigma", "1e-4", "--sample-rate", "0.01", "--steps", "100", "--delta", "1e-5"], "sigma"),
+        (vec!["epsilon", "--sigma", "1e300", "--sample-rate", "0.01", "--steps", "100", "--delta", "1e-5"], "sigma"),
+        (vec!["epsilon", "--sigma", "1e4", "--sample-rate", "0.01", "--steps", "10000000000000000", "--delta", "1e-5"], "steps"),
+        (vec!["epsilon", "--sigma", "1", "--sample-rate", "0.01", "--steps", "18446744073709551615", "--delta", "1e-5"], "steps"),
+        (vec!["epsilon", "--sigma", "1", "--sample-rate", "0.01", "--steps", "9223372036854775808", "--delta", "1e-5"], "steps"),
+        (vec!["epsilon", "--sigma", "1", "--sample-rate", "5e-324", "--steps", "10", "--delta", "1e-5"], "sample_rate"),
+        (vec!["epsilon", "--sigma", "1", "--batch-size", "1", "--dataset-size", "10", "--epochs", "1e300", "--delta", "1e-5"], "--epochs"),
+        (vec!["delta", "--sigma", "1", "--sample-rate", "0.01", "--steps", "10", "--epsilon", "inf"], "epsilon"),
+        (vec!["sigma", "--epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.01", "--steps", "18446744073709551615"], "steps"),
+        (vec!["sigma", "--epsilon", "1", "--delta", "1e-5", "--sample-rate", "0.01", "--steps", "1000000000"], "cannot certify"),
+    ] {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(err.starts_with("error: ") && err.contains(name), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn epsilon_beyond_the_method_range_is_an_error() {
     // sigma = 0.05 with q = 1 for 10^5 steps: epsilon in the millions; the accountant must refuse,

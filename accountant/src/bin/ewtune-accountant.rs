@@ -4,6 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ewtune_accountant::edgeworth::Order;
+use ewtune_accountant::domain::MAX_STEPS;
 use ewtune_accountant::{calibrate, report, History, StepGroup};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -141,7 +142,13 @@ impl ScheduleArgs {
                 let q = b as f64 / n as f64;
                 let steps = match (self.steps, self.epochs) {
                     (Some(s), None) => s,
-                    (None, Some(e)) if e.is_finite() && e > 0.0 => (e * n as f64 / b as f64).ceil() as u64,
+                    (None, Some(e)) if e.is_finite() && e > 0.0 => {
+                        let steps = (e * n as f64 / b as f64).ceil();
+                        if steps > MAX_STEPS as f64 {
+                            return Err(usage(format!("invalid --epochs {e}: {steps:e} steps, above the accepted {MAX_STEPS}")));
+                        }
+                        steps as u64
+                    }
                     (None, Some(e)) => return Err(usage(format!("invalid --epochs {e}: must be a finite number > 0"))),
                     _ => return Err(usage("--batch-size and --dataset-size need --epochs (or --steps)")),
                 };

@@ -76,8 +76,12 @@ fn settle(state: &State, tenant: &TenantId, req: &pb::JobSpec, draw: bool) -> Re
 /// client's to change (InvalidArgument, or FailedPrecondition when no noise reaches the target).
 fn plan_error(e: crate::train::TrainError) -> Status {
     use crate::train::TrainError;
+    use ewtune_accountant::Error as AccountantError;
     match e {
         TrainError::BadSpec { field, reason } => invalid(field, reason),
+        TrainError::Accountant(a @ (AccountantError::InvalidArgument { .. } | AccountantError::OutOfRange { .. })) => {
+            Status::invalid_argument(format!("the privacy accountant refuses this job: {a}"))
+        }
         TrainError::Accountant(a) => Status::failed_precondition(format!("the privacy accountant cannot plan this job: {a}")),
         other => {
             tracing::error!(error = %other, "planning failed");

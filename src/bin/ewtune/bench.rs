@@ -163,7 +163,7 @@ async fn hostile_load(connect: &crate::client::Connect, hostile: Hostile, datase
         let mut datasets = connect.clients().await?.datasets;
         let stop = stop.clone();
         let line = "{\"text\": \"The patient was seen on Monday with a cough; we advised rest and fluids.\"}\n";
-        let body = line.repeat((hostile.upload_mib as usize) << 20 / line.len());
+        let body = line.repeat(((hostile.upload_mib as usize) << 20) / line.len());
         tasks.spawn(async move {
             let (mut ok, mut other) = (0, 0);
             let mut n = 0u64;

@@ -61,9 +61,8 @@ impl pb::datasets_server::Datasets for DatasetsApi {
             })
             .await??;
         let id = crate::store::DatasetId::parse(&sha)?;
-        let new = NewDataset { name, sha256: sha, path: String::new(), units, privacy_unit: unit, user_field, budget_epsilon, budget_delta };
         let path = dataset_file(&self.state, id.as_str());
-        let new = NewDataset { path: path.display().to_string(), ..new };
+        let new = NewDataset { name, sha256: sha, path: path.display().to_string(), units, privacy_unit: unit, user_field, budget_epsilon, budget_delta };
 
         // Write-and-record, one registration at a time (the parsing above runs in parallel).
         let _serial = self.state.dataset_writes.lock().await;

@@ -1,7 +1,7 @@
 //! The gRPC server: ewtune's services behind the auth interceptor, plus grpc.health.v1 and
 //! server reflection (v1 and v1alpha) listing only `ewtune.v1.*` and the health service, on an
 //! already bound listener so the daemon and the tests run the same code. TLS when configured.
-//! The resource limits (`limit.rs`) wrap it: the connection cap and timeouts on the accepted
+//! The resource limits (`admission.rs`) wrap it: the connection cap and timeouts on the accepted
 //! sockets, the upload cap as a layer, HTTP/2 keepalive here.
 
 use super::auth::Authenticator;
@@ -33,14 +33,14 @@ pub async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .layer(super::limit::RequestLimitLayer::new(limits.max_concurrent_uploads));
+        .layer(super::admission::RequestLimitLayer::new(limits.max_concurrent_uploads));
     if let Some((cert, key)) = &state.config.tls {
         let cert = std::fs::read(cert)?;
         let key = std::fs::read(key)?;
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
     }
     const MAX_MESSAGE: usize = 256 << 20; // datasets and audit texts are uploaded in one message
-    let incoming = super::limit::incoming(listener, limits);
+    let incoming = super::admission::incoming(listener, limits);
     builder
         .add_service(health)
         .add_service(reflection_v1)
@@ -55,7 +55,7 @@ pub async fn serve(
             pb::audits_server::AuditsServer::new(super::audits::AuditsApi { state }).max_decoding_message_size(MAX_MESSAGE),
             auth,
         ))
-        // TCP_NODELAY is set on every accepted socket (limit.rs).
+        // TCP_NODELAY is set on every accepted socket (admission.rs).
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -572,7 +572,6 @@ mod tests {
         expect(&fx.store, &job.id, "cancel_requested");
         fx.store.requeue_running().unwrap();
         expect(&fx.store, &job.id, "cancelled");
-        drop(expect);
         fx.store.list_jobs(&acme).unwrap();
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     }

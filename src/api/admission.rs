@@ -1,4 +1,4 @@
-//! The server's resource limits below the services: how many connections are served at once,
+//! What the server admits, below the services: how many connections are served at once,
 //! how long a connection may take to send its first request and stay open with nothing in
 //! flight, and how many uploads are decoded at once.
 //!

@@ -572,7 +572,7 @@ mod tests {
         expect(&fx.store, &job.id, "cancel_requested");
         fx.store.requeue_running().unwrap();
         expect(&fx.store, &job.id, "cancelled");
-        fx.store.list_jobs(&acme).unwrap();
+        fx.store.list_jobs(&acme, Page::default()).unwrap();
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     }
 

@@ -1,6 +1,6 @@
 //! The server's resource limits over real loopback connections: Watch streams end when their
 //! clients leave and are capped per tenant, events are pushed; connections that send no
-//! request are closed and the connection cap holds; uploads past their cap are refused unread
+//! request are closed and the connection cap holds; uploads past their cap wait briefly, then are refused unread,
 //! and the daemon's memory stays bounded; what the daemon writes is private (0600/0700) and stale temp
 //! files are gone at start-up.
 //!
@@ -364,13 +364,14 @@ fn big_dataset(bytes: usize, seed: usize) -> Vec<u8> {
     out
 }
 
-/// Issue 9: with `max_concurrent_uploads = 1`, of four 32 MiB uploads sent at once those past
-/// the cap are answered RESOURCE_EXHAUSTED (naming the key) without being read, each succeeds
-/// when sent again, and the daemon's peak memory grows by well under what four decoded at once
+/// Issue 9: with `max_concurrent_uploads = 1`, four 32 MiB uploads sent at once on one
+/// connection each succeed or, past the cap and its short wait, are answered RESOURCE_EXHAUSTED
+/// (naming the key) without being read and succeed when sent again; small uploads from ten
+/// connections at once all get through by waiting; the daemon's peak memory grows by well under what four decoded at once
 /// would take (measured against one upload alone: under twice its growth, where four at once
 /// would be about four times).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_past_the_cap_are_refused_and_memory_stays_bounded() {
+async fn uploads_past_the_cap_wait_briefly_and_memory_stays_bounded() {
     const SIZE: usize = 32 << 20;
     let d = Ewtuned::start("max_concurrent_uploads = 1\n", |_| {}).await;
     let ch = channel(&d.addr()).await;
@@ -401,11 +402,25 @@ async fn uploads_past_the_cap_are_refused_and_memory_stays_bounded() {
     }
     let four = d.peak_rss() - base;
     eprintln!("ewtuned peak RSS growth: one 32 MiB upload {} MiB; four at once (cap 1, {} refused) {} MiB", one >> 20, refused.len(), four >> 20);
-    assert!(!refused.is_empty(), "four at once with a cap of one");
     assert!(one >= SIZE as u64, "one upload grows the peak by at least its size ({one} bytes)");
     assert!(four < 2 * one, "four uploads at once took {four} bytes, one alone {one}");
     for seed in refused {
         register(seed).await.unwrap();
+    }
+    // Small uploads from separate connections wait for the one slot and all succeed.
+    let small: Vec<_> = (0..10u64)
+        .map(|seed| {
+            let (addr, token) = (d.addr(), d.token.clone());
+            tokio::spawn(async move {
+                let ch = channel(&addr).await;
+                pb::datasets_client::DatasetsClient::new(ch)
+                    .register(authed(&token, pb::RegisterDatasetRequest { name: "small".into(), content: notes(300, 100 + seed), budget_epsilon: 1.0, budget_delta: 1e-5, ..Default::default() }))
+                    .await
+            })
+        })
+        .collect();
+    for s in small {
+        s.await.unwrap().unwrap();
     }
 }
 

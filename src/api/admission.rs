@@ -15,10 +15,11 @@
 //! * [`RequestLimitLayer`] counts each connection's requests in flight (until the response
 //!   body ends) and lets at most `max_concurrent_uploads` of Datasets.Register and Audits.Create
 //!   run at once (tonic decodes a message whole, up to 256 MiB, before the handler runs). One
-//!   past the cap is answered RESOURCE_EXHAUSTED at once, before its message is read, and its
-//!   body is dropped. It does not wait: an upload waiting unread would keep the data its client
-//!   already sent in HTTP/2's connection-wide flow-control window, and a few of them on one
-//!   connection would stall the upload being served on that connection for good.
+//!   past the cap waits, unread, up to [`UPLOAD_WAIT`] for a slot, then is answered
+//!   RESOURCE_EXHAUSTED and its body dropped. The wait is short on purpose: an upload waiting
+//!   unread keeps what its client already sent in HTTP/2's connection-wide flow-control window,
+//!   so a few of them on one connection stall the upload being received on that connection
+//!   until they give up.
 //!
 //! What this file does not own: the services, TLS, and the Watch stream cap (`watch.rs`).
 
@@ -39,6 +40,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The methods whose one message is an upload of up to 256 MiB.
 pub const UPLOADS: [&str; 2] = ["/ewtune.v1.Datasets/Register", "/ewtune.v1.Audits/Create"];
+
+/// How long an upload past `max_concurrent_uploads` waits for a slot before RESOURCE_EXHAUSTED.
+pub const UPLOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Pause after a failed accept (EMFILE and the like), so a persistent error does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -314,26 +318,22 @@ where
             // Request::remote_addr() looks for the plain TCP info.
             req.extensions_mut().insert(f.0.tcp.clone());
         }
-        let upload_slot = if UPLOADS.contains(&req.uri().path()) {
-            match self.uploads.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) => {
-                    // Answered now; dropping the request drops its body unread.
-                    let status = tonic::Status::resource_exhausted(format!(
-                        "{} uploads are being received already (max_concurrent_uploads); retry shortly",
-                        self.max_uploads
-                    ));
-                    return Box::pin(std::future::ready(Ok(status.into_http::<tonic::body::Body>())));
-                }
-            }
-        } else {
-            None
-        };
+        let upload_slots = UPLOADS.contains(&req.uri().path()).then(|| (self.uploads.clone(), self.max_uploads));
         // The ready service goes into the future; a fresh clone stays for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let _upload_slot = upload_slot;
+            let _upload_slot = match upload_slots {
+                None => None,
+                Some((slots, max)) => match tokio::time::timeout(UPLOAD_WAIT, slots.acquire_owned()).await {
+                    Ok(Ok(slot)) => Some(slot),
+                    _ => {
+                        // Dropping the request drops its body unread.
+                        let status = tonic::Status::resource_exhausted(format!("{max} uploads are being received already (max_concurrent_uploads); retry shortly"));
+                        return Ok(status.into_http::<tonic::body::Body>());
+                    }
+                },
+            };
             let response = inner.call(req).await?;
             Ok(response.map(|body| tonic::body::Body::new(Tracked { body: Box::pin(body), _in_flight: in_flight })))
         })

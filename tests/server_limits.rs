@@ -1,8 +1,8 @@
 //! The server's resource limits over real loopback connections: Watch streams end when their
 //! clients leave and are capped per tenant, events are pushed; connections that send no
-//! request are closed and the connection cap holds; uploads past their cap wait briefly, then are refused unread,
-//! and the daemon's memory stays bounded; what the daemon writes is private (0600/0700) and stale temp
-//! files are gone at start-up.
+//! request are closed and the connection cap holds; uploads past their cap wait briefly, then
+//! are refused unread, and the daemon's memory stays bounded; what the daemon writes is private
+//! (0600/0700) and stale temp files are gone at start-up.
 //!
 //! Two shapes of server: [`Served`] runs the API alone in-process (no scheduler: a created job
 //! stays queued, and the test drives the scheduler's own store calls to push events), and

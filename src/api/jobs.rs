@@ -1,15 +1,13 @@
 //! `ewtune.v1.Jobs`: plan (no side effects), create (reserve then queue), get, list, watch
-//! (a server stream of events), cancel.
+//! (a server stream of events, in `watch.rs`), cancel.
 
 use super::auth::tenant;
 use super::convert::{self, invalid, CheckedSpec};
 use super::pb;
 use crate::daemon::State;
-use crate::store::{JobId, JobState, NewJob, TenantId};
+use crate::store::{JobId, NewJob, TenantId};
 use crate::train::job::plan;
-use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// The service.
@@ -176,54 +174,10 @@ impl pb::jobs_server::Jobs for JobsApi {
         .await
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+    type WatchStream = super::watch::WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let tenant = tenant(&req)?;
-        let id = job_id(&req.get_ref().job_id)?;
-        let mut after = req.get_ref().after_seq;
-        self.state.store.get_job(&tenant, &id)?; // NotFound before the stream starts
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            loop {
-                let events = match state.store.events_since(&tenant, &id, after) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
-                for e in events {
-                    after = e.seq;
-                    let msg = pb::JobEvent { seq: e.seq, job_id: e.job.as_str().to_string(), kind: e.kind, payload_json: e.payload_json, at_unix_ms: e.at_unix_ms };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return; // the client hung up
-                    }
-                }
-                match state.store.get_job(&tenant, &id) {
-                    Ok(j) if matches!(j.state, JobState::Succeeded | JobState::Failed | JobState::Cancelled) => {
-                        // Drain what was appended with the terminal state, then end the stream.
-                        if let Ok(rest) = state.store.events_since(&tenant, &id, after) {
-                            for e in rest {
-                                let msg = pb::JobEvent { seq: e.seq, job_id: e.job.as_str().to_string(), kind: e.kind, payload_json: e.payload_json, at_unix_ms: e.at_unix_ms };
-                                if tx.send(Ok(msg)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        super::watch::watch(&self.state, req).await
     }
 
     async fn cancel(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {

@@ -1,6 +1,8 @@
 //! The gRPC server: ewtune's services behind the auth interceptor, plus grpc.health.v1 and
 //! server reflection (v1 and v1alpha) listing only `ewtune.v1.*` and the health service, on an
 //! already bound listener so the daemon and the tests run the same code. TLS when configured.
+//! The resource limits (`admission.rs`) wrap it: the connection cap and timeouts on the accepted
+//! sockets, the upload cap as a layer, HTTP/2 keepalive here.
 
 use super::auth::Authenticator;
 use super::pb;
@@ -27,13 +29,18 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let mut builder = tonic::transport::Server::builder();
+    let limits = &state.config.limits;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(super::admission::RequestLimitLayer::new(limits.max_concurrent_uploads));
     if let Some((cert, key)) = &state.config.tls {
         let cert = std::fs::read(cert)?;
         let key = std::fs::read(key)?;
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
     }
     const MAX_MESSAGE: usize = 256 << 20; // datasets and audit texts are uploaded in one message
+    let incoming = super::admission::incoming(listener, limits);
     builder
         .add_service(health)
         .add_service(reflection_v1)
@@ -48,9 +55,8 @@ pub async fn serve(
             pb::audits_server::AuditsServer::new(super::audits::AuditsApi { state }).max_decoding_message_size(MAX_MESSAGE),
             auth,
         ))
-        // No Nagle: a response written in two segments would otherwise wait for the client's
-        // delayed ACK (~40 ms).
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        // TCP_NODELAY is set on every accepted socket (admission.rs).
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

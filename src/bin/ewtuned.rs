@@ -1,5 +1,6 @@
 //! `ewtuned`: the daemon. Parses flags, resolves the configuration, and either creates a tenant
 //! token or serves until SIGTERM/SIGINT (running jobs checkpoint and go back to the queue).
+//! Files it creates are private (umask 0o077).
 
 use clap::{Parser, Subcommand};
 use ewtune::daemon::{self, config::DaemonConfig, State};
@@ -16,7 +17,7 @@ struct Args {
     /// Address to serve gRPC on (default 127.0.0.1:50051; env EWTUNED_LISTEN).
     #[arg(long)]
     listen: Option<String>,
-    /// TOML config file (models_dir, concurrency, tls_cert, tls_key).
+    /// TOML config file (models_dir, concurrency, tls_cert, tls_key, server limits; see README).
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -42,6 +43,8 @@ enum TokenCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Everything the daemon writes (store, datasets, outputs, key) is its user's only.
+    daemon::data_dir::private_umask();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,11 @@
-//! `ewtuned`'s body: opens the store, the signing key and the directories, requeues jobs a crash
-//! left running (and ends its unfinished audits), and serves gRPC and the scheduler until shutdown.
+//! `ewtuned`'s body: prepares the data directory (private modes, stale temp files removed),
+//! opens the store and the signing key, requeues jobs a crash left running (and ends its
+//! unfinished audits), and serves gRPC and the scheduler until shutdown.
 
 pub mod auditor;
 pub mod config;
 pub mod cpu_pool;
+pub mod data_dir;
 pub mod scheduler;
 pub mod signing;
 
@@ -29,6 +31,10 @@ pub struct State {
     /// Serialises the write-and-record step of dataset registrations, so a file another
     /// registration relies on is never removed under it.
     pub dataset_writes: tokio::sync::Mutex<()>,
+    /// Open Watch streams per tenant (capped by `watch_streams_per_tenant`).
+    pub watches: Arc<crate::api::watch::WatchSlots>,
+    /// Turns true when the daemon starts to stop: open Watch streams end (UNAVAILABLE).
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Start-up failures.
@@ -40,6 +46,9 @@ pub enum DaemonError {
     /// The signing key.
     #[error("{0}")]
     Signing(#[from] signing::SigningError),
+    /// The data directory cannot be prepared.
+    #[error("data directory: {0}")]
+    DataDir(#[from] data_dir::DataDirError),
     /// A directory or socket.
     #[error("{what}: {reason}")]
     Io {
@@ -54,16 +63,24 @@ pub enum DaemonError {
 }
 
 impl State {
-    /// Opens everything under the data directory.
+    /// Opens everything under the data directory, after [`data_dir::prepare`]: the directories
+    /// 0700, anything looser tightened, stale temp files removed. New files get private modes
+    /// from the process umask, which `ewtuned` sets ([`data_dir::private_umask`]).
     pub fn open(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
-        for dir in [config.data_dir.clone(), config.data_dir.join("datasets"), config.data_dir.join("jobs"), config.models_dir.clone()] {
-            std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io { what: format!("create {}", dir.display()), reason: e.to_string() })?;
+        let prepared = data_dir::prepare(&config.data_dir, &config.models_dir)?;
+        if prepared.tightened > 0 {
+            tracing::warn!(tightened = prepared.tightened, "data directory: group/other permissions removed (files 0600, directories 0700)");
         }
+        if prepared.removed_temps > 0 {
+            tracing::info!(removed = prepared.removed_temps, "data directory: temp files of unfinished writes removed");
+        }
+        std::fs::create_dir_all(&config.models_dir).map_err(|e| DaemonError::Io { what: format!("create {}", config.models_dir.display()), reason: e.to_string() })?;
         let store = Store::open(config.data_dir.join("ewtune.db"))?;
         adopt_legacy_sidecars(&store, &config.data_dir.join("datasets"))?;
         let signer = Signer::load_or_create(&config.data_dir.join("signing_key.pk8"))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu = cpu_pool::CpuPool::new(threads).map_err(|e| DaemonError::Io { what: "start the CPU pool".into(), reason: e.to_string() })?;
+        let watches = crate::api::watch::WatchSlots::new(config.limits.watch_streams_per_tenant);
         Ok(Arc::new(State {
             config,
             store,
@@ -72,6 +89,8 @@ impl State {
             audit_slots: tokio::sync::Semaphore::new(1),
             cpu,
             dataset_writes: tokio::sync::Mutex::new(()),
+            watches,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
 }
@@ -149,7 +168,7 @@ pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown:
     if failed_audits > 0 {
         tracing::info!(failed_audits, "audits interrupted by the last stop end failed (create them again)");
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = state.stopping.subscribe();
     let scheduler = tokio::spawn(scheduler::run(state.clone(), stop_rx.clone()));
     let mut server_stop = stop_rx;
     let server = crate::api::server::serve(state.clone(), listener, async move {
@@ -158,7 +177,7 @@ pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown:
     let server = tokio::spawn(server);
     shutdown.await;
     tracing::info!("shutting down: running jobs checkpoint and return to the queue");
-    let _ = stop_tx.send(true);
+    state.stopping.send_replace(true);
     let _ = scheduler.await;
     server.await.map_err(|e| DaemonError::Serve(e.to_string()))?.map_err(|e| DaemonError::Serve(e.to_string()))
 }

@@ -268,6 +268,7 @@ impl Store {
         )?;
         let created = load_any(&tx, &id)?;
         tx.commit()?;
+        self.job_changed(&id);
         Ok(created)
     }
 
@@ -341,6 +342,7 @@ impl Store {
         let job = load_any(&tx, &id)?;
         append_event(&tx, &id, "started", json!({ "steps_done": job.steps_done }), now)?;
         tx.commit()?;
+        self.job_changed(&id);
         Ok(Some(job))
     }
 
@@ -382,6 +384,7 @@ impl Store {
         append_event(&tx, job, "progress", json!({ "step": steps_done, "epsilon_spent": epsilon_spent }), now)?;
         let updated = load_any(&tx, job)?;
         tx.commit()?;
+        self.job_changed(job);
         Ok(updated)
     }
 
@@ -405,6 +408,7 @@ impl Store {
         finish(&tx, &current, state, reason.as_deref(), now)?;
         let finished = load_any(&tx, job)?;
         tx.commit()?;
+        self.job_changed(job);
         Ok(finished)
     }
 
@@ -433,7 +437,21 @@ impl Store {
         }
         let updated = load_any(&tx, job)?;
         tx.commit()?;
+        self.job_changed(job);
         Ok(updated)
+    }
+
+    /// Notices of job events: the id of a job each time a commit has appended to its event log
+    /// (sent after the commit, so a reader that then calls [`Store::events_since`] sees them).
+    /// Subscribe before reading, so nothing falls between the read and the subscription. A
+    /// receiver that falls more than 1024 notices behind gets `Lagged` and should re-read.
+    pub fn subscribe_job_events(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.job_events.subscribe()
+    }
+
+    /// After a commit that appended events to `job`'s log: tells the subscribers (none is fine).
+    fn job_changed(&self, job: &JobId) {
+        let _ = self.job_events.send(job.clone());
     }
 
     /// Scheduler: whether the tenant asked to cancel this job.
@@ -465,6 +483,9 @@ impl Store {
             affected.push(load_any(&tx, &job.id)?);
         }
         tx.commit()?;
+        for job in &affected {
+            self.job_changed(&job.id);
+        }
         Ok(affected)
     }
 }
@@ -526,6 +547,33 @@ mod tests {
 
     fn kinds(events: &[JobEvent]) -> Vec<&str> {
         events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    /// Every commit that appends a job event sends one notice with the job's id, after the
+    /// commit: the event is readable when the notice arrives. A no-op sends none.
+    #[test]
+    fn each_event_commit_sends_one_notice() {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let mut rx = fx.store.subscribe_job_events();
+        let mut expect = |store: &Store, id: &JobId, kind: &str| {
+            assert_eq!(&rx.try_recv().unwrap(), id);
+            assert_eq!(store.events_since(&acme, id, 0).unwrap().last().unwrap().kind, kind);
+        };
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
+        expect(&fx.store, &job.id, "created");
+        fx.store.claim_next_queued().unwrap().unwrap();
+        expect(&fx.store, &job.id, "started");
+        fx.store.record_progress(&job.id, 5, 0.1).unwrap();
+        expect(&fx.store, &job.id, "progress");
+        fx.store.request_cancel(&acme, &job.id).unwrap();
+        expect(&fx.store, &job.id, "cancel_requested");
+        fx.store.requeue_running().unwrap();
+        expect(&fx.store, &job.id, "cancelled");
+        fx.store.list_jobs(&acme, Page::default()).unwrap();
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     }
 
     #[test]

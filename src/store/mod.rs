@@ -9,7 +9,8 @@
 //!   numbered SQL migrations under `PRAGMA user_version`, a newer schema refused and untouched.
 //! * `tokens.rs` — tenants and bearer tokens (stored as SHA-256 only).
 //! * `datasets.rs` — datasets keyed by (tenant, SHA-256 of their bytes) with their budget.
-//! * `jobs.rs` — the job queue and state machine, and the append-only event log.
+//! * `jobs.rs` — the job queue and state machine, and the append-only event log, with a
+//!   notice (the job's id, on a `tokio::sync::broadcast`) after every commit that appends to it.
 //! * `ledger.rs` — admission control and the budget report. The ledger is derived from the jobs'
 //!   plans and progress: spent = every job's `steps_done`, reserved = the planned-but-unspent
 //!   steps of queued and running jobs. Every guarantee comes from the certified PLD
@@ -157,6 +158,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    /// The id of each job whose event log grew, sent after the commit (see `jobs.rs`).
+    job_events: tokio::sync::broadcast::Sender<JobId>,
 }
 
 impl Store {
@@ -167,7 +170,8 @@ impl Store {
         let path = path.as_ref().to_owned();
         let conn = migrate::open(&path)?;
         let reader = migrate::open_reader(&path)?;
-        Ok(Store { conn: Mutex::new(conn), reader: Mutex::new(reader), path })
+        let (job_events, _) = tokio::sync::broadcast::channel(JOB_EVENT_NOTICES);
+        Ok(Store { conn: Mutex::new(conn), reader: Mutex::new(reader), path, job_events })
     }
 
     /// The database file.
@@ -240,6 +244,10 @@ fn list_page<T>(
     };
     Ok(Listed { items: rows.into_iter().map(|(t, _)| t).collect(), next })
 }
+
+/// Job-event notices buffered per subscriber; one that falls further behind gets `Lagged` and
+/// re-reads its job.
+const JOB_EVENT_NOTICES: usize = 1024;
 
 /// Now, in unix milliseconds (0 if the clock is before 1970).
 fn now_ms() -> i64 {

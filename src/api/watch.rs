@@ -1,0 +1,205 @@
+//! `ewtune.v1.Jobs/Watch`: a server stream of one job's events, pushed. The stream task sends
+//! what the event log holds after `after_seq`, then sleeps until the store's notice that this
+//! job's log grew (`Store::subscribe_job_events`), the client going away, or a slow re-check
+//! ([`RECHECK`], a safety net only); it ends after the job's final event, and with UNAVAILABLE
+//! when the daemon stops. Open streams are
+//! counted per tenant ([`WatchSlots`]) and capped by `watch_streams_per_tenant`: past the cap
+//! Watch answers `RESOURCE_EXHAUSTED`; a stream's slot frees when its task ends.
+//!
+//! What this file does not own: the event log itself (`store/jobs.rs`) and the other Jobs
+//! handlers (`jobs.rs`).
+
+use super::auth::tenant;
+use super::jobs::job_id;
+use super::pb;
+use crate::daemon::State;
+use crate::store::{JobEvent, JobId, TenantId};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The stream type of `Jobs/Watch`.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+/// How often an open stream re-reads its job with no notice (a safety net: notices are sent
+/// after every commit that appends an event, and a lagging receiver re-reads at once).
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// Events buffered per stream for a slow client.
+const BUFFERED_EVENTS: usize = 64;
+
+/// Open Watch streams per tenant, capped.
+#[derive(Debug)]
+pub struct WatchSlots {
+    cap: usize,
+    open: Mutex<HashMap<TenantId, usize>>,
+}
+
+/// One open stream's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct WatchSlot {
+    slots: Arc<WatchSlots>,
+    tenant: TenantId,
+}
+
+impl WatchSlots {
+    /// At most `cap` open streams per tenant.
+    pub fn new(cap: usize) -> Arc<WatchSlots> {
+        Arc::new(WatchSlots { cap, open: Mutex::new(HashMap::new()) })
+    }
+
+    /// The cap per tenant.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Takes a slot for `tenant`, or `None` when it has `cap` open streams.
+    pub fn try_open(self: &Arc<Self>, tenant: &TenantId) -> Option<WatchSlot> {
+        let mut open = self.lock();
+        let n = open.entry(tenant.clone()).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(WatchSlot { slots: self.clone(), tenant: tenant.clone() })
+    }
+
+    /// Streams open for `tenant` now.
+    pub fn open_for(&self, tenant: &TenantId) -> usize {
+        self.lock().get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Streams open now, all tenants together.
+    pub fn open_total(&self) -> usize {
+        self.lock().values().sum()
+    }
+
+    /// The counts hold no invariant a panic could break halfway: the poison flag is ignored.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, usize>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock();
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// The handler: checks the job (`NotFound` before the stream starts), takes a slot, and spawns
+/// the stream's task.
+pub(super) async fn watch(state: &Arc<State>, req: Request<pb::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
+    let tenant = tenant(&req)?;
+    let id = job_id(&req.get_ref().job_id)?;
+    let after = req.get_ref().after_seq;
+    // Subscribed before the first read: an event committed after it is noticed.
+    let notices = state.store.subscribe_job_events();
+    tokio::task::block_in_place(|| state.store.get_job(&tenant, &id))?;
+    let slot = state.watches.try_open(&tenant).ok_or_else(|| {
+        Status::resource_exhausted(format!(
+            "this tenant already has {} open Watch streams (watch_streams_per_tenant); close one before opening another",
+            state.watches.cap()
+        ))
+    })?;
+    let (tx, rx) = mpsc::channel(BUFFERED_EVENTS);
+    tokio::spawn(follow(state.clone(), tenant, id, after, notices, tx, slot));
+    Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+}
+
+/// The stream's task: sends the job's events after `after`, ends after its final event, when the
+/// client goes away, or on a store error (sent to the client). Holds `_slot` while it runs.
+async fn follow(
+    state: Arc<State>,
+    tenant: TenantId,
+    id: JobId,
+    mut after: i64,
+    mut notices: broadcast::Receiver<JobId>,
+    tx: mpsc::Sender<Result<pb::JobEvent, Status>>,
+    _slot: WatchSlot,
+) {
+    let stopping = stopped(state.stopping.subscribe());
+    tokio::pin!(stopping);
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // The state first: when it is final, the final event (same commit) is in the next read.
+        let read = tokio::task::block_in_place(|| {
+            let done = state.store.get_job(&tenant, &id)?.state.is_terminal();
+            state.store.events_since(&tenant, &id, after).map(|events| (done, events))
+        });
+        let (done, events) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(e))).await;
+                return;
+            }
+        };
+        for e in events {
+            after = e.seq;
+            if tx.send(Ok(event(e))).await.is_err() {
+                return; // the client hung up
+            }
+        }
+        if done {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = &mut stopping => {
+                    // Not a clean end: that would say the job is over. The client resumes with after_seq.
+                    let _ = tx.send(Err(Status::unavailable(format!("the daemon is stopping; watch again with after_seq = {after}")))).await;
+                    return;
+                }
+                _ = recheck.tick() => break,
+                notice = notices.recv() => match notice {
+                    Ok(job) if job == id => break,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return, // no sender: cannot happen while this task holds the store
+                },
+            }
+        }
+    }
+}
+
+/// Resolves when the daemon starts to stop.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+fn event(e: JobEvent) -> pb::JobEvent {
+    pb::JobEvent { seq: e.seq, job_id: e.job.as_str().to_string(), kind: e.kind, payload_json: e.payload_json, at_unix_ms: e.at_unix_ms }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_per_tenant_and_freed_on_drop() {
+        let slots = WatchSlots::new(2);
+        let (a, b) = (TenantId::parse("alice").unwrap(), TenantId::parse("bob").unwrap());
+        let a1 = slots.try_open(&a).unwrap();
+        let a2 = slots.try_open(&a).unwrap();
+        assert!(slots.try_open(&a).is_none());
+        let b1 = slots.try_open(&b).unwrap();
+        assert_eq!((slots.open_for(&a), slots.open_for(&b), slots.open_total()), (2, 1, 3));
+        drop(a1);
+        let a3 = slots.try_open(&a).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(slots.open_total(), 0);
+        assert!(slots.lock().is_empty(), "no entry is kept for a tenant with no stream");
+    }
+}

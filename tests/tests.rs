@@ -7,5 +7,6 @@ mod dp_oracle;
 mod hardening;
 mod models;
 mod python_client;
+mod reports;
 mod train;
 mod util;

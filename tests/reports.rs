@@ -205,7 +205,7 @@ async fn a_revoked_token_is_refused_by_the_running_daemon() {
     let bob = create_token(&d, "bob");
     let ch = channel(&d).await;
     let mut datasets = pb::datasets_client::DatasetsClient::new(ch.clone());
-    let list = |token: &str| authed(token, pb::ListDatasetsRequest {});
+    let list = |token: &str| authed(token, pb::ListDatasetsRequest::default());
     for t in [&alice, &alice2, &bob] {
         datasets.list(list(t)).await.unwrap();
     }

@@ -1,15 +1,17 @@
 //! Lower-case hex and SHA-256 (ring): the one spelling of dataset identities, random ids,
-//! manifest and model hashes, job fingerprints and Ed25519 keys and signatures.
+//! manifest and model hashes, job fingerprints, token ids and Ed25519 keys and signatures.
+//! Hex goes through the `hex` crate both ways, so text that is not hex (odd length, a
+//! non-hex or non-ASCII character) is an error, never a panic.
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    hex::encode(bytes)
+}
+
+/// The bytes of `text` read as hex (either case). Odd length, non-hex and non-ASCII characters
+/// are errors.
+pub fn from_hex(text: &str) -> Result<Vec<u8>, hex::FromHexError> {
+    hex::decode(text)
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -24,6 +26,15 @@ mod tests {
     #[test]
     fn hex_is_lower_case() {
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+
+    #[test]
+    fn from_hex_reads_either_case_and_refuses_what_is_not_hex() {
+        assert_eq!(from_hex("000fA5fF").unwrap(), [0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(from_hex("").unwrap(), Vec::<u8>::new());
+        for bad in ["abc", "zz", "é0", "0é", "ü", "éé", "\u{1F600}0", " 0a"] {
+            assert!(from_hex(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

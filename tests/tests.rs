@@ -7,6 +7,7 @@ mod dp_oracle;
 mod hardening;
 mod models;
 mod python_client;
+mod reports;
 mod server_limits;
 mod train;
 mod util;

@@ -1,4 +1,5 @@
-//! `ewtune.v1.Budget`: a dataset's privacy-budget report, signed with the daemon's key.
+//! `ewtune.v1.Budget`: a dataset's privacy-budget report, issued by the store (naming the tenant,
+//! the dataset, the time and the dataset's next sequence number) and signed with the daemon's key.
 
 use super::auth::tenant;
 use super::convert;

@@ -117,7 +117,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         let tenant = tenant(&req)?;
         let Settled { plan: p, dataset: d, warnings, .. } = self.settle_off_runtime(&tenant, req.metadata(), req.get_ref(), false).await?;
         let t = tenant.clone();
-        let report = self.blocking(move |s| Ok(s.store.budget_report(&t, &d.id)?)).await?;
+        let remaining_epsilon_before = self.blocking(move |s| Ok(s.store.remaining_epsilon(&t, &d.id)?)).await?;
         Ok(Response::new(pb::PlanResponse {
             units: p.units as u64,
             sample_rate: p.sample_rate,
@@ -126,7 +126,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             certified_epsilon: p.certified_epsilon,
             edgeworth_epsilon: p.edgeworth_epsilon,
             delta: p.delta,
-            remaining_epsilon_before: report.remaining_epsilon,
+            remaining_epsilon_before,
             warnings,
         }))
     }

@@ -1,7 +1,10 @@
 //! The audit report of `research/audit.md` §8, one per audit: which models (by SHA-256) and
 //! settings were audited, membership metrics on labelled texts (`data_mia`, aggregates only: no
 //! text leaves in a report) and the one-run canary audit with its violation alarm. The daemon
-//! signs its exact JSON bytes (`daemon/signing.rs`), as it signs budget reports.
+//! signs its exact JSON bytes (`daemon/signing.rs`), as it signs budget reports. Every report
+//! says when it was assembled (`issued_at_unix_ms`, unix milliseconds UTC); the daemon also
+//! names the tenant and the audit it is issued for, so a signed report cannot be passed off as
+//! another tenant's or another audit's.
 
 use super::canary::{audit_canaries, CanaryAudit, Manifest};
 use super::scores::REPORTED_RATIOS;
@@ -35,6 +38,12 @@ pub const AUDIT_VERSION: &str = "1";
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
+    /// The tenant the report is issued to, for daemon audits.
+    pub tenant: Option<String>,
+    /// The audit, for daemon audits.
+    pub audit_id: Option<String>,
+    /// When the report was assembled: unix milliseconds, UTC.
+    pub issued_at_unix_ms: i64,
     /// The audited job, for daemon audits.
     pub job_id: Option<String>,
     /// Report format version.
@@ -161,6 +170,9 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     bootstrap.insert("seed", serde_json::json!(BOOTSTRAP_SEED));
     bootstrap.insert("method", serde_json::json!("stratified-percentile"));
     Ok(AuditReport {
+        tenant: None,
+        audit_id: None,
+        issued_at_unix_ms: now_unix_ms(),
         job_id: inputs.job_id.clone(),
         audit_version: AUDIT_VERSION,
         software,
@@ -176,6 +188,12 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
         data_mia,
         canary_audit,
     })
+}
+
+/// Now, in unix milliseconds (0 if the clock is before 1970).
+fn now_unix_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// SHA-256 over a model directory: for every regular file, sorted by name, its name, a NUL,

@@ -1,9 +1,12 @@
-//! `ewtuned`: the daemon. Parses flags, resolves the configuration, and either creates a tenant
-//! token or serves until SIGTERM/SIGINT (running jobs checkpoint and go back to the queue).
+//! `ewtuned`: the daemon. Parses flags, resolves the configuration, and either manages tenant
+//! tokens (create, list, revoke), prints the public key that signs its reports, or serves until
+//! SIGTERM/SIGINT (running jobs checkpoint and go back to the queue).
 //! Files it creates are private (umask 0o077).
 
 use clap::{Parser, Subcommand};
+use ewtune::daemon::signing::{self, rfc3339_utc, Signer};
 use ewtune::daemon::{self, config::DaemonConfig, State};
+use ewtune::store::{Revocation, TenantId, TokenId, TokenInfo};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,16 +32,39 @@ enum Command {
     /// Tenant tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The daemon's report-signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 #[derive(Subcommand, Debug)]
 enum TokenCommand {
-    /// Print a new bearer token for a tenant (only its hash is stored).
+    /// Print a new bearer token for a tenant on stdout, and its id on stderr (only the token's
+    /// hash is stored: it cannot be shown again).
     Create {
         /// Tenant name: 1-64 of [A-Za-z0-9_.-].
         #[arg(long)]
         tenant: String,
     },
+    /// List token ids, tenants, and when each was created and revoked (never the tokens).
+    List {
+        /// Only this tenant's tokens.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token: it authenticates nothing from the next request on, also for a running
+    /// daemon. Final.
+    Revoke {
+        /// The token's id as `token list` shows it (or a longer prefix of its SHA-256).
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Print the Ed25519 public key (hex) that signs this daemon's reports, for
+    /// `ewtune verify --public-key`. Does not start the server, and never creates a key.
+    Show,
 }
 
 fn main() -> ExitCode {
@@ -59,9 +85,32 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = args.data_dir.ok_or("--data-dir is required")?;
     let config = DaemonConfig::resolve(&data_dir, args.listen.as_deref(), args.config.as_deref())?;
     match args.command {
+        Some(Command::Key(KeyCommand::Show)) => {
+            println!("{}", Signer::load(&signing::key_path(&config.data_dir))?.public_key_hex());
+            Ok(())
+        }
         Some(Command::Token(TokenCommand::Create { tenant })) => {
-            let state = State::open(config)?;
-            println!("{}", state.store.create_token(&tenant)?);
+            let token = State::open(config)?.store.create_token(&tenant)?;
+            println!("{token}");
+            let id = TokenId::of(&token);
+            eprintln!("token id {id} (tenant {tenant}); `ewtuned token revoke {id}` revokes it");
+            Ok(())
+        }
+        Some(Command::Token(TokenCommand::List { tenant })) => {
+            let tenant = tenant.as_deref().map(TenantId::parse).transpose()?;
+            println!("{:<12}  {:<24}  {:<24}  revoked", "id", "tenant", "created");
+            for t in State::open(config)?.store.list_tokens(tenant.as_ref())? {
+                let revoked = t.revoked_at_ms.map_or_else(|| "-".to_string(), rfc3339_utc);
+                println!("{:<12}  {:<24}  {:<24}  {revoked}", t.id, t.tenant, rfc3339_utc(t.created_at_ms));
+            }
+            Ok(())
+        }
+        Some(Command::Token(TokenCommand::Revoke { id })) => {
+            let (TokenInfo { id, tenant, revoked_at_ms, .. }, what) = match State::open(config)?.store.revoke_token(&id)? {
+                Revocation::Revoked(t) => (t, "revoked"),
+                Revocation::AlreadyRevoked(t) => (t, "was already revoked"),
+            };
+            println!("token {id} of tenant {tenant} {what} at {}", revoked_at_ms.map_or_else(String::new, rfc3339_utc));
             Ok(())
         }
         None => {

@@ -7,7 +7,7 @@ use super::State;
 use crate::audit::canary::Manifest;
 use crate::audit::report::{build_report, AuditError, AuditInputs};
 use crate::audit::texts::LabeledText;
-use crate::store::{Audit, AuditOutcome, Job};
+use crate::store::{Audit, AuditId, AuditOutcome, Job, TenantId};
 use crate::train::job::JobSpec;
 use std::sync::Arc;
 
@@ -24,7 +24,8 @@ pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
     tokio::spawn(async move {
         let _slot = state.audit_slots.acquire().await;
         let worker = state.clone();
-        let result = super::run_batch("ewtune-audit", move || report_json(&worker, &job, &request)).await;
+        let (tenant, id) = (audit.tenant.clone(), audit.id.clone());
+        let result = super::run_batch("ewtune-audit", move || report_json(&worker, &job, &tenant, &id, &request)).await;
         let outcome = match result {
             Ok(Ok(json)) => AuditOutcome::Report { signature: state.signer.sign(json.as_bytes()), report_json: json },
             Ok(Err(e)) => {
@@ -45,8 +46,8 @@ pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
     });
 }
 
-/// The audit's report as the exact JSON that gets signed.
-fn report_json(state: &State, job: &Job, request: &AuditRequest) -> Result<String, AuditError> {
+/// The audit's report, issued to `tenant` as audit `id`, as the exact JSON that gets signed.
+fn report_json(state: &State, job: &Job, tenant: &TenantId, id: &AuditId, request: &AuditRequest) -> Result<String, AuditError> {
     let input = |what: &str, e: &dyn std::fmt::Display| AuditError::Input(format!("{what}: {e}"));
     let spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| input("the job's spec", &e))?;
     let manifest: Option<(Manifest, String)> = match state.store.canary_manifest(&job.id).map_err(|e| input("the store", &e))? {
@@ -57,7 +58,7 @@ fn report_json(state: &State, job: &Job, request: &AuditRequest) -> Result<Strin
     // job's own delta (the manifest's).
     let claimed = job.certified_epsilon_spent(spec.privacy.delta).map_err(|e| input("accounting the job", &e))?;
     let target = state.config.data_dir.join("jobs").join(job.id.as_str()).join("model");
-    let report = build_report(&AuditInputs {
+    let mut report = build_report(&AuditInputs {
         job_id: Some(job.id.as_str().to_string()),
         target_dir: &target,
         base_dir: &spec.model,
@@ -67,6 +68,8 @@ fn report_json(state: &State, job: &Job, request: &AuditRequest) -> Result<Strin
         max_tokens: request.max_tokens,
         device: spec.device.resolve()?,
     })?;
+    report.tenant = Some(tenant.to_string());
+    report.audit_id = Some(id.to_string());
     if report.canary_audit.as_ref().is_some_and(|c| c.violation) {
         tracing::error!(job = %job.id, "ALARM: the canary audit's lower bound exceeds the certified epsilon: accounting or training is wrong");
     }

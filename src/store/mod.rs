@@ -143,7 +143,7 @@ pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
 pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
 pub use ledger::{BudgetReport, JobLedgerRow};
-pub use tokens::TenantId;
+pub use tokens::{Revocation, TenantId, TokenId, TokenInfo};
 
 use rusqlite::types::FromSqlError;
 use rusqlite::Connection;
@@ -157,6 +157,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Store {
     conn: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Budget-report numbers reserved and not yet handed out (`ledger.rs`).
+    report_numbers: Mutex<ledger::ReportNumbers>,
     path: PathBuf,
     /// The id of each job whose event log grew, sent after the commit (see `jobs.rs`).
     job_events: tokio::sync::broadcast::Sender<JobId>,
@@ -171,7 +173,7 @@ impl Store {
         let conn = migrate::open(&path)?;
         let reader = migrate::open_reader(&path)?;
         let (job_events, _) = tokio::sync::broadcast::channel(JOB_EVENT_NOTICES);
-        Ok(Store { conn: Mutex::new(conn), reader: Mutex::new(reader), path, job_events })
+        Ok(Store { conn: Mutex::new(conn), reader: Mutex::new(reader), report_numbers: Mutex::default(), path, job_events })
     }
 
     /// The database file.
@@ -312,6 +314,8 @@ mod tests {
         assert_eq!(reopened.steps_done, 50);
         assert_eq!(reopened.epsilon_spent, 0.4);
         assert_eq!(store.events_since(&tenant, &job.id, 0).unwrap(), events);
-        assert_eq!(store.budget_report(&tenant, &dataset.id).unwrap(), report);
+        let again = store.budget_report(&tenant, &dataset.id).unwrap();
+        assert!(again.sequence > report.sequence, "report numbers grow across a restart");
+        assert_eq!(BudgetReport { sequence: report.sequence, issued_at_unix_ms: report.issued_at_unix_ms, ..again }, report);
     }
 }

@@ -3,7 +3,17 @@
 //! A token is `ewt_` followed by 64 hex digits (32 bytes from ring's `SystemRandom`). The store
 //! keeps only its SHA-256 and looks tokens up by that hash, so the database file never holds a
 //! usable credential and no token comparison happens in Rust. A tenant exists once it has a
-//! token. What this module does not own: the gRPC interceptor that reads the header.
+//! token.
+//!
+//! A token is named by its [`TokenId`]: the first 12 hex digits of its stored SHA-256, which
+//! `ewtuned token create` prints beside the token and `token list` shows (never the token).
+//! `token revoke` takes an id (or any longer prefix of the hash, at least 6 digits) and sets the
+//! token's `revoked_at_ms`; the schema makes that final (trigger `tokens_revocation_is_final`),
+//! and [`Store::authenticate`] refuses a revoked token from the next request on: every request
+//! reads the table, there is no cache, and a daemon sees another process's revocation as soon as
+//! it is committed.
+//!
+//! What this module does not own: the gRPC interceptor that reads the header (`api/auth.rs`).
 
 use super::error::{Result, StoreError};
 use super::{now_ms, Store};
@@ -17,6 +27,10 @@ const TOKEN_PREFIX: &str = "ewt_";
 const TOKEN_BYTES: usize = 32;
 /// Longest tenant name.
 const TENANT_MAX_LEN: usize = 64;
+/// Hex digits of the token hash in a [`TokenId`].
+const TOKEN_ID_HEX: usize = 12;
+/// Fewest hex digits [`Store::revoke_token`] accepts.
+const TOKEN_ID_MIN_HEX: usize = 6;
 
 text_id! {
     /// A tenant's name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
@@ -39,6 +53,74 @@ impl TenantId {
     }
 }
 
+/// A token's public name: the first 12 hex digits of its SHA-256. Safe to print and log; it
+/// cannot be turned back into the token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(String);
+
+impl TokenId {
+    /// The id of `token`.
+    pub fn of(token: &str) -> TokenId {
+        TokenId::of_hash(&token_hash(token))
+    }
+
+    fn of_hash(hash: &[u8]) -> TokenId {
+        let mut hex = crate::digest::hex(hash);
+        hex.truncate(TOKEN_ID_HEX);
+        TokenId(hex)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the store keeps of a token, as `ewtuned token list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its id.
+    pub id: TokenId,
+    /// Its full stored SHA-256, hex (what a longer `revoke` prefix matches).
+    pub sha256: String,
+    /// The tenant it authenticates.
+    pub tenant: TenantId,
+    /// When it was created, unix ms.
+    pub created_at_ms: i64,
+    /// When it was revoked, unix ms; `None` while it is valid.
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl TokenInfo {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+        let hash: Vec<u8> = row.get(0)?;
+        Ok(TokenInfo {
+            id: TokenId::of_hash(&hash),
+            sha256: crate::digest::hex(&hash),
+            tenant: row.get(1)?,
+            created_at_ms: row.get(2)?,
+            revoked_at_ms: row.get(3)?,
+        })
+    }
+}
+
+/// How [`Store::revoke_token`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token was valid and is revoked now.
+    Revoked(TokenInfo),
+    /// The token had been revoked before; nothing changed.
+    AlreadyRevoked(TokenInfo),
+}
+
+const TOKEN_COLUMNS: &str = "sha256, tenant, created_at_ms, revoked_at_ms";
+
 impl Store {
     /// Creates a new bearer token for `tenant` (creating the tenant on its first token) and
     /// returns it. Only its SHA-256 is stored: the token cannot be shown again.
@@ -59,7 +141,8 @@ impl Store {
         Ok(token)
     }
 
-    /// The tenant a bearer token belongs to, or `None` for an unknown or malformed token.
+    /// The tenant a bearer token belongs to, or `None` for an unknown, revoked or malformed
+    /// token. Reads the table on every call (no cache), so a revocation counts at once.
     pub fn authenticate(&self, token: &str) -> Result<Option<TenantId>> {
         let well_formed = token
             .strip_prefix(TOKEN_PREFIX)
@@ -69,8 +152,59 @@ impl Store {
         }
         Ok(self
             .reader()
-            .query_row("SELECT tenant FROM tokens WHERE sha256 = ?1", [token_hash(token)], |row| row.get(0))
+            .query_row("SELECT tenant FROM tokens WHERE sha256 = ?1 AND revoked_at_ms IS NULL", [token_hash(token)], |row| row.get(0))
             .optional()?)
+    }
+
+    /// Every token (of `tenant`, or of all tenants), oldest first, revoked ones included.
+    pub fn list_tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenInfo>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at_ms, rowid"
+        ))?;
+        let rows = stmt.query_map([tenant], TokenInfo::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Revokes the token whose hash starts with `id` (a [`TokenId`] or any longer prefix of
+    /// the hex hash, 6 to 64 digits). No token is `NotFound`; more than one is
+    /// `InvalidArgument` naming them, and nothing is revoked. Revoking a revoked token changes
+    /// nothing ([`Revocation::AlreadyRevoked`]).
+    pub fn revoke_token(&self, id: &str) -> Result<Revocation> {
+        let prefix = id.trim().to_ascii_lowercase();
+        if !(TOKEN_ID_MIN_HEX..=2 * 32).contains(&prefix.len()) || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::invalid(
+                "token id",
+                format!("must be {TOKEN_ID_MIN_HEX} to 64 hex digits (the id `ewtuned token list` shows)"),
+            ));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let matches = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE substr(lower(hex(sha256)), 1, ?2) = ?1 ORDER BY rowid"
+            ))?;
+            let rows = stmt.query_map(params![prefix, prefix.len()], TokenInfo::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let token = match <[TokenInfo; 1]>::try_from(matches) {
+            Ok([token]) => token,
+            Err(matches) if matches.is_empty() => return Err(StoreError::not_found("token", prefix)),
+            Err(matches) => {
+                let hashes: Vec<&str> = matches.iter().map(|t| t.sha256.as_str()).collect();
+                return Err(StoreError::invalid(
+                    "token id",
+                    format!("`{prefix}` is ambiguous: it matches {} tokens ({}); give more digits", matches.len(), hashes.join(", ")),
+                ));
+            }
+        };
+        if token.revoked_at_ms.is_some() {
+            return Ok(Revocation::AlreadyRevoked(token));
+        }
+        let now = now_ms();
+        tx.execute("UPDATE tokens SET revoked_at_ms = ?2 WHERE lower(hex(sha256)) = ?1", params![token.sha256, now])?;
+        tx.commit()?;
+        Ok(Revocation::Revoked(TokenInfo { revoked_at_ms: Some(now), ..token }))
     }
 }
 
@@ -139,6 +273,97 @@ mod tests {
         fx.store.create_token("A-z_0.9").unwrap();
         let n: i64 = fx.store.conn().query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_revoked_token_authenticates_nothing_and_revocation_is_final() {
+        let fx = Fixture::new();
+        let a = fx.store.create_token("acme").unwrap();
+        let a2 = fx.store.create_token("acme").unwrap();
+        let id = TokenId::of(&a);
+        assert_eq!(id.as_str().len(), 12);
+        assert_eq!(id.as_str(), &crate::digest::hex(&token_hash(&a))[..12]);
+
+        let revoked = match fx.store.revoke_token(id.as_str()).unwrap() {
+            Revocation::Revoked(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((&revoked.id, revoked.tenant.as_str()), (&id, "acme"));
+        let at = revoked.revoked_at_ms.expect("revoked now");
+        assert_eq!(fx.store.authenticate(&a).unwrap(), None);
+        assert_eq!(fx.store.authenticate(&a2).unwrap(), Some(TenantId::parse("acme").unwrap()), "only that token");
+
+        // Again, by its full hash in upper case: already revoked, unchanged.
+        let again = fx.store.revoke_token(&revoked.sha256.to_uppercase()).unwrap();
+        assert_eq!(again, Revocation::AlreadyRevoked(revoked.clone()));
+        // The schema refuses to undo it, or to move it, even by hand.
+        let conn = fx.store.conn();
+        assert!(conn.execute("UPDATE tokens SET revoked_at_ms = NULL WHERE revoked_at_ms IS NOT NULL", []).is_err());
+        assert!(conn.execute("UPDATE tokens SET revoked_at_ms = 1 WHERE revoked_at_ms IS NOT NULL", []).is_err());
+        drop(conn);
+        let fx = fx.reopen();
+        assert_eq!(fx.store.authenticate(&a).unwrap(), None);
+        assert_eq!(fx.store.list_tokens(None).unwrap()[0].revoked_at_ms, Some(at));
+    }
+
+    #[test]
+    fn list_shows_ids_tenants_and_times_never_tokens() {
+        let fx = Fixture::new();
+        let a = fx.store.create_token("acme").unwrap();
+        let b = fx.store.create_token("globex").unwrap();
+        let a2 = fx.store.create_token("acme").unwrap();
+        fx.store.revoke_token(TokenId::of(&a2).as_str()).unwrap();
+        let all = fx.store.list_tokens(None).unwrap();
+        assert_eq!(all.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), [TokenId::of(&a), TokenId::of(&b), TokenId::of(&a2)]);
+        assert_eq!(all.iter().map(|t| t.tenant.as_str()).collect::<Vec<_>>(), ["acme", "globex", "acme"]);
+        assert_eq!(all.iter().map(|t| t.revoked_at_ms.is_some()).collect::<Vec<_>>(), [false, false, true]);
+        assert!(all.iter().all(|t| t.created_at_ms > 0 && t.revoked_at_ms.is_none_or(|r| r >= t.created_at_ms)));
+        let acme = fx.store.list_tokens(Some(&TenantId::parse("acme").unwrap())).unwrap();
+        assert_eq!(acme.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), [TokenId::of(&a), TokenId::of(&a2)]);
+        assert!(fx.store.list_tokens(Some(&TenantId::parse("initech").unwrap())).unwrap().is_empty());
+        let shown = format!("{all:?}");
+        for token in [&a, &b, &a2] {
+            assert!(!shown.contains(&token[4..]), "a token leaked into the listing");
+        }
+    }
+
+    #[test]
+    fn revoke_refuses_ambiguous_unknown_and_malformed_ids() {
+        let fx = Fixture::new();
+        fx.tenant("acme");
+        // Two hashes that share their first 13 hex digits (random tokens practically never do).
+        let twins: [[u8; 32]; 2] = std::array::from_fn(|i| {
+            let mut h = [0u8; 32];
+            h[..7].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x00]);
+            h[7] = i as u8 + 1;
+            h
+        });
+        for h in &twins {
+            fx.store.conn().execute("INSERT INTO tokens (sha256, tenant, created_at_ms) VALUES (?1, 'acme', 1)", [&h[..]]).unwrap();
+        }
+        let before = fx.store.list_tokens(None).unwrap();
+        for ambiguous in ["abcdef", "ABCDEF012345", "abcdef01234500"] {
+            match fx.store.revoke_token(ambiguous).unwrap_err() {
+                StoreError::InvalidArgument { field: "token id", reason } => {
+                    assert!(reason.contains("ambiguous") && reason.contains(&crate::digest::hex(&twins[1])), "{reason}")
+                }
+                other => panic!("{ambiguous}: {other:?}"),
+            }
+        }
+        assert_eq!(fx.store.list_tokens(None).unwrap(), before, "nothing revoked");
+        let err = fx.store.revoke_token("ffffffffffff").unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "token", .. }), "{err:?}");
+        for bad in ["", "abcde", "abcdeg", "ewt_abcdef", "é12345", &"a".repeat(65)] {
+            let err = fx.store.revoke_token(bad).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument { field: "token id", .. }), "{bad:?}: {err:?}");
+        }
+        // More digits pick one.
+        match fx.store.revoke_token("abcdef0123450002").unwrap() {
+            Revocation::Revoked(t) => assert_eq!(t.sha256, crate::digest::hex(&twins[1])),
+            other => panic!("{other:?}"),
+        }
+        let revoked: Vec<bool> = fx.store.list_tokens(None).unwrap().iter().map(|t| t.revoked_at_ms.is_some()).collect();
+        assert_eq!(revoked, [false, true, false], "the twins (created at 1 ms) list first");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `ewtune`: the command line for people. Parses flags and hands each subcommand to its file;
-//! errors are printed once with their cause and map to exit code 2.
+//! errors are printed once with their cause and map to exit code 2 (`verify` also exits 3 for an
+//! intact report whose signer was not pinned).
 
 mod audit;
 mod bench;
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Bench(cmd) => bench::run(cmd, &cli.connect),
         Command::Synth(args) => synth::run(args),
-        Command::Verify(args) => verify::run(args),
+        Command::Verify(args) => return verify::main(args),
         Command::Audit(args) => audit::run(args),
         Command::Datasets(cmd) => remote_call(remote::datasets(&cli.connect, cmd)),
         Command::Jobs(cmd) => remote_call(remote::jobs(&cli.connect, cmd)),

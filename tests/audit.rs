@@ -162,7 +162,11 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
     assert_eq!(report["metrics"]["ref"]["auc"], 1.0);
     let file = tmp.path().join("audit.json");
     std::fs::write(&file, &out.stdout).unwrap();
-    let ok = Command::new(ewtune).args(["verify", file.to_str().unwrap()]).output().unwrap();
+    // Intact but unpinned is exit 3; pinned to the operator's key (the one in the output), 0.
+    let unpinned = Command::new(ewtune).args(["verify", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(unpinned.status.code(), Some(3), "{}", String::from_utf8_lossy(&unpinned.stderr));
+    let operator_key = signed["public_key"].as_str().unwrap();
+    let ok = Command::new(ewtune).args(["verify", file.to_str().unwrap(), "--public-key", operator_key]).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let tampered = String::from_utf8(out.stdout.clone()).unwrap().replacen("\\\"label\\\":0", "\\\"label\\\":1", 1);
     assert_ne!(tampered.as_bytes(), &out.stdout[..]);

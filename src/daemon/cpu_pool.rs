@@ -128,11 +128,13 @@ impl CpuPool {
         let guard = AbandonOnDrop(abandoned.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.threads.spawn(move || {
-            let _held = (permit, run_permit, tenant_slot);
+            let held = (permit, run_permit, tenant_slot);
             if abandoned.load(Ordering::Relaxed) {
                 return; // the caller is gone: free the slot without doing the work
             }
-            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            drop(held); // the slots are free before the caller sees the result
+            let _ = tx.send(result);
         });
         let result = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx).await;
         drop(guard);

@@ -207,6 +207,23 @@ pub enum BudgetCommand {
     },
 }
 
+/// Every page of a List call: `page(token)` fetches one page and the token of the next (empty
+/// on the last).
+async fn all_pages<T, Fut>(mut page: impl FnMut(String) -> Fut) -> Result<Vec<T>, Box<dyn std::error::Error>>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut items, mut token) = (Vec::new(), String::new());
+    loop {
+        let (batch, next) = page(token).await.map_err(explain)?;
+        items.extend(batch);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
+
 /// Text from the daemon as a terminal may show it: control characters (ANSI escapes, carriage
 /// returns, new lines) are escaped, so a name cannot repaint the screen or forge a line.
 fn printable(s: &str) -> String {
@@ -256,16 +273,14 @@ pub async fn datasets(conn: &Connect, cmd: DatasetsCommand) -> Result<(), Box<dy
             eprintln!("registered {} ({} privacy units, budget epsilon {} at delta {:e})", printable(&d.name), d.units, d.budget_epsilon, d.budget_delta);
         }
         DatasetsCommand::List { json } => {
-            let mut ds = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = c.datasets.list(pb::ListDatasetsRequest { page_size: 1000, page_token }).await.map_err(explain)?.into_inner();
-                ds.extend(page.datasets);
-                if page.next_page_token.is_empty() {
-                    break;
+            let ds = all_pages(|page_token| {
+                let mut client = c.datasets.clone();
+                async move {
+                    let page = client.list(pb::ListDatasetsRequest { page_size: 1000, page_token }).await?.into_inner();
+                    Ok((page.datasets, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             if json {
                 let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta})).collect();
                 println!("{}", serde_json::Value::Array(v));
@@ -305,16 +320,14 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
         }
         JobsCommand::Watch { job } => follow(&mut c, &job).await?,
         JobsCommand::List { json } => {
-            let mut js = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = c.jobs.list(pb::ListJobsRequest { page_size: 1000, page_token }).await.map_err(explain)?.into_inner();
-                js.extend(page.jobs);
-                if page.next_page_token.is_empty() {
-                    break;
+            let js = all_pages(|page_token| {
+                let mut client = c.jobs.clone();
+                async move {
+                    let page = client.list(pb::ListJobsRequest { page_size: 1000, page_token }).await?.into_inner();
+                    Ok((page.jobs, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             if json {
                 let v: Vec<_> = js.iter().map(|j| serde_json::json!({"job_id": j.job_id, "dataset_id": j.dataset_id, "state": state_name(j.state), "steps_done": j.steps_done, "steps_planned": j.steps_planned, "epsilon_spent": j.epsilon_spent, "reason": j.reason})).collect();
                 println!("{}", serde_json::Value::Array(v));
@@ -435,16 +448,15 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
             show_audit(&finished(&mut c, a).await?, json)
         }
         AuditsCommand::List { job } => {
-            let mut audits = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = c.audits.list(pb::ListAuditsRequest { job_id: job.clone().unwrap_or_default(), page_size: 1000, page_token }).await.map_err(explain)?.into_inner();
-                audits.extend(page.audits);
-                if page.next_page_token.is_empty() {
-                    break;
+            let job_id = job.unwrap_or_default();
+            let audits = all_pages(|page_token| {
+                let (mut client, job_id) = (c.audits.clone(), job_id.clone());
+                async move {
+                    let page = client.list(pb::ListAuditsRequest { job_id, page_size: 1000, page_token }).await?.into_inner();
+                    Ok((page.audits, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             println!("{:<32}  {:<32}  {:<10} {:>10} {:>10}", "audit", "job", "state", "eps_lb", "certified");
             for a in audits {
                 println!("{:<32}  {:<32}  {:<10} {:>10.4} {:>10.4}  {}", a.audit_id, a.job_id, audit_state_name(a.state), a.epsilon_lower_bound, a.certified_epsilon, printable(&a.reason));

@@ -64,11 +64,13 @@ impl pb::datasets_server::Datasets for DatasetsApi {
         let path = dataset_file(&self.state, id.as_str());
         let new = NewDataset { name, sha256: sha, path: path.display().to_string(), units, privacy_unit: unit, user_field, budget_epsilon, budget_delta };
 
-        // Write-and-record, one registration at a time (the parsing above runs in parallel).
-        let _serial = self.state.dataset_writes.lock().await;
+        // Write-and-record, one registration at a time (the parsing above runs in parallel). The
+        // guard moves into the blocking work: a client that hangs up cannot release it early.
+        let serial = self.state.dataset_writes.clone().lock_owned().await;
         let state = self.state.clone();
         let t = tenant.clone();
         let d = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let _serial = serial;
             match state.store.get_dataset(&t, &id) {
                 Ok(_) => return Err(StoreError::AlreadyExists { kind: "dataset", id: id.to_string() }.into()),
                 Err(StoreError::NotFound { .. }) => {}
@@ -89,7 +91,10 @@ impl pb::datasets_server::Datasets for DatasetsApi {
             }).map_err(Status::from)
         })
         .await
-        .map_err(|e| Status::internal(format!("registration failed: {e}")))??;
+        .map_err(|e| {
+            tracing::error!(error = %e, "a dataset registration failed");
+            Status::internal("the registration failed; see the daemon's log")
+        })??;
         tracing::info!(tenant = %tenant.as_str(), dataset = %d.id.as_str(), units, "dataset registered");
         Ok(Response::new(convert::dataset(&d)))
     }

@@ -19,6 +19,14 @@ impl From<StoreError> for Status {
                 dataset.as_str(),
                 (budget_epsilon - committed_epsilon).max(0.0)
             )),
+            // The ledger with this job cannot be certified (too long or too large for the
+            // accountant's ranges): the job is refused, nothing was written.
+            StoreError::Accountant {
+                source:
+                    source @ (ewtune_accountant::Error::NotCertifiable { .. }
+                    | ewtune_accountant::Error::OutOfRange { .. }
+                    | ewtune_accountant::Error::TooLarge { .. }),
+            } => Status::failed_precondition(format!("the privacy ledger of this dataset cannot be certified with this job: {source}")),
             e @ (StoreError::IncompatibleSchema { .. }
             | StoreError::Pragma { .. }
             | StoreError::Corrupt { .. }

@@ -30,7 +30,7 @@ pub struct State {
     pub cpu: cpu_pool::CpuPool,
     /// Serialises the write-and-record step of dataset registrations, so a file another
     /// registration relies on is never removed under it.
-    pub dataset_writes: tokio::sync::Mutex<()>,
+    pub dataset_writes: Arc<tokio::sync::Mutex<()>>,
     /// Open Watch streams per tenant (capped by `watch_streams_per_tenant`).
     pub watches: Arc<crate::api::watch::WatchSlots>,
     /// Turns true when the daemon starts to stop: open Watch streams end (UNAVAILABLE).
@@ -88,11 +88,24 @@ impl State {
             wake: tokio::sync::Notify::new(),
             audit_slots: tokio::sync::Semaphore::new(1),
             cpu,
-            dataset_writes: tokio::sync::Mutex::new(()),
+            dataset_writes: Arc::default(),
             watches,
             stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
+}
+
+/// Opens only the store under `data_dir` (creating the directory 0700 when absent), for the
+/// commands that run beside a serving daemon (`ewtuned token ...`): unlike [`State::open`] it
+/// touches no other file, so it cannot remove a temp file the daemon is writing.
+pub fn open_store(data_dir: &std::path::Path) -> Result<Store, DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|e| DaemonError::Io { what: format!("create {}", data_dir.display()), reason: e.to_string() })?;
+    Ok(Store::open(data_dir.join("ewtune.db"))?)
 }
 
 /// Moves the `user_field` of user-level datasets registered by a daemon before schema version 3

@@ -117,7 +117,7 @@ async fn sigkill_mid_training_resumes_without_undercounting() {
             let jid = ewtune::store::JobId::parse(&id).unwrap();
             let j = store.get_job(&tenant, &jid).unwrap();
             let progressed = store
-                .events_since(&tenant, &jid, 0)
+                .events_since(&tenant, &jid, 0, u32::MAX)
                 .unwrap()
                 .iter()
                 .filter(|e| e.kind == "progress")

@@ -64,6 +64,12 @@ pub fn count_in_range(field: &str, value: u64, lo: u64, hi: u64) -> Result<u64, 
     }
 }
 
+/// Control characters and the Unicode bidirectional controls, which can make text read other
+/// than it is.
+fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
 /// At most [`QUOTE_CHARS`] characters of `input`, control characters escaped, for an error
 /// message: a client's input is never echoed whole.
 pub fn quote(input: &str) -> String {
@@ -83,15 +89,15 @@ pub fn name(field: &str, value: &str) -> Result<String, Status> {
     if value.len() > MAX_NAME_BYTES {
         return Err(invalid(field, format!("must be at most {MAX_NAME_BYTES} bytes, got {}", value.len())));
     }
-    if value.chars().any(char::is_control) {
-        return Err(invalid(field, format!("must be printable text (no control characters), got {}", quote(value))));
+    if value.chars().any(unprintable) {
+        return Err(invalid(field, format!("must be printable text (no control or bidirectional characters), got {}", quote(value))));
     }
     Ok(value.to_string())
 }
 
 /// A key (a JSON field name, a module name): 1 to [`MAX_KEY_BYTES`] bytes, no control characters.
 pub fn key(field: &str, value: &str) -> Result<String, Status> {
-    if value.is_empty() || value.len() > MAX_KEY_BYTES || value.chars().any(char::is_control) {
+    if value.is_empty() || value.len() > MAX_KEY_BYTES || value.chars().any(unprintable) {
         return Err(invalid(field, format!("must be 1 to {MAX_KEY_BYTES} bytes of printable text, got {}", quote(value))));
     }
     Ok(value.to_string())
@@ -127,6 +133,7 @@ mod tests {
         assert!(name("name", &"n".repeat(MAX_NAME_BYTES + 1)).is_err());
         assert!(name("name", "evil\x1b[31mred").unwrap_err().message().contains("\\u{1b}"));
         assert!(name("name", "two\nlines").is_err());
+        assert!(name("name", "invoice\u{202e}fdp.exe").is_err());
         assert_eq!(name("name", &"é".repeat(128)).unwrap().len(), 256);
     }
 }

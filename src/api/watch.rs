@@ -117,6 +117,9 @@ pub(super) async fn watch(state: &Arc<State>, req: Request<pb::WatchJobRequest>)
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
+/// Events read from the store at once: a stream of a long job never holds its whole log.
+const EVENTS_PER_READ: u32 = 256;
+
 /// The stream's task: sends the job's events after `after`, ends after its final event, when the
 /// client goes away, or on a store error (sent to the client). Holds `_slot` while it runs.
 async fn follow(
@@ -136,7 +139,7 @@ async fn follow(
         // The state first: when it is final, the final event (same commit) is in the next read.
         let read = tokio::task::block_in_place(|| {
             let done = state.store.get_job(&tenant, &id)?.state.is_terminal();
-            state.store.events_since(&tenant, &id, after).map(|events| (done, events))
+            state.store.events_since(&tenant, &id, after, EVENTS_PER_READ).map(|events| (done, events))
         });
         let (done, events) = match read {
             Ok(read) => read,
@@ -145,11 +148,15 @@ async fn follow(
                 return;
             }
         };
+        let full_page = events.len() == EVENTS_PER_READ as usize;
         for e in events {
             after = e.seq;
             if tx.send(Ok(event(e))).await.is_err() {
                 return; // the client hung up
             }
+        }
+        if full_page {
+            continue; // more are stored: read on before waiting (a long job has one event per step)
         }
         if done {
             return;

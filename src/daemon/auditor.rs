@@ -32,7 +32,11 @@ pub fn start(state: Arc<State>, audit: Audit, job: Job, request: AuditRequest) {
                 tracing::warn!(audit = %audit.id, error = %e, "audit failed");
                 AuditOutcome::Failed(match &e {
                     AuditError::Model(t) => t.without_paths(),
-                    other => other.to_string(),
+                    // Messages naming files (a tokenizer, a checkpoint) lose the daemon's directories.
+                    other => {
+                        let dirs = [(&state.config.models_dir, "<models>"), (&state.config.data_dir, "<data>")];
+                        dirs.iter().fold(other.to_string(), |m, (dir, name)| m.replace(dir.to_string_lossy().as_ref(), name))
+                    }
                 })
             }
             Err(super::BatchPanicked(message)) => {

@@ -302,14 +302,15 @@ impl Store {
         )
     }
 
-    /// The tenant's job events with `seq > after_seq`, in order (`after_seq = 0` for all).
-    pub fn events_since(&self, tenant: &TenantId, job: &JobId, after_seq: i64) -> Result<Vec<JobEvent>> {
+    /// At most `limit` of the tenant's job events with `seq > after_seq`, in order (`after_seq =
+    /// 0` from the first).
+    pub fn events_since(&self, tenant: &TenantId, job: &JobId, after_seq: i64, limit: u32) -> Result<Vec<JobEvent>> {
         let conn = self.reader();
         load_owned(&conn, tenant, job)?;
         let mut stmt = conn.prepare(
-            "SELECT seq, job, kind, payload_json, at_ms FROM job_events WHERE job = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT seq, job, kind, payload_json, at_ms FROM job_events WHERE job = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![job, after_seq], |row| {
+        let rows = stmt.query_map(params![job, after_seq, limit], |row| {
             Ok(JobEvent {
                 seq: row.get(0)?,
                 job: row.get(1)?,
@@ -560,7 +561,7 @@ mod tests {
         let mut rx = fx.store.subscribe_job_events();
         let mut expect = |store: &Store, id: &JobId, kind: &str| {
             assert_eq!(&rx.try_recv().unwrap(), id);
-            assert_eq!(store.events_since(&acme, id, 0).unwrap().last().unwrap().kind, kind);
+            assert_eq!(store.events_since(&acme, id, 0, u32::MAX).unwrap().last().unwrap().kind, kind);
         };
         let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
         expect(&fx.store, &job.id, "created");
@@ -595,14 +596,14 @@ mod tests {
         assert_eq!((done.state, done.steps_done, done.steps_reserved()), (JobState::Succeeded, 40, 0));
         assert!(done.finished_at_unix_ms.is_some());
 
-        let events = fx.store.events_since(&acme, &job.id, 0).unwrap();
+        let events = fx.store.events_since(&acme, &job.id, 0, u32::MAX).unwrap();
         assert_eq!(kinds(&events), ["created", "started", "progress", "succeeded"]);
         assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
         let progress: serde_json::Value = serde_json::from_str(&events[2].payload_json).unwrap();
         assert_eq!(progress, json!({ "step": 40, "epsilon_spent": 0.5 }));
         let end: serde_json::Value = serde_json::from_str(&events[3].payload_json).unwrap();
         assert_eq!(end["steps_released"], 60);
-        let tail = fx.store.events_since(&acme, &job.id, events[1].seq).unwrap();
+        let tail = fx.store.events_since(&acme, &job.id, events[1].seq, u32::MAX).unwrap();
         assert_eq!(tail, events[2..].to_vec());
 
         let err = fx.store.finish_job(&job.id, JobState::Failed, Some("again".into())).unwrap_err();
@@ -648,7 +649,7 @@ mod tests {
         assert_eq!(fx.store.record_progress(&job.id, 100, 1.0).unwrap().steps_done, 100);
 
         let progress =
-            fx.store.events_since(&acme, &job.id, 0).unwrap().into_iter().filter(|e| e.kind == "progress").count();
+            fx.store.events_since(&acme, &job.id, 0, u32::MAX).unwrap().into_iter().filter(|e| e.kind == "progress").count();
         assert_eq!(progress, 2, "ignored updates append no event");
 
         // Below the Rust code, the schema refuses a decrease too.
@@ -674,7 +675,7 @@ mod tests {
         assert!(fx.store.is_cancel_requested(&running.id).unwrap());
         assert!(!fx.store.is_cancel_requested(&queued.id).unwrap());
         fx.store.request_cancel(&acme, &running.id).unwrap();
-        let events = fx.store.events_since(&acme, &running.id, 0).unwrap();
+        let events = fx.store.events_since(&acme, &running.id, 0, u32::MAX).unwrap();
         assert_eq!(kinds(&events), ["created", "started", "cancel_requested"], "a repeated request adds nothing");
 
         fx.store.finish_job(&running.id, JobState::Cancelled, Some("cancelled by tenant".into())).unwrap();
@@ -711,11 +712,11 @@ mod tests {
         let a_now = fx.store.get_job(&acme, &a.id).unwrap();
         assert_eq!((a_now.steps_done, a_now.steps_reserved()), (25, 75), "spend and reservation kept");
         assert_eq!(
-            kinds(&fx.store.events_since(&acme, &a.id, 0).unwrap()),
+            kinds(&fx.store.events_since(&acme, &a.id, 0, u32::MAX).unwrap()),
             ["created", "started", "progress", "interrupted"]
         );
         assert_eq!(
-            kinds(&fx.store.events_since(&acme, &b.id, 0).unwrap()),
+            kinds(&fx.store.events_since(&acme, &b.id, 0, u32::MAX).unwrap()),
             ["created", "started", "cancel_requested", "interrupted", "cancelled"]
         );
         assert_eq!(fx.store.get_job(&acme, &c.id).unwrap().state, JobState::Failed);
@@ -767,7 +768,7 @@ mod tests {
         not_found(fx.store.budget_report(&globex, &d.id).map(drop), "dataset");
         not_found(fx.store.create_job(&globex, new_job(&d.id, 1.0, 0.01, 10)).map(drop), "dataset");
         not_found(fx.store.get_job(&globex, &job.id).map(drop), "job");
-        not_found(fx.store.events_since(&globex, &job.id, 0).map(drop), "job");
+        not_found(fx.store.events_since(&globex, &job.id, 0, u32::MAX).map(drop), "job");
         not_found(fx.store.request_cancel(&globex, &job.id).map(drop), "job");
         assert!(fx.store.list_jobs(&globex, Page::default()).unwrap().items.is_empty());
         assert!(fx.store.list_datasets(&globex, Page::default()).unwrap().items.is_empty());

@@ -300,7 +300,7 @@ mod tests {
         let claimed = fx.store.claim_next_queued().unwrap().unwrap();
         fx.store.record_progress(&claimed.id, 50, 0.4).unwrap();
         let report = fx.store.budget_report(&tenant, &dataset.id).unwrap();
-        let events = fx.store.events_since(&tenant, &job.id, 0).unwrap();
+        let events = fx.store.events_since(&tenant, &job.id, 0, u32::MAX).unwrap();
         let path = fx.store.path().to_owned();
         let Fixture { store, dir: _dir } = fx;
         drop(store);
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(reopened.state, JobState::Running);
         assert_eq!(reopened.steps_done, 50);
         assert_eq!(reopened.epsilon_spent, 0.4);
-        assert_eq!(store.events_since(&tenant, &job.id, 0).unwrap(), events);
+        assert_eq!(store.events_since(&tenant, &job.id, 0, u32::MAX).unwrap(), events);
         let again = store.budget_report(&tenant, &dataset.id).unwrap();
         assert!(again.sequence > report.sequence, "report numbers grow across a restart");
         assert_eq!(BudgetReport { sequence: report.sequence, issued_at_unix_ms: report.issued_at_unix_ms, ..again }, report);

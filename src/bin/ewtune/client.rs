@@ -68,5 +68,5 @@ impl Connect {
 
 /// A status as a person reads it.
 pub fn explain(s: tonic::Status) -> Box<dyn std::error::Error> {
-    format!("{:?}: {}", s.code(), s.message()).into()
+    format!("{:?}: {}", s.code(), crate::terminal::printable(s.message())).into()
 }

@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod remote;
 mod synth;
+mod terminal;
 mod train;
 mod verify;
 

@@ -2,6 +2,7 @@
 //! tables for people and `--json` for scripts.
 
 use super::client::{explain, Connect};
+use super::terminal::printable;
 use ewtune::api::pb;
 use ewtune::daemon::signing::SignedReport;
 use ewtune::digest::hex;
@@ -224,19 +225,6 @@ where
     }
 }
 
-/// Text from the daemon as a terminal may show it: control characters (ANSI escapes, carriage
-/// returns, new lines) are escaped, so a name cannot repaint the screen or forge a line.
-fn printable(s: &str) -> String {
-    s.chars().fold(String::with_capacity(s.len()), |mut out, c| {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-        out
-    })
-}
-
 fn audit_state_name(s: i32) -> &'static str {
     match pb::AuditState::try_from(s) {
         Ok(pb::AuditState::Running) => "running",
@@ -307,7 +295,7 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
                 println!("certified epsilon {:.4} at delta {:e} (guarantee); Edgeworth {:.4} (estimate)", p.certified_epsilon, p.delta, p.edgeworth_epsilon);
                 println!("the dataset has {:.4} epsilon left before this job", p.remaining_epsilon_before);
                 for w in &p.warnings {
-                    println!("warning: {w}");
+                    println!("warning: {}", printable(w));
                 }
             }
         }
@@ -382,7 +370,7 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
     let j = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner();
     println!("job {} {}: {}/{} steps, certified epsilon spent {:.4} {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, printable(&j.reason));
     if j.state == pb::JobState::Failed as i32 {
-        return Err(format!("job failed: {}", j.reason).into());
+        return Err(format!("job failed: {}", printable(&j.reason)).into());
     }
     Ok(())
 }
@@ -477,7 +465,7 @@ async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb
 
 fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     if a.state == pb::AuditState::Failed as i32 {
-        return Err(format!("audit {} failed: {}", a.audit_id, a.reason).into());
+        return Err(format!("audit {} failed: {}", a.audit_id, printable(&a.reason)).into());
     }
     if a.state != pb::AuditState::Succeeded as i32 {
         println!("audit {} {}", a.audit_id, audit_state_name(a.state));

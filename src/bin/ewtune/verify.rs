@@ -2,6 +2,7 @@
 //! prints what it checked, and says with its exit code whether the signer was the pinned key.
 
 use ewtune::daemon::signing::{rfc3339_utc, verify, SignedReport, Verified};
+use super::terminal::printable;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -63,7 +64,7 @@ fn print(v: &Verified) {
     let fields = [("tenant", &f.tenant), ("dataset", &f.dataset), ("audit", &f.audit_id), ("job", &f.job_id)];
     for (name, value) in fields {
         if let Some(value) = value {
-            println!("  {name:<11} {value}");
+            println!("  {name:<11} {}", printable(value));
         }
     }
     if let Some(seq) = f.sequence {

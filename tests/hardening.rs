@@ -70,7 +70,7 @@ async fn legacy_sidecars_are_adopted_never_guessed() {
     std::fs::write(dir.join(format!("{adopted_id}.json")), br#"{"user_field":"user"}"#).unwrap();
     std::fs::write(dir.join(format!("{lost_id}.json")), b"{corrupt").unwrap();
     let store = ewtune::store::Store::open(&db).unwrap();
-    let read = |id: &ewtune::store::DatasetId| {
+    let read = |id: &ewtune::store::DatasetId, _units: u64| {
         let bytes = std::fs::read(dir.join(format!("{id}.json"))).ok()?;
         serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["user_field"].as_str().map(str::to_string)
     };
@@ -81,7 +81,7 @@ async fn legacy_sidecars_are_adopted_never_guessed() {
     let err = get(&lost_id).data_user_field().unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), Code::FailedPrecondition);
     // Once set, SQL refuses to change it.
-    assert_eq!(store.adopt_legacy_user_fields(|_| Some("grp".into())).unwrap().0, 1, "only the NULL one is filled");
+    assert_eq!(store.adopt_legacy_user_fields(|_, _| Some("grp".into())).unwrap().0, 1, "only the NULL one is filled");
     assert_eq!(get(&adopted_id).data_user_field().unwrap(), Some("user"));
 }
 

@@ -19,7 +19,8 @@
 //!   RESOURCE_EXHAUSTED and its body dropped. The wait is short on purpose: an upload waiting
 //!   unread keeps what its client already sent in HTTP/2's connection-wide flow-control window,
 //!   so a few of them on one connection stall the upload being received on that connection
-//!   until they give up.
+//!   until they give up. An admitted upload has [`UPLOAD_TIMEOUT`] to arrive and be handled, so
+//!   a client that stalls mid-body cannot hold a slot for ever.
 //!
 //! What this file does not own: the services, TLS, and the Watch stream cap (`watch.rs`).
 
@@ -43,6 +44,10 @@ pub const UPLOADS: [&str; 2] = ["/ewtune.v1.Datasets/Register", "/ewtune.v1.Audi
 
 /// How long an upload past `max_concurrent_uploads` waits for a slot before RESOURCE_EXHAUSTED.
 pub const UPLOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest one upload may take from its slot to its answer (256 MiB at about 1 MiB/s), so a
+/// client that stalls mid-upload frees its slot.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Pause after a failed accept (EMFILE and the like), so a persistent error does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -334,7 +339,19 @@ where
                     }
                 },
             };
-            let response = inner.call(req).await?;
+            let response = if _upload_slot.is_some() {
+                // A client that sends an upload's headers and then stalls would hold its slot
+                // forever: the whole upload (receiving and handling) gets UPLOAD_TIMEOUT.
+                match tokio::time::timeout(UPLOAD_TIMEOUT, inner.call(req)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        let status = tonic::Status::deadline_exceeded(format!("an upload must arrive and be handled within {} s", UPLOAD_TIMEOUT.as_secs()));
+                        return Ok(status.into_http::<tonic::body::Body>());
+                    }
+                }
+            } else {
+                inner.call(req).await?
+            };
             Ok(response.map(|body| tonic::body::Body::new(Tracked { body: Box::pin(body), _in_flight: in_flight })))
         })
     }

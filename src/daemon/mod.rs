@@ -109,16 +109,23 @@ pub fn open_store(data_dir: &std::path::Path) -> Result<Store, DaemonError> {
 }
 
 /// Moves the `user_field` of user-level datasets registered by a daemon before schema version 3
-/// from their sidecar files (`datasets/<sha256>.json`) into their rows, once. A missing or
-/// corrupt sidecar is never guessed: that dataset stays unusable, and the log says which.
+/// from their sidecar files (`datasets/<sha256>.json`) into their rows, once. Such a file was
+/// shared by every tenant with the same bytes (and rewritable by any of them), so it is adopted
+/// only if its field groups the data into exactly the units counted when this row was
+/// registered. A missing, corrupt or inconsistent sidecar is never guessed: that dataset stays
+/// unusable, and the log says which.
 fn adopt_legacy_sidecars(store: &Store, datasets_dir: &std::path::Path) -> Result<(), DaemonError> {
     #[derive(serde::Deserialize)]
     struct Sidecar {
         user_field: Option<String>,
     }
-    let read = |id: &crate::store::DatasetId| {
+    let read = |id: &crate::store::DatasetId, units: u64| {
         let bytes = std::fs::read(datasets_dir.join(format!("{id}.json"))).ok()?;
-        serde_json::from_slice::<Sidecar>(&bytes).ok()?.user_field
+        let field = serde_json::from_slice::<Sidecar>(&bytes).ok()?.user_field?;
+        let data = std::fs::read_to_string(datasets_dir.join(format!("{id}.jsonl"))).ok()?;
+        let cfg = crate::train::data::DataConfig { user_field: Some(field.clone()), ..Default::default() };
+        let records = crate::train::data::read_records(std::path::Path::new("dataset"), &data, &cfg).ok()?;
+        (crate::train::data::count_units(&records) as u64 == units).then_some(field)
     };
     let (adopted, unusable) = store.adopt_legacy_user_fields(read)?;
     if adopted > 0 {

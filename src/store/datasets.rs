@@ -228,20 +228,21 @@ impl Store {
 
 impl Store {
     /// Version-3 upgrade of user-level datasets registered before the store kept their user
-    /// field: `legacy_field(id)` reads the field the old sidecar file recorded (`None` when it is
-    /// missing or corrupt). A field found is set once; a dataset without one keeps `NULL` and
+    /// field: `legacy_field(id, units)` reads the field the old sidecar file recorded and returns
+    /// it only if it is trustworthy (the caller checks that it groups the data into the `units`
+    /// counted at registration; `None` when missing, corrupt or inconsistent). A field found is set once; a dataset without one keeps `NULL` and
     /// [`Dataset::data_user_field`] refuses it. Returns (adopted, left unusable).
-    pub fn adopt_legacy_user_fields(&self, legacy_field: impl Fn(&DatasetId) -> Option<String>) -> Result<(usize, Vec<DatasetId>)> {
+    pub fn adopt_legacy_user_fields(&self, legacy_field: impl Fn(&DatasetId, u64) -> Option<String>) -> Result<(usize, Vec<DatasetId>)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pending: Vec<(TenantId, DatasetId)> = {
-            let mut stmt = tx.prepare("SELECT tenant, sha256 FROM datasets WHERE privacy_unit = 'user' AND user_field IS NULL")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let pending: Vec<(TenantId, DatasetId, u64)> = {
+            let mut stmt = tx.prepare("SELECT tenant, sha256, units FROM datasets WHERE privacy_unit = 'user' AND user_field IS NULL")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let (mut adopted, mut unusable) = (0, Vec::new());
-        for (tenant, id) in pending {
-            match legacy_field(&id).filter(|f| !f.is_empty() && f.len() <= 256) {
+        for (tenant, id, units) in pending {
+            match legacy_field(&id, units).filter(|f| !f.is_empty() && f.len() <= 256) {
                 Some(field) => {
                     tx.execute("UPDATE datasets SET user_field = ?1 WHERE tenant = ?2 AND sha256 = ?3", params![field, tenant, id])?;
                     adopted += 1;

@@ -449,6 +449,7 @@ fn assert_private(dir: &Path) -> Vec<PathBuf> {
 async fn files_are_private_after_a_job_runs() {
     let d = Ewtuned::start("", |data| {
         let legacy = data.join("datasets/legacy.jsonl");
+        std::fs::create_dir_all(data.join("datasets")).unwrap(); // `token create` lays out only the store
         std::fs::write(&legacy, "{}\n").unwrap();
         std::fs::set_permissions(&legacy, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o755)).unwrap();

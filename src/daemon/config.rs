@@ -141,7 +141,14 @@ impl DaemonConfig {
             n if n > MAX_TIMEOUT_SECS => Err(ConfigError::Invalid { key, reason: format!("{n} s is more than a day ({MAX_TIMEOUT_SECS} s)") }),
             n => Ok(Duration::from_secs(n)),
         };
-        let count = |key, file, default: usize| positive(key, env, file, default as u64).and_then(|n| usize::try_from(n).map_err(|_| ConfigError::Invalid { key, reason: format!("{n} is too large") }));
+        // Counts size semaphores and tables: at most a million (a semaphore panics past its maximum).
+        const MAX_COUNT: u64 = 1_000_000;
+        let count = |key, file, default: usize| {
+            positive(key, env, file, default as u64).and_then(|n| match usize::try_from(n) {
+                Ok(n) if n as u64 <= MAX_COUNT => Ok(n),
+                _ => Err(ConfigError::Invalid { key, reason: format!("{n} is too large (at most {MAX_COUNT})") }),
+            })
+        };
         let limits = ServerLimits {
             max_connections: count("max_connections", fc.max_connections, d.max_connections)?,
             handshake_timeout: secs("handshake_timeout_secs", fc.handshake_timeout_secs, d.handshake_timeout)?,
@@ -230,6 +237,10 @@ mod tests {
             assert!(matches!(resolve_file(&format!("{key} = \"ten\"\n")), Err(ConfigError::File { .. })), "{key} = ten");
         }
         assert!(matches!(resolve_file("max_conections = 3\n"), Err(ConfigError::File { .. })), "unknown keys are refused");
+        match resolve_file("max_concurrent_uploads = 4611686018427387904\n") {
+            Err(ConfigError::Invalid { key, reason }) => assert!(key == "max_concurrent_uploads" && reason.contains("too large"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
         match resolve_file("idle_timeout_secs = 100000000000\n") {
             Err(ConfigError::Invalid { key, reason }) => assert!(key == "idle_timeout_secs" && reason.contains("day"), "{reason}"),
             other => panic!("{other:?}"),

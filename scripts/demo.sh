@@ -20,8 +20,6 @@ cp -r "$run/assets/base" "$run/data/models/tiny-gpt2"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export EWTUNE_ADDR="http://127.0.0.1:$port"
 export EWTUNE_TOKEN=$("$bin/ewtuned" token create --data-dir "$run/data" --tenant demo-clinic 2>/dev/null)
-# The key that signs this daemon's reports, pinned for `ewtune verify` (as its operator would publish it).
-export EWTUNE_PUBLIC_KEY=$("$bin/ewtuned" key show --data-dir "$run/data")
 "$bin/ewtuned" --data-dir "$run/data" --listen "127.0.0.1:$port" 2>"$run/ewtuned.log" &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
@@ -29,6 +27,9 @@ for _ in $(seq 1 200); do
   "$bin/ewtune" datasets list >/dev/null 2>&1 && break
   sleep 0.1
 done
+# The key that signs this daemon's reports (created at its first start), pinned for `ewtune
+# verify` as its operator would publish it.
+export EWTUNE_PUBLIC_KEY=$("$bin/ewtuned" key show --data-dir "$run/data")
 
 echo "== ewtuned serving on $EWTUNE_ADDR (data in $run/data, log in $run/ewtuned.log)"
 echo "== register the sensitive dataset with a total budget of epsilon 8 at delta 1e-5"

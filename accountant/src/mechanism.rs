@@ -25,6 +25,9 @@ pub struct SubsampledGaussian {
     pub sample_rate: f64,
 }
 
+/// Most (q, sigma) points whose PLLR statistics stay cached.
+const PLLR_CACHE_CAPACITY: usize = 4096;
+
 impl SubsampledGaussian {
     /// Validates and builds the mechanism: `noise_multiplier` finite and
     /// `>= MIN_NOISE_MULTIPLIER` (0.01), `sample_rate` in `(0, 1]` (see [`crate::domain`]).
@@ -103,7 +106,8 @@ impl SubsampledGaussian {
         (fx - eps.exp() * fy).max(0.0)
     }
 
-    /// Cumulants and absolute moments of X and Y, computed once per (q, sigma) and cached.
+    /// Cumulants and absolute moments of X and Y, computed once per (q, sigma) and cached (at
+    /// most [`PLLR_CACHE_CAPACITY`] entries; cleared when full).
     pub fn pllr_stats(&self) -> Arc<PllrStats> {
         type Cache = Mutex<HashMap<(u64, u64), Arc<PllrStats>>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -113,7 +117,12 @@ impl SubsampledGaussian {
             return hit.clone();
         }
         let stats = Arc::new(self.compute_pllr_stats());
-        cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, stats.clone());
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: every calibration a client asks for adds a few dozen (q, sigma) points.
+        if cache.len() >= PLLR_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, stats.clone());
         stats
     }
 

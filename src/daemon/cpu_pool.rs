@@ -9,9 +9,11 @@
 //!   limit. A tenant runs on at most all threads but one (one thread on a two-core machine), so
 //!   one tenant's long calibrations cannot keep everybody else's plans waiting.
 //! * The client's deadline (`grpc-timeout`, capped by the daemon's own [`MAX_WORK`]): waiting
-//!   for a slot stops at the deadline; a task whose caller has gone (deadline passed, client
-//!   hung up) before it started is skipped and its slot freed; a task already running finishes
-//!   (every input was range-checked first, so it is bounded) and its result is dropped.
+//!   for a slot stops at the deadline. When the caller goes (deadline passed, client hung up),
+//!   its admission is freed at once and its result dropped: a task not yet started is skipped,
+//!   one already running finishes (every input was range-checked first, so it is bounded) but
+//!   keeps only its thread and its tenant's running share, so one tenant's abandoned work never
+//!   holds more of the pool than its own running share.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,12 +65,22 @@ impl Drop for TenantSlot {
     }
 }
 
-/// Marks the task abandoned when the awaiting request goes away first.
-struct AbandonOnDrop(Arc<AtomicBool>);
+/// A task's admission (its place in the pool and in its tenant's share), freed by whichever
+/// comes first: the task's end, or its caller going away.
+type Admission = Arc<Mutex<Option<(tokio::sync::OwnedSemaphorePermit, TenantSlot)>>>;
+
+fn free(admission: &Admission) {
+    drop(admission.lock().unwrap_or_else(PoisonError::into_inner).take());
+}
+
+/// When the awaiting request goes away (answered, past its deadline, or dropped): marks the task
+/// abandoned and frees its admission.
+struct AbandonOnDrop(Arc<AtomicBool>, Admission);
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+        free(&self.1);
     }
 }
 
@@ -125,15 +137,16 @@ impl CpuPool {
             Err(_) => return Err(deadline_passed()),
         };
         let abandoned = Arc::new(AtomicBool::new(false));
-        let guard = AbandonOnDrop(abandoned.clone());
+        let admission: Admission = Arc::new(Mutex::new(Some((permit, tenant_slot))));
+        let guard = AbandonOnDrop(abandoned.clone(), admission.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.threads.spawn(move || {
-            let held = (permit, run_permit, tenant_slot);
+            let _running = run_permit;
             if abandoned.load(Ordering::Relaxed) {
-                return; // the caller is gone: free the slot without doing the work
+                return; // the caller is gone: skip the work
             }
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            drop(held); // the slots are free before the caller sees the result
+            free(&admission); // the slots are free before the caller sees the result
             let _ = tx.send(result);
         });
         let result = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), rx).await;
@@ -212,6 +225,9 @@ mod tests {
         // Another tenant is admitted, but the one thread is busy: its deadline passes.
         let e = pool.run("b", Instant::now() + Duration::from_millis(100), || ()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        // Its admission was freed at the deadline, though its task still waits in the queue.
+        assert!(!pool.per_tenant.lock().unwrap().contains_key("b"));
+        assert_eq!(pool.admitted.available_permits(), pool.capacity - PER_TENANT);
         release.store(true, Ordering::Relaxed);
         while let Some(r) = held.join_next().await {
             r.unwrap().unwrap();

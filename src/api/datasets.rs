@@ -52,7 +52,7 @@ impl pb::datasets_server::Datasets for DatasetsApi {
         let (content, sha, units) = self
             .state
             .cpu
-            .run(tenant.as_str(), deadline, move || {
+            .run(&tenant, deadline, move || {
                 let text = std::str::from_utf8(&content).map_err(|e| invalid("content", format!("not UTF-8 (at byte {})", e.valid_up_to())))?;
                 let records = read_records(std::path::Path::new("content"), text, &cfg).map_err(|e| invalid("content", e.without_paths()))?;
                 let units = count_units(&records) as u64;
@@ -67,9 +67,8 @@ impl pb::datasets_server::Datasets for DatasetsApi {
         // Write-and-record, one registration at a time (the parsing above runs in parallel). The
         // guard moves into the blocking work: a client that hangs up cannot release it early.
         let serial = self.state.dataset_writes.clone().lock_owned().await;
-        let state = self.state.clone();
         let t = tenant.clone();
-        let d = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+        let d = super::blocking(&self.state, move |state| {
             let _serial = serial;
             match state.store.get_dataset(&t, &id) {
                 Ok(_) => return Err(StoreError::AlreadyExists { kind: "dataset", id: id.to_string() }.into()),
@@ -90,11 +89,7 @@ impl pb::datasets_server::Datasets for DatasetsApi {
                 }
             }).map_err(Status::from)
         })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "a dataset registration failed");
-            Status::internal("the registration failed; see the daemon's log")
-        })??;
+        .await?;
         tracing::info!(tenant = %tenant.as_str(), dataset = %d.id.as_str(), units, "dataset registered");
         Ok(Response::new(convert::dataset(&d)))
     }

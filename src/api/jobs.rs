@@ -2,6 +2,7 @@
 //! (a server stream of events, in `watch.rs`), cancel.
 
 use super::auth::tenant;
+use super::blocking;
 use super::convert::{self, invalid, CheckedSpec};
 use super::pb;
 use crate::daemon::State;
@@ -93,13 +94,7 @@ impl JobsApi {
     async fn settle_off_runtime(&self, tenant: &TenantId, metadata: &tonic::metadata::MetadataMap, req: &pb::JobSpec, draw: bool) -> Result<Settled, Status> {
         let deadline = crate::daemon::cpu_pool::deadline(metadata);
         let (state, t, r) = (self.state.clone(), tenant.clone(), req.clone());
-        self.state.cpu.run(tenant.as_str(), deadline, move || settle(&state, &t, &r, draw)).await?
-    }
-
-    /// Runs store reads (and the ledger's accounting) off the async workers.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&State) -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
-        let state = self.state.clone();
-        tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| Status::internal(format!("request failed: {e}")))?
+        self.state.cpu.run(tenant, deadline, move || settle(&state, &t, &r, draw)).await?
     }
 }
 
@@ -117,7 +112,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         let tenant = tenant(&req)?;
         let Settled { plan: p, dataset: d, warnings, .. } = self.settle_off_runtime(&tenant, req.metadata(), req.get_ref(), false).await?;
         let t = tenant.clone();
-        let remaining_epsilon_before = self.blocking(move |s| Ok(s.store.remaining_epsilon(&t, &d.id)?)).await?;
+        let remaining_epsilon_before = blocking(&self.state, move |s| Ok(s.store.remaining_epsilon(&t, &d.id)?)).await?;
         Ok(Response::new(pb::PlanResponse {
             units: p.units as u64,
             sample_rate: p.sample_rate,
@@ -135,8 +130,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         let tenant = tenant(&req)?;
         let Settled { spec, plan: p, dataset: d, manifest_json, .. } = self.settle_off_runtime(&tenant, req.metadata(), req.get_ref(), true).await?;
         let t = tenant.clone();
-        let shown_job = self
-            .blocking(move |s| {
+        let shown_job = blocking(&self.state, move |s| {
                 let job = s.store.create_job(
                     &t,
                     NewJob {
@@ -159,14 +153,14 @@ impl pb::jobs_server::Jobs for JobsApi {
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
         let id = job_id(&req.get_ref().job_id)?;
-        let job = self.blocking(move |s| shown(s, &tenant, &s.store.get_job(&tenant, &id)?)).await?;
+        let job = blocking(&self.state, move |s| shown(s, &tenant, &s.store.get_job(&tenant, &id)?)).await?;
         Ok(Response::new(job))
     }
 
     async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let tenant = tenant(&req)?;
         let page = convert::page_request(req.get_ref().page_size, &req.get_ref().page_token)?;
-        self.blocking(move |s| {
+        blocking(&self.state, move |s| {
             let listed = s.store.list_jobs(&tenant, page)?;
             let jobs = listed.items.iter().map(|j| shown(s, &tenant, j)).collect::<Result<_, Status>>()?;
             Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token: listed.next.map(convert::page_token).unwrap_or_default() }))
@@ -183,7 +177,7 @@ impl pb::jobs_server::Jobs for JobsApi {
     async fn cancel(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let tenant = tenant(&req)?;
         let id = job_id(&req.get_ref().job_id)?;
-        let job = self.blocking(move |s| shown(s, &tenant, &s.store.request_cancel(&tenant, &id)?)).await?;
+        let job = blocking(&self.state, move |s| shown(s, &tenant, &s.store.request_cancel(&tenant, &id)?)).await?;
         Ok(Response::new(job))
     }
 }

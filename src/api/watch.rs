@@ -2,9 +2,9 @@
 //! what the event log holds after `after_seq`, then sleeps until the store's notice that this
 //! job's log grew (`Store::subscribe_job_events`), the client going away, or a slow re-check
 //! ([`RECHECK`], a safety net only); it ends after the job's final event, and with UNAVAILABLE
-//! when the daemon stops. Open streams are
-//! counted per tenant ([`WatchSlots`]) and capped by `watch_streams_per_tenant`: past the cap
-//! Watch answers `RESOURCE_EXHAUSTED`; a stream's slot frees when its task ends.
+//! when the daemon stops. Open streams are counted per tenant (`State::watches`) and capped by
+//! `watch_streams_per_tenant`: past the cap Watch answers `RESOURCE_EXHAUSTED`; a stream's slot
+//! frees when its task ends.
 //!
 //! What this file does not own: the event log itself (`store/jobs.rs`) and the other Jobs
 //! handlers (`jobs.rs`).
@@ -12,11 +12,11 @@
 use super::auth::tenant;
 use super::jobs::job_id;
 use super::pb;
+use crate::daemon::tenant_slots::TenantSlot;
 use crate::daemon::State;
 use crate::store::{JobEvent, JobId, TenantId};
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -32,70 +32,6 @@ pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// Events buffered per stream for a slow client.
 const BUFFERED_EVENTS: usize = 64;
-
-/// Open Watch streams per tenant, capped.
-#[derive(Debug)]
-pub struct WatchSlots {
-    cap: usize,
-    open: Mutex<HashMap<TenantId, usize>>,
-}
-
-/// One open stream's slot; dropping it frees the slot.
-#[derive(Debug)]
-pub struct WatchSlot {
-    slots: Arc<WatchSlots>,
-    tenant: TenantId,
-}
-
-impl WatchSlots {
-    /// At most `cap` open streams per tenant.
-    pub fn new(cap: usize) -> Arc<WatchSlots> {
-        Arc::new(WatchSlots { cap, open: Mutex::new(HashMap::new()) })
-    }
-
-    /// The cap per tenant.
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
-    /// Takes a slot for `tenant`, or `None` when it has `cap` open streams.
-    pub fn try_open(self: &Arc<Self>, tenant: &TenantId) -> Option<WatchSlot> {
-        let mut open = self.lock();
-        let n = open.entry(tenant.clone()).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(WatchSlot { slots: self.clone(), tenant: tenant.clone() })
-    }
-
-    /// Streams open for `tenant` now.
-    pub fn open_for(&self, tenant: &TenantId) -> usize {
-        self.lock().get(tenant).copied().unwrap_or(0)
-    }
-
-    /// Streams open now, all tenants together.
-    pub fn open_total(&self) -> usize {
-        self.lock().values().sum()
-    }
-
-    /// The counts hold no invariant a panic could break halfway: the poison flag is ignored.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, usize>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.lock();
-        if let Some(n) = open.get_mut(&self.tenant) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.tenant);
-            }
-        }
-    }
-}
 
 /// The handler: checks the job (`NotFound` before the stream starts), takes a slot, and spawns
 /// the stream's task.
@@ -129,7 +65,7 @@ async fn follow(
     mut after: i64,
     mut notices: broadcast::Receiver<JobId>,
     tx: mpsc::Sender<Result<pb::JobEvent, Status>>,
-    _slot: WatchSlot,
+    _slot: TenantSlot,
 ) {
     let stopping = stopped(state.stopping.subscribe());
     tokio::pin!(stopping);
@@ -188,25 +124,4 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
 
 fn event(e: JobEvent) -> pb::JobEvent {
     pb::JobEvent { seq: e.seq, job_id: e.job.as_str().to_string(), kind: e.kind, payload_json: e.payload_json, at_unix_ms: e.at_unix_ms }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_capped_per_tenant_and_freed_on_drop() {
-        let slots = WatchSlots::new(2);
-        let (a, b) = (TenantId::parse("alice").unwrap(), TenantId::parse("bob").unwrap());
-        let a1 = slots.try_open(&a).unwrap();
-        let a2 = slots.try_open(&a).unwrap();
-        assert!(slots.try_open(&a).is_none());
-        let b1 = slots.try_open(&b).unwrap();
-        assert_eq!((slots.open_for(&a), slots.open_for(&b), slots.open_total()), (2, 1, 3));
-        drop(a1);
-        let a3 = slots.try_open(&a).unwrap();
-        drop((a2, a3, b1));
-        assert_eq!(slots.open_total(), 0);
-        assert!(slots.lock().is_empty(), "no entry is kept for a tenant with no stream");
-    }
 }

@@ -15,6 +15,8 @@
 //!   keeps only its thread and its tenant's running share, so one tenant's abandoned work never
 //!   holds more of the pool than its own running share.
 
+use super::tenant_slots::{TenantSlot, TenantSlots};
+use crate::store::TenantId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,33 +38,13 @@ const POOL_NICENESS: i32 = 5;
 pub struct CpuPool {
     threads: rayon::ThreadPool,
     admitted: Arc<tokio::sync::Semaphore>,
-    per_tenant: Arc<Mutex<HashMap<String, TenantShare>>>,
     capacity: usize,
+    admitted_per_tenant: Arc<TenantSlots>,
+    /// Each tenant's running share, created on its first task and kept (one small entry per
+    /// tenant the store knows): a task abandoned while running still holds its permit, so the
+    /// tenant's next task can never be given a fresh share beside it.
+    running: Mutex<HashMap<TenantId, Arc<tokio::sync::Semaphore>>>,
     running_per_tenant: usize,
-}
-
-/// One tenant's admitted tasks and the permits to run them.
-struct TenantShare {
-    admitted: usize,
-    running: Arc<tokio::sync::Semaphore>,
-}
-
-/// Frees a tenant's admission when dropped.
-struct TenantSlot {
-    tenant: String,
-    shares: Arc<Mutex<HashMap<String, TenantShare>>>,
-}
-
-impl Drop for TenantSlot {
-    fn drop(&mut self) {
-        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(share) = shares.get_mut(&self.tenant) {
-            share.admitted -= 1;
-            if share.admitted == 0 {
-                shares.remove(&self.tenant);
-            }
-        }
-    }
 }
 
 /// A task's admission (its place in the pool and in its tenant's share), freed by whichever
@@ -98,8 +80,9 @@ impl CpuPool {
         Ok(CpuPool {
             threads: pool,
             admitted: Arc::new(tokio::sync::Semaphore::new(capacity)),
-            per_tenant: Arc::default(),
             capacity,
+            admitted_per_tenant: TenantSlots::new(PER_TENANT),
+            running: Mutex::default(),
             running_per_tenant: (threads - 1).max(1),
         })
     }
@@ -107,19 +90,13 @@ impl CpuPool {
     /// Runs `work` for `tenant` on the pool before `deadline`. ResourceExhausted when the pool
     /// or the tenant's share is full, DeadlineExceeded when the deadline passes first; a panic
     /// in `work` is Internal (logged).
-    pub async fn run<T: Send + 'static>(&self, tenant: &str, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-        let (tenant_slot, running) = {
-            let mut shares = self.per_tenant.lock().unwrap_or_else(PoisonError::into_inner);
-            let share = shares
-                .entry(tenant.to_string())
-                .or_insert_with(|| TenantShare { admitted: 0, running: Arc::new(tokio::sync::Semaphore::new(self.running_per_tenant)) });
-            if share.admitted >= PER_TENANT {
-                return Err(Status::resource_exhausted(format!(
-                    "this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"
-                )));
-            }
-            share.admitted += 1;
-            (TenantSlot { tenant: tenant.to_string(), shares: self.per_tenant.clone() }, share.running.clone())
+    pub async fn run<T: Send + 'static>(&self, tenant: &TenantId, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let tenant_slot = self.admitted_per_tenant.try_open(tenant).ok_or_else(|| {
+            Status::resource_exhausted(format!("this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"))
+        })?;
+        let running = {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            running.entry(tenant.clone()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.running_per_tenant))).clone()
         };
         let permit = match self.admitted.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -210,31 +187,49 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tenant_share_and_deadlines_are_enforced() {
         let pool = Arc::new(CpuPool::new(1).unwrap());
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
         let release = Arc::new(AtomicBool::new(false));
         let far = Instant::now() + Duration::from_secs(30);
         let mut held = tokio::task::JoinSet::new();
         for _ in 0..PER_TENANT {
-            let (r, p) = (release.clone(), pool.clone());
-            held.spawn(async move { p.run("a", far, move || while !r.load(Ordering::Relaxed) { std::thread::sleep(Duration::from_millis(1)) }).await });
+            let (r, p, a) = (release.clone(), pool.clone(), a.clone());
+            held.spawn(async move { p.run(&a, far, move || while !r.load(Ordering::Relaxed) { std::thread::sleep(Duration::from_millis(1)) }).await });
         }
-        while pool.per_tenant.lock().unwrap().get("a").map(|s| s.admitted) != Some(PER_TENANT) {
+        while pool.admitted_per_tenant.open_for(&a) != PER_TENANT {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let e = pool.run("a", far, || ()).await.unwrap_err();
+        let e = pool.run(&a, far, || ()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
         // Another tenant is admitted, but the one thread is busy: its deadline passes.
-        let e = pool.run("b", Instant::now() + Duration::from_millis(100), || ()).await.unwrap_err();
+        let e = pool.run(&b, Instant::now() + Duration::from_millis(100), || ()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
         // Its admission was freed at the deadline, though its task still waits in the queue.
-        assert!(!pool.per_tenant.lock().unwrap().contains_key("b"));
+        assert_eq!(pool.admitted_per_tenant.open_for(&b), 0);
         assert_eq!(pool.admitted.available_permits(), pool.capacity - PER_TENANT);
         release.store(true, Ordering::Relaxed);
         while let Some(r) = held.join_next().await {
             r.unwrap().unwrap();
         }
         // Every slot came back: the abandoned task was skipped, not leaked.
-        assert_eq!(pool.run("b", Instant::now() + Duration::from_secs(5), || 7).await.unwrap(), 7);
-        assert!(pool.per_tenant.lock().unwrap().is_empty());
+        assert_eq!(pool.run(&b, Instant::now() + Duration::from_secs(5), || 7).await.unwrap(), 7);
+        assert_eq!(pool.admitted_per_tenant.open_total(), 0);
         assert_eq!(pool.admitted.available_permits(), pool.capacity);
+    }
+
+    /// A task abandoned while it runs keeps its tenant's running share: the tenant's next task
+    /// waits for it (here past its deadline) though a thread is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_running_work_keeps_its_tenants_share() {
+        let pool = CpuPool::new(2).unwrap(); // one thread per tenant at a time
+        let a = TenantId::parse("a").unwrap();
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let e = pool.run(&a, Instant::now() + Duration::from_millis(100), move || while !r.load(Ordering::Relaxed) { std::thread::sleep(Duration::from_millis(1)) }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(pool.admitted_per_tenant.open_for(&a), 0, "its admission was freed");
+        let e = pool.run(&a, Instant::now() + Duration::from_millis(200), || ()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        release.store(true, Ordering::Relaxed);
+        assert_eq!(pool.run(&a, Instant::now() + Duration::from_secs(5), || 7).await.unwrap(), 7);
     }
 }

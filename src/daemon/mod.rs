@@ -8,6 +8,7 @@ pub mod cpu_pool;
 pub mod data_dir;
 pub mod scheduler;
 pub mod signing;
+pub mod tenant_slots;
 
 use crate::store::Store;
 use config::DaemonConfig;
@@ -32,7 +33,7 @@ pub struct State {
     /// registration relies on is never removed under it.
     pub dataset_writes: Arc<tokio::sync::Mutex<()>>,
     /// Open Watch streams per tenant (capped by `watch_streams_per_tenant`).
-    pub watches: Arc<crate::api::watch::WatchSlots>,
+    pub watches: Arc<tenant_slots::TenantSlots>,
     /// Turns true when the daemon starts to stop: open Watch streams end (UNAVAILABLE).
     pub stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -80,7 +81,7 @@ impl State {
         let signer = Signer::load_or_create(&signing::key_path(&config.data_dir))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu = cpu_pool::CpuPool::new(threads).map_err(|e| DaemonError::Io { what: "start the CPU pool".into(), reason: e.to_string() })?;
-        let watches = crate::api::watch::WatchSlots::new(config.limits.watch_streams_per_tenant);
+        let watches = tenant_slots::TenantSlots::new(config.limits.watch_streams_per_tenant);
         Ok(Arc::new(State {
             config,
             store,
@@ -132,7 +133,7 @@ fn adopt_legacy_sidecars(store: &Store, datasets_dir: &std::path::Path) -> Resul
         tracing::info!(adopted, "user-level datasets: user_field moved from sidecar files into the store");
     }
     for id in unusable {
-        tracing::warn!(dataset = %id, "user-level dataset without a readable user_field record: no job will run on it");
+        tracing::warn!(dataset = %id, "user-level dataset without a trustworthy user_field record (missing, corrupt or inconsistent with its units): no job will run on it");
     }
     Ok(())
 }

@@ -33,16 +33,15 @@ pub struct CheckedSpec {
 /// against its range in [`limits`] before any math; the first failure is InvalidArgument naming
 /// the field and the range, an unknown model NotFound. Reads only the model's config.json.
 pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<CheckedSpec, Status> {
-    let name = req.base_model.as_str();
-    let bad_name = name.is_empty() || name.len() > limits::MAX_KEY_BYTES || name.starts_with('.') || name.contains(['/', '\\']) || name.chars().any(char::is_control);
-    if bad_name {
-        return Err(invalid("base_model", format!("must name a model directory under the daemon's models dir, got {}", limits::quote(name))));
+    let name = limits::key("base_model", &req.base_model)?;
+    if name.starts_with('.') || name.contains(['/', '\\']) {
+        return Err(invalid("base_model", format!("must name a model directory under the daemon's models dir, got {}", limits::quote(&name))));
     }
-    let model = state.config.models_dir.join(name);
+    let model = state.config.models_dir.join(&name);
     if !model.join("config.json").is_file() {
-        return Err(Status::not_found(format!("base_model: no model {} in the daemon's models dir", limits::quote(name))));
+        return Err(Status::not_found(format!("base_model: no model {} in the daemon's models dir", limits::quote(&name))));
     }
-    let config = ConfigLimits::read(&model).map_err(|_| invalid("base_model", format!("the config.json of model {} cannot be read", limits::quote(name))))?;
+    let config = ConfigLimits::read(&model).map_err(|_| invalid("base_model", format!("the config.json of model {} cannot be read", limits::quote(&name))))?;
     let finetune = match &req.finetune {
         Some(pb::job_spec::Finetune::Full(true)) => FineTune::Full,
         Some(pb::job_spec::Finetune::Full(false)) => return Err(invalid("full", "set it to true, or give lora instead")),

@@ -77,8 +77,8 @@ pub struct Dataset {
     /// What one unit is.
     pub privacy_unit: PrivacyUnit,
     /// The field naming a line's user, for a user-level dataset. `None` for a user-level dataset
-    /// registered before the store kept it, whose old sidecar file was missing or corrupt: no job
-    /// can run on such a dataset (see [`Dataset::data_user_field`]).
+    /// registered before the store kept it, whose old sidecar file was missing, corrupt or
+    /// inconsistent: no job can run on such a dataset (see [`Dataset::data_user_field`]).
     pub user_field: Option<String>,
     /// Epsilon budget (certified).
     pub budget_epsilon: f64,
@@ -86,6 +86,14 @@ pub struct Dataset {
     pub budget_delta: f64,
     /// When it was registered.
     pub created_at_unix_ms: i64,
+}
+
+/// Longest user field name (the schema's CHECK says the same).
+const MAX_USER_FIELD_BYTES: usize = 256;
+
+/// A user field name the schema accepts: 1 to [`MAX_USER_FIELD_BYTES`] bytes.
+fn user_field_fits(f: &str) -> bool {
+    !f.is_empty() && f.len() <= MAX_USER_FIELD_BYTES
 }
 
 const DATASET_COLUMNS: &str =
@@ -117,7 +125,8 @@ impl Dataset {
             (PrivacyUnit::User, None) => Err(StoreError::DatasetUnusable {
                 dataset: self.id.clone(),
                 reason: "it was registered with privacy unit USER before the daemon stored user fields, and its user_field \
-                         record was missing or corrupt at the upgrade; no job runs on it rather than guess its privacy unit",
+                         record was missing, corrupt or inconsistent at the upgrade; no job runs on it rather than guess its \
+                         privacy unit",
             }),
         }
     }
@@ -140,7 +149,7 @@ impl NewDataset {
         match (self.privacy_unit, self.user_field.as_deref()) {
             (PrivacyUnit::User, None) => return Err(StoreError::invalid("user_field", "required when the privacy unit is a user")),
             (PrivacyUnit::Example, Some(_)) => return Err(StoreError::invalid("user_field", "only for a user-level dataset")),
-            (_, Some(f)) if f.is_empty() || f.len() > 256 => return Err(StoreError::invalid("user_field", "must be 1 to 256 bytes")),
+            (_, Some(f)) if !user_field_fits(f) => return Err(StoreError::invalid("user_field", format!("must be 1 to {MAX_USER_FIELD_BYTES} bytes"))),
             _ => {}
         }
         if !(self.budget_epsilon.is_finite() && self.budget_epsilon > 0.0) {
@@ -230,8 +239,9 @@ impl Store {
     /// Version-3 upgrade of user-level datasets registered before the store kept their user
     /// field: `legacy_field(id, units)` reads the field the old sidecar file recorded and returns
     /// it only if it is trustworthy (the caller checks that it groups the data into the `units`
-    /// counted at registration; `None` when missing, corrupt or inconsistent). A field found is set once; a dataset without one keeps `NULL` and
-    /// [`Dataset::data_user_field`] refuses it. Returns (adopted, left unusable).
+    /// counted at registration; `None` when missing, corrupt or inconsistent). A field found is
+    /// set once; a dataset without one keeps `NULL` and [`Dataset::data_user_field`] refuses it.
+    /// Returns (adopted, left unusable).
     pub fn adopt_legacy_user_fields(&self, legacy_field: impl Fn(&DatasetId, u64) -> Option<String>) -> Result<(usize, Vec<DatasetId>)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -242,7 +252,7 @@ impl Store {
         };
         let (mut adopted, mut unusable) = (0, Vec::new());
         for (tenant, id, units) in pending {
-            match legacy_field(&id, units).filter(|f| !f.is_empty() && f.len() <= 256) {
+            match legacy_field(&id, units).filter(|f| user_field_fits(f)) {
                 Some(field) => {
                     tx.execute("UPDATE datasets SET user_field = ?1 WHERE tenant = ?2 AND sha256 = ?3", params![field, tenant, id])?;
                     adopted += 1;

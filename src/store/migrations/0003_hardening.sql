@@ -4,7 +4,8 @@
 --   registration like its budget. Before version 3 it lived in a file next to the data, keyed by
 --   the content hash alone, so another tenant registering the same bytes could rewrite it. The
 --   store adopts such a file once at start-up (src/store/datasets.rs); a user-level dataset
---   whose file is missing or corrupt keeps NULL here and no job can run on it (never a guess).
+--   whose file is missing, corrupt or inconsistent keeps NULL here and no job can run on it
+--   (never a guess).
 -- * Tokens can be revoked: a revoked token stays (its hash, for the record) but authenticates
 --   nothing.
 -- * Signed budget reports carry a per-dataset sequence number, so an old report cannot pass for

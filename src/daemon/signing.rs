@@ -211,26 +211,15 @@ pub fn verify(report: &SignedReport, pinned: Option<&str>) -> Result<Verified, S
 }
 
 /// `unix_ms` as RFC 3339 in UTC with milliseconds (`2024-02-29T23:59:59.999Z`), for people
-/// reading a report's `issued_at_unix_ms`.
+/// reading a report's `issued_at_unix_ms`; an instant outside years 0000-9999 as plain
+/// milliseconds.
 pub fn rfc3339_utc(unix_ms: i64) -> String {
-    let (days, ms_of_day) = (unix_ms.div_euclid(86_400_000), unix_ms.rem_euclid(86_400_000));
-    let (y, m, d) = civil_from_days(days);
-    let s = ms_of_day / 1000;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, ms_of_day % 1000)
-}
-
-/// (year, month, day) of the day `z` days after 1970-01-01 in the proleptic Gregorian
-/// calendar: H. Hinnant, "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| format!("{unix_ms} ms after 1970-01-01 UTC"))
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ impl Default for FineTune {
     }
 }
 
+/// PEFT's `target_modules = "all-linear"`: every linear layer except the output head.
+pub const ALL_LINEAR: &str = "all-linear";
+
+/// Names of output heads, which `all-linear` leaves out (as PEFT does).
+pub const OUTPUT_HEADS: &[&str] = &["lm_head", "embed_out"];
+
 /// How the model loader treats one linear layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinearRole {
@@ -40,14 +46,19 @@ pub enum LinearRole {
 }
 
 impl FineTune {
-    /// The role of a linear layer called `module` (last name component), given the family's
-    /// default LoRA targets.
-    pub fn linear_role(&self, module: &str, default_targets: &[&str]) -> LinearRole {
+    /// The role of the linear layer whose HF name is `prefix` (e.g. `model.layers.0.self_attn.q_proj`),
+    /// given the family's default LoRA targets. `target_modules` name modules by their last
+    /// component, as PEFT's list form does; `all-linear` (PEFT's shorthand) adapts every linear
+    /// layer but the output head.
+    pub fn linear_role(&self, prefix: &str, default_targets: &[&str]) -> LinearRole {
+        let module = prefix.rsplit('.').next().unwrap_or(prefix);
         match self {
             FineTune::Full => LinearRole::Trainable,
             FineTune::Lora { target_modules, .. } => {
                 let hit = if target_modules.is_empty() {
                     default_targets.contains(&module)
+                } else if target_modules.iter().any(|t| t == ALL_LINEAR) {
+                    !OUTPUT_HEADS.contains(&prefix)
                 } else {
                     target_modules.iter().any(|t| t == module)
                 };

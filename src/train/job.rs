@@ -443,7 +443,7 @@ pub fn run_with_ledger(
                 r: *rank,
                 lora_alpha: *alpha,
                 target_modules: lora_targets(&model, target_modules),
-                fan_in_fan_out: matches!(model, Model::Gpt2(_)),
+                fan_in_fan_out: model.family.fan_in_fan_out(),
                 bias: "none",
                 lora_dropout: 0.0,
                 base_model_name_or_path: spec.model.display().to_string(),
@@ -461,9 +461,5 @@ fn lora_targets(model: &Model, given: &[String]) -> Vec<String> {
     if !given.is_empty() {
         return given.to_vec();
     }
-    let defaults = match model {
-        Model::Gpt2(_) => super::gpt2::DEFAULT_LORA_TARGETS,
-        Model::Llama(_) => super::llama::DEFAULT_LORA_TARGETS,
-    };
-    defaults.iter().map(|s| s.to_string()).collect()
+    model.family.default_lora_targets().iter().map(|s| s.to_string()).collect()
 }

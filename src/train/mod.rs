@@ -1,4 +1,5 @@
-//! The DP-SGD training engine on tch: HF checkpoints (GPT-2, Llama), LoRA and full fine-tuning,
+//! The DP-SGD training engine on tch: HF checkpoints (GPT-2, Llama, Mistral, Qwen2/3, Gemma 2/3,
+//! Phi-3, GPT-NeoX), LoRA and full fine-tuning,
 //! per-example clipping without per-example gradients, CSPRNG noise, Poisson sampling,
 //! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
 
@@ -7,11 +8,9 @@ pub mod checkpoint;
 pub mod data;
 pub mod dpsgd;
 pub mod finetune;
-pub mod gpt2;
 pub mod job;
-pub mod layers;
-pub mod llama;
 pub mod model;
+pub mod models;
 pub mod noise;
 pub mod optim;
 pub mod sampler;

@@ -175,7 +175,8 @@ fn lora_unit_grads(input: &Tensor, hidden: &Tensor, g_hidden: &Tensor, g_out: &T
 /// Per-unit norm-layer gradients: `(dgamma [U, d], dbeta [U, d])`.
 fn norm_unit_grads(normalized: &Tensor, g: &Tensor, units: &Units, with_beta: bool) -> (Tensor, Option<Tensor>) {
     let xh = units.gather(normalized);
-    let g = units.gather(g);
+    // A per-head norm's output gradient is [B, T, H, d]; `normalized` was recorded as [B, T H, d].
+    let g = units.gather(&g.reshape(normalized.size()));
     let dgamma = (&g * &xh).sum_dim_intlist(&[1i64][..], false, Kind::Float);
     let dbeta = with_beta.then(|| g.sum_dim_intlist(&[1i64][..], false, Kind::Float));
     (dgamma, dbeta)

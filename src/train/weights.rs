@@ -1,6 +1,7 @@
-//! Checkpoint tensors by their HF names: reading a `model.safetensors` into a name map with
-//! shape and dtype checks that fail with the file and tensor named, and writing tensors back
-//! atomically (temp name, fsync, rename, fsync of the directory).
+//! Checkpoint tensors by their HF names: reading a checkpoint directory (`model.safetensors`, or
+//! shards through `model.safetensors.index.json`; f32, bf16 or f16) into a name map with shape
+//! checks that fail with the file and tensor named, and writing tensors back atomically (temp
+//! name, fsync, rename, fsync of the directory). Pickle checkpoints are refused, never executed.
 
 use super::TrainError;
 use std::collections::HashMap;
@@ -13,18 +14,124 @@ pub struct Weights {
     tensors: HashMap<String, Tensor>,
 }
 
+/// Names of non-parameter buffers some checkpoints carry (GPT-2's causal-mask buffers, old
+/// rotary caches): recomputed by the model, so dropped when present.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq")
+}
+
+/// The safetensors index of a sharded checkpoint.
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: std::collections::BTreeMap<String, String>,
+}
+
 impl Weights {
     /// Reads every tensor of a safetensors file (converted to f32 on `device`).
     pub fn read(path: &Path, device: Device) -> Result<Self, TrainError> {
         if !path.is_file() {
             return Err(TrainError::MissingFile { path: path.to_path_buf() });
         }
-        let list = Tensor::read_safetensors(path).map_err(|e| TrainError::CorruptCheckpoint {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let tensors = list.into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float).to_device(device))).collect();
-        Ok(Weights { path: path.to_path_buf(), tensors })
+        let mut w = Weights { path: path.to_path_buf(), tensors: HashMap::new() };
+        w.read_file(path, device, None)?;
+        Ok(w)
+    }
+
+    /// Reads a checkpoint directory as transformers saves it: `model.safetensors`, or the shards
+    /// named by `model.safetensors.index.json` (each read, converted and released before the
+    /// next, so at most one shard is held twice). `pytorch_model.bin` is refused with how to
+    /// convert it: reading pickle can execute code.
+    pub fn read_dir(dir: &Path, device: Device) -> Result<Self, TrainError> {
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Weights::read(&single, device);
+        }
+        let index_path = dir.join("model.safetensors.index.json");
+        if index_path.is_file() {
+            let corrupt = |reason: String| TrainError::CorruptCheckpoint { path: index_path.clone(), reason };
+            let text = std::fs::read(&index_path).map_err(|e| TrainError::Io { path: index_path.clone(), reason: e.to_string() })?;
+            let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+            let mut w = Weights { path: index_path.clone(), tensors: HashMap::new() };
+            let shards: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
+            for shard in shards {
+                if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+                    return Err(corrupt(format!("shard name {shard:?} must be a file name in the checkpoint directory")));
+                }
+                let path = dir.join(shard);
+                if !path.is_file() {
+                    return Err(TrainError::MissingFile { path });
+                }
+                let expected: std::collections::BTreeSet<&str> =
+                    index.weight_map.iter().filter(|(_, f)| *f == shard).map(|(n, _)| n.as_str()).collect();
+                w.read_file(&path, device, Some(&expected))?;
+            }
+            if let Some(name) = index.weight_map.keys().find(|n| !w.tensors.contains_key(n.as_str()) && !is_buffer(n)) {
+                return Err(corrupt(format!("tensor `{name}` is listed in the index but not in its shard")));
+            }
+            return Ok(w);
+        }
+        for pickle in ["pytorch_model.bin", "pytorch_model.bin.index.json"] {
+            if dir.join(pickle).is_file() {
+                return Err(TrainError::UnsupportedModel {
+                    reason: format!(
+                        "{} holds {pickle}, a pickle checkpoint; ewtune does not read pickle (loading it can run arbitrary code). \
+                         Convert it once with transformers: python -c \"import sys, transformers as t; \
+                         t.AutoModelForCausalLM.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])\" IN OUT \
+                         (OUT then holds model.safetensors)",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        Err(TrainError::MissingFile { path: single })
+    }
+
+    /// Reads one safetensors file into the map (f32 on `device`); with `expected`, the file
+    /// must hold exactly those tensors (a shard of an index).
+    fn read_file(&mut self, path: &Path, device: Device, expected: Option<&std::collections::BTreeSet<&str>>) -> Result<(), TrainError> {
+        let corrupt = |reason: String| TrainError::CorruptCheckpoint { path: path.to_path_buf(), reason };
+        let list = Tensor::read_safetensors(path).map_err(|e| corrupt(e.to_string()))?;
+        if let Some(expected) = expected {
+            let got: std::collections::BTreeSet<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+            if let Some(n) = got.symmetric_difference(expected).next() {
+                return Err(corrupt(format!("tensor `{n}` is in the shard or in the index for it, not in both")));
+            }
+        }
+        for (name, t) in list {
+            if is_buffer(&name) {
+                continue;
+            }
+            match t.kind() {
+                Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double => {}
+                other => return Err(corrupt(format!("tensor `{name}` has dtype {other:?}; only f32, bf16 and f16 weights are read (quantised checkpoints are not)"))),
+            }
+            if self.tensors.insert(name.clone(), t.to_kind(Kind::Float).to_device(device)).is_some() {
+                return Err(corrupt(format!("tensor `{name}` appears twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prefixes every name that lacks `prefix`, except those starting with `except` (GPT-2 as
+    /// the Hub ships it: `h.0...` for `transformer.h.0...`).
+    pub fn add_prefix_except(&mut self, prefix: &str, except: &str) {
+        self.tensors = std::mem::take(&mut self.tensors)
+            .into_iter()
+            .map(|(n, t)| if n.starts_with(prefix) || n.starts_with(except) { (n, t) } else { (format!("{prefix}{n}"), t) })
+            .collect();
+    }
+
+    /// After a model took its tensors: any tensor left is one the config does not explain.
+    pub fn refuse_leftovers(&self) -> Result<(), TrainError> {
+        let mut left: Vec<&String> = self.tensors.keys().collect();
+        left.sort();
+        match left.first() {
+            None => Ok(()),
+            Some(n) => Err(TrainError::CorruptCheckpoint {
+                path: self.path.clone(),
+                reason: format!("tensor `{n}` is not part of the model its config describes ({} unused tensors)", left.len()),
+            }),
+        }
     }
 
     /// An in-memory set (tests and freshly initialised models).

@@ -1,11 +1,11 @@
 //! The trainable building blocks shared by the models: linear layers in both HF layouts with an
-//! optional LoRA branch, LayerNorm and RMSNorm. Each records itself on the DP tape when it holds
+//! optional LoRA branch, LayerNorm and the RMSNorm variants. Each records itself on the DP tape when it holds
 //! trainable parameters (frozen ones record nothing and get no gradient work).
 
-use super::finetune::FineTune;
-use super::tape::{Record, Tape};
-use super::weights::Weights;
-use super::TrainError;
+use crate::train::finetune::FineTune;
+use crate::train::tape::{Record, Tape};
+use crate::train::weights::Weights;
+use crate::train::TrainError;
 use tch::{Kind, Tensor};
 
 /// A LoRA adapter (Hu et al., arXiv 2106.09685): `y += (alpha / r) * (x A^T) B^T`, PEFT names
@@ -71,7 +71,18 @@ impl Linear {
     }
 }
 
-/// LayerNorm (`beta` present) or RMSNorm (`beta` absent, `rms` true).
+/// Which normalisation a [`Norm`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// LayerNorm: `(x - mean) / sqrt(var + eps) * gamma + beta` (GPT-2, GPT-NeoX).
+    LayerNorm,
+    /// RMSNorm: `x * rsqrt(mean(x^2) + eps) * gamma` (Llama and most decoders).
+    Rms,
+    /// Gemma's RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + gamma)`.
+    RmsUnitOffset,
+}
+
+/// A normalisation layer over the last dimension.
 pub struct Norm {
     /// Scale `[d]`.
     pub gamma: Tensor,
@@ -79,28 +90,34 @@ pub struct Norm {
     pub beta: Option<Tensor>,
     /// Epsilon inside the square root.
     pub eps: f64,
-    /// RMSNorm (Llama) instead of LayerNorm (GPT-2).
-    pub rms: bool,
+    /// The formula.
+    pub kind: NormKind,
 }
 
 impl Norm {
-    /// Normalises the last dimension, recording `(xhat, y)` when trainable.
+    /// Normalises the last dimension, recording `(xhat, y)` when trainable. Inputs of any rank
+    /// (`[B, T, d]`, or per head `[B, T, H, d]`) are recorded as `[B, T', d]`.
     pub fn forward(&self, x: &Tensor, tape: &mut Option<&mut Tape>) -> Tensor {
         let d = *x.size().last().expect("norm input has a last dimension");
-        let xhat = if self.rms {
-            // HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps), in f32.
-            x * (x.square().mean_dim(&[-1i64][..], true, Kind::Float) + self.eps).rsqrt()
-        } else {
-            x.layer_norm([d], None::<Tensor>, None::<Tensor>, self.eps, false)
+        let xhat = match self.kind {
+            NormKind::LayerNorm => x.layer_norm([d], None::<Tensor>, None::<Tensor>, self.eps, false),
+            // HF: x * rsqrt(mean(x^2) + eps), in f32.
+            NormKind::Rms | NormKind::RmsUnitOffset => x * (x.square().mean_dim(&[-1i64][..], true, Kind::Float) + self.eps).rsqrt(),
+        };
+        let scale = match self.kind {
+            NormKind::RmsUnitOffset => &self.gamma + 1.0,
+            _ => self.gamma.shallow_clone(),
         };
         let y = match &self.beta {
-            Some(b) => &xhat * &self.gamma + b,
-            None => &xhat * &self.gamma,
+            Some(b) => &xhat * &scale + b,
+            None => &xhat * &scale,
         };
         if let Some(t) = tape.as_deref_mut() {
             if self.gamma.requires_grad() {
+                // dy/dgamma = xhat for every kind (the unit offset is a constant).
+                let rows = x.size()[0];
                 t.push(Record::Norm {
-                    normalized: xhat.detach(),
+                    normalized: xhat.detach().reshape([rows, -1, d]),
                     output: y.shallow_clone(),
                     gamma: self.gamma.shallow_clone(),
                     beta: self.beta.as_ref().map(Tensor::shallow_clone),

@@ -58,7 +58,7 @@ fn check(family: Family, ft: FineTune, groups: Option<Vec<Vec<usize>>>) {
 }
 
 fn lora() -> FineTune {
-    FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec![] }
+    FineTune::lora(4, 8.0, vec![])
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn gpt2_full_matches_oracle() {
 
 #[test]
 fn llama_lora_matches_oracle() {
-    check(Family::Llama, FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] }, None);
+    check(Family::Llama, FineTune::lora(4, 8.0, vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]), None);
 }
 
 #[test]

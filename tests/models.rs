@@ -66,10 +66,31 @@ fn every_family_matches_transformers_on_checkpoints_transformers_saved() {
 
 #[test]
 fn peft_adapters_score_like_peft() {
-    for name in ["lora-plain"] {
+    // Plain LoRA, rsLoRA, rank/alpha patterns and a regex target_modules, saved by PEFT itself;
+    // the adapter dirs hold no tokenizer, so the base's is the one found.
+    for name in ["lora-plain", "lora-rslora", "lora-patterns", "lora-regex"] {
         let dir = fixture("adapters").join(name);
         let model = Model::load_output(&dir, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
-        check_model_parity(&model, &fixture("models/llama-tied/tokenizer.json"), &dir.join("reference_logprobs.jsonl"), name);
+        let tokenizer = ewtune::train::peft_adapter::tokenizer_path(&dir).unwrap();
+        assert!(tokenizer.ends_with("models/llama-tied/tokenizer.json"), "{}", tokenizer.display());
+        check_model_parity(&model, &tokenizer, &dir.join("reference_logprobs.jsonl"), name);
+    }
+}
+
+#[test]
+fn peft_options_ewtune_does_not_compute_are_refused() {
+    let e = Model::load_output(&fixture("adapters/lora-dora"), Device::Cpu).err().expect("DoRA refused").to_string();
+    assert!(e.contains("use_dora") && e.contains("DoRA"), "{e}");
+    for (key, value) in [("modules_to_save", serde_json::json!(["lm_head"])), ("layers_to_transform", serde_json::json!([0])), ("bias", serde_json::json!("all"))] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = fixture("adapters/lora-plain");
+        let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&std::fs::read(src.join("adapter_config.json")).unwrap()).unwrap();
+        cfg.insert(key.into(), value);
+        cfg.insert("base_model_name_or_path".into(), fixture("models/llama-tied").display().to_string().into());
+        std::fs::write(tmp.path().join("adapter_config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        std::fs::copy(src.join("adapter_model.safetensors"), tmp.path().join("adapter_model.safetensors")).unwrap();
+        let e = Model::load_output(tmp.path(), Device::Cpu).err().unwrap_or_else(|| panic!("{key} accepted")).to_string();
+        assert!(e.contains(key), "{key}: {e}");
     }
 }
 

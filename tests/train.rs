@@ -73,7 +73,7 @@ fn dp_finetuning_lowers_heldout_loss() {
 #[test]
 fn lora_finetuning_writes_a_peft_adapter_and_lowers_loss() {
     let root = setup(Family::Llama);
-    let ft = FineTune::Lora { rank: 8, alpha: 16.0, target_modules: vec!["q_proj".into(), "v_proj".into(), "up_proj".into(), "down_proj".into()] };
+    let ft = FineTune::lora(8, 16.0, vec!["q_proj".into(), "v_proj".into(), "up_proj".into(), "down_proj".into()]);
     let mut s = spec(root.path(), ft, 8.0, None);
     s.training.learning_rate = 1e-2;
     let out = job::run(&s, &AtomicBool::new(false), |_| {}).unwrap();
@@ -95,9 +95,9 @@ fn snapshot(pairs: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
 fn one_step_moves_every_trainable_tensor_and_no_frozen_one() {
     for (family, ft) in [
         (Family::Gpt2, FineTune::Full),
-        (Family::Gpt2, FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec![] }),
+        (Family::Gpt2, FineTune::lora(4, 8.0, vec![])),
         (Family::Llama, FineTune::Full),
-        (Family::Llama, FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec![] }),
+        (Family::Llama, FineTune::lora(4, 8.0, vec![])),
     ] {
         let root = setup(family);
         let model = Model::load(&root.path().join("base"), &ft, None, Device::Cpu).unwrap();
@@ -125,7 +125,7 @@ fn one_step_moves_every_trainable_tensor_and_no_frozen_one() {
 #[test]
 fn checkpoints_round_trip_and_resume_without_double_counting() {
     let root = setup(Family::Gpt2);
-    let s = spec(root.path(), FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec![] }, 8.0, Some(12));
+    let s = spec(root.path(), FineTune::lora(4, 8.0, vec![]), 8.0, Some(12));
     let cancel = AtomicBool::new(false);
     // Stop after step 7: the loop checkpoints the steps it ran (7), not the last periodic one (5).
     let first = job::run(&s, &cancel, |p| {

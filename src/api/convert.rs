@@ -129,11 +129,11 @@ fn lora(l: &pb::LoraConfig, model: &ConfigLimits) -> Result<FineTune, Status> {
     }
     let known = model.linear_modules();
     for m in &l.target_modules {
-        if !known.contains(&m.as_str()) {
-            return Err(invalid("lora.target_modules", format!("{} is not a linear module of this model (it has: {})", limits::quote(m), known.join(", "))));
+        if !known.contains(&m.as_str()) && m != crate::train::finetune::ALL_LINEAR {
+            return Err(invalid("lora.target_modules", format!("{} is not a linear module of this model (it has: {}, or all-linear)", limits::quote(m), known.join(", "))));
         }
     }
-    Ok(FineTune::Lora { rank: rank as i64, alpha, target_modules: l.target_modules.clone() })
+    Ok(FineTune::lora(rank as i64, alpha, l.target_modules.clone()))
 }
 
 /// A List request's page: its size (default and cap in [`limits::PAGE_SIZE`]) and the cursor

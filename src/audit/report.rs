@@ -142,7 +142,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     if max_tokens < 2 {
         return Err(AuditError::Input("max_tokens must be >= 2 (one scored token)".into()));
     }
-    let tokenizer_path = inputs.base_dir.join("tokenizer.json");
+    let tokenizer_path = crate::train::peft_adapter::tokenizer_path(&inputs.base_dir)?;
     let mut tokenizer_sha256 = None;
     let data_mia = if inputs.texts.is_empty() {
         None

@@ -104,8 +104,14 @@ pub struct AdapterConfig {
     pub r: i64,
     /// Alpha.
     pub lora_alpha: f64,
-    /// Adapted modules.
-    pub target_modules: Vec<String>,
+    /// Adapted modules (names or a pattern, as PEFT reads them).
+    pub target_modules: super::finetune::Targets,
+    /// rsLoRA scaling (alpha / sqrt(r)).
+    pub use_rslora: bool,
+    /// Per-module rank overrides.
+    pub rank_pattern: std::collections::BTreeMap<String, i64>,
+    /// Per-module alpha overrides.
+    pub alpha_pattern: std::collections::BTreeMap<String, f64>,
     /// True for GPT-2's Conv1D layout.
     pub fan_in_fan_out: bool,
     /// No bias training.

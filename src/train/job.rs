@@ -6,7 +6,7 @@
 use super::checkpoint::{self, AdapterConfig, CheckpointState};
 use super::data::{sha256_file, DataConfig, Dataset};
 use super::dpsgd::{clip_and_accumulate, ClippedSum};
-use super::finetune::FineTune;
+use super::finetune::{FineTune, Targets};
 use super::model::{sequence_losses, Model};
 use super::noise::{NoiseSource, NoiseStream};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
@@ -437,12 +437,15 @@ pub fn run_with_ledger(
     let output_model = spec.output.join("model");
     if !cancelled {
         let adapter = match &spec.finetune {
-            FineTune::Lora { rank, alpha, target_modules } => Some(AdapterConfig {
+            FineTune::Lora { rank, alpha, target_modules, use_rslora, rank_pattern, alpha_pattern } => Some(AdapterConfig {
                 peft_type: "LORA",
                 task_type: "CAUSAL_LM",
                 r: *rank,
                 lora_alpha: *alpha,
                 target_modules: lora_targets(&model, target_modules),
+                use_rslora: *use_rslora,
+                rank_pattern: rank_pattern.clone(),
+                alpha_pattern: alpha_pattern.clone(),
                 fan_in_fan_out: model.family.fan_in_fan_out(),
                 bias: "none",
                 lora_dropout: 0.0,
@@ -457,9 +460,10 @@ pub fn run_with_ledger(
     Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model })
 }
 
-fn lora_targets(model: &Model, given: &[String]) -> Vec<String> {
-    if !given.is_empty() {
-        return given.to_vec();
+/// `target_modules` as PEFT should read them back: as given, or the family's default list.
+fn lora_targets(model: &Model, given: &Targets) -> Targets {
+    match given {
+        Targets::List(v) if v.is_empty() => Targets::List(model.family.default_lora_targets().iter().map(|s| s.to_string()).collect()),
+        other => other.clone(),
     }
-    model.family.default_lora_targets().iter().map(|s| s.to_string()).collect()
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod models;
 pub mod noise;
 pub mod optim;
+pub mod peft_adapter;
 pub mod sampler;
 pub mod synthetic;
 pub mod tape;

@@ -211,17 +211,8 @@ impl Model {
         if !adapter_cfg.exists() {
             return Model::load(dir, &FineTune::Full, None, device);
         }
-        #[derive(serde::Deserialize)]
-        struct Peft {
-            base_model_name_or_path: std::path::PathBuf,
-            r: i64,
-            lora_alpha: f64,
-            target_modules: Vec<String>,
-        }
-        let text = std::fs::read(&adapter_cfg).map_err(|_| TrainError::MissingFile { path: adapter_cfg.clone() })?;
-        let peft: Peft = serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path: adapter_cfg.clone(), reason: e.to_string() })?;
-        let ft = FineTune::Lora { rank: peft.r, alpha: peft.lora_alpha, target_modules: peft.target_modules };
-        Model::load(&peft.base_model_name_or_path, &ft, Some(&dir.join("adapter_model.safetensors")), device)
+        let adapter = super::peft_adapter::read(dir)?;
+        Model::load(&adapter.base, &adapter.finetune, Some(&adapter.weights), device)
     }
 
     /// Logits `[B, T, V]`.

@@ -152,7 +152,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     let context = target.max_positions().map(|p| p as usize);
     let max_tokens = args.max_tokens.map_or(context.unwrap_or(1024), |m| context.map_or(m, |c| m.min(c))).max(2);
     let texts_path = args.texts.as_ref().ok_or("give --texts or --manifest")?;
-    let tokenizer_path = model.join("tokenizer.json");
+    let tokenizer_path = ewtune::train::peft_adapter::tokenizer_path(model)?;
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;
     let texts: Vec<LabeledText> = read_jsonl(texts_path)?;
     let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device)?;

@@ -128,37 +128,24 @@ impl Norm {
     }
 }
 
-/// Creates LoRA adapters: loaded from the weights when present (resume), otherwise PEFT's init
-/// (A ~ kaiming-uniform(a = sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)), B = 0) from torch's generator,
-/// which the caller seeds.
+/// Creates LoRA adapters: loaded from the weights when present (resume, audits), otherwise
+/// PEFT's init (A ~ kaiming-uniform(a = sqrt 5) = U(-1/sqrt(in), 1/sqrt(in)), B = 0) from torch's
+/// generator, which the caller seeds. Rank and scale per module follow the fine-tune mode.
 pub struct LoraInit {
-    /// Rank.
-    pub rank: i64,
-    /// alpha / rank.
-    pub scale: f64,
     /// Device of new tensors.
     pub device: tch::Device,
 }
 
 impl LoraInit {
-    /// From the fine-tune mode (`None` for full fine-tuning).
-    pub fn new(ft: &FineTune, device: tch::Device) -> Self {
-        match ft {
-            FineTune::Lora { rank, alpha, .. } => LoraInit { rank: *rank, scale: alpha / *rank as f64, device },
-            FineTune::Full => LoraInit { rank: 0, scale: 0.0, device },
-        }
-    }
-
-    pub(crate) fn make(&mut self, w: &mut Weights, prefix: &str, d_in: i64, d_out: i64) -> Result<Lora, TrainError> {
+    pub(crate) fn make(&mut self, ft: &FineTune, w: &mut Weights, prefix: &str, d_in: i64, d_out: i64) -> Result<Lora, TrainError> {
+        let (r, scale) = ft.lora_rank_scale(prefix).map_err(|reason| TrainError::BadSpec { field: "finetune", reason })?;
         let (an, bn) = (format!("{prefix}.lora_A.weight"), format!("{prefix}.lora_B.weight"));
-        let r = self.rank;
         if w.contains(&an) {
-            return Ok(Lora { a: w.take(&an, &[r, d_in], true)?, b: w.take(&bn, &[d_out, r], true)?, scale: self.scale });
+            return Ok(Lora { a: w.take(&an, &[r, d_in], true)?, b: w.take(&bn, &[d_out, r], true)?, scale });
         }
         let bound = 1.0 / (d_in as f64).sqrt();
         let a = Tensor::empty([r, d_in], (Kind::Float, self.device)).uniform_(-bound, bound).set_requires_grad(true);
         let b = Tensor::zeros([d_out, r], (Kind::Float, self.device)).set_requires_grad(true);
-        Ok(Lora { a, b, scale: self.scale })
+        Ok(Lora { a, b, scale })
     }
 }
-

@@ -20,7 +20,7 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader for one model; `default_targets` are the family's default LoRA modules.
     pub fn new(weights: &'a mut Weights, finetune: &'a FineTune, default_targets: &'static [&'static str], device: tch::Device) -> Self {
-        Loader { weights, finetune, lora: LoraInit::new(finetune, device), default_targets, named: Vec::new() }
+        Loader { weights, finetune, lora: LoraInit { device }, default_targets, named: Vec::new() }
     }
 
     /// True when the checkpoint holds `name`.
@@ -50,14 +50,14 @@ impl<'a> Loader<'a> {
     }
 
     fn linear_layout(&mut self, prefix: &str, d_in: i64, d_out: i64, bias: bool, in_out: bool) -> Result<Linear, TrainError> {
-        let role = self.finetune.linear_role(prefix, self.default_targets);
+        let role = self.finetune.linear_role(prefix, self.default_targets).map_err(|reason| TrainError::BadSpec { field: "finetune.target_modules", reason })?;
         let trainable = role == LinearRole::Trainable;
         let shape = if in_out { [d_in, d_out] } else { [d_out, d_in] };
         let weight = self.take(&format!("{prefix}.weight"), &shape, trainable)?;
         let bias = if bias { Some(self.take(&format!("{prefix}.bias"), &[d_out], trainable)?) } else { None };
         let lora = match role {
             LinearRole::Adapted => {
-                let l = self.lora.make(self.weights, prefix, d_in, d_out)?;
+                let l = self.lora.make(self.finetune, self.weights, prefix, d_in, d_out)?;
                 self.named.push((format!("{prefix}.lora_A.weight"), l.a.shallow_clone()));
                 self.named.push((format!("{prefix}.lora_B.weight"), l.b.shallow_clone()));
                 Some(l)

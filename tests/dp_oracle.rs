@@ -1,6 +1,7 @@
 //! The DP clipping engine against the naive oracle (one backward per privacy unit): per-unit
-//! norms and the clipped sum agree to 1e-5 relative, for GPT-2 and Llama, LoRA and full
-//! fine-tuning, per-sequence and per-user units, with padding and completion-only masks.
+//! norms and the clipped sum agree to 1e-5 relative, for every model family (LoRA on all linear
+//! layers and full fine-tuning, which trains per-head q/k norms, Gemma's (1 + w) norms, fused
+//! projections), per-sequence and per-user units, with padding and completion-only masks.
 
 use ewtune::train::dpsgd::{clip_and_accumulate, naive_clipped_sum, ClippedSum, MicroBatch};
 use ewtune::train::finetune::FineTune;
@@ -12,7 +13,10 @@ use tch::{Device, Kind, Tensor};
 fn model(family: Family, ft: &FineTune, dir: &std::path::Path) -> Model {
     let shape = Shape { vocab: 50, d_model: 16, layers: 2, heads: 4, kv_heads: 2, positions: 32 };
     write_model(dir, family, shape, 7, None).unwrap();
-    let m = Model::load(dir, ft, None, Device::Cpu).unwrap();
+    randomised_lora(Model::load(dir, ft, None, Device::Cpu).unwrap())
+}
+
+fn randomised_lora(m: Model) -> Model {
     // LoRA B starts at zero (PEFT init), which would make A's gradients vanish: randomise it.
     tch::manual_seed(11);
     for (name, mut p) in m.trainable() {
@@ -36,6 +40,10 @@ fn batch() -> (Tensor, Tensor) {
 fn check(family: Family, ft: FineTune, groups: Option<Vec<Vec<usize>>>) {
     let dir = tempfile::tempdir().unwrap();
     let m = model(family, &ft, dir.path());
+    check_model(&m, &format!("{family:?}"), &ft, groups);
+}
+
+fn check_model(m: &Model, family: &str, ft: &FineTune, groups: Option<Vec<Vec<usize>>>) {
     let (ids, mask) = batch();
     let clip = 0.05; // small enough that most units are clipped, large enough that some are not
     let (units, groups) = match groups {
@@ -43,17 +51,17 @@ fn check(family: Family, ft: FineTune, groups: Option<Vec<Vec<usize>>>) {
         Some(g) => (Units::grouped(&g, 5, Device::Cpu), g),
     };
     let mb = MicroBatch { ids, loss_mask: mask, units };
-    let mut acc = ClippedSum::new(&m);
-    let norms = Vec::<f64>::try_from(&clip_and_accumulate(&m, &mb, clip, &mut acc).unwrap().to_kind(Kind::Double)).unwrap();
-    let (oracle_norms, oracle_sums) = naive_clipped_sum(&m, &mb, &groups, clip);
+    let mut acc = ClippedSum::new(m);
+    let norms = Vec::<f64>::try_from(&clip_and_accumulate(m, &mb, clip, &mut acc).unwrap().to_kind(Kind::Double)).unwrap();
+    let (oracle_norms, oracle_sums) = naive_clipped_sum(m, &mb, &groups, clip);
     for (n, o) in norms.iter().zip(&oracle_norms) {
-        assert!((n - o).abs() <= 1e-5 * o.abs(), "{family:?} {ft:?}: norm {n} vs oracle {o}");
+        assert!((n - o).abs() <= 1e-5 * o.abs(), "{family} {ft:?}: norm {n} vs oracle {o}");
     }
     assert!(norms.iter().any(|&n| n > clip) && norms.iter().all(|&n| n > 0.0), "{norms:?}");
     for ((name, _, sum), want) in acc.entries.iter().zip(&oracle_sums) {
         let err = (sum - want).norm().double_value(&[]);
         let scale = want.norm().double_value(&[]);
-        assert!(err <= 1e-5 * scale.max(1e-12), "{family:?} {ft:?}: {name}: |diff| {err:e} vs |sum| {scale:e}");
+        assert!(err <= 1e-5 * scale.max(1e-12), "{family} {ft:?}: {name}: |diff| {err:e} vs |sum| {scale:e}");
     }
 }
 
@@ -86,4 +94,18 @@ fn user_level_units_match_oracle() {
     let users = Some(vec![vec![0, 3], vec![1], vec![2, 4]]);
     check(Family::Gpt2, FineTune::Full, users.clone());
     check(Family::Llama, lora(), users);
+}
+
+#[test]
+fn every_family_matches_oracle_lora_all_linear_and_full() {
+    // Checkpoints transformers saved (tests/fixtures/models): sliding windows, soft-capping,
+    // partial rotary, parallel residuals and per-head norms all sit between the loss and the
+    // trainable tensors here.
+    for name in ["mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3-partial-rotary", "gpt-neox", "gpt2-untied", "llama3-rope"] {
+        let dir = crate::util::fixture("models").join(name);
+        for ft in [FineTune::lora(2, 4.0, vec!["all-linear".into()]), FineTune::Full] {
+            let m = randomised_lora(Model::load(&dir, &ft, None, Device::Cpu).unwrap());
+            check_model(&m, name, &ft, Some(vec![vec![0, 2], vec![1], vec![3, 4]]));
+        }
+    }
 }

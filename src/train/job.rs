@@ -460,10 +460,12 @@ pub fn run_with_ledger(
     Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model })
 }
 
-/// `target_modules` as PEFT should read them back: as given, or the family's default list.
+/// `target_modules` as PEFT should read them back: as given, the family's default list, or
+/// PEFT's string form of `all-linear` (PEFT reads `["all-linear"]` as a module name).
 fn lora_targets(model: &Model, given: &Targets) -> Targets {
     match given {
         Targets::List(v) if v.is_empty() => Targets::List(model.family.default_lora_targets().iter().map(|s| s.to_string()).collect()),
+        Targets::List(v) if v.iter().any(|t| t == super::finetune::ALL_LINEAR) => Targets::Pattern(super::finetune::ALL_LINEAR.into()),
         other => other.clone(),
     }
 }

@@ -14,6 +14,7 @@ pub mod models;
 pub mod noise;
 pub mod optim;
 pub mod peft_adapter;
+pub mod precision;
 pub mod sampler;
 pub mod synthetic;
 pub mod tape;

@@ -9,6 +9,7 @@ use super::models::gpt_neox::{self, GptNeox};
 use super::models::hf_config::HfConfig;
 use super::models::loader::Loader;
 use super::models::{gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3};
+use super::precision::Precision;
 use super::tape::Tape;
 use super::weights::Weights;
 use super::TrainError;
@@ -122,6 +123,8 @@ pub struct Model {
     net: Net,
     /// Every tensor under the HF name it was loaded (or created) under.
     named: Vec<(String, Tensor)>,
+    /// Precision of the forward/backward.
+    pub precision: Precision,
 }
 
 /// What `dir/config.json` says about the model's limits, read without loading weights.
@@ -165,6 +168,12 @@ impl Model {
     /// (a PEFT-layout safetensors of LoRA tensors named as in [`Model::named_tensors`]) is
     /// merged in when given (resume, audits of adapters).
     pub fn load(dir: &Path, finetune: &FineTune, adapter: Option<&Path>, device: Device) -> Result<Self, TrainError> {
+        Model::load_with(dir, finetune, adapter, device, Precision::F32)
+    }
+
+    /// [`Model::load`] in a given precision: in bf16, frozen weights are held in bfloat16 and
+    /// the trainable ones as f32 masters.
+    pub fn load_with(dir: &Path, finetune: &FineTune, adapter: Option<&Path>, device: Device, precision: Precision) -> Result<Self, TrainError> {
         let cfg = HfConfig::read(dir)?;
         let family = Family::from_model_type(cfg.model_type())?;
         let mut cfg = cfg.for_family(family.model_type());
@@ -188,6 +197,7 @@ impl Model {
         };
         cfg.finish()?;
         let mut weights = Weights::read_dir(dir, device)?;
+        weights.set_frozen_kind(precision.compute_kind());
         if family == Family::Gpt2 {
             gpt2::normalise_names(&mut weights);
         }
@@ -201,7 +211,7 @@ impl Model {
             Resolved::Decoder(s) => Net::Decoder(Decoder::load(&mut ld, s)?),
         };
         let named = ld.finish()?;
-        Ok(Model { family, net, named })
+        Ok(Model { family, net, named, precision })
     }
 
     /// Loads a model as `ewtune train` or the daemon wrote it: a full checkpoint directory, or a
@@ -215,13 +225,14 @@ impl Model {
         Model::load(&adapter.base, &adapter.finetune, Some(&adapter.weights), device)
     }
 
-    /// Logits `[B, T, V]`.
+    /// Logits `[B, T, V]`, in f32 whatever the precision (losses are computed in f32).
     pub fn forward(&self, ids: &Tensor, tape: Option<&mut Tape>) -> Tensor {
-        match &self.net {
+        let logits = match &self.net {
             Net::Gpt2(m) => m.forward(ids, tape),
             Net::Decoder(m) => m.forward(ids, tape),
             Net::GptNeox(m) => m.forward(ids, tape),
-        }
+        };
+        logits.to_kind(Kind::Float)
     }
 
     /// Every tensor under its HF name (LoRA adapters under PEFT's suffixes).

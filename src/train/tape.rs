@@ -1,4 +1,4 @@
-//! What the forward pass records for DP-SGD, and the per-unit gradient math on it
+//! What the forward pass records for DP-SGD, and the per-unit gradient math on it, always in f32
 //! (`research/dpsgd.md` §6): per-example (per privacy unit) squared gradient norms without
 //! per-example gradients (ghost norm or materialisation, whichever is cheaper per layer, §6.1),
 //! and the clipped gradient sum by book-keeping from the same single backward (§6.5 b).
@@ -109,6 +109,12 @@ impl Units {
     }
 }
 
+/// Activations and gradients in f32: every per-unit norm and clipped sum is computed in f32,
+/// whatever the precision of the forward/backward (a no-op in f32 training).
+fn f32(x: &Tensor) -> Tensor {
+    x.to_kind(Kind::Float)
+}
+
 /// Per-unit gradient information of one record, computed once for the norm and the sum.
 pub enum UnitGrads {
     /// A linear layer: nothing materialised (ghost norm or a transient per-unit product).
@@ -137,8 +143,8 @@ pub fn unit_grads(record: &Record, grads: &[Tensor], units: &Units) -> UnitGrads
 pub fn squared_norms(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, units: &Units) -> Tensor {
     match (record, per_unit) {
         (Record::Linear { input, bias, .. }, _) => {
-            let a = units.gather(input);
-            let g = units.gather(&grads[0]);
+            let a = units.gather(&f32(input));
+            let g = units.gather(&f32(&grads[0]));
             let (_, t, d_in) = a.size3().expect("linear input is [B, T, in]");
             let d_out = g.size()[2];
             // §6.1: ghost iff 2T^2 < d_in d_out (memory), else materialise G^T A per unit.
@@ -165,18 +171,18 @@ pub fn squared_norms(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, un
 
 /// Per-unit LoRA gradients, materialised (cheap: r is small): `(dA [U, r, in], dB [U, out, r])`.
 fn lora_unit_grads(input: &Tensor, hidden: &Tensor, g_hidden: &Tensor, g_out: &Tensor, units: &Units) -> (Tensor, Tensor) {
-    let x = units.gather(input);
-    let h = units.gather(hidden);
-    let gh = units.gather(g_hidden);
-    let gz = units.gather(g_out);
+    let x = units.gather(&f32(input));
+    let h = units.gather(&f32(hidden));
+    let gh = units.gather(&f32(g_hidden));
+    let gz = units.gather(&f32(g_out));
     (gh.transpose(1, 2).bmm(&x), gz.transpose(1, 2).bmm(&h))
 }
 
 /// Per-unit norm-layer gradients: `(dgamma [U, d], dbeta [U, d])`.
 fn norm_unit_grads(normalized: &Tensor, g: &Tensor, units: &Units, with_beta: bool) -> (Tensor, Option<Tensor>) {
-    let xh = units.gather(normalized);
+    let xh = units.gather(&f32(normalized));
     // A per-head norm's output gradient is [B, T, H, d]; `normalized` was recorded as [B, T H, d].
-    let g = units.gather(&g.reshape(normalized.size()));
+    let g = units.gather(&f32(g).reshape(normalized.size()));
     let dgamma = (&g * &xh).sum_dim_intlist(&[1i64][..], false, Kind::Float);
     let dbeta = with_beta.then(|| g.sum_dim_intlist(&[1i64][..], false, Kind::Float));
     (dgamma, dbeta)
@@ -187,11 +193,11 @@ fn norm_unit_grads(normalized: &Tensor, g: &Tensor, units: &Units, with_beta: bo
 pub fn clipped_sums(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, clip: &Tensor, row_scale: &Tensor) -> Vec<Tensor> {
     match (record, per_unit) {
         (Record::Linear { input, bias, in_out_layout, .. }, _) => {
-            let g = &grads[0];
+            let g = f32(&grads[0]);
             let d_out = g.size()[2];
             let d_in = input.size()[2];
             let gs = (g * row_scale.view([-1, 1, 1])).reshape([-1, d_out]);
-            let a = input.reshape([-1, d_in]);
+            let a = f32(input).reshape([-1, d_in]);
             let dw = if *in_out_layout { a.transpose(0, 1).matmul(&gs) } else { gs.transpose(0, 1).matmul(&a) };
             let mut out = vec![dw];
             if bias.is_some() {

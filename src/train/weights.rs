@@ -8,10 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// Named tensors read from one safetensors file.
+/// Named tensors read from a checkpoint, each in its file's dtype until taken.
 pub struct Weights {
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
+    /// dtype of the frozen tensors a model takes (trainable ones are always f32).
+    frozen_kind: Kind,
 }
 
 /// Names of non-parameter buffers some checkpoints carry (GPT-2's causal-mask buffers, old
@@ -32,7 +34,7 @@ impl Weights {
         if !path.is_file() {
             return Err(TrainError::MissingFile { path: path.to_path_buf() });
         }
-        let mut w = Weights { path: path.to_path_buf(), tensors: HashMap::new() };
+        let mut w = Weights { path: path.to_path_buf(), tensors: HashMap::new(), frozen_kind: Kind::Float };
         w.read_file(path, device, None)?;
         Ok(w)
     }
@@ -51,7 +53,7 @@ impl Weights {
             let corrupt = |reason: String| TrainError::CorruptCheckpoint { path: index_path.clone(), reason };
             let text = std::fs::read(&index_path).map_err(|e| TrainError::Io { path: index_path.clone(), reason: e.to_string() })?;
             let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
-            let mut w = Weights { path: index_path.clone(), tensors: HashMap::new() };
+            let mut w = Weights { path: index_path.clone(), tensors: HashMap::new(), frozen_kind: Kind::Float };
             let shards: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
             for shard in shards {
                 if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
@@ -105,7 +107,9 @@ impl Weights {
                 Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double => {}
                 other => return Err(corrupt(format!("tensor `{name}` has dtype {other:?}; only f32, bf16 and f16 weights are read (quantised checkpoints are not)"))),
             }
-            if self.tensors.insert(name.clone(), t.to_kind(Kind::Float).to_device(device)).is_some() {
+            // Kept in the file's dtype until a model takes it (then converted once).
+            let t = if t.kind() == Kind::Double { t.to_kind(Kind::Float) } else { t };
+            if self.tensors.insert(name.clone(), t.to_device(device)).is_some() {
                 return Err(corrupt(format!("tensor `{name}` appears twice")));
             }
         }
@@ -136,7 +140,17 @@ impl Weights {
 
     /// An in-memory set (tests and freshly initialised models).
     pub fn from_map(path: PathBuf, tensors: HashMap<String, Tensor>) -> Self {
-        Weights { path, tensors }
+        Weights { path, tensors, frozen_kind: Kind::Float }
+    }
+
+    /// Frozen tensors are taken in `kind` (bf16 training keeps the base in bf16).
+    pub fn set_frozen_kind(&mut self, kind: Kind) {
+        self.frozen_kind = kind;
+    }
+
+    /// True when any tensor is stored in bfloat16 (a bf16 checkpoint).
+    pub fn holds_bf16(&self) -> bool {
+        self.tensors.values().any(|t| t.kind() == Kind::BFloat16)
     }
 
     /// Adds (or replaces) the tensors of `other`, e.g. LoRA adapters over a base model. PEFT's
@@ -153,7 +167,9 @@ impl Weights {
         self.tensors.contains_key(name)
     }
 
-    /// Takes tensor `name`, which must have `shape`, as a leaf that requires grad iff `trainable`.
+    /// Takes tensor `name`, which must have `shape`, as a leaf that requires grad iff `trainable`:
+    /// trainable tensors in f32 (the master copy the optimizer updates), frozen ones in the
+    /// frozen dtype.
     pub fn take(&mut self, name: &str, shape: &[i64], trainable: bool) -> Result<Tensor, TrainError> {
         let t = self.tensors.remove(name).ok_or_else(|| TrainError::CorruptCheckpoint {
             path: self.path.clone(),
@@ -168,7 +184,8 @@ impl Weights {
         if t.isfinite().logical_not().any().int64_value(&[]) != 0 {
             return Err(TrainError::CorruptCheckpoint { path: self.path.clone(), reason: format!("tensor `{name}` holds NaN or infinite values") });
         }
-        Ok(t.detach().set_requires_grad(trainable))
+        let kind = if trainable { Kind::Float } else { self.frozen_kind };
+        Ok(t.detach().to_kind(kind).set_requires_grad(trainable))
     }
 }
 

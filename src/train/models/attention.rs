@@ -85,7 +85,10 @@ impl Attention {
         let k = heads(k, nkv, &self.k_norm, tape);
         let v = v.reshape([b, t, nkv, hd]).transpose(1, 2);
         let (q, k) = match rope_tables {
-            Some((cos, sin)) => (rope::apply(&q, cos, sin), rope::apply(&k, cos, sin)),
+            Some((cos, sin)) => {
+                let (cos, sin) = (cos.to_kind(q.kind()), sin.to_kind(q.kind()));
+                (rope::apply(&q, &cos, &sin), rope::apply(&k, &cos, &sin))
+            }
             None => (q, k),
         };
         // repeat_kv: each key/value head serves nh / nkv consecutive query heads.
@@ -96,7 +99,8 @@ impl Attention {
         if let Some(cap) = self.spec.softcap {
             scores = (scores / cap).tanh() * cap;
         }
-        let attn = (scores + mask).softmax(-1, Kind::Float).matmul(&v).transpose(1, 2).reshape([b, t, nh * hd]);
+        // Softmax in f32, its result in the values' dtype (transformers' eager attention).
+        let attn = (scores + mask).softmax(-1, Kind::Float).to_kind(v.kind()).matmul(&v).transpose(1, 2).reshape([b, t, nh * hd]);
         self.o.forward(&attn, tape)
     }
 }

@@ -180,7 +180,8 @@ impl Decoder {
         }
         let mut h = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         if let Some(scale) = s.embed_scale {
-            h = h * f64::from(scale as f32);
+            // transformers rounds the scale to the embedding's dtype first.
+            h = &h * Tensor::from(scale).to_kind(h.kind()).to_device(device);
         }
         for l in &self.layers {
             let mask = &masks.iter().find(|(w, _)| *w == l.kind.window).expect("mask built above").1;

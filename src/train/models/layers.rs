@@ -34,10 +34,13 @@ pub struct Linear {
 
 impl Linear {
     /// `x [B, T, in] -> [B, T, out]`, recording trainable parts on `tape`.
+    /// Trainable (f32) parameters are cast to the activations' dtype where used (bf16 training).
     pub fn forward(&self, x: &Tensor, tape: &mut Option<&mut Tape>) -> Tensor {
-        let base = if self.in_out_layout { x.matmul(&self.weight) } else { x.matmul(&self.weight.tr()) };
+        let kind = x.kind();
+        let w = self.weight.to_kind(kind);
+        let base = if self.in_out_layout { x.matmul(&w) } else { x.matmul(&w.tr()) };
         let base = match &self.bias {
-            Some(b) => base + b,
+            Some(b) => base + b.to_kind(kind),
             None => base,
         };
         if let Some(t) = tape.as_deref_mut() {
@@ -54,8 +57,8 @@ impl Linear {
         match &self.lora {
             None => base,
             Some(l) => {
-                let hidden = x.matmul(&l.a.tr());
-                let z = hidden.matmul(&l.b.tr());
+                let hidden = x.matmul(&l.a.to_kind(kind).tr());
+                let z = hidden.matmul(&l.b.to_kind(kind).tr());
                 if let Some(t) = tape.as_deref_mut() {
                     t.push(Record::Lora {
                         input: x.shallow_clone(),
@@ -99,17 +102,20 @@ impl Norm {
     /// (`[B, T, d]`, or per head `[B, T, H, d]`) are recorded as `[B, T', d]`.
     pub fn forward(&self, x: &Tensor, tape: &mut Option<&mut Tape>) -> Tensor {
         let d = *x.size().last().expect("norm input has a last dimension");
+        let kind = x.kind();
+        // Normalised in f32 (as transformers does), returned in the input's dtype.
+        let xf = x.to_kind(Kind::Float);
         let xhat = match self.kind {
-            NormKind::LayerNorm => x.layer_norm([d], None::<Tensor>, None::<Tensor>, self.eps, false),
-            // HF: x * rsqrt(mean(x^2) + eps), in f32.
-            NormKind::Rms | NormKind::RmsUnitOffset => x * (x.square().mean_dim(&[-1i64][..], true, Kind::Float) + self.eps).rsqrt(),
-        };
+            NormKind::LayerNorm => xf.layer_norm([d], None::<Tensor>, None::<Tensor>, self.eps, false),
+            NormKind::Rms | NormKind::RmsUnitOffset => &xf * (xf.square().mean_dim(&[-1i64][..], true, Kind::Float) + self.eps).rsqrt(),
+        }
+        .to_kind(kind);
         let scale = match self.kind {
-            NormKind::RmsUnitOffset => &self.gamma + 1.0,
-            _ => self.gamma.shallow_clone(),
+            NormKind::RmsUnitOffset => self.gamma.to_kind(kind) + 1.0,
+            _ => self.gamma.to_kind(kind),
         };
         let y = match &self.beta {
-            Some(b) => &xhat * &scale + b,
+            Some(b) => &xhat * &scale + b.to_kind(kind),
             None => &xhat * &scale,
         };
         if let Some(t) = tape.as_deref_mut() {

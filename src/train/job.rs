@@ -4,13 +4,13 @@
 //! accounting, atomic checkpoints, resume.
 
 use super::checkpoint::{self, AdapterConfig, CheckpointState};
-use super::data::{sha256_file, DataConfig, Dataset};
-use super::dpsgd::{clip_and_accumulate, ClippedSum};
+use super::data::{sha256_file, DataConfig, DataCounts, Dataset};
+use super::dpsgd::{clip_and_accumulate, clip_and_accumulate_unit, ClippedSum};
 use super::finetune::FineTune;
 use super::model::{sequence_losses, Model};
 use super::noise::{NoiseSource, NoiseStream};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
-use super::sampler::{split_micro_batches, PoissonSampler};
+use super::sampler::{plan_passes, Pass, PoissonSampler};
 use super::TrainError;
 use ewtune_accountant::pld::PldAccountant;
 use ewtune_accountant::{calibrate, History};
@@ -48,7 +48,9 @@ pub struct TrainingSpec {
     pub epochs: f64,
     /// Logical steps (overrides `epochs`).
     pub steps: Option<u64>,
-    /// Units per physical micro-batch (memory bound).
+    /// Sequences (examples) per forward/backward pass: the memory bound. Example-level units
+    /// go `micro_batch` at a time; users are packed so their padded sequences fit, and a user
+    /// with more examples than this goes through successive passes, clipped once over all.
     pub micro_batch: usize,
     /// Base learning rate.
     pub learning_rate: f64,
@@ -240,6 +242,8 @@ pub struct Outcome {
     pub cancelled: bool,
     /// Where the model was written.
     pub output_model: PathBuf,
+    /// What reading the training data found (canaries not included).
+    pub data: DataCounts,
 }
 
 fn fingerprint(spec: &JobSpec, data_sha: &str) -> String {
@@ -252,23 +256,75 @@ fn fingerprint(spec: &JobSpec, data_sha: &str) -> String {
     crate::digest::sha256_hex(text.as_bytes())
 }
 
-/// Mean sequence loss over a dataset (no gradients).
+/// Mean sequence loss over a dataset (no gradients), `micro` sequences per forward pass.
 pub fn evaluate(model: &Model, data: &Dataset, micro: usize, device: Device) -> f64 {
     let _guard = tch::no_grad_guard();
     let (mut sum, mut n) = (0.0, 0usize);
-    let all: Vec<usize> = (0..data.len()).collect();
-    for chunk in all.chunks(micro.max(1)) {
-        let mb = data.micro_batch(chunk, device);
-        let l = sequence_losses(&model.forward(&mb.ids, None), &mb.ids, &mb.loss_mask);
+    let rows: Vec<&super::data::Example> = data.units.iter().flatten().collect();
+    for chunk in rows.chunks(micro.max(1)) {
+        let (ids, mask) = super::data::pad(chunk, device);
+        let l = sequence_losses(&model.forward(&ids, None), &ids, &mask);
         sum += l.sum(Kind::Double).double_value(&[]);
         n += l.size()[0] as usize;
     }
     sum / n.max(1) as f64
 }
 
-/// One logical DP-SGD step over the units `batch` (possibly empty): clipped sums over physical
-/// micro-batches, the pre-drawn `noise` (std sigma C, one value per trainable coordinate) added
-/// once, division by the expected batch size, optimizer update. Returns how many units clipped.
+/// What the clipping of one logical batch did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClipStats {
+    /// Units whose gradient norm exceeded the clip norm.
+    pub clipped: usize,
+    /// `(unit, gradient norm before clipping)` for every unit of the batch, in the order processed.
+    pub norms: Vec<(usize, f64)>,
+    /// Forward/backward passes run.
+    pub passes: usize,
+    /// The most sequences one forward pass took (at most the micro-batch).
+    pub peak_sequences: usize,
+    /// The most padded per-unit sequence slots one pass grouped (`units x largest unit`; at most
+    /// the micro-batch).
+    pub peak_unit_slots: usize,
+}
+
+/// The clipped gradient sum of the units `batch`, at most `micro_batch` sequences per forward
+/// pass ([`plan_passes`]): units that fit are clipped from one backward on the tape; a unit with
+/// more sequences goes through successive passes with its gradient accumulated, then clipped
+/// once ([`clip_and_accumulate_unit`]). Either way each unit's whole gradient is clipped to
+/// `clip_norm`.
+pub fn clipped_sum(model: &Model, data: &Dataset, batch: &[usize], clip_norm: f64, micro_batch: usize, device: Device) -> Result<(ClippedSum, ClipStats), TrainError> {
+    let mut acc = ClippedSum::new(model);
+    let mut stats = ClipStats::default();
+    for pass in plan_passes(batch, |u| data.units[u].len(), micro_batch)? {
+        match pass {
+            Pass::Units(units) => {
+                let mb = data.micro_batch(&units, device);
+                stats.passes += 1;
+                stats.peak_sequences = stats.peak_sequences.max(mb.ids.size()[0] as usize);
+                stats.peak_unit_slots = stats.peak_unit_slots.max(mb.units.count * mb.units.per_unit);
+                let norms = Vec::<f64>::try_from(&clip_and_accumulate(model, &mb, clip_norm, &mut acc)?.to_kind(Kind::Double))?;
+                stats.norms.extend(units.into_iter().zip(norms));
+            }
+            Pass::Split { unit, sequences } => {
+                let chunks = (0..sequences).step_by(micro_batch).map(|start| {
+                    let (ids, mask) = data.unit_sequences(unit, start..(start + micro_batch).min(sequences), device);
+                    stats.passes += 1;
+                    stats.peak_sequences = stats.peak_sequences.max(ids.size()[0] as usize);
+                    (ids, mask)
+                });
+                let norm = clip_and_accumulate_unit(model, chunks, clip_norm, &mut acc)?;
+                stats.peak_unit_slots = stats.peak_unit_slots.max(1);
+                stats.norms.push((unit, norm));
+            }
+        }
+    }
+    stats.clipped = stats.norms.iter().filter(|(_, n)| *n > clip_norm).count();
+    Ok((acc, stats))
+}
+
+/// One logical DP-SGD step over the units `batch` (possibly empty): the clipped sum
+/// ([`clipped_sum`]), the pre-drawn `noise` (std sigma C, one value per trainable coordinate)
+/// added once, division by the expected batch size, optimizer update. Returns what the
+/// clipping did.
 #[allow(clippy::too_many_arguments)]
 pub fn private_step(
     model: &Model,
@@ -281,14 +337,8 @@ pub fn private_step(
     optimizer: &mut Optimizer,
     params: &[Tensor],
     device: Device,
-) -> Result<usize, TrainError> {
-    let mut acc = ClippedSum::new(model);
-    let mut clipped = 0usize;
-    for chunk in split_micro_batches(batch, micro_batch)? {
-        let mb = data.micro_batch(chunk, device);
-        let norms = clip_and_accumulate(model, &mb, privacy.clip_norm, &mut acc)?;
-        clipped += norms.gt(privacy.clip_norm).sum(Kind::Int64).int64_value(&[]) as usize;
-    }
+) -> Result<ClipStats, TrainError> {
+    let (acc, stats) = clipped_sum(model, data, batch, privacy.clip_norm, micro_batch, device)?;
     let noise_t = Tensor::from_slice(noise).to_device(device);
     let mut offset = 0i64;
     let grads: Vec<Tensor> = acc
@@ -302,7 +352,7 @@ pub fn private_step(
         })
         .collect();
     optimizer.apply(params, &grads);
-    Ok(clipped)
+    Ok(stats)
 }
 
 /// Runs (or resumes) a job to completion or until `cancel` is set, reporting every step.
@@ -316,7 +366,20 @@ pub fn run(spec: &JobSpec, cancel: &AtomicBool, on_progress: impl FnMut(&Progres
 pub fn run_with_ledger(
     spec: &JobSpec,
     cancel: &AtomicBool,
+    before_step: impl FnMut(u64) -> Result<(), TrainError>,
+    on_progress: impl FnMut(&Progress),
+) -> Result<Outcome, TrainError> {
+    run_observed(spec, cancel, before_step, |_, _| {}, on_progress)
+}
+
+/// [`run_with_ledger`], with `on_start(plan, counts)` called once the data is read and the plan
+/// settled, before the first step (or the first step of a resumed run): `ewtune train` prints
+/// the counts there.
+pub fn run_observed(
+    spec: &JobSpec,
+    cancel: &AtomicBool,
     mut before_step: impl FnMut(u64) -> Result<(), TrainError>,
+    on_start: impl FnOnce(&Plan, &DataCounts),
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Outcome, TrainError> {
     let device = spec.device.resolve()?;
@@ -331,6 +394,7 @@ pub fn run_with_ledger(
     }
     drop(probe);
     let mut data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
+    let counts = data.counts();
     std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
     let manifest_sha = match &spec.canaries {
         Some(c) if c.length > data_cfg.max_length => {
@@ -385,6 +449,7 @@ pub fn run_with_ledger(
         history = r.state.history.clone();
     }
     let start = optimizer.step;
+    on_start(&plan, &counts);
     let eval_before = eval.as_ref().map(|e| evaluate(&model, e, spec.training.micro_batch, device));
 
     // Fresh OS randomness on every (re)start: a resumed job never replays its noise or samples.
@@ -409,7 +474,7 @@ pub fn run_with_ledger(
         before_step(step + 1)?;
         let batch = sampler.sample(&mut sampling_rng);
         let noise_buf = noise.next_buffer();
-        let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?;
+        let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?.clipped;
         noise.recycle(noise_buf);
         history.compose(plan.noise_multiplier, plan.sample_rate, 1)?;
         step += 1;
@@ -454,7 +519,7 @@ pub fn run_with_ledger(
         let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha });
         super::weights::write_bytes_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
     }
-    Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model })
+    Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model, data: counts })
 }
 
 fn lora_targets(model: &Model, given: &[String]) -> Vec<String> {

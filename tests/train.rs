@@ -287,13 +287,16 @@ fn every_example_of_a_user_is_in_their_unit_unless_a_cap_is_set() {
     assert_eq!((counts.examples, counts.units, counts.dropped_examples, counts.truncated_examples), (80, 31, 37, kept_cut));
     assert_eq!(ewtune::train::data::count(&path, &tok, &capped, 400).unwrap(), counts);
 
-    // A cap of 0, or a cap without users, is refused naming the setting.
-    for bad in [DataConfig { max_examples_per_user: Some(0), ..cfg.clone() }, DataConfig { user_field: None, max_examples_per_user: Some(3), ..cfg.clone() }] {
-        match Dataset::load(&path, &tok, &bad, 400) {
-            Err(TrainError::BadSpec { field, .. }) => assert_eq!(field, "data_format.max_examples_per_user"),
-            other => panic!("{bad:?}: {other:?}"),
-        }
+    // A cap of 0 is refused naming the setting.
+    let zero = DataConfig { max_examples_per_user: Some(0), ..cfg.clone() };
+    match Dataset::load(&path, &tok, &zero, 400) {
+        Err(TrainError::BadSpec { field, .. }) => assert_eq!(field, "data_format.max_examples_per_user"),
+        other => panic!("{other:?}"),
     }
+    // Without users every unit is one example: a cap (as older daemons stored in every spec)
+    // drops nothing.
+    let per_example = Dataset::load(&path, &tok, &DataConfig { user_field: None, max_examples_per_user: Some(1), ..cfg.clone() }, 400).unwrap();
+    assert_eq!((per_example.len(), per_example.dropped_examples), (80, 0));
 }
 
 /// A whole user-level job with a user larger than the micro-batch: it trains, the counts are

@@ -47,18 +47,17 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
-    /// Refuses settings that cannot mean anything: a cap of 0, or a cap without `user_field`
-    /// (every unit is then one example).
+    /// Refuses settings that cannot be read: a cap of 0, or `max_length` under 2. (A cap
+    /// without `user_field` drops nothing, every unit being one example: job.toml refuses it as
+    /// meaningless, but specs stored by older daemons, which always carried a cap, still load.)
     pub fn validate(&self) -> Result<(), TrainError> {
-        match (self.max_examples_per_user, &self.user_field) {
-            (Some(0), _) => Err(TrainError::BadSpec { field: "data_format.max_examples_per_user", reason: "must be >= 1 (leave it out to use every example)".into() }),
-            (Some(_), None) => Err(TrainError::BadSpec {
-                field: "data_format.max_examples_per_user",
-                reason: "needs data_format.user_field (without it every privacy unit is one example)".into(),
-            }),
-            _ if self.max_length < 2 => Err(TrainError::BadSpec { field: "data_format.max_length", reason: "must be >= 2".into() }),
-            _ => Ok(()),
+        if self.max_examples_per_user == Some(0) {
+            return Err(TrainError::BadSpec { field: "data_format.max_examples_per_user", reason: "must be >= 1 (leave it out to use every example)".into() });
         }
+        if self.max_length < 2 {
+            return Err(TrainError::BadSpec { field: "data_format.max_length", reason: "must be >= 2".into() });
+        }
+        Ok(())
     }
 }
 

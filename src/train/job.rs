@@ -162,6 +162,12 @@ impl JobSpec {
         let text = std::fs::read_to_string(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
         let file = path.file_name().map_or_else(|| "job.toml".into(), |n| n.to_string_lossy().into_owned());
         let mut spec: JobSpec = crate::strict_toml::from_str(&text, &file, &Self::toml_tables())?;
+        if spec.data_config.max_examples_per_user.is_some() && spec.data_config.user_field.is_none() {
+            return Err(TrainError::BadSpec {
+                field: "data_format.max_examples_per_user",
+                reason: "needs data_format.user_field (without it every privacy unit is one example)".into(),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut spec.model, &mut spec.data, &mut spec.output] {
             if p.is_relative() {
@@ -623,6 +629,19 @@ mod tests {
         assert_eq!(spec.data_config.user_field.as_deref(), Some("user"));
         assert_eq!(spec.data_config.max_examples_per_user, None, "README documents the cap as off");
         assert_eq!(spec.model, dir.path().join("base"));
+    }
+
+    #[test]
+    fn a_cap_without_users_is_refused_in_job_toml_but_read_from_stored_specs() {
+        match read("[data_format]\nmax_examples_per_user = 3\n") {
+            Err(TrainError::BadSpec { field, reason }) => assert!(field == "data_format.max_examples_per_user" && reason.contains("user_field"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Daemons before the cap became optional stored `8` in every spec, example-level too.
+        let mut stored = serde_json::to_value(read("").unwrap()).unwrap();
+        stored["data_format"]["max_examples_per_user"] = 8.into();
+        let spec: JobSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!((spec.data_config.max_examples_per_user, spec.data_config.user_field), (Some(8), None));
     }
 
     #[test]

@@ -9,4 +9,5 @@ pub mod audit;
 pub mod daemon;
 pub mod digest;
 pub mod store;
+pub mod strict_toml;
 pub mod train;

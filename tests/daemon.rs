@@ -130,6 +130,17 @@ async fn lifecycle_budget_and_signed_report() {
     assert_eq!(ds.units, 400);
     let plan = c.jobs.plan(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
     assert!(plan.certified_epsilon <= 1.0 && plan.steps == 8, "{plan:?}");
+    // Plan counts the data as the job will read it (the model's tokenizer, max_length 40).
+    let local = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.jsonl");
+        std::fs::write(&path, notes(400, 1)).unwrap();
+        let tok = tokenizers::Tokenizer::from_file(fixture("audit").join("tokenizer.json")).unwrap();
+        ewtune::train::data::count(&path, &tok, &ewtune::train::data::DataConfig { max_length: 40, ..Default::default() }, 400).unwrap()
+    };
+    assert_eq!((plan.examples, plan.dataset_units, plan.truncated_examples, plan.dropped_examples), (400, 400, local.truncated_examples as u64, 0));
+    let short = c.jobs.plan(pb::JobSpec { max_length: 8, ..spec(&ds.dataset_id, 1.0) }).await.unwrap().into_inner();
+    assert_eq!(short.truncated_examples, 400, "every note is longer than 8 tokens");
     let job = c.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
     let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: job.job_id.clone(), after_seq: 0 }).await.unwrap().into_inner();
     let mut kinds = Vec::new();

@@ -1,10 +1,13 @@
 //! The DP clipping engine against the naive oracle (one backward per privacy unit): per-unit
 //! norms and the clipped sum agree to 1e-5 relative, for every model family (LoRA on all linear
 //! layers and full fine-tuning, which trains per-head q/k norms, Gemma's (1 + w) norms, fused
-//! projections), per-sequence and per-user units, with padding and completion-only masks.
+//! projections), per-sequence and per-user units, with padding and completion-only masks, and
+//! for users with more examples than a micro-batch holds (split over several passes).
 
+use ewtune::train::data::{Dataset, Example};
 use ewtune::train::dpsgd::{clip_and_accumulate, naive_clipped_sum, ClippedSum, MicroBatch};
 use ewtune::train::finetune::FineTune;
+use ewtune::train::job;
 use ewtune::train::model::Model;
 use ewtune::train::synthetic::{write_model, Family, Shape};
 use ewtune::train::tape::Units;
@@ -66,7 +69,7 @@ fn check_model(m: &Model, family: &str, ft: &FineTune, groups: Option<Vec<Vec<us
 }
 
 fn lora() -> FineTune {
-    FineTune::lora(4, 8.0, vec![])
+    FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec![] }
 }
 
 #[test]
@@ -81,7 +84,7 @@ fn gpt2_full_matches_oracle() {
 
 #[test]
 fn llama_lora_matches_oracle() {
-    check(Family::Llama, FineTune::lora(4, 8.0, vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]), None);
+    check(Family::Llama, FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] }, None);
 }
 
 #[test]
@@ -94,6 +97,75 @@ fn user_level_units_match_oracle() {
     let users = Some(vec![vec![0, 3], vec![1], vec![2, 4]]);
     check(Family::Gpt2, FineTune::Full, users.clone());
     check(Family::Llama, lora(), users);
+}
+
+/// Users of 50, 6, 4, 3, 1 and 1 examples (random tokens, 4 to 12 long, some trained on a
+/// completion only).
+fn users() -> Dataset {
+    tch::manual_seed(5);
+    let sizes = [50usize, 3, 1, 4, 1, 6];
+    let mut k = 0i64;
+    let units = sizes
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|_| {
+                    k += 1;
+                    let len = 4 + (k * 7 % 9);
+                    let ids = Vec::<i64>::try_from(&Tensor::randint(50, [len], (Kind::Int64, Device::Cpu))).unwrap();
+                    let prompt = if k % 3 == 0 { 2 } else { 1 };
+                    let loss_mask = (0..len).map(|t| i64::from(t >= prompt)).collect();
+                    Example { ids, loss_mask }
+                })
+                .collect()
+        })
+        .collect();
+    Dataset { units, dropped_examples: 0, truncated_examples: 0 }
+}
+
+/// A user with 50 examples and a micro-batch of 4: no forward pass takes more than 4 sequences
+/// (the user's go through 13 passes, gradient accumulated), yet every user's norm and the
+/// clipped sum equal the oracle's, which runs each user's examples in one forward and backward
+/// (1e-5 relative, as above). A micro-batch of 64 packs the small users together instead.
+#[test]
+fn a_user_larger_than_the_micro_batch_is_clipped_exactly_within_it() {
+    for (family, ft) in [(Family::Gpt2, FineTune::Full), (Family::Llama, lora())] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(family, &ft, dir.path());
+        let data = users();
+        let batch: Vec<usize> = (0..data.len()).collect();
+        let everything = data.micro_batch(&batch, Device::Cpu);
+        let mut groups = Vec::new();
+        for u in &data.units {
+            let start = groups.iter().map(Vec::len).sum::<usize>();
+            groups.push((start..start + u.len()).collect::<Vec<_>>());
+        }
+        // A clip norm between the smallest and largest unit norm: some units clip, some do not.
+        let (norms, _) = naive_clipped_sum(&m, &everything, &groups, 1.0);
+        let (lo, hi) = norms.iter().fold((f64::MAX, 0f64), |(lo, hi), &n| (lo.min(n), hi.max(n)));
+        assert!(lo < hi && norms[0] == hi, "the 50-example user has the largest norm: {norms:?}");
+        let clip = (lo * hi).sqrt();
+        let (oracle_norms, oracle_sums) = naive_clipped_sum(&m, &everything, &groups, clip);
+        for micro in [4, 64] {
+            let (acc, stats) = job::clipped_sum(&m, &data, &batch, clip, micro, Device::Cpu).unwrap();
+            assert!(stats.peak_sequences <= micro && stats.peak_unit_slots <= micro, "{family:?} micro {micro}: {stats:?}");
+            if micro == 4 {
+                assert!(stats.passes >= 13 + 3, "{family:?}: 13 passes for the large user, 3 or more for the rest: {stats:?}");
+            }
+            assert_eq!(stats.norms.len(), data.len());
+            for &(u, n) in &stats.norms {
+                let o = oracle_norms[u];
+                assert!((n - o).abs() <= 1e-5 * o, "{family:?} micro {micro}: unit {u} norm {n} vs oracle {o}");
+            }
+            assert_eq!(stats.clipped, oracle_norms.iter().filter(|&&n| n > clip).count());
+            assert_eq!(acc.units, data.len());
+            for ((name, _, sum), want) in acc.entries.iter().zip(&oracle_sums) {
+                let err = (sum - want).norm().double_value(&[]);
+                let scale = want.norm().double_value(&[]);
+                assert!(err <= 1e-5 * scale.max(1e-12), "{family:?} micro {micro}: {name}: |diff| {err:e} vs |sum| {scale:e}");
+            }
+        }
+    }
 }
 
 #[test]

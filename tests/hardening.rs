@@ -40,6 +40,10 @@ async fn another_tenant_cannot_rewrite_my_privacy_unit() {
     s.batch_size = 10;
     let plan = a.jobs.plan(s.clone()).await.unwrap().into_inner();
     assert_eq!(plan.units, 40, "Alice's plan counts her users");
+    assert_eq!((plan.examples, plan.dataset_units, plan.dropped_examples), (400, 40, 0), "every example of a user is in their unit");
+    // Bob's plan of the same bytes counts his units, not Alice's (the counts are kept per tenant).
+    let bob_plan = b.jobs.plan(pb::JobSpec { batch_size: 2, ..spec(&db.dataset_id, 2.0) }).await.unwrap().into_inner();
+    assert_eq!((bob_plan.examples, bob_plan.dataset_units), (400, 4));
     let job = a.jobs.create(s).await.unwrap().into_inner();
     let stored: serde_json::Value = serde_json::from_str(&job.spec_json).unwrap();
     assert_eq!(stored["data_format"]["user_field"], "user", "{}", job.spec_json);

@@ -253,4 +253,98 @@ fn every_family_trains_two_dp_steps_lora_and_full_and_reloads_what_it_wrote() {
             assert!((reloaded - after).abs() < 1e-5, "{name} {ft:?}: reloaded {reloaded} vs {after}");
         }
     }
+
+/// Lines of 31 users in file order: `big` writes every other line (40 examples), `u0`..`u29`
+/// one or two each; some texts are long enough to be cut at `max_length` 12.
+fn user_lines(path: &Path) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    for i in 0..80 {
+        let user = if i % 2 == 0 { "big".to_string() } else { format!("u{}", (i / 2) % 30) };
+        let text = if i % 5 == 0 { format!("note {i}: fever, cough and a rash; we advised fluids, rest and a cream on Monday") } else { format!("note {i}: fever") };
+        lines.push((user, text));
+    }
+    let body: String = lines.iter().map(|(u, t)| format!("{}\n", serde_json::json!({ "user": u, "text": t }))).collect();
+    std::fs::write(path, body).unwrap();
+    lines
+}
+
+#[test]
+fn every_example_of_a_user_is_in_their_unit_unless_a_cap_is_set() {
+    let root = tempfile::tempdir().unwrap();
+    let tok = tokenizers::Tokenizer::from_file(fixture("audit").join("tokenizer.json")).unwrap();
+    let path = root.path().join("users.jsonl");
+    let lines = user_lines(&path);
+    let encode = |t: &str| tok.encode(t, false).unwrap().get_ids().iter().map(|&i| i64::from(i)).collect::<Vec<i64>>();
+    let cfg = DataConfig { user_field: Some("user".into()), max_length: 12, ..DataConfig::default() };
+    assert_eq!(cfg.max_examples_per_user, None, "no cap by default");
+    let data = Dataset::load(&path, &tok, &cfg, 400).unwrap();
+    let big: Vec<&(String, String)> = lines.iter().filter(|(u, _)| u == "big").collect();
+    assert_eq!(data.units[0].len(), 40, "all 40 of big's examples are in big's unit");
+    // +1 for the end-of-text token each example gets.
+    let cut = lines.iter().filter(|(_, t)| encode(t).len() + 1 > 12).count();
+    assert!(cut > 0 && cut < lines.len());
+    let want = ewtune::train::data::DataCounts { examples: 80, units: 31, truncated_examples: cut, dropped_examples: 0 };
+    assert_eq!(data.counts(), want);
+    assert_eq!(ewtune::train::data::count(&path, &tok, &cfg, 400).unwrap(), want, "Plan's counting agrees with loading");
+
+    // A cap keeps each user's first k examples in file order and counts the rest as dropped.
+    let capped = DataConfig { max_examples_per_user: Some(3), ..cfg.clone() };
+    let data = Dataset::load(&path, &tok, &capped, 400).unwrap();
+    assert_eq!(data.units[0].len(), 3);
+    for (ex, (_, text)) in data.units[0].iter().zip(&big) {
+        let mut ids = encode(text);
+        ids.push(0);
+        ids.truncate(12);
+        assert_eq!(ex.ids, ids, "big's first examples, in file order");
+    }
+    assert_eq!(data.len(), 31, "a cap changes no unit count");
+    let mut seen = std::collections::HashMap::new();
+    let kept_cut = lines
+        .iter()
+        .filter(|(u, _)| {
+            let n = seen.entry(u.clone()).or_insert(0);
+            *n += 1;
+            *n <= 3
+        })
+        .filter(|(_, t)| encode(t).len() + 1 > 12)
+        .count();
+    let counts = data.counts();
+    assert_eq!((counts.examples, counts.units, counts.dropped_examples, counts.truncated_examples), (80, 31, 37, kept_cut));
+    assert_eq!(ewtune::train::data::count(&path, &tok, &capped, 400).unwrap(), counts);
+
+    // A cap of 0 is refused naming the setting.
+    let zero = DataConfig { max_examples_per_user: Some(0), ..cfg.clone() };
+    match Dataset::load(&path, &tok, &zero, 400) {
+        Err(TrainError::BadSpec { field, .. }) => assert_eq!(field, "data_format.max_examples_per_user"),
+        other => panic!("{other:?}"),
+    }
+    // Without users every unit is one example: a cap (as older daemons stored in every spec)
+    // drops nothing.
+    let per_example = Dataset::load(&path, &tok, &DataConfig { user_field: None, max_examples_per_user: Some(1), ..cfg.clone() }, 400).unwrap();
+    assert_eq!((per_example.len(), per_example.dropped_examples), (80, 0));
+}
+
+/// A whole user-level job with a user larger than the micro-batch: it trains, the counts are
+/// reported before the first step, and the outcome carries them.
+#[test]
+fn a_user_level_job_with_a_large_user_trains_and_reports_its_counts_first() {
+    let root = setup(Family::Gpt2);
+    user_lines(&root.path().join("train.jsonl"));
+    let mut s = spec(root.path(), FineTune::Full, 8.0, Some(3));
+    s.eval_data = None;
+    s.data_config = DataConfig { user_field: Some("user".into()), max_length: 12, ..DataConfig::default() };
+    s.training.batch_size = 20;
+    s.training.micro_batch = 4;
+    let events = std::cell::RefCell::new(Vec::new());
+    let out = job::run_observed(
+        &s,
+        &AtomicBool::new(false),
+        |_| Ok(()),
+        |p, c| events.borrow_mut().push(format!("start {} {} {}", p.units, c.examples, c.units)),
+        |p| events.borrow_mut().push(format!("step {}", p.step)),
+    )
+    .unwrap();
+    assert_eq!(events.into_inner(), vec!["start 31 80 31", "step 1", "step 2", "step 3"]);
+    assert_eq!((out.data.examples, out.data.units, out.data.dropped_examples), (80, 31, 0));
+    assert!(out.output_model.join("model.safetensors").exists());
 }

@@ -7,7 +7,9 @@ use super::convert::{self, invalid, CheckedSpec};
 use super::pb;
 use crate::daemon::State;
 use crate::store::{JobId, NewJob, TenantId};
+use crate::train::data::DataCounts;
 use crate::train::job::plan;
+use crate::train::TrainError;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -36,6 +38,7 @@ struct Settled {
     dataset: crate::store::Dataset,
     manifest_json: Option<String>,
     warnings: Vec<String>,
+    vocab: i64,
 }
 
 /// Settles `req` (blocking: runs on the CPU pool). With canaries and `draw`, draws the manifest
@@ -68,13 +71,45 @@ fn settle(state: &State, tenant: &TenantId, req: &pb::JobSpec, draw: bool) -> Re
     spec.privacy.epsilon = None;
     spec.privacy.noise_multiplier = Some(p.noise_multiplier);
     spec.training.steps = Some(p.steps);
-    Ok(Settled { spec, plan: p, dataset, manifest_json, warnings })
+    Ok(Settled { spec, plan: p, dataset, manifest_json, warnings, vocab: model.vocab_size })
+}
+
+/// What the dataset holds as `spec` would read it (examples, units, truncated and dropped
+/// examples), from the cache or by reading and tokenising the file (blocking: runs on the CPU
+/// pool). The counts describe the tenant's own data to the tenant: they are never logged.
+fn data_counts(state: &State, tenant: &TenantId, settled: &Settled) -> Result<DataCounts, Status> {
+    let spec = &settled.spec;
+    let model_name = spec.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tokenizer_path = spec.model.join("tokenizer.json");
+    let no_tokenizer = || Status::failed_precondition(format!("base_model: model {} has no readable tokenizer.json", super::limits::quote(&model_name)));
+    let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(|_| no_tokenizer())?;
+    let key = serde_json::json!([
+        tenant.as_str(),
+        settled.dataset.id.as_str(),
+        crate::digest::sha256_hex(&tokenizer_bytes),
+        settled.vocab,
+        spec.data_config,
+    ])
+    .to_string();
+    if let Some(c) = state.data_counts.get(&key) {
+        return Ok(c);
+    }
+    let tokenizer = tokenizers::Tokenizer::from_bytes(&tokenizer_bytes).map_err(|_| no_tokenizer())?;
+    let counts = crate::train::data::count(&spec.data, &tokenizer, &spec.data_config, settled.vocab).map_err(|e| match e {
+        TrainError::BadDataset { .. } => Status::failed_precondition(format!("the dataset cannot be read with this model: {}", e.without_paths())),
+        TrainError::BadSpec { field, reason } => invalid(field, reason),
+        other => {
+            tracing::error!(error = %other, "cannot count a dataset");
+            Status::internal("the daemon cannot read the dataset; see its log")
+        }
+    })?;
+    state.data_counts.put(key, counts);
+    Ok(counts)
 }
 
 /// A plan that cannot be made: a spec the accountant cannot certify or calibrate is the
 /// client's to change (InvalidArgument, or FailedPrecondition when no noise reaches the target).
-fn plan_error(e: crate::train::TrainError) -> Status {
-    use crate::train::TrainError;
+fn plan_error(e: TrainError) -> Status {
     use ewtune_accountant::Error as AccountantError;
     match e {
         TrainError::BadSpec { field, reason } => invalid(field, reason),
@@ -110,7 +145,18 @@ fn shown(state: &State, tenant: &TenantId, j: &crate::store::Job) -> Result<pb::
 impl pb::jobs_server::Jobs for JobsApi {
     async fn plan(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::PlanResponse>, Status> {
         let tenant = tenant(&req)?;
-        let Settled { plan: p, dataset: d, warnings, .. } = self.settle_off_runtime(&tenant, req.metadata(), req.get_ref(), false).await?;
+        let deadline = crate::daemon::cpu_pool::deadline(req.metadata());
+        let (state, t, r) = (self.state.clone(), tenant.clone(), req.get_ref().clone());
+        let (settled, counts) = self
+            .state
+            .cpu
+            .run(&tenant, deadline, move || {
+                let settled = settle(&state, &t, &r, false)?;
+                let counts = data_counts(&state, &t, &settled)?;
+                Ok::<_, Status>((settled, counts))
+            })
+            .await??;
+        let Settled { plan: p, dataset: d, warnings, .. } = settled;
         let t = tenant.clone();
         let remaining_epsilon_before = blocking(&self.state, move |s| Ok(s.store.remaining_epsilon(&t, &d.id)?)).await?;
         Ok(Response::new(pb::PlanResponse {
@@ -123,6 +169,10 @@ impl pb::jobs_server::Jobs for JobsApi {
             delta: p.delta,
             remaining_epsilon_before,
             warnings,
+            examples: counts.examples as u64,
+            dataset_units: counts.units as u64,
+            truncated_examples: counts.truncated_examples as u64,
+            dropped_examples: counts.dropped_examples as u64,
         }))
     }
 

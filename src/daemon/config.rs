@@ -28,9 +28,9 @@ pub enum ConfigError {
     },
 }
 
-/// `ewtuned.toml` as written; every key optional.
+/// `ewtuned.toml` as written; every key optional, and a key not listed here is refused, named
+/// with the closest known key (`crate::strict_toml`).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Address to serve gRPC on.
     pub listen: Option<String>,
@@ -122,7 +122,9 @@ impl DaemonConfig {
         let fc = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File { path: path.to_path_buf(), reason: e.to_string() })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File { path: path.to_path_buf(), reason: e.to_string() })?
+                let file = path.file_name().map_or_else(|| "ewtuned.toml".into(), |n| n.to_string_lossy().into_owned());
+                crate::strict_toml::from_str::<FileConfig>(&text, &file, &[crate::strict_toml::Table::of::<FileConfig>("")])
+                    .map_err(|e| ConfigError::File { path: path.to_path_buf(), reason: e.to_string() })?
             }
             None => FileConfig::default(),
         };
@@ -236,7 +238,12 @@ mod tests {
             assert!(matches!(resolve_file(&format!("{key} = -1\n")), Err(ConfigError::File { .. })), "{key} = -1");
             assert!(matches!(resolve_file(&format!("{key} = \"ten\"\n")), Err(ConfigError::File { .. })), "{key} = ten");
         }
-        assert!(matches!(resolve_file("max_conections = 3\n"), Err(ConfigError::File { .. })), "unknown keys are refused");
+        match resolve_file("max_conections = 3\n") {
+            Err(ConfigError::File { reason, .. }) => {
+                assert_eq!(reason, "unknown key `max_conections` in ewtuned.toml; did you mean `max_connections`?", "unknown keys are refused, named")
+            }
+            other => panic!("{other:?}"),
+        }
         match resolve_file("max_concurrent_uploads = 4611686018427387904\n") {
             Err(ConfigError::Invalid { key, reason }) => assert!(key == "max_concurrent_uploads" && reason.contains("too large"), "{reason}"),
             other => panic!("{other:?}"),

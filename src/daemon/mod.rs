@@ -36,6 +36,32 @@ pub struct State {
     pub watches: Arc<tenant_slots::TenantSlots>,
     /// Turns true when the daemon starts to stop: open Watch streams end (UNAVAILABLE).
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// What Jobs.Plan found tokenising a dataset, per tenant, dataset, tokenizer and reading
+    /// settings, so a tenant's later Plans do not tokenise it again (held in memory only).
+    pub data_counts: DataCountsCache,
+}
+
+/// At most [`DataCountsCache::CAPACITY`] entries of data counts; when full it starts afresh.
+#[derive(Default)]
+pub struct DataCountsCache(std::sync::Mutex<std::collections::HashMap<String, crate::train::data::DataCounts>>);
+
+impl DataCountsCache {
+    /// Entries kept at most.
+    pub const CAPACITY: usize = 1024;
+
+    /// The counts under `key`, if kept.
+    pub fn get(&self, key: &str) -> Option<crate::train::data::DataCounts> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied()
+    }
+
+    /// Keeps `counts` under `key`.
+    pub fn put(&self, key: String, counts: crate::train::data::DataCounts) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(key, counts);
+    }
 }
 
 /// Start-up failures.
@@ -92,6 +118,7 @@ impl State {
             dataset_writes: Arc::default(),
             watches,
             stopping: tokio::sync::watch::Sender::new(false),
+            data_counts: DataCountsCache::default(),
         }))
     }
 }

@@ -20,10 +20,12 @@ pub struct DataConfig {
     pub prompt_field: String,
     /// Field of the completion (the loss is computed on it).
     pub completion_field: String,
-    /// Field naming the user: when set, a privacy unit is a user, not an example.
+    /// Field naming the user: when set, a privacy unit is a user, not an example, and every
+    /// example of the user is in their unit (clipped as one).
     pub user_field: Option<String>,
-    /// At most this many examples of one user are used (the first ones in the file).
-    pub max_examples_per_user: usize,
+    /// Optional cap (only with `user_field`): at most this many examples of one user are used,
+    /// the first ones in file order; the rest are counted as dropped. `None` (the default): all.
+    pub max_examples_per_user: Option<usize>,
     /// Tokens per example after truncation.
     pub max_length: usize,
     /// Append the end-of-text token (`<|endoftext|>` / `</s>`) when the tokenizer has one.
@@ -37,10 +39,54 @@ impl Default for DataConfig {
             prompt_field: "prompt".into(),
             completion_field: "completion".into(),
             user_field: None,
-            max_examples_per_user: 8,
+            max_examples_per_user: None,
             max_length: 128,
             append_eos: true,
         }
+    }
+}
+
+impl DataConfig {
+    /// Refuses settings that cannot be read: a cap of 0, or `max_length` under 2. (A cap
+    /// without `user_field` drops nothing, every unit being one example: job.toml refuses it as
+    /// meaningless, but specs stored by older daemons, which always carried a cap, still load.)
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.max_examples_per_user == Some(0) {
+            return Err(TrainError::BadSpec { field: "data_format.max_examples_per_user", reason: "must be >= 1 (leave it out to use every example)".into() });
+        }
+        if self.max_length < 2 {
+            return Err(TrainError::BadSpec { field: "data_format.max_length", reason: "must be >= 2".into() });
+        }
+        Ok(())
+    }
+}
+
+/// What reading a dataset found, before any training: the dataset owner's view of their own
+/// data (shown to them; the daemon keeps these out of its logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct DataCounts {
+    /// Examples (non-empty lines) in the file.
+    pub examples: usize,
+    /// Privacy units they form (examples, or distinct users).
+    pub units: usize,
+    /// Examples trained on whose tokens were cut at `max_length`.
+    pub truncated_examples: usize,
+    /// Examples left out by `max_examples_per_user` (0 without a cap).
+    pub dropped_examples: usize,
+}
+
+/// Admits a user's examples in file order up to the cap.
+#[derive(Default)]
+struct UserCap {
+    seen: std::collections::HashMap<String, usize>,
+}
+
+impl UserCap {
+    /// True when the next example of `user` is within `cap`.
+    fn admit(&mut self, user: &str, cap: Option<usize>) -> bool {
+        let n = self.seen.entry(user.to_string()).or_insert(0);
+        *n += 1;
+        cap.is_none_or(|k| *n <= k)
     }
 }
 
@@ -58,9 +104,9 @@ pub struct Example {
 pub struct Dataset {
     /// The units; each holds one example, or a user's examples.
     pub units: Vec<Vec<Example>>,
-    /// Examples of users above `max_examples_per_user`, left out.
+    /// Examples of users beyond `max_examples_per_user`, left out (0 without a cap).
     pub dropped_examples: usize,
-    /// Examples whose text was cut at `max_length`.
+    /// Examples trained on whose text was cut at `max_length`.
     pub truncated_examples: usize,
 }
 
@@ -137,60 +183,109 @@ pub fn count_units(records: &[RawExample]) -> usize {
     }
 }
 
+/// Tokenises one parsed record: prompt (no loss) and target, the end-of-text token, checked
+/// against the vocabulary, truncated at `max_length`. Returns the example and whether it was cut.
+fn tokenise(path: &Path, r: &RawExample, tokenizer: &tokenizers::Tokenizer, eos: Option<i64>, max_length: usize, vocab: i64) -> Result<(Example, bool), TrainError> {
+    let n = r.line;
+    let encode = |s: &str| -> Result<Vec<i64>, TrainError> {
+        let enc = tokenizer.encode(s, false).map_err(|e| bad(path, n, format!("tokenizer: {e}")))?;
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    };
+    let (mut ids, mut mask) = match &r.prompt {
+        Some(p) => {
+            let (p, c) = (encode(p)?, encode(&r.target)?);
+            let mask = std::iter::repeat_n(0, p.len()).chain(std::iter::repeat_n(1, c.len())).collect::<Vec<i64>>();
+            ([p, c].concat(), mask)
+        }
+        None => {
+            let ids = encode(&r.target)?;
+            let mask = vec![1; ids.len()];
+            (ids, mask)
+        }
+    };
+    if let Some(e) = eos {
+        ids.push(e);
+        mask.push(1);
+    }
+    if ids.len() < 2 {
+        return Err(bad(path, n, "fewer than two tokens: nothing to predict"));
+    }
+    if let Some(&bad_id) = ids.iter().find(|&&t| t >= vocab) {
+        return Err(bad(path, n, format!("token id {bad_id} is outside the model's vocabulary of {vocab}")));
+    }
+    let truncated = ids.len() > max_length;
+    if truncated {
+        ids.truncate(max_length);
+        mask.truncate(max_length);
+    }
+    mask[0] = 0;
+    Ok((Example { ids, loss_mask: mask }, truncated))
+}
+
+fn read_text(path: &Path) -> Result<String, TrainError> {
+    let text = std::fs::read(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
+    String::from_utf8(text).map_err(|e| bad(path, 0, format!("not UTF-8: {e}")))
+}
+
+/// Reads, tokenises and counts a JSONL file as [`Dataset::load`] would, keeping nothing but the
+/// counts (the daemon's Jobs.Plan: memory stays that of the parsed lines, not of the tokens).
+pub fn count(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, vocab: i64) -> Result<DataCounts, TrainError> {
+    cfg.validate()?;
+    let text = read_text(path)?;
+    let eos = if cfg.append_eos { eos_id(tokenizer) } else { None };
+    let records = read_records(path, &text, cfg)?;
+    let mut cap = UserCap::default();
+    let mut counts = DataCounts { examples: records.len(), units: count_units(&records), ..DataCounts::default() };
+    for r in &records {
+        if let Some(user) = &r.user {
+            if !cap.admit(user, cfg.max_examples_per_user) {
+                counts.dropped_examples += 1;
+                continue;
+            }
+        }
+        counts.truncated_examples += usize::from(tokenise(path, r, tokenizer, eos, cfg.max_length, vocab)?.1);
+    }
+    Ok(counts)
+}
+
+/// Pads `rows` into `[rows, T]` ids and loss mask (pad id 0, mask 0), T the longest row.
+pub fn pad(rows: &[&Example], device: Device) -> (Tensor, Tensor) {
+    let t = rows.iter().map(|e| e.ids.len()).max().unwrap_or(2);
+    let mut ids = vec![0i64; rows.len() * t];
+    let mut mask = vec![0i64; rows.len() * t];
+    for (r, e) in rows.iter().enumerate() {
+        ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
+        mask[r * t..r * t + e.ids.len()].copy_from_slice(&e.loss_mask);
+    }
+    let shape = [rows.len() as i64, t as i64];
+    (Tensor::from_slice(&ids).reshape(shape).to_device(device), Tensor::from_slice(&mask).reshape(shape).to_device(device))
+}
+
 impl Dataset {
-    /// Reads and tokenises a JSONL file. Every malformed line is an error naming its number.
+    /// Reads and tokenises a JSONL file. Every malformed line is an error naming its number
+    /// (lines a cap leaves out are parsed, not tokenised).
     pub fn load(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, vocab: i64) -> Result<Self, TrainError> {
-        let text = std::fs::read(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
-        let text = String::from_utf8(text).map_err(|e| bad(path, 0, format!("not UTF-8: {e}")))?;
+        cfg.validate()?;
+        let text = read_text(path)?;
         let eos = if cfg.append_eos { eos_id(tokenizer) } else { None };
-        let encode = |s: &str, line: usize| -> Result<Vec<i64>, TrainError> {
-            let enc = tokenizer.encode(s, false).map_err(|e| bad(path, line, format!("tokenizer: {e}")))?;
-            Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
-        };
         let mut by_user: BTreeMap<String, (usize, Vec<Example>)> = BTreeMap::new();
         let mut units: Vec<Vec<Example>> = Vec::new();
+        let mut cap = UserCap::default();
         let (mut dropped, mut truncated) = (0, 0);
         for r in read_records(path, &text, cfg)? {
-            let n = r.line;
-            let (mut ids, mut mask) = match &r.prompt {
-                Some(p) => {
-                    let (p, c) = (encode(p, n)?, encode(&r.target, n)?);
-                    let mask = std::iter::repeat_n(0, p.len()).chain(std::iter::repeat_n(1, c.len())).collect::<Vec<i64>>();
-                    ([p, c].concat(), mask)
+            if let Some(user) = &r.user {
+                if !cap.admit(user, cfg.max_examples_per_user) {
+                    dropped += 1;
+                    continue;
                 }
-                None => {
-                    let ids = encode(&r.target, n)?;
-                    let mask = vec![1; ids.len()];
-                    (ids, mask)
-                }
-            };
-            if let Some(e) = eos {
-                ids.push(e);
-                mask.push(1);
             }
-            if ids.len() < 2 {
-                return Err(bad(path, n, "fewer than two tokens: nothing to predict"));
-            }
-            if let Some(&bad_id) = ids.iter().find(|&&t| t >= vocab) {
-                return Err(bad(path, n, format!("token id {bad_id} is outside the model's vocabulary of {vocab}")));
-            }
-            if ids.len() > cfg.max_length {
-                ids.truncate(cfg.max_length);
-                mask.truncate(cfg.max_length);
-                truncated += 1;
-            }
-            mask[0] = 0;
-            let example = Example { ids, loss_mask: mask };
+            let (example, cut) = tokenise(path, &r, tokenizer, eos, cfg.max_length, vocab)?;
+            truncated += usize::from(cut);
             match r.user {
                 None => units.push(vec![example]),
                 Some(user) => {
                     let next = by_user.len();
-                    let entry = by_user.entry(user).or_insert_with(|| (next, Vec::new()));
-                    if entry.1.len() < cfg.max_examples_per_user {
-                        entry.1.push(example);
-                    } else {
-                        dropped += 1;
-                    }
+                    by_user.entry(user).or_insert_with(|| (next, Vec::new())).1.push(example);
                 }
             }
         }
@@ -200,6 +295,17 @@ impl Dataset {
             units = users.into_iter().map(|(_, ex)| ex).collect();
         }
         Ok(Dataset { units, dropped_examples: dropped, truncated_examples: truncated })
+    }
+
+    /// The counts of this dataset as loaded: examples read (kept and dropped), units, truncated
+    /// and dropped examples. Canaries a job adds later are not data and are not counted.
+    pub fn counts(&self) -> DataCounts {
+        DataCounts {
+            examples: self.units.iter().map(Vec::len).sum::<usize>() + self.dropped_examples,
+            units: self.units.len(),
+            truncated_examples: self.truncated_examples,
+            dropped_examples: self.dropped_examples,
+        }
     }
 
     /// Number of privacy units (the N of the sampling rate q = B / N).
@@ -212,7 +318,9 @@ impl Dataset {
         self.units.is_empty()
     }
 
-    /// Pads the examples of `unit_indices` into one micro-batch (pad id 0, mask 0).
+    /// Pads the examples of `unit_indices` into one micro-batch (pad id 0, mask 0), each unit's
+    /// sequences grouped. Its padded size is `units x (largest unit's sequences)`: the DP step
+    /// packs units so that this stays within its micro-batch (`sampler::plan_passes`).
     pub fn micro_batch(&self, unit_indices: &[usize], device: Device) -> MicroBatch {
         let mut rows: Vec<&Example> = Vec::new();
         let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -221,20 +329,16 @@ impl Dataset {
             rows.extend(self.units[u].iter());
             groups.push((start..rows.len()).collect());
         }
-        let t = rows.iter().map(|e| e.ids.len()).max().unwrap_or(2);
-        let mut ids = vec![0i64; rows.len() * t];
-        let mut mask = vec![0i64; rows.len() * t];
-        for (r, e) in rows.iter().enumerate() {
-            ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
-            mask[r * t..r * t + e.ids.len()].copy_from_slice(&e.loss_mask);
-        }
-        let shape = [rows.len() as i64, t as i64];
+        let (ids, loss_mask) = pad(&rows, device);
         let units = if groups.iter().all(|g| g.len() == 1) { Units::per_sequence(rows.len(), device) } else { Units::grouped(&groups, rows.len(), device) };
-        MicroBatch {
-            ids: Tensor::from_slice(&ids).reshape(shape).to_device(device),
-            loss_mask: Tensor::from_slice(&mask).reshape(shape).to_device(device),
-            units,
-        }
+        MicroBatch { ids, loss_mask, units }
+    }
+
+    /// The sequences `range` of unit `unit`, padded (`[range.len(), T]` ids and loss mask): one
+    /// pass over part of a unit too large for one micro-batch.
+    pub fn unit_sequences(&self, unit: usize, range: std::ops::Range<usize>, device: Device) -> (Tensor, Tensor) {
+        let rows: Vec<&Example> = self.units[unit][range].iter().collect();
+        pad(&rows, device)
     }
 }
 

@@ -94,6 +94,40 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
     Ok(norms)
 }
 
+/// Clips one privacy unit too large for one pass and adds it to `acc`: `chunks` yields its
+/// sequences (ids, loss mask) in passes of at most the micro-batch; each pass's gradient of the
+/// unit's summed loss is added, by ordinary autograd, into one buffer the size of the trainable
+/// parameters, so after the last pass it holds the gradient of the whole unit. Its norm is then
+/// taken and clipped once, exactly as if the unit had gone through in one pass. Returns the
+/// unit's gradient norm (before clipping).
+pub fn clip_and_accumulate_unit(model: &Model, chunks: impl IntoIterator<Item = (Tensor, Tensor)>, clip_norm: f64, acc: &mut ClippedSum) -> Result<f64, TrainError> {
+    let params: Vec<Tensor> = acc.entries.iter().map(|(_, p, _)| p.shallow_clone()).collect();
+    let mut grad: Option<Vec<Tensor>> = None;
+    for (ids, mask) in chunks {
+        let loss = sequence_losses(&model.forward(&ids, None), &ids, &mask).sum(Kind::Float);
+        let g = Tensor::f_run_backward(&[&loss], &params, false, false)?;
+        let _guard = tch::no_grad_guard();
+        match grad.as_mut() {
+            None => grad = Some(g),
+            Some(sum) => {
+                for (s, x) in sum.iter_mut().zip(&g) {
+                    let _ = s.f_add_(x)?;
+                }
+            }
+        }
+    }
+    let Some(grad) = grad else { return Ok(0.0) };
+    let _guard = tch::no_grad_guard();
+    let norm = grad.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    // As in `clip_and_accumulate`: c = min(1, C / (||g|| + 1e-6)), nothing from a non-finite norm.
+    let c = if norm.is_finite() { (clip_norm / (norm + NORM_EPS)).min(1.0) } else { 0.0 };
+    for ((_, _, sum), g) in acc.entries.iter_mut().zip(&grad) {
+        let _ = sum.f_add_(&(g * c))?;
+    }
+    acc.units += 1;
+    Ok(norm)
+}
+
 /// The naive oracle: one forward and backward per unit; returns the per-unit norms and the
 /// clipped sum per trainable tensor (test reference only).
 pub fn naive_clipped_sum(model: &Model, mb: &MicroBatch, groups: &[Vec<usize>], clip_norm: f64) -> (Vec<f64>, Vec<Tensor>) {

@@ -33,9 +33,11 @@ impl Targets {
     }
 }
 
-/// The fine-tuning mode of a job.
+/// The fine-tuning mode of a job. Written `{"mode": "lora", "rank": .., "alpha": ..,
+/// "target_modules": [..], "use_rslora": ..}` or `{"mode": "full"}`; read through the plain struct
+/// [`FineTuneTable`], so a strict reader (`crate::strict_toml`) sees every key of the table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
+#[serde(tag = "mode", rename_all = "snake_case", try_from = "FineTuneTable")]
 pub enum FineTune {
     /// LoRA adapters (Hu et al., arXiv 2106.09685) with PEFT's semantics.
     Lora {
@@ -59,6 +61,67 @@ pub enum FineTune {
     /// Every linear and norm layer trains. Token and position embeddings stay frozen: with a tied
     /// LM head their per-example norms do not add, and ewtune refuses to approximate them.
     Full,
+}
+
+/// The `[finetune]` table as written: every key of every mode, checked against the mode by
+/// `TryFrom` (a key of the other mode is an error, not ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FineTuneTable {
+    /// `lora` or `full`.
+    pub mode: FineTuneMode,
+    /// LoRA rank (LoRA only; required).
+    pub rank: Option<i64>,
+    /// LoRA alpha (LoRA only; required).
+    pub alpha: Option<f64>,
+    /// LoRA target modules (LoRA only; default: the family's).
+    pub target_modules: Option<Targets>,
+    /// rsLoRA scaling (LoRA only).
+    pub use_rslora: Option<bool>,
+    /// Per-module rank overrides (LoRA only).
+    pub rank_pattern: Option<BTreeMap<String, i64>>,
+    /// Per-module alpha overrides (LoRA only).
+    pub alpha_pattern: Option<BTreeMap<String, f64>>,
+}
+
+/// The `mode` key of [`FineTuneTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FineTuneMode {
+    /// LoRA adapters.
+    Lora,
+    /// Full fine-tuning.
+    Full,
+}
+
+impl TryFrom<FineTuneTable> for FineTune {
+    type Error = String;
+
+    fn try_from(t: FineTuneTable) -> Result<Self, String> {
+        match t.mode {
+            FineTuneMode::Lora => Ok(FineTune::Lora {
+                rank: t.rank.ok_or("finetune: mode = \"lora\" needs `rank`")?,
+                alpha: t.alpha.ok_or("finetune: mode = \"lora\" needs `alpha`")?,
+                target_modules: t.target_modules.unwrap_or_default(),
+                use_rslora: t.use_rslora.unwrap_or(false),
+                rank_pattern: t.rank_pattern.unwrap_or_default(),
+                alpha_pattern: t.alpha_pattern.unwrap_or_default(),
+            }),
+            FineTuneMode::Full => match [
+                ("rank", t.rank.is_some()),
+                ("alpha", t.alpha.is_some()),
+                ("target_modules", t.target_modules.is_some()),
+                ("use_rslora", t.use_rslora.is_some()),
+                ("rank_pattern", t.rank_pattern.is_some()),
+                ("alpha_pattern", t.alpha_pattern.is_some()),
+            ]
+                .into_iter()
+                .find(|(_, given)| *given)
+            {
+                Some((key, _)) => Err(format!("finetune: `{key}` is a LoRA setting; mode = \"full\" takes none")),
+                None => Ok(FineTune::Full),
+            },
+        }
+    }
 }
 
 impl Default for FineTune {
@@ -205,5 +268,28 @@ mod tests {
         }
         assert_eq!(ft.lora_rank_scale("model.layers.0.self_attn.q_proj").unwrap().0, 4);
     }
-}
 
+    #[test]
+    fn the_json_form_round_trips() {
+        let mut rslora = FineTune::lora(4, 8.0, vec![]);
+        if let FineTune::Lora { use_rslora, target_modules, .. } = &mut rslora {
+            *use_rslora = true;
+            *target_modules = Targets::Pattern(ALL_LINEAR.into());
+        }
+        for ft in [FineTune::default(), FineTune::lora(4, 8.0, vec!["q_proj".into()]), rslora, FineTune::Full] {
+            let json = serde_json::to_string(&ft).unwrap();
+            assert_eq!(serde_json::from_str::<FineTune>(&json).unwrap(), ft, "{json}");
+        }
+        assert_eq!(serde_json::to_string(&FineTune::Full).unwrap(), r#"{"mode":"full"}"#);
+    }
+
+    #[test]
+    fn keys_of_the_wrong_mode_and_missing_ones_are_named() {
+        let err = serde_json::from_str::<FineTune>(r#"{"mode":"full","rank":8}"#).unwrap_err().to_string();
+        assert!(err.contains("`rank` is a LoRA setting"), "{err}");
+        let err = serde_json::from_str::<FineTune>(r#"{"mode":"lora","rank":8}"#).unwrap_err().to_string();
+        assert!(err.contains("needs `alpha`"), "{err}");
+        let err = serde_json::from_str::<FineTune>(r#"{"mode":"qlora"}"#).unwrap_err().to_string();
+        assert!(err.contains("qlora"), "{err}");
+    }
+}

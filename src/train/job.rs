@@ -4,13 +4,13 @@
 //! accounting, atomic checkpoints, resume.
 
 use super::checkpoint::{self, AdapterConfig, CheckpointState};
-use super::data::{sha256_file, DataConfig, Dataset};
-use super::dpsgd::{clip_and_accumulate, ClippedSum};
+use super::data::{sha256_file, DataConfig, DataCounts, Dataset};
+use super::dpsgd::{clip_and_accumulate, clip_and_accumulate_unit, ClippedSum};
 use super::finetune::{FineTune, Targets};
 use super::model::{sequence_losses, Model};
 use super::noise::{NoiseSource, NoiseStream};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
-use super::sampler::{split_micro_batches, PoissonSampler};
+use super::sampler::{plan_passes, Pass, PoissonSampler};
 use super::TrainError;
 use ewtune_accountant::pld::PldAccountant;
 use ewtune_accountant::{calibrate, History};
@@ -48,7 +48,9 @@ pub struct TrainingSpec {
     pub epochs: f64,
     /// Logical steps (overrides `epochs`).
     pub steps: Option<u64>,
-    /// Units per physical micro-batch (memory bound).
+    /// Sequences (examples) per forward/backward pass: the memory bound. Example-level units
+    /// go `micro_batch` at a time; users are packed so their padded sequences fit, and a user
+    /// with more examples than this goes through successive passes, clipped once over all.
     pub micro_batch: usize,
     /// Base learning rate.
     pub learning_rate: f64,
@@ -140,10 +142,32 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
-    /// Reads a `job.toml`; relative paths are taken from the file's directory.
+    /// The tables of `job.toml` and their keys: every key outside them is refused.
+    pub fn toml_tables() -> Vec<crate::strict_toml::Table> {
+        use crate::strict_toml::Table;
+        vec![
+            Table::of::<JobSpec>(""),
+            Table::of::<PrivacySpec>("privacy"),
+            Table::of::<TrainingSpec>("training"),
+            Table::of::<OptimizerKind>("training.optimizer"),
+            Table::of::<FineTune>("finetune"),
+            Table::of::<DataConfig>("data_format"),
+            Table::of::<crate::audit::canary::CanarySpec>("canaries"),
+        ]
+    }
+
+    /// Reads a `job.toml`; relative paths are taken from the file's directory. A key no table
+    /// reads (a misspelling) is an error naming it, its table and the closest known key.
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
-        let mut spec: JobSpec = toml::from_str(&text).map_err(|e| TrainError::BadSpec { field: "job.toml", reason: e.to_string() })?;
+        let file = path.file_name().map_or_else(|| "job.toml".into(), |n| n.to_string_lossy().into_owned());
+        let mut spec: JobSpec = crate::strict_toml::from_str(&text, &file, &Self::toml_tables())?;
+        if spec.data_config.max_examples_per_user.is_some() && spec.data_config.user_field.is_none() {
+            return Err(TrainError::BadSpec {
+                field: "data_format.max_examples_per_user",
+                reason: "needs data_format.user_field (without it every privacy unit is one example)".into(),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut spec.model, &mut spec.data, &mut spec.output] {
             if p.is_relative() {
@@ -240,6 +264,8 @@ pub struct Outcome {
     pub cancelled: bool,
     /// Where the model was written.
     pub output_model: PathBuf,
+    /// What reading the training data found (canaries not included).
+    pub data: DataCounts,
 }
 
 fn fingerprint(spec: &JobSpec, data_sha: &str) -> String {
@@ -252,23 +278,75 @@ fn fingerprint(spec: &JobSpec, data_sha: &str) -> String {
     crate::digest::sha256_hex(text.as_bytes())
 }
 
-/// Mean sequence loss over a dataset (no gradients).
+/// Mean sequence loss over a dataset (no gradients), `micro` sequences per forward pass.
 pub fn evaluate(model: &Model, data: &Dataset, micro: usize, device: Device) -> f64 {
     let _guard = tch::no_grad_guard();
     let (mut sum, mut n) = (0.0, 0usize);
-    let all: Vec<usize> = (0..data.len()).collect();
-    for chunk in all.chunks(micro.max(1)) {
-        let mb = data.micro_batch(chunk, device);
-        let l = sequence_losses(&model.forward(&mb.ids, None), &mb.ids, &mb.loss_mask);
+    let rows: Vec<&super::data::Example> = data.units.iter().flatten().collect();
+    for chunk in rows.chunks(micro.max(1)) {
+        let (ids, mask) = super::data::pad(chunk, device);
+        let l = sequence_losses(&model.forward(&ids, None), &ids, &mask);
         sum += l.sum(Kind::Double).double_value(&[]);
         n += l.size()[0] as usize;
     }
     sum / n.max(1) as f64
 }
 
-/// One logical DP-SGD step over the units `batch` (possibly empty): clipped sums over physical
-/// micro-batches, the pre-drawn `noise` (std sigma C, one value per trainable coordinate) added
-/// once, division by the expected batch size, optimizer update. Returns how many units clipped.
+/// What the clipping of one logical batch did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClipStats {
+    /// Units whose gradient norm exceeded the clip norm.
+    pub clipped: usize,
+    /// `(unit, gradient norm before clipping)` for every unit of the batch, in the order processed.
+    pub norms: Vec<(usize, f64)>,
+    /// Forward/backward passes run.
+    pub passes: usize,
+    /// The most sequences one forward pass took (at most the micro-batch).
+    pub peak_sequences: usize,
+    /// The most padded per-unit sequence slots one pass grouped (`units x largest unit`; at most
+    /// the micro-batch).
+    pub peak_unit_slots: usize,
+}
+
+/// The clipped gradient sum of the units `batch`, at most `micro_batch` sequences per forward
+/// pass ([`plan_passes`]): units that fit are clipped from one backward on the tape; a unit with
+/// more sequences goes through successive passes with its gradient accumulated, then clipped
+/// once ([`clip_and_accumulate_unit`]). Either way each unit's whole gradient is clipped to
+/// `clip_norm`.
+pub fn clipped_sum(model: &Model, data: &Dataset, batch: &[usize], clip_norm: f64, micro_batch: usize, device: Device) -> Result<(ClippedSum, ClipStats), TrainError> {
+    let mut acc = ClippedSum::new(model);
+    let mut stats = ClipStats::default();
+    for pass in plan_passes(batch, |u| data.units[u].len(), micro_batch)? {
+        match pass {
+            Pass::Units(units) => {
+                let mb = data.micro_batch(&units, device);
+                stats.passes += 1;
+                stats.peak_sequences = stats.peak_sequences.max(mb.ids.size()[0] as usize);
+                stats.peak_unit_slots = stats.peak_unit_slots.max(mb.units.count * mb.units.per_unit);
+                let norms = Vec::<f64>::try_from(&clip_and_accumulate(model, &mb, clip_norm, &mut acc)?.to_kind(Kind::Double))?;
+                stats.norms.extend(units.into_iter().zip(norms));
+            }
+            Pass::Split { unit, sequences } => {
+                let chunks = (0..sequences).step_by(micro_batch).map(|start| {
+                    let (ids, mask) = data.unit_sequences(unit, start..(start + micro_batch).min(sequences), device);
+                    stats.passes += 1;
+                    stats.peak_sequences = stats.peak_sequences.max(ids.size()[0] as usize);
+                    (ids, mask)
+                });
+                let norm = clip_and_accumulate_unit(model, chunks, clip_norm, &mut acc)?;
+                stats.peak_unit_slots = stats.peak_unit_slots.max(1);
+                stats.norms.push((unit, norm));
+            }
+        }
+    }
+    stats.clipped = stats.norms.iter().filter(|(_, n)| *n > clip_norm).count();
+    Ok((acc, stats))
+}
+
+/// One logical DP-SGD step over the units `batch` (possibly empty): the clipped sum
+/// ([`clipped_sum`]), the pre-drawn `noise` (std sigma C, one value per trainable coordinate)
+/// added once, division by the expected batch size, optimizer update. Returns what the
+/// clipping did.
 #[allow(clippy::too_many_arguments)]
 pub fn private_step(
     model: &Model,
@@ -281,14 +359,8 @@ pub fn private_step(
     optimizer: &mut Optimizer,
     params: &[Tensor],
     device: Device,
-) -> Result<usize, TrainError> {
-    let mut acc = ClippedSum::new(model);
-    let mut clipped = 0usize;
-    for chunk in split_micro_batches(batch, micro_batch)? {
-        let mb = data.micro_batch(chunk, device);
-        let norms = clip_and_accumulate(model, &mb, privacy.clip_norm, &mut acc)?;
-        clipped += norms.gt(privacy.clip_norm).sum(Kind::Int64).int64_value(&[]) as usize;
-    }
+) -> Result<ClipStats, TrainError> {
+    let (acc, stats) = clipped_sum(model, data, batch, privacy.clip_norm, micro_batch, device)?;
     let noise_t = Tensor::from_slice(noise).to_device(device);
     let mut offset = 0i64;
     let grads: Vec<Tensor> = acc
@@ -302,7 +374,7 @@ pub fn private_step(
         })
         .collect();
     optimizer.apply(params, &grads);
-    Ok(clipped)
+    Ok(stats)
 }
 
 /// Runs (or resumes) a job to completion or until `cancel` is set, reporting every step.
@@ -316,7 +388,20 @@ pub fn run(spec: &JobSpec, cancel: &AtomicBool, on_progress: impl FnMut(&Progres
 pub fn run_with_ledger(
     spec: &JobSpec,
     cancel: &AtomicBool,
+    before_step: impl FnMut(u64) -> Result<(), TrainError>,
+    on_progress: impl FnMut(&Progress),
+) -> Result<Outcome, TrainError> {
+    run_observed(spec, cancel, before_step, |_, _| {}, on_progress)
+}
+
+/// [`run_with_ledger`], with `on_start(plan, counts)` called once the data is read and the plan
+/// settled, before the first step (or the first step of a resumed run): `ewtune train` prints
+/// the counts there.
+pub fn run_observed(
+    spec: &JobSpec,
+    cancel: &AtomicBool,
     mut before_step: impl FnMut(u64) -> Result<(), TrainError>,
+    on_start: impl FnOnce(&Plan, &DataCounts),
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Outcome, TrainError> {
     let device = spec.device.resolve()?;
@@ -331,6 +416,7 @@ pub fn run_with_ledger(
     }
     drop(probe);
     let mut data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
+    let counts = data.counts();
     std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
     let manifest_sha = match &spec.canaries {
         Some(c) if c.length > data_cfg.max_length => {
@@ -385,6 +471,7 @@ pub fn run_with_ledger(
         history = r.state.history.clone();
     }
     let start = optimizer.step;
+    on_start(&plan, &counts);
     let eval_before = eval.as_ref().map(|e| evaluate(&model, e, spec.training.micro_batch, device));
 
     // Fresh OS randomness on every (re)start: a resumed job never replays its noise or samples.
@@ -409,7 +496,7 @@ pub fn run_with_ledger(
         before_step(step + 1)?;
         let batch = sampler.sample(&mut sampling_rng);
         let noise_buf = noise.next_buffer();
-        let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?;
+        let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?.clipped;
         noise.recycle(noise_buf);
         history.compose(plan.noise_multiplier, plan.sample_rate, 1)?;
         step += 1;
@@ -457,7 +544,7 @@ pub fn run_with_ledger(
         let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha });
         super::weights::write_bytes_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
     }
-    Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model })
+    Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model, data: counts })
 }
 
 /// `target_modules` as PEFT should read them back: as given, the family's default list, or
@@ -467,5 +554,106 @@ fn lora_targets(model: &Model, given: &Targets) -> Targets {
         Targets::List(v) if v.is_empty() => Targets::List(model.family.default_lora_targets().iter().map(|s| s.to_string()).collect()),
         Targets::List(v) if v.iter().any(|t| t == super::finetune::ALL_LINEAR) => Targets::Pattern(super::finetune::ALL_LINEAR.into()),
         other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strict_toml::StrictTomlError;
+
+    /// Top-level keys only, so that `extra` may add top-level keys and then tables.
+    const MINIMAL: &str = "model = \"base\"\ndata = \"train.jsonl\"\noutput = \"out\"\nprivacy = { epsilon = 4.0, delta = 1e-5 }\n";
+
+    fn read(extra: &str) -> Result<JobSpec, TrainError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, format!("{MINIMAL}{extra}")).unwrap();
+        JobSpec::from_toml_file(&path)
+    }
+
+    fn unknown(extra: &str) -> String {
+        match read(extra) {
+            Err(TrainError::Toml(e @ StrictTomlError::UnknownKeys { .. })) => e.to_string(),
+            other => panic!("{extra:?}: expected an unknown-key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_misspelt_key_in_any_table_is_refused_naming_the_nearest_key() {
+        assert_eq!(unknown("[training]\nlearnin_rate = 0.1\n"), "unknown key `training.learnin_rate` in job.toml; did you mean `learning_rate`?");
+        assert_eq!(unknown("devise = \"cpu\"\n"), "unknown key `devise` in job.toml; did you mean `device`?");
+        assert_eq!(unknown("[data_format]\nmax_lenght = 64\n"), "unknown key `data_format.max_lenght` in job.toml; did you mean `max_length`?");
+        assert_eq!(unknown("[data_format]\nmax_examples_per_users = 4\n"), "unknown key `data_format.max_examples_per_users` in job.toml; did you mean `max_examples_per_user`?");
+        assert_eq!(unknown("[canaries]\ncount = 200\nlenght = 16\n"), "unknown key `canaries.lenght` in job.toml; did you mean `length`?");
+        // ([privacy] is in MINIMAL; its misspelling has a test of its own.) The internally tagged tables: serde would drop these keys unseen without the plain
+        // structs they are read through.
+        assert_eq!(unknown("[finetune]\nmode = \"lora\"\nrank = 8\nalpha = 16\ntarget_modles = []\n"), "unknown key `finetune.target_modles` in job.toml; did you mean `target_modules`?");
+        assert_eq!(unknown("[finetune]\nmode = \"full\"\nrnak = 8\n"), "unknown key `finetune.rnak` in job.toml; did you mean `rank`?");
+        assert_eq!(
+            unknown("[training]\noptimizer = { kind = \"adam_w\", weight_decy = 0.1 }\n"),
+            "unknown key `training.optimizer.weight_decy` in job.toml; did you mean `weight_decay`?"
+        );
+        // A misspelt table is named as one key.
+        assert_eq!(unknown("[trainig]\nsteps = 3\n"), "unknown key `trainig` in job.toml; did you mean `training`?");
+    }
+
+    #[test]
+    fn a_misspelt_privacy_key_is_named_even_though_a_required_key_is_then_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("my-job.toml");
+        std::fs::write(&path, "model = \"b\"\ndata = \"d\"\noutput = \"o\"\n[privacy]\nepsilon = 4.0\ndelt = 1e-5\n").unwrap();
+        let err = JobSpec::from_toml_file(&path).unwrap_err().to_string();
+        assert_eq!(err, "unknown key `privacy.delt` in my-job.toml; did you mean `delta`?");
+    }
+
+    #[test]
+    fn settings_of_the_other_mode_are_refused() {
+        let err = read("[finetune]\nmode = \"full\"\nrank = 8\n").unwrap_err().to_string();
+        assert!(err.contains("`rank` is a LoRA setting"), "{err}");
+        let err = read("[training]\noptimizer = { kind = \"sgd\", weight_decay = 0.1 }\n").unwrap_err().to_string();
+        assert!(err.contains("`weight_decay` is not a setting of kind = \"sgd\""), "{err}");
+    }
+
+    /// The job.toml README.md shows is accepted key for key, with the values it shows.
+    #[test]
+    fn the_readme_job_toml_is_accepted() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README shows a job.toml") + "```toml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, &readme[start..end]).unwrap();
+        let spec = JobSpec::from_toml_file(&path).unwrap();
+        assert_eq!(spec.training.learning_rate, 3e-3);
+        assert_eq!(spec.training.optimizer, OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
+        assert_eq!(spec.finetune, FineTune::Lora { rank: 8, alpha: 16.0, target_modules: vec![] });
+        assert_eq!(spec.data_config.user_field.as_deref(), Some("user"));
+        assert_eq!(spec.data_config.max_examples_per_user, None, "README documents the cap as off");
+        assert_eq!(spec.model, dir.path().join("base"));
+    }
+
+    #[test]
+    fn a_cap_without_users_is_refused_in_job_toml_but_read_from_stored_specs() {
+        match read("[data_format]\nmax_examples_per_user = 3\n") {
+            Err(TrainError::BadSpec { field, reason }) => assert!(field == "data_format.max_examples_per_user" && reason.contains("user_field"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Daemons before the cap became optional stored `8` in every spec, example-level too.
+        let mut stored = serde_json::to_value(read("").unwrap()).unwrap();
+        stored["data_format"]["max_examples_per_user"] = 8.into();
+        let spec: JobSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!((spec.data_config.max_examples_per_user, spec.data_config.user_field), (Some(8), None));
+    }
+
+    #[test]
+    fn known_keys_still_parse_with_their_defaults() {
+        let spec = read("[training]\noptimizer = { kind = \"sgd\", momentum = 0.9 }\n[data_format]\nuser_field = \"user\"\nmax_examples_per_user = 3\n").unwrap();
+        assert_eq!(spec.training.optimizer, OptimizerKind::Sgd { momentum: 0.9 });
+        assert_eq!(spec.training.micro_batch, TrainingSpec::default().micro_batch);
+        assert_eq!(spec.data_config.max_examples_per_user, Some(3));
+        // The spec the daemon stores as JSON reads back the same.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
     }
 }

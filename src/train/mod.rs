@@ -74,6 +74,9 @@ pub enum TrainError {
         /// What it must satisfy.
         reason: String,
     },
+    /// A hand-written file (`job.toml`) has a key no table reads, or does not parse.
+    #[error(transparent)]
+    Toml(#[from] crate::strict_toml::StrictTomlError),
     /// The accountant refused the privacy parameters.
     #[error("privacy accounting: {0}")]
     Accountant(#[from] ewtune_accountant::Error),

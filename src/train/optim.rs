@@ -5,29 +5,26 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// Which optimizer.
+/// Which optimizer. Written `{"kind": "adam_w", ..}` or `{"kind": "sgd", "momentum": ..}`; read
+/// through the plain struct [`OptimizerTable`], so a strict reader (`crate::strict_toml`) sees
+/// every key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "OptimizerTable")]
 pub enum OptimizerKind {
     /// AdamW with decoupled weight decay.
     AdamW {
         /// First-moment decay.
-        #[serde(default = "default_beta1")]
         beta1: f64,
         /// Second-moment decay.
-        #[serde(default = "default_beta2")]
         beta2: f64,
         /// Denominator epsilon.
-        #[serde(default = "default_eps")]
         eps: f64,
         /// Decoupled weight decay.
-        #[serde(default)]
         weight_decay: f64,
     },
     /// SGD with (heavy-ball) momentum.
     Sgd {
         /// Momentum (0 = plain SGD).
-        #[serde(default)]
         momentum: f64,
     },
 }
@@ -40,6 +37,61 @@ fn default_beta2() -> f64 {
 }
 fn default_eps() -> f64 {
     1e-8
+}
+
+/// `training.optimizer` as written: every key of every kind, checked against the kind by
+/// `TryFrom` (a key of the other kind is an error, not ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct OptimizerTable {
+    /// `adam_w` or `sgd`.
+    pub kind: OptimizerName,
+    /// AdamW first-moment decay (default 0.9).
+    pub beta1: Option<f64>,
+    /// AdamW second-moment decay (default 0.999).
+    pub beta2: Option<f64>,
+    /// AdamW denominator epsilon (default 1e-8).
+    pub eps: Option<f64>,
+    /// AdamW decoupled weight decay (default 0).
+    pub weight_decay: Option<f64>,
+    /// SGD momentum (default 0).
+    pub momentum: Option<f64>,
+}
+
+/// The `kind` key of [`OptimizerTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerName {
+    /// AdamW.
+    AdamW,
+    /// SGD with momentum.
+    Sgd,
+}
+
+impl TryFrom<OptimizerTable> for OptimizerKind {
+    type Error = String;
+
+    fn try_from(t: OptimizerTable) -> Result<Self, String> {
+        let stray = |keys: &[(&str, bool)], kind: &str| match keys.iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(format!("optimizer: `{key}` is not a setting of kind = \"{kind}\"")),
+            None => Ok(()),
+        };
+        match t.kind {
+            OptimizerName::AdamW => {
+                stray(&[("momentum", t.momentum.is_some())], "adam_w")?;
+                Ok(OptimizerKind::AdamW {
+                    beta1: t.beta1.unwrap_or_else(default_beta1),
+                    beta2: t.beta2.unwrap_or_else(default_beta2),
+                    eps: t.eps.unwrap_or_else(default_eps),
+                    weight_decay: t.weight_decay.unwrap_or(0.0),
+                })
+            }
+            OptimizerName::Sgd => {
+                let adam = [("beta1", t.beta1.is_some()), ("beta2", t.beta2.is_some()), ("eps", t.eps.is_some()), ("weight_decay", t.weight_decay.is_some())];
+                stray(&adam, "sgd")?;
+                Ok(OptimizerKind::Sgd { momentum: t.momentum.unwrap_or(0.0) })
+            }
+        }
+    }
 }
 
 impl Default for OptimizerKind {
@@ -169,5 +221,18 @@ mod tests {
         assert!(Schedule::Linear.factor(99, 100) < 0.02);
         assert!((Schedule::Cosine.factor(9, 100) - 1.0).abs() < 1e-12);
         assert!(Schedule::Cosine.factor(99, 100) < 1e-3);
+    }
+
+    #[test]
+    fn optimizer_kinds_round_trip_and_refuse_the_other_kinds_keys() {
+        for k in [OptimizerKind::default(), OptimizerKind::AdamW { beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 0.1 }, OptimizerKind::Sgd { momentum: 0.9 }] {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(serde_json::from_str::<OptimizerKind>(&json).unwrap(), k, "{json}");
+        }
+        assert_eq!(serde_json::from_str::<OptimizerKind>(r#"{"kind":"adam_w","weight_decay":0.1}"#).unwrap(), OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 });
+        let err = serde_json::from_str::<OptimizerKind>(r#"{"kind":"sgd","weight_decay":0.1}"#).unwrap_err().to_string();
+        assert!(err.contains("`weight_decay` is not a setting of kind = \"sgd\""), "{err}");
+        let err = serde_json::from_str::<OptimizerKind>(r#"{"kind":"adam_w","momentum":0.9}"#).unwrap_err().to_string();
+        assert!(err.contains("`momentum`"), "{err}");
     }
 }

@@ -114,14 +114,59 @@ fn uniform_open_closed(rng: &mut impl RngCore) -> f64 {
     ((rng.next_u64() >> 11) + 1) as f64 * SCALE
 }
 
-/// Splits a logical batch into physical micro-batches of at most `max_physical` indices, in order
-/// (the last one shorter); an empty logical batch yields no micro-batch (`research/dpsgd.md`
-/// §1.3). The step's noise is added once, after all micro-batches are accumulated.
-pub fn split_micro_batches(indices: &[usize], max_physical: usize) -> Result<Vec<&[usize]>, SamplerError> {
-    if max_physical == 0 {
-        return Err(SamplerError::MaxPhysical { max_physical });
+/// One physical forward/backward pass (or, for a large unit, several) of a logical batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// Whole units in one pass, each clipped from the one backward (ghost norms and book-keeping
+    /// on the tape). Their sequences, padded to the largest unit's count, fit the micro-batch:
+    /// `units x max sequences <= max_sequences`.
+    Units(Vec<usize>),
+    /// One unit with more sequences than a pass holds: its sequences go through successive
+    /// passes of at most `max_sequences` each, its gradient is accumulated over them, and its
+    /// norm is taken and clipped once, over the whole unit.
+    Split {
+        /// The unit.
+        unit: usize,
+        /// Its sequences.
+        sequences: usize,
+    },
+}
+
+/// Splits a logical batch into physical passes of at most `max_sequences` sequences each, so
+/// that memory is bounded by the micro-batch whatever the size of a privacy unit.
+/// `sequences(u)` is the number of
+/// sequences of unit `u` (1 per example-level unit). Units that fit are packed largest first,
+/// at most `max_sequences / s` of them with `s` sequences at most; a unit larger than
+/// `max_sequences` becomes a [`Pass::Split`]. Units of equal size keep their batch order, so an
+/// example-level batch is cut in order into chunks of `max_sequences`. An empty logical batch
+/// yields no pass; the step's noise is added once, after every pass.
+pub fn plan_passes(indices: &[usize], sequences: impl Fn(usize) -> usize, max_sequences: usize) -> Result<Vec<Pass>, SamplerError> {
+    if max_sequences == 0 {
+        return Err(SamplerError::MaxPhysical { max_physical: max_sequences });
     }
-    Ok(indices.chunks(max_physical).collect())
+    let mut sized: Vec<(usize, usize)> = indices.iter().map(|&u| (u, sequences(u).max(1))).collect();
+    sized.sort_by_key(|&(_, s)| std::cmp::Reverse(s)); // stable: equal sizes keep their order
+    let mut passes = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut capacity = 0;
+    for (u, s) in sized {
+        if s > max_sequences {
+            passes.push(Pass::Split { unit: u, sequences: s });
+            continue;
+        }
+        if current.len() == capacity {
+            if !current.is_empty() {
+                passes.push(Pass::Units(std::mem::take(&mut current)));
+            }
+            // Sizes only decrease from here: the first unit of a pass is its largest.
+            capacity = max_sequences / s;
+        }
+        current.push(u);
+    }
+    if !current.is_empty() {
+        passes.push(Pass::Units(current));
+    }
+    Ok(passes)
 }
 
 #[cfg(test)]
@@ -314,20 +359,56 @@ mod tests {
         let err = PoissonSampler::new(0.5, 0).unwrap_err();
         assert_eq!(err, SamplerError::Population { population: 0 });
         assert!(err.to_string().contains("population"));
-        let err = split_micro_batches(&[1, 2], 0).unwrap_err();
+        let err = plan_passes(&[1, 2], |_| 1, 0).unwrap_err();
         assert_eq!(err, SamplerError::MaxPhysical { max_physical: 0 });
         assert!(err.to_string().contains("max_physical"));
         assert!(PoissonSampler::new(f64::MIN_POSITIVE, 1).is_ok());
     }
 
+    fn units(passes: &[Pass]) -> Vec<Vec<usize>> {
+        passes.iter().map(|p| match p {
+            Pass::Units(u) => u.clone(),
+            Pass::Split { unit, .. } => vec![*unit],
+        }).collect()
+    }
+
     #[test]
-    fn micro_batches_chunk_in_order() {
+    fn example_level_batches_chunk_in_order() {
         let indices: Vec<usize> = (0..10).map(|i| i * 3).collect();
-        let chunks = split_micro_batches(&indices, 4).unwrap();
-        assert_eq!(chunks, vec![&[0, 3, 6, 9][..], &[12, 15, 18, 21][..], &[24, 27][..]]);
-        assert_eq!(split_micro_batches(&indices, 10).unwrap(), vec![&indices[..]]);
-        assert_eq!(split_micro_batches(&indices, 100).unwrap().len(), 1);
-        assert!(split_micro_batches(&[], 4).unwrap().is_empty());
+        let chunks = plan_passes(&indices, |_| 1, 4).unwrap();
+        assert_eq!(units(&chunks), vec![vec![0, 3, 6, 9], vec![12, 15, 18, 21], vec![24, 27]]);
+        assert!(chunks.iter().all(|p| matches!(p, Pass::Units(_))));
+        assert_eq!(units(&plan_passes(&indices, |_| 1, 10).unwrap()), vec![indices.clone()]);
+        assert_eq!(plan_passes(&indices, |_| 1, 100).unwrap().len(), 1);
+        assert!(plan_passes(&[], |_| 1, 4).unwrap().is_empty());
+    }
+
+    /// Every unit appears exactly once; a packed pass holds at most `max` padded sequences; only
+    /// units larger than `max` are split; units are packed largest first.
+    #[test]
+    fn user_level_batches_pack_within_the_bound_and_split_large_units() {
+        let sizes = [50usize, 1, 3, 4, 2, 2, 7, 1, 1, 5, 9, 4];
+        let batch: Vec<usize> = (0..sizes.len()).collect();
+        for max in [1, 2, 4, 5, 8, 16, 64] {
+            let passes = plan_passes(&batch, |u| sizes[u], max).unwrap();
+            let mut seen: Vec<usize> = units(&passes).concat();
+            seen.sort();
+            assert_eq!(seen, batch, "max {max}");
+            for p in &passes {
+                match p {
+                    Pass::Units(us) => {
+                        let largest = us.iter().map(|&u| sizes[u]).max().unwrap();
+                        assert!(us.len() * largest <= max, "max {max}: {us:?} pads to {} sequences", us.len() * largest);
+                    }
+                    Pass::Split { unit, sequences } => assert!(*sequences == sizes[*unit] && *sequences > max, "max {max}: split {unit}"),
+                }
+            }
+        }
+        // Largest first: with max 8 the units of 7 and 5 go alone, the 4s go together.
+        let passes = plan_passes(&batch, |u| sizes[u], 8).unwrap();
+        assert_eq!(passes[0], Pass::Split { unit: 0, sequences: 50 });
+        assert_eq!(passes[1], Pass::Split { unit: 10, sequences: 9 });
+        assert_eq!(&passes[2..5], &[Pass::Units(vec![6]), Pass::Units(vec![9]), Pass::Units(vec![3, 11])]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `ewtune train --config job.toml`: runs a job with a progress bar (on a terminal) and prints
-//! the privacy plan up front and the privacy spent at the end. Ctrl-C stops after the current
-//! step with a checkpoint; running the same command again resumes.
+//! the data counts and the privacy plan up front and the privacy spent at the end. Ctrl-C stops
+//! after the current step with a checkpoint; running the same command again resumes.
 
 use ewtune::train::job::{self, JobSpec};
 use std::io::IsTerminal;
@@ -35,7 +35,20 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         b
     });
     let mut last_eps = None;
-    let outcome = job::run(&spec, &cancel, |p| {
+    let cap = spec.data_config.max_examples_per_user;
+    let on_start = |p: &job::Plan, d: &ewtune::train::data::DataCounts| {
+        if args.json {
+            println!("{}", serde_json::json!({ "plan": p, "data": d }));
+            return;
+        }
+        let dropped = match cap {
+            Some(k) => format!("{} dropped by max_examples_per_user = {k}", d.dropped_examples),
+            None => "none dropped (no max_examples_per_user)".into(),
+        };
+        println!("data: {} examples, {} privacy units; {} truncated at max_length; {dropped}", d.examples, d.units, d.truncated_examples);
+        println!("plan: privacy units N = {}, q = {:.6}, steps = {}, sigma = {:.4}, certified epsilon {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier, p.certified_epsilon);
+    };
+    let outcome = job::run_observed(&spec, &cancel, |_| Ok(()), on_start, |p| {
         if p.epsilon_spent.is_some() {
             last_eps = p.epsilon_spent;
         }

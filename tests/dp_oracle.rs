@@ -69,7 +69,7 @@ fn check_model(m: &Model, family: &str, ft: &FineTune, groups: Option<Vec<Vec<us
 }
 
 fn lora() -> FineTune {
-    FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec![] }
+    FineTune::lora(4, 8.0, vec![])
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn gpt2_full_matches_oracle() {
 
 #[test]
 fn llama_lora_matches_oracle() {
-    check(Family::Llama, FineTune::Lora { rank: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] }, None);
+    check(Family::Llama, FineTune::lora(4, 8.0, vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]), None);
 }
 
 #[test]

@@ -253,6 +253,7 @@ fn every_family_trains_two_dp_steps_lora_and_full_and_reloads_what_it_wrote() {
             assert!((reloaded - after).abs() < 1e-5, "{name} {ft:?}: reloaded {reloaded} vs {after}");
         }
     }
+}
 
 /// Lines of 31 users in file order: `big` writes every other line (40 examples), `u0`..`u29`
 /// one or two each; some texts are long enough to be cut at `max_length` 12.

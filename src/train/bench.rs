@@ -295,6 +295,8 @@ pub struct Part {
     pub count: usize,
     /// Median seconds per step, summed over those layers.
     pub seconds: f64,
+    /// Fastest repeat (on a loaded machine, contention only adds time).
+    pub min_seconds: f64,
 }
 
 /// Where the time of both steps goes, for one mode.
@@ -356,7 +358,8 @@ fn median_parts(clocks: &[Clock]) -> Vec<Part> {
         .iter()
         .map(|(name, count, _)| {
             let times: Vec<f64> = clocks.iter().map(|c| c.parts.iter().find(|(n, _, _)| n == name).map_or(0.0, |p| p.2)).collect();
-            Part { name: name.clone(), count: *count, seconds: median(times) }
+            let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+            Part { name: name.clone(), count: *count, seconds: median(times), min_seconds: min }
         })
         .collect()
 }
@@ -429,29 +432,31 @@ fn dp_parts(model: &Model, mb: &MicroBatch, noise: &[f32], opt: &mut Optimizer, 
             }
         });
     }
-    drop(_guard);
-    timed(&mut c, "noise + divide + optimizer", device, || {
-        let mut by_slot: Vec<Option<Tensor>> = (0..params.len()).map(|_| None).collect();
-        for (i, s) in sums {
-            by_slot[i] = Some(match by_slot[i].take() {
-                Some(acc) => acc + s,
-                None => s,
-            });
+    // As `dpsgd::ClippedSum` and `job::private_step` do it: zeroed sums, each record's sum added
+    // in place, the noise copied into a tensor, `(sum + z) / (q N)`, the optimizer.
+    let acc: Vec<Tensor> = timed(&mut c, "sum: zeroed accumulators", device, || params.iter().map(|p| Tensor::zeros_like(p).set_requires_grad(false)).collect());
+    timed(&mut c, "sum: add_ into accumulators", device, || {
+        for (i, s) in &sums {
+            let _ = acc[*i].shallow_clone().f_add_(s);
         }
-        let noise_t = Tensor::from_slice(noise).to_device(device);
+    });
+    drop(sums);
+    drop(_guard);
+    let noise_t = timed(&mut c, "noise: slice -> tensor (copy)", device, || Tensor::from_slice(noise).to_device(device));
+    let grads: Vec<Tensor> = timed(&mut c, "noise: (sum + z) / (q N)", device, || {
         let mut offset = 0i64;
-        let grads: Vec<Tensor> = params
+        params
             .iter()
-            .zip(by_slot)
+            .zip(&acc)
             .map(|(p, sum)| {
                 let n = p.numel() as i64;
                 let z = noise_t.narrow(0, offset, n).view(p.size().as_slice());
                 offset += n;
-                (sum.unwrap_or_else(|| Tensor::zeros_like(p)) + z) / mb.units.count as f64
+                (sum + z) / mb.units.count as f64
             })
-            .collect();
-        opt.apply(params, &grads);
+            .collect()
     });
+    timed(&mut c, "optimizer", device, || opt.apply(params, &grads));
     Ok(c)
 }
 

@@ -155,7 +155,7 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
                     println!("{} {}: non-dp {:.4}s, dp {:.4}s (ratio {:.3}; parts timed one by one)", b.family, b.mode, b.nondp_total_s, b.dp_total_s, b.dp_total_s / b.nondp_total_s);
                     for (step, parts) in [("non-dp", &b.nondp), ("dp", &b.dp)] {
                         for p in parts {
-                            println!("  {step:<6} {:<52} x{:<3} {:>8.2} ms  {:>5.1} %", p.name, p.count, p.seconds * 1e3, 100.0 * p.seconds / b.nondp_total_s);
+                            println!("  {step:<6} {:<44} x{:<3} {:>8.2} ms (min {:>8.2})  {:>5.1} % of non-dp", p.name, p.count, p.seconds * 1e3, p.min_seconds * 1e3, 100.0 * p.seconds / b.nondp_total_s);
                         }
                     }
                 }

@@ -43,8 +43,18 @@ fn norm_weight(d: i64) -> Tensor {
 }
 
 /// Writes a random model of `family` and `shape` into `dir` (seeded with `seed`, reproducible);
-/// `tokenizer` is copied as `tokenizer.json` when given.
+/// `tokenizer` is copied as `tokenizer.json` when given. The MLP has the family's default width
+/// (GPT-2: 4 d; Llama: 2.5 d); [`write_model_with_intermediate`] chooses it.
 pub fn write_model(dir: &Path, family: Family, shape: Shape, seed: i64, tokenizer: Option<&Path>) -> Result<(), TrainError> {
+    write_model_with_intermediate(dir, family, shape, None, seed, tokenizer)
+}
+
+/// [`write_model`] with the MLP's hidden width `intermediate` (GPT-2's `n_inner`, Llama's
+/// `intermediate_size`); `None` = the family's default.
+pub fn write_model_with_intermediate(dir: &Path, family: Family, shape: Shape, intermediate: Option<i64>, seed: i64, tokenizer: Option<&Path>) -> Result<(), TrainError> {
+    if let Some(i) = intermediate.filter(|&i| i <= 0) {
+        return Err(TrainError::BadSpec { field: "intermediate", reason: format!("MLP width {i} must be >= 1") });
+    }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::Io { path: dir.to_path_buf(), reason: e.to_string() })?;
     tch::manual_seed(seed);
     let Shape { vocab, d_model: d, layers, heads, kv_heads, positions } = shape;
@@ -54,9 +64,10 @@ pub fn write_model(dir: &Path, family: Family, shape: Shape, seed: i64, tokenize
         Family::Gpt2 => {
             t.push(("transformer.wte.weight".into(), randn(&[vocab, d], std)));
             t.push(("transformer.wpe.weight".into(), randn(&[positions, d], std)));
+            let inner = intermediate.unwrap_or(4 * d);
             for i in 0..layers {
                 let p = format!("transformer.h.{i}");
-                for (name, din, dout) in [("attn.c_attn", d, 3 * d), ("attn.c_proj", d, d), ("mlp.c_fc", d, 4 * d), ("mlp.c_proj", 4 * d, d)] {
+                for (name, din, dout) in [("attn.c_attn", d, 3 * d), ("attn.c_proj", d, d), ("mlp.c_fc", d, inner), ("mlp.c_proj", inner, d)] {
                     t.push((format!("{p}.{name}.weight"), randn(&[din, dout], std)));
                     t.push((format!("{p}.{name}.bias"), randn(&[dout], 0.02)));
                 }
@@ -67,15 +78,19 @@ pub fn write_model(dir: &Path, family: Family, shape: Shape, seed: i64, tokenize
             }
             t.push(("transformer.ln_f.weight".into(), norm_weight(d)));
             t.push(("transformer.ln_f.bias".into(), randn(&[d], 0.02)));
-            serde_json::json!({
+            let mut c = serde_json::json!({
                 "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab, "n_positions": positions,
                 "n_embd": d, "n_layer": layers, "n_head": heads, "activation_function": "gelu_new",
                 "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true, "bos_token_id": 0, "eos_token_id": 0
-            })
+            });
+            if intermediate.is_some() {
+                c["n_inner"] = serde_json::json!(inner);
+            }
+            c
         }
         Family::Llama => {
             let hd = d / heads;
-            let inter = 2 * d + d / 2;
+            let inter = intermediate.unwrap_or(2 * d + d / 2);
             t.push(("model.embed_tokens.weight".into(), randn(&[vocab, d], std)));
             for i in 0..layers {
                 let p = format!("model.layers.{i}");

@@ -1,9 +1,18 @@
 //! `ewtune bench ...`: benchmarks that print figures (never asserted in tests).
 
-use ewtune::train::bench::{dp_step, BenchShape};
+use ewtune::train::bench::{dp_step, dp_step_breakdown, BenchShape};
 use ewtune::train::job::DeviceChoice;
 
-/// The GPT-2-shaped random model a benchmark runs on (defaults: GPT-2 small), and its threads.
+/// Layout of the random model `bench dp-step` runs on.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchFamily {
+    /// GPT-2: LayerNorm, fused qkv with biases, GELU MLP, tied head.
+    Gpt2,
+    /// Llama: RMSNorm, grouped-query attention, SwiGLU MLP, untied head.
+    Llama,
+}
+
+/// The random model a benchmark runs on (defaults: the GPT-2-small shape), and its threads.
 #[derive(clap::Args, Debug)]
 pub struct ModelShape {
     /// Transformer blocks.
@@ -77,8 +86,17 @@ pub enum BenchCommand {
     },
     /// DP step time over non-private step time, LoRA and full fine-tuning, same model and batch.
     DpStep {
+        /// Layout of the random model.
+        #[arg(long, value_enum, default_value_t = BenchFamily::Gpt2)]
+        family: BenchFamily,
         #[command(flatten)]
         shape: ModelShape,
+        /// Key/value heads (llama; default heads / 4 where that divides, else heads).
+        #[arg(long)]
+        kv_heads: Option<i64>,
+        /// MLP width (default: gpt2 4 d_model, llama 2.5 d_model).
+        #[arg(long)]
+        intermediate: Option<i64>,
         /// Sequences per batch.
         #[arg(long, default_value_t = 4)]
         batch: usize,
@@ -91,6 +109,10 @@ pub enum BenchCommand {
         /// One JSON object per mode per line.
         #[arg(long)]
         json: bool,
+        /// Instead: where each step's time goes (forward, backward, per-unit norms and clipped
+        /// sums per kind and shape of layer, update), medians over the repeats.
+        #[arg(long)]
+        breakdown: bool,
     },
 }
 
@@ -104,16 +126,48 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
             let hostile = Hostile { plans, model, upload_mib };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(load(connect, rate, seconds, dataset, hostile, json))
         }
-        BenchCommand::DpStep { shape: s, batch, repeats, device, json } => {
+        BenchCommand::DpStep { family, shape: s, kv_heads, intermediate, batch, repeats, device, json, breakdown } => {
             s.set_threads();
-            let shape = BenchShape { layers: s.layers, d_model: s.d_model, heads: s.heads, seq_len: s.seq_len, batch, vocab: s.vocab, repeats: repeats.max(1) };
-            for t in dp_step(shape, device.resolve()?)? {
+            use ewtune::train::synthetic::Family;
+            let (family, kv_heads) = match family {
+                BenchFamily::Gpt2 => (Family::Gpt2, kv_heads.unwrap_or(s.heads)),
+                BenchFamily::Llama => (Family::Llama, kv_heads.unwrap_or(if s.heads % 4 == 0 { s.heads / 4 } else { s.heads })),
+            };
+            let shape = BenchShape {
+                family,
+                layers: s.layers,
+                d_model: s.d_model,
+                heads: s.heads,
+                kv_heads,
+                intermediate,
+                seq_len: s.seq_len,
+                batch,
+                vocab: s.vocab,
+                repeats: repeats.max(1),
+            };
+            let device = device.resolve()?;
+            if breakdown {
+                for b in dp_step_breakdown(shape, device)? {
+                    if json {
+                        println!("{}", serde_json::to_string(&b)?);
+                        continue;
+                    }
+                    println!("{} {}: non-dp {:.4}s, dp {:.4}s (ratio {:.3}; parts timed one by one)", b.family, b.mode, b.nondp_total_s, b.dp_total_s, b.dp_total_s / b.nondp_total_s);
+                    for (step, parts) in [("non-dp", &b.nondp), ("dp", &b.dp)] {
+                        for p in parts {
+                            println!("  {step:<6} {:<44} x{:<3} {:>8.2} ms (min {:>8.2})  {:>5.1} % of non-dp", p.name, p.count, p.seconds * 1e3, p.min_seconds * 1e3, 100.0 * p.seconds / b.nondp_total_s);
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            for t in dp_step(shape, device)? {
                 if json {
                     println!("{}", serde_json::to_string(&t)?);
                 } else {
                     println!(
-                        "{:<5} dp {:.4}s  non-dp {:.4}s  ratio {:.3}  (noise draw {:.4}s on the noise thread, {} trainable, {})",
-                        t.mode, t.dp_step_s, t.nondp_step_s, t.ratio, t.noise_draw_s, t.trainable_params, t.device
+                        "{} {:<5} dp {:.4}s  non-dp {:.4}s  ratio {:.3} (paired {:.3}, target {:.2})  (noise draw {:.4}s on the noise thread, {} trainable, {}, {} thread(s))",
+                        t.family, t.mode, t.dp_step_s, t.nondp_step_s, t.ratio, t.paired_ratio, t.target, t.noise_draw_s, t.trainable_params, t.device, t.threads
                     );
                 }
             }

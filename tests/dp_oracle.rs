@@ -181,3 +181,42 @@ fn every_family_matches_oracle_lora_all_linear_and_full() {
         }
     }
 }
+
+/// The DP step in bf16 (bf16 weights and activations, f32 master parameters, norms and clipped
+/// sums computed in f32) against the same step in f32 on the same checkpoint and batch: per-unit
+/// norms within 3 % and every clipped sum within 10 % (relative L2). bf16 keeps 8 mantissa bits
+/// (relative rounding 2^-9 = 0.2 % per operation); the activations and output gradients carry
+/// that through two layers' forward and backward (measured: norms 1.3 %, sums 5.3 % for LoRA).
+/// The privacy guarantee does not depend on this: each unit's clipped contribution is computed
+/// from its own (bf16) gradient and bounded by C in f32 either way.
+#[test]
+fn the_bf16_step_agrees_with_the_f32_step() {
+    use ewtune::train::precision::Precision;
+    let dir = crate::util::fixture("models").join("qwen3");
+    for ft in [FineTune::lora(4, 8.0, vec!["all-linear".into()]), FineTune::Full] {
+        let run = |p: Precision| {
+            tch::manual_seed(0); // the same LoRA A draw for both precisions
+            let m = randomised_lora(Model::load_with(&dir, &ft, None, Device::Cpu, p).unwrap());
+            let (ids, mask) = batch();
+            let mb = MicroBatch { ids, loss_mask: mask, units: Units::per_sequence(5, Device::Cpu) };
+            let mut acc = ClippedSum::new(&m);
+            let norms = Vec::<f64>::try_from(&clip_and_accumulate(&m, &mb, 0.05, &mut acc).unwrap().to_kind(Kind::Double)).unwrap();
+            let sums: Vec<(String, Tensor)> = acc.entries.iter().map(|(n, _, s)| (n.clone(), s.shallow_clone())).collect();
+            (norms, sums)
+        };
+        let (n32, s32) = run(Precision::F32);
+        let (n16, s16) = run(Precision::Bf16);
+        let mut worst_norm = 0.0f64;
+        for (a, b) in n32.iter().zip(&n16) {
+            worst_norm = worst_norm.max((a - b).abs() / a);
+        }
+        let mut worst_sum = 0.0f64;
+        for ((name, a), (_, b)) in s32.iter().zip(&s16) {
+            assert_eq!(b.kind(), Kind::Float, "{name}: clipped sums are f32");
+            let rel = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+            worst_sum = worst_sum.max(rel);
+        }
+        eprintln!("bf16 vs f32 DP step ({ft:?}): worst norm {worst_norm:.2e}, worst clipped sum {worst_sum:.2e} (relative)");
+        assert!(worst_norm < 0.03 && worst_sum < 0.10, "{ft:?}: norm {worst_norm:e}, sum {worst_sum:e}");
+    }
+}

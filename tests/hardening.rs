@@ -285,6 +285,7 @@ async fn random_specs_get_ok_or_a_clear_refusal() {
                 learning_rate: lr,
                 max_length,
                 canaries: None,
+                precision: String::new(),
             };
             let mut req = tonic::Request::new(s.clone());
             req.set_timeout(Duration::from_secs(20));

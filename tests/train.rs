@@ -42,6 +42,7 @@ fn spec(root: &Path, finetune: FineTune, epsilon: f64, steps: Option<u64>) -> Jo
         device: job::DeviceChoice::Cpu,
         expected_units: None,
         canaries: None,
+        precision: None,
     }
 }
 

@@ -6,6 +6,7 @@ use crate::audit::canary::CanarySpec;
 use crate::daemon::State;
 use super::limits;
 use crate::store::{Dataset, Job, JobState, Page, PrivacyUnit, TenantId};
+use crate::train::precision::Precision;
 use crate::train::data::DataConfig;
 use crate::train::finetune::FineTune;
 use crate::train::job::{DeviceChoice, JobSpec, PrivacySpec, TrainingSpec};
@@ -93,6 +94,12 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<C
         }
     };
     let user_field = dataset.data_user_field()?.map(str::to_string);
+    let precision = match req.precision.as_str() {
+        "" => None,
+        "f32" => Some(Precision::F32),
+        "bf16" => Some(Precision::Bf16),
+        other => return Err(invalid("precision", format!("must be \"f32\" or \"bf16\" (or empty for the default), got {}", limits::quote(other)))),
+    };
     let spec = JobSpec {
         model,
         data: dataset_file(state, dataset.id.as_str()),
@@ -115,6 +122,7 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &pb::JobSpec) -> Result<C
         device: DeviceChoice::Auto,
         expected_units: Some(dataset.units as usize),
         canaries,
+        precision,
     };
     Ok(CheckedSpec { spec, model: config })
 }

@@ -7,7 +7,8 @@ use super::checkpoint::{self, AdapterConfig, CheckpointState};
 use super::data::{sha256_file, DataConfig, DataCounts, Dataset};
 use super::dpsgd::{clip_and_accumulate, clip_and_accumulate_unit, ClippedSum};
 use super::finetune::{FineTune, Targets};
-use super::model::{sequence_losses, Model};
+use super::model::{sequence_losses, ConfigLimits, Model};
+use super::precision::Precision;
 use super::noise::{NoiseSource, NoiseStream};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
 use super::sampler::{plan_passes, Pass, PoissonSampler};
@@ -139,6 +140,9 @@ pub struct JobSpec {
     /// in N); the manifest is written to `output/audit_manifest.json` before training.
     #[serde(default)]
     pub canaries: Option<crate::audit::canary::CanarySpec>,
+    /// Forward/backward precision; unset: bf16 where the base is bf16 on CUDA, else f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 impl JobSpec {
@@ -408,13 +412,14 @@ pub fn run_observed(
     let tokenizer_path = spec.model.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
         .map_err(|e| TrainError::CorruptCheckpoint { path: tokenizer_path.clone(), reason: e.to_string() })?;
-    let probe = Model::load(&spec.model, &spec.finetune, None, Device::Cpu)?;
-    let vocab = probe.vocab_size();
+    // The config alone settles the vocabulary and context; the weights are read once, below.
+    let limits = ConfigLimits::read(&spec.model)?;
+    let vocab = limits.vocab_size;
     let mut data_cfg = spec.data_config.clone();
-    if let Some(max) = probe.max_positions() {
+    if let Some(max) = limits.n_positions {
         data_cfg.max_length = data_cfg.max_length.min(max as usize);
     }
-    drop(probe);
+    let precision = spec.precision.unwrap_or_else(|| Precision::default_for(limits.is_bf16(), device));
     let mut data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
     let counts = data.counts();
     std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
@@ -455,7 +460,7 @@ pub fn run_observed(
             });
         }
     }
-    let model = Model::load(&spec.model, &spec.finetune, resumed.as_ref().map(|r| r.trainable_path.as_path()), device)?;
+    let model = Model::load_with(&spec.model, &spec.finetune, resumed.as_ref().map(|r| r.trainable_path.as_path()), device, precision)?;
     let trainable = model.trainable();
     if trainable.is_empty() {
         return Err(TrainError::NothingToTrain);

@@ -141,6 +141,12 @@ pub struct ConfigLimits {
     /// HF `model_type`.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The weights' dtype as transformers >= 5 writes it.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// The same as transformers 4 writes it.
+    #[serde(default)]
+    pub torch_dtype: Option<String>,
 }
 
 impl ConfigLimits {
@@ -149,6 +155,11 @@ impl ConfigLimits {
         let path = dir.join("config.json");
         let text = std::fs::read(&path).map_err(|_| TrainError::MissingFile { path: path.clone() })?;
         serde_json::from_slice(&text).map_err(|e| TrainError::CorruptCheckpoint { path, reason: e.to_string() })
+    }
+
+    /// True when the config says the weights are bfloat16.
+    pub fn is_bf16(&self) -> bool {
+        self.dtype.as_deref().or(self.torch_dtype.as_deref()) == Some("bfloat16")
     }
 
     /// Tokens one sequence may hold: the learned positions, else the trained context.

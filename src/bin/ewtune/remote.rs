@@ -71,6 +71,9 @@ pub struct SpecArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     lora_rank: u32,
+    /// Forward/backward precision (default: bf16 where the base is bf16 and the daemon has CUDA).
+    #[arg(long, value_enum)]
+    precision: Option<ewtune::train::precision::Precision>,
     /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     learning_rate: f64,
@@ -116,6 +119,11 @@ impl SpecArgs {
             learning_rate: self.learning_rate,
             max_length: self.max_length,
             canaries: self.canaries.map(|count| pb::CanaryConfig { count, length: self.canary_length }),
+            precision: match self.precision {
+                None => String::new(),
+                Some(ewtune::train::precision::Precision::F32) => "f32".into(),
+                Some(ewtune::train::precision::Precision::Bf16) => "bf16".into(),
+            },
         })
     }
 }

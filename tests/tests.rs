@@ -6,6 +6,7 @@ mod daemon;
 mod dp_oracle;
 mod hardening;
 mod models;
+mod outputs;
 mod python_client;
 mod reports;
 mod server_limits;

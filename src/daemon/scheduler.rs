@@ -75,8 +75,11 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
     let cancel = AtomicBool::new(false);
     let user_cancel = AtomicBool::new(false);
     let mut block_epsilon: Option<(u64, f64)> = None;
+    // An adapter names its base as the client did: no daemon path reaches a client.
+    let base_name = spec.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let outcome = job::run_with_ledger(
         &spec,
+        &job::BaseName::Given(base_name),
         &cancel,
         |step| {
             // The spend is on the ledger before the step touches any data.

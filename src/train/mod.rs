@@ -14,6 +14,7 @@ pub mod llama;
 pub mod model;
 pub mod noise;
 pub mod optim;
+pub mod output;
 pub mod sampler;
 pub mod synthetic;
 pub mod tape;

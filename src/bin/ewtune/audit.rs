@@ -11,6 +11,7 @@ use ewtune::audit::texts::{audit_texts, LabeledText};
 use ewtune::daemon::signing::{SignedReport, Signer};
 use ewtune::train::job::DeviceChoice;
 use ewtune::train::model::Model;
+use ewtune::train::output::{load_trained, AdapterBase};
 use std::path::PathBuf;
 
 /// Arguments of `ewtune audit`.
@@ -131,6 +132,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         let report = build_report(&AuditInputs {
             job_id: None,
             target_dir: model,
+            adapter_base: AdapterBase::RecordedOr(base),
             base_dir: base,
             texts: &[],
             manifest: Some((&manifest, &sha)),
@@ -146,7 +148,8 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    let target = Model::load_output(model, device)?;
+    // An adapter downloaded from the daemon names its base by the daemon's name for it: --base then says where it is.
+    let target = load_trained(model, args.base.as_deref().map_or(AdapterBase::Recorded, AdapterBase::RecordedOr), device)?;
     let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
     // Never past the model's context (a learned position table has no row there).
     let context = target.max_positions().map(|p| p as usize);

@@ -1,21 +1,25 @@
 //! What a job hands over: PEFT adapter and transformers checkpoint directories with exactly the
 //! expected files (no config.json beside an adapter, the base named by its canonical path, a
 //! bf16 base kept bf16, a sharded checkpoint indexed as transformers indexes it), written in one
-//! rename; the client's download check refusing every kind of bad stream; and transformers and
-//! PEFT themselves loading the outputs (Python, the project venv) with the same log-probs as
-//! ewtune.
+//! rename; the client's download check refusing every kind of bad stream; the daemon's
+//! Jobs.GetArtifacts, budget report and `ewtune jobs download` / `jobs watch` over real gRPC;
+//! and transformers and PEFT themselves loading the outputs (Python, the project venv) with the
+//! same log-probs as ewtune.
 
+use crate::daemon::{client, register, spec, Daemon};
 use crate::util::fixture;
-use ewtune::artifacts::{Download, DownloadError, OutputFile};
+use ewtune::api::pb;
+use ewtune::artifacts::{list_files, Download, DownloadError, OutputFile};
 use ewtune::train::finetune::FineTune;
 use ewtune::train::job::{self, JobSpec};
 use ewtune::train::model::{token_logprobs, Model};
 use ewtune::train::output::{self, load_trained, AdapterBase, AdapterConfig, Output};
-use ewtune::train::synthetic::write_notes;
+use ewtune::train::synthetic::{write_model, write_notes, Family, Shape};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor};
+use tonic::Code;
 
 /// Copies a fixture's model files (config, weights, tokenizer and generation config) into `dir`;
 /// with `bf16`, the weights are converted to bfloat16 and config.json says so, as a bf16
@@ -270,6 +274,133 @@ fn downloads_are_checked_against_the_recorded_files() {
     d.accept("empty", 0, &sha(b""), 0, &[]).unwrap();
     d.finish().unwrap();
     assert_eq!(names(&empty_dir), ["empty"]);
+}
+
+/// Reassembles a GetArtifacts stream, checking the chunking contract on the way.
+async fn fetch(c: &mut crate::daemon::Client, job: &str) -> Result<BTreeMap<String, Vec<u8>>, tonic::Status> {
+    let mut stream = c.jobs.get_artifacts(pb::GetArtifactsRequest { job_id: job.to_string() }).await?.into_inner();
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut order = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        assert!(chunk.data.len() <= ewtune::artifacts::CHUNK_BYTES, "{} bytes in one chunk", chunk.data.len());
+        let buf = files.entry(chunk.path.clone()).or_default();
+        if buf.is_empty() && chunk.offset == 0 {
+            order.push(chunk.path.clone());
+        }
+        assert_eq!(chunk.offset, buf.len() as u64, "{}: chunks in order", chunk.path);
+        buf.extend_from_slice(&chunk.data);
+        assert!(buf.len() as u64 <= chunk.size);
+        if buf.len() as u64 == chunk.size {
+            assert_eq!(sha(buf), chunk.sha256, "{}", chunk.path);
+        }
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "files in path order");
+    Ok(files)
+}
+
+async fn wait(c: &mut crate::daemon::Client, job: &str) -> pb::Job {
+    let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: job.to_string(), after_seq: 0 }).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.unwrap().into_inner()
+}
+
+/// Over the real daemon: a LoRA job's adapter names its base by the client's name, a full job's
+/// checkpoint streams in 1 MiB chunks; every file's size and SHA-256 is the recorded one (Job,
+/// the signed budget report, the stream, the daemon's disk); other tenants, unknown and
+/// unfinished jobs get NotFound; `ewtune jobs download` writes and checks the files and refuses
+/// a non-empty directory; `ewtune jobs watch` says where the model is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_artifacts_streams_exactly_the_recorded_files() {
+    let d = Daemon::start().await;
+    let token = d.state.store.create_token("clinic").unwrap();
+    let mut c = client(&d.addr, &token).await;
+    let mut rival = client(&d.addr, &d.state.store.create_token("rival").unwrap()).await;
+    // A wider model, so its checkpoint spans several chunks.
+    let wide = Shape { vocab: 400, d_model: 256, layers: 2, heads: 4, kv_heads: 4, positions: 64 };
+    write_model(&d.state.config.models_dir.join("wide"), Family::Gpt2, wide, 2, Some(&fixture("audit").join("tokenizer.json"))).unwrap();
+    let ds = register(&mut c, 8.0).await;
+    let lora = c.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
+    let mut full_spec = spec(&ds.dataset_id, 1.0);
+    full_spec.base_model = "wide".into();
+    full_spec.finetune = Some(pb::job_spec::Finetune::Full(true));
+    full_spec.steps = 2;
+    let full = c.jobs.create(full_spec).await.unwrap().into_inner();
+    // Not finished yet (or at best running): no artifacts.
+    let e = c.jobs.get_artifacts(pb::GetArtifactsRequest { job_id: full.job_id.clone() }).await;
+    let e = match e {
+        Ok(r) => r.into_inner().message().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("only a succeeded job"), "{}", e.message());
+
+    let lora_done = wait(&mut c, &lora.job_id).await;
+    let full_done = wait(&mut c, &full.job_id).await;
+    assert_eq!(lora_done.state, pb::JobState::Succeeded as i32, "{}", lora_done.reason);
+    assert_eq!(full_done.state, pb::JobState::Succeeded as i32, "{}", full_done.reason);
+    let paths = |j: &pb::Job| j.artifacts.iter().map(|a| a.path.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&lora_done), ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json"]);
+    assert_eq!(paths(&full_done), ["config.json", "model.safetensors", "tokenizer.json"]);
+
+    for j in [&lora_done, &full_done] {
+        let files = fetch(&mut c, &j.job_id).await.unwrap();
+        let on_disk = list_files(&d.state.config.data_dir.join("jobs").join(&j.job_id).join("model")).unwrap();
+        assert_eq!(files.len(), j.artifacts.len());
+        for (a, disk) in j.artifacts.iter().zip(&on_disk) {
+            assert_eq!((&a.path, a.size, &a.sha256), (&disk.path, disk.size, &disk.sha256));
+            assert_eq!(sha(&files[&a.path]), a.sha256);
+        }
+        assert_eq!(rival.jobs.get_artifacts(pb::GetArtifactsRequest { job_id: j.job_id.clone() }).await.err().map(|e| e.code()), Some(Code::NotFound));
+    }
+    let weights = full_done.artifacts.iter().find(|a| a.path == "model.safetensors").unwrap();
+    assert!(weights.size > 3 * ewtune::artifacts::CHUNK_BYTES as u64, "{} bytes: several chunks", weights.size);
+    let adapter = fetch(&mut c, &lora_done.job_id).await.unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&adapter["adapter_config.json"]).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], "tiny", "the client's name for the base, no daemon path");
+    let data_dir = d.state.config.data_dir.to_string_lossy().into_owned();
+    assert!(!adapter.values().any(|bytes| String::from_utf8_lossy(bytes).contains(&data_dir)), "no daemon path in any artifact");
+    let unknown = "0".repeat(32);
+    assert_eq!(c.jobs.get_artifacts(pb::GetArtifactsRequest { job_id: unknown }).await.err().map(|e| e.code()), Some(Code::NotFound));
+
+    // The signed budget report lists each succeeded job's files with their SHA-256.
+    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    let signed = ewtune::daemon::signing::SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
+    ewtune::daemon::signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&r.report_json).unwrap();
+    for j in [&lora_done, &full_done] {
+        let row = report["jobs"].as_array().unwrap().iter().find(|row| row["job"] == j.job_id.as_str()).unwrap();
+        let listed: Vec<(String, String)> = row["outputs"].as_array().unwrap().iter().map(|f| (f["path"].as_str().unwrap().into(), f["sha256"].as_str().unwrap().into())).collect();
+        let recorded: Vec<(String, String)> = j.artifacts.iter().map(|a| (a.path.clone(), a.sha256.clone())).collect();
+        assert_eq!(listed, recorded);
+    }
+
+    // The CLI: download checks and writes; a second download into the same directory is refused.
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("model");
+    let (addr, tok) = (d.addr.clone(), token.clone());
+    let cli = move |args: Vec<String>| {
+        let (addr, tok) = (addr.clone(), tok.clone());
+        tokio::task::spawn_blocking(move || {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(&args).env("EWTUNE_ADDR", addr).env("EWTUNE_TOKEN", tok).output().unwrap();
+            (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        })
+    };
+    let download = vec!["jobs".to_string(), "download".into(), full_done.job_id.clone(), "--out".into(), out.to_string_lossy().into_owned()];
+    let (ok, stdout, stderr) = cli(download.clone()).await.unwrap();
+    assert!(ok, "{stderr}");
+    for a in &full_done.artifacts {
+        assert_eq!(sha(&std::fs::read(out.join(&a.path)).unwrap()), a.sha256);
+        assert!(stdout.contains(&format!("{}  {}", a.sha256, a.path)), "{stdout}");
+    }
+    let (ok, _, stderr) = cli(download).await.unwrap();
+    assert!(!ok && stderr.contains("not an empty directory"), "{stderr}");
+    assert_eq!(names(root.path()), ["model"], "the refused download left nothing");
+    let (ok, stdout, stderr) = cli(vec!["jobs".into(), "watch".into(), lora_done.job_id.clone()]).await.unwrap();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("PEFT LoRA adapter over base model `tiny`") && stdout.contains(&format!("ewtune jobs download {} --out DIR", lora_done.job_id)), "{stdout}");
+    d.stop().await;
 }
 
 /// ewtune's per-token log-probs of `ids` under the model in `dir` (adapters over their

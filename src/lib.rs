@@ -5,6 +5,7 @@
 
 pub use ewtune_accountant as accountant;
 pub mod api;
+pub mod artifacts;
 pub mod audit;
 pub mod daemon;
 pub mod digest;

@@ -71,7 +71,7 @@ fn peft_adapters_score_like_peft() {
     for name in ["lora-plain", "lora-rslora", "lora-patterns", "lora-regex"] {
         let dir = fixture("adapters").join(name);
         let model = Model::load_output(&dir, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let tokenizer = ewtune::train::peft_adapter::tokenizer_path(&dir).unwrap();
+        let tokenizer = ewtune::train::peft_adapter::tokenizer_path(&dir, ewtune::train::peft_adapter::AdapterBase::Recorded).unwrap();
         assert!(tokenizer.ends_with("models/llama-tied/tokenizer.json"), "{}", tokenizer.display());
         check_model_parity(&model, &tokenizer, &dir.join("reference_logprobs.jsonl"), name);
     }

@@ -251,7 +251,10 @@ fn every_family_trains_two_dp_steps_lora_and_full_and_reloads_what_it_wrote() {
             let tok = tokenizers::Tokenizer::from_file(s.model.join("tokenizer.json")).unwrap();
             let eval = Dataset::load(&s.eval_data.clone().unwrap(), &tok, &s.data_config, m.vocab_size()).unwrap();
             let reloaded = job::evaluate(&m, &eval, 8, Device::Cpu);
-            assert!((reloaded - after).abs() < 1e-5, "{name} {ft:?}: reloaded {reloaded} vs {after}");
+            // A full fine-tune of a bf16 base is saved in bf16, as transformers would: the
+            // trained f32 weights are rounded (2^-9 relative), which moves the loss slightly.
+            let tolerance = if name.ends_with("bf16") && ft == FineTune::Full { 1e-2 } else { 1e-5 };
+            assert!((reloaded - after).abs() < tolerance, "{name} {ft:?}: reloaded {reloaded} vs {after}");
         }
     }
 }
@@ -340,6 +343,7 @@ fn a_user_level_job_with_a_large_user_trains_and_reports_its_counts_first() {
     let events = std::cell::RefCell::new(Vec::new());
     let out = job::run_observed(
         &s,
+        &job::BaseName::CanonicalPath,
         &AtomicBool::new(false),
         |_| Ok(()),
         |p, c| events.borrow_mut().push(format!("start {} {} {}", p.units, c.examples, c.units)),

@@ -187,8 +187,9 @@ pub fn dataset(d: &Dataset) -> pb::Dataset {
     }
 }
 
-/// A job as the API shows it (`canary_manifest_sha256` empty when it inserts no canaries).
-pub fn job(j: &Job, epsilon_spent: f64, canary_manifest_sha256: Option<String>) -> pb::Job {
+/// A job as the API shows it (`canary_manifest_sha256` empty when it inserts no canaries;
+/// `outputs` the files recorded when it succeeded).
+pub fn job(j: &Job, epsilon_spent: f64, canary_manifest_sha256: Option<String>, outputs: &[crate::artifacts::OutputFile]) -> pb::Job {
     pb::Job {
         job_id: j.id.as_str().to_string(),
         dataset_id: j.dataset.as_str().to_string(),
@@ -208,6 +209,7 @@ pub fn job(j: &Job, epsilon_spent: f64, canary_manifest_sha256: Option<String>) 
         spec_json: spec_without_paths(&j.spec_json),
         created_unix_ms: j.created_at_unix_ms,
         canary_manifest_sha256: canary_manifest_sha256.unwrap_or_default(),
+        artifacts: outputs.iter().map(|f| pb::Artifact { path: f.path.clone(), size: f.size, sha256: f.sha256.clone() }).collect(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `ewtune.v1.Jobs`: plan (no side effects), create (reserve then queue), get, list, watch
-//! (a server stream of events, in `watch.rs`), cancel.
+//! (a server stream of events, in `watch.rs`), cancel, and the output files of a succeeded job
+//! (a server stream of chunks, in `artifacts.rs`).
 
 use super::auth::tenant;
 use super::blocking;
@@ -133,12 +134,14 @@ impl JobsApi {
     }
 }
 
-/// A stored job as the API shows it, with its certified spend and canary commitment.
+/// A stored job as the API shows it, with its certified spend, canary commitment and, once it
+/// succeeded, its recorded output files.
 fn shown(state: &State, tenant: &TenantId, j: &crate::store::Job) -> Result<pb::Job, Status> {
     let delta = state.store.get_dataset(tenant, &j.dataset)?.budget_delta;
     let eps = job_epsilon(j, delta);
     let sha = state.store.canary_manifest_sha256(&j.id)?;
-    Ok(convert::job(j, eps, sha))
+    let (_, outputs) = state.store.job_outputs(tenant, &j.id)?;
+    Ok(convert::job(j, eps, sha, &outputs))
 }
 
 #[tonic::async_trait]
@@ -222,6 +225,12 @@ impl pb::jobs_server::Jobs for JobsApi {
 
     async fn watch(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchStream>, Status> {
         super::watch::watch(&self.state, req).await
+    }
+
+    type GetArtifactsStream = super::artifacts::ArtifactStream;
+
+    async fn get_artifacts(&self, req: Request<pb::GetArtifactsRequest>) -> Result<Response<Self::GetArtifactsStream>, Status> {
+        super::artifacts::get_artifacts(&self.state, req).await
     }
 
     async fn cancel(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {

@@ -2,6 +2,7 @@
 //! validated and converted to domain types at the edge (`convert`), domain errors become the
 //! right status in one place (`status`); handlers do no math.
 pub mod admission;
+pub mod artifacts;
 pub mod audits;
 pub mod auth;
 pub mod budget;

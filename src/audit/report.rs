@@ -10,6 +10,7 @@ use super::canary::{audit_canaries, CanaryAudit, Manifest};
 use super::scores::REPORTED_RATIOS;
 use super::texts::{audit_texts, LabeledText, ScoreMetrics, BOOTSTRAP_SEED};
 use crate::train::model::Model;
+use crate::train::peft_adapter::{load_trained, AdapterBase};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -111,6 +112,9 @@ pub struct AuditInputs<'a> {
     pub job_id: Option<String>,
     /// The fine-tuned model: an HF directory or a PEFT adapter directory.
     pub target_dir: &'a Path,
+    /// Where a PEFT adapter target's base model is (the daemon gives the job's base: its
+    /// adapters name their base by the client's name for it).
+    pub adapter_base: AdapterBase<'a>,
     /// The model before fine-tuning.
     pub base_dir: &'a Path,
     /// Labelled texts (1 = member), possibly none.
@@ -131,7 +135,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     if inputs.texts.is_empty() && inputs.manifest.is_none() {
         return Err(AuditError::Input("nothing to audit: the job inserted no canaries and no texts were given".into()));
     }
-    let target = Model::load_output(inputs.target_dir, inputs.device)?;
+    let target = load_trained(inputs.target_dir, inputs.adapter_base, inputs.device)?;
     let base = Model::load_output(inputs.base_dir, inputs.device)?;
     let context = target.max_positions().map(|p| p as usize);
     let max_tokens = match (inputs.max_tokens, context) {
@@ -142,7 +146,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     if max_tokens < 2 {
         return Err(AuditError::Input("max_tokens must be >= 2 (one scored token)".into()));
     }
-    let tokenizer_path = crate::train::peft_adapter::tokenizer_path(&inputs.base_dir)?;
+    let tokenizer_path = crate::train::peft_adapter::tokenizer_path(&inputs.base_dir, crate::train::peft_adapter::AdapterBase::Recorded)?;
     let mut tokenizer_sha256 = None;
     let data_mia = if inputs.texts.is_empty() {
         None

@@ -73,7 +73,7 @@ pub fn audit_runs(
     }
     let base = base_dir.map(|b| Model::load_output(b, device)).transpose()?;
     let tokenizer_dir = base_dir.unwrap_or(&runs[0].model);
-    let tokenizer_path = crate::train::peft_adapter::tokenizer_path(tokenizer_dir)?;
+    let tokenizer_path = crate::train::peft_adapter::tokenizer_path(tokenizer_dir, crate::train::peft_adapter::AdapterBase::Recorded)?;
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| AuditError::Input(format!("cannot load {}: {e}", tokenizer_path.display())))?;
     // One model in memory at a time: the runs of each model, in order of first appearance.
     let mut scores = vec![f64::NAN; runs.len()];

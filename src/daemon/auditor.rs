@@ -65,6 +65,8 @@ fn report_json(state: &State, job: &Job, tenant: &TenantId, id: &AuditId, reques
     let mut report = build_report(&AuditInputs {
         job_id: Some(job.id.as_str().to_string()),
         target_dir: &target,
+        // The job's own base, whatever name its adapter_config.json gives it.
+        adapter_base: crate::train::peft_adapter::AdapterBase::Given(&spec.model),
         base_dir: &spec.model,
         texts: &request.texts,
         manifest: manifest.as_ref().map(|(m, sha)| (m, sha.as_str())),

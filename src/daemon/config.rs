@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub max_concurrent_uploads: Option<u64>,
     /// Open Watch streams per tenant.
     pub watch_streams_per_tenant: Option<u64>,
+    /// Jobs.GetArtifacts streams per tenant.
+    pub downloads_per_tenant: Option<u64>,
 }
 
 /// The server's resource limits, resolved (every one at least 1).
@@ -75,6 +77,9 @@ pub struct ServerLimits {
     pub max_concurrent_uploads: usize,
     /// Open Watch streams per tenant (`watch_streams_per_tenant`, default 32).
     pub watch_streams_per_tenant: usize,
+    /// Jobs.GetArtifacts streams per tenant (`downloads_per_tenant`, default 4); each buffers
+    /// at most a few MiB.
+    pub downloads_per_tenant: usize,
 }
 
 impl Default for ServerLimits {
@@ -87,6 +92,7 @@ impl Default for ServerLimits {
             keepalive_timeout: Duration::from_secs(20),
             max_concurrent_uploads: 2,
             watch_streams_per_tenant: 32,
+            downloads_per_tenant: 4,
         }
     }
 }
@@ -159,6 +165,7 @@ impl DaemonConfig {
             keepalive_timeout: secs("keepalive_timeout_secs", fc.keepalive_timeout_secs, d.keepalive_timeout)?,
             max_concurrent_uploads: count("max_concurrent_uploads", fc.max_concurrent_uploads, d.max_concurrent_uploads)?,
             watch_streams_per_tenant: count("watch_streams_per_tenant", fc.watch_streams_per_tenant, d.watch_streams_per_tenant)?,
+            downloads_per_tenant: count("downloads_per_tenant", fc.downloads_per_tenant, d.downloads_per_tenant)?,
         };
         let data_dir = absolute(data_dir);
         let models_dir = env("EWTUNED_MODELS_DIR").map(PathBuf::from).or(fc.models_dir).map(|p| absolute(&p)).unwrap_or_else(|| data_dir.join("models"));
@@ -205,14 +212,14 @@ mod tests {
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
         assert_eq!((c.limits.keepalive_interval, c.limits.keepalive_timeout), (Duration::from_secs(60), Duration::from_secs(20)));
-        assert_eq!((c.limits.max_concurrent_uploads, c.limits.watch_streams_per_tenant), (2, 32));
+        assert_eq!((c.limits.max_concurrent_uploads, c.limits.watch_streams_per_tenant, c.limits.downloads_per_tenant), (2, 32, 4));
     }
 
     #[test]
     fn limits_come_from_the_file() {
         let c = resolve_file(
             "max_connections = 8\nhandshake_timeout_secs = 2\nidle_timeout_secs = 30\nkeepalive_interval_secs = 5\n\
-             keepalive_timeout_secs = 3\nmax_concurrent_uploads = 1\nwatch_streams_per_tenant = 4\n",
+             keepalive_timeout_secs = 3\nmax_concurrent_uploads = 1\nwatch_streams_per_tenant = 4\ndownloads_per_tenant = 2\n",
         )
         .unwrap();
         let want = ServerLimits {
@@ -223,13 +230,14 @@ mod tests {
             keepalive_timeout: Duration::from_secs(3),
             max_concurrent_uploads: 1,
             watch_streams_per_tenant: 4,
+            downloads_per_tenant: 2,
         };
         assert_eq!(c.limits, want);
     }
 
     #[test]
     fn invalid_limits_name_their_key() {
-        for key in ["max_connections", "handshake_timeout_secs", "idle_timeout_secs", "keepalive_interval_secs", "keepalive_timeout_secs", "max_concurrent_uploads", "watch_streams_per_tenant"] {
+        for key in ["max_connections", "handshake_timeout_secs", "idle_timeout_secs", "keepalive_interval_secs", "keepalive_timeout_secs", "max_concurrent_uploads", "watch_streams_per_tenant", "downloads_per_tenant"] {
             match resolve_file(&format!("{key} = 0\n")) {
                 Err(ConfigError::Invalid { key: k, reason }) => assert!(k == key && reason.contains(">= 1"), "{k}: {reason}"),
                 other => panic!("{key} = 0: {other:?}"),

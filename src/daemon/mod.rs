@@ -34,6 +34,8 @@ pub struct State {
     pub dataset_writes: Arc<tokio::sync::Mutex<()>>,
     /// Open Watch streams per tenant (capped by `watch_streams_per_tenant`).
     pub watches: Arc<tenant_slots::TenantSlots>,
+    /// Open Jobs.GetArtifacts streams per tenant (capped by `downloads_per_tenant`).
+    pub downloads: Arc<tenant_slots::TenantSlots>,
     /// Turns true when the daemon starts to stop: open Watch streams end (UNAVAILABLE).
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// What Jobs.Plan found tokenising a dataset, per tenant, dataset, tokenizer and reading
@@ -108,6 +110,7 @@ impl State {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu = cpu_pool::CpuPool::new(threads).map_err(|e| DaemonError::Io { what: "start the CPU pool".into(), reason: e.to_string() })?;
         let watches = tenant_slots::TenantSlots::new(config.limits.watch_streams_per_tenant);
+        let downloads = tenant_slots::TenantSlots::new(config.limits.downloads_per_tenant);
         Ok(Arc::new(State {
             config,
             store,
@@ -117,6 +120,7 @@ impl State {
             cpu,
             dataset_writes: Arc::default(),
             watches,
+            downloads,
             stopping: tokio::sync::watch::Sender::new(false),
             data_counts: DataCountsCache::default(),
         }))

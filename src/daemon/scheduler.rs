@@ -58,7 +58,8 @@ pub async fn run(state: Arc<State>, mut shutdown: tokio::sync::watch::Receiver<b
 
 /// How a job's worker ended.
 enum Ended {
-    Finished,
+    /// With the files of its output model (path relative to it, size, SHA-256).
+    Finished(Vec<crate::artifacts::OutputFile>),
     CancelledByUser,
     Interrupted,
 }
@@ -75,8 +76,11 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
     let cancel = AtomicBool::new(false);
     let user_cancel = AtomicBool::new(false);
     let mut block_epsilon: Option<(u64, f64)> = None;
+    // An adapter names its base as the client did: no daemon path reaches a client.
+    let base_name = spec.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let outcome = job::run_with_ledger(
         &spec,
+        &job::BaseName::Given(base_name),
         &cancel,
         |step| {
             // The spend is on the ledger before the step touches any data.
@@ -103,7 +107,8 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
         },
     )?;
     if !outcome.cancelled {
-        Ok(Ended::Finished)
+        let files = crate::artifacts::list_files(&outcome.output_model).map_err(|e| TrainError::Io { path: e.path, reason: e.source.to_string() })?;
+        Ok(Ended::Finished(files))
     } else if user_cancel.load(Ordering::Relaxed) {
         Ok(Ended::CancelledByUser)
     } else {
@@ -138,7 +143,13 @@ fn store_err(e: crate::store::StoreError) -> TrainError {
 fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, super::BatchPanicked>) {
     let id = &job.id;
     let r = match result {
-        Ok(Ok(Ended::Finished)) => state.store.finish_job(id, JobState::Succeeded, None),
+        Ok(Ok(Ended::Finished(files))) => state.store.succeed_job(id, &files).or_else(|e| match e {
+            crate::store::StoreError::InvalidArgument { .. } => {
+                tracing::error!(job = %id.as_str(), error = %e, "the job's output cannot be recorded");
+                state.store.finish_job(id, JobState::Failed, Some("the job's output could not be recorded; see the daemon's log".into()))
+            }
+            other => Err(other),
+        }),
         Ok(Ok(Ended::CancelledByUser)) => state.store.finish_job(id, JobState::Cancelled, Some("cancelled by request".into())),
         Ok(Ok(Ended::Interrupted)) => {
             tracing::info!(job = %id.as_str(), "stopped at a checkpoint; resumes when the daemon starts again");

@@ -19,6 +19,7 @@ use super::error::{Result, StoreError};
 use super::ledger;
 use super::tokens::TenantId;
 use super::{list_page, now_ms, to_sql_count, Listed, Page, Store};
+use crate::artifacts::{self, OutputFile};
 use crate::digest::sha256_hex;
 use ewtune_accountant::StepGroup;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -413,6 +414,56 @@ impl Store {
         Ok(finished)
     }
 
+    /// Scheduler: ends a running job `Succeeded` and records the files its output holds (path
+    /// relative to the output directory, size, SHA-256), in one transaction: a succeeded job
+    /// always has its outputs recorded, and they never change. A job that is not running is
+    /// `FailedPrecondition`; a bad list (a path that is not a plain relative path, a malformed
+    /// SHA-256, a repeated path, more than [`artifacts::MAX_FILES`] files) is `InvalidArgument`.
+    pub fn succeed_job(&self, job: &JobId, outputs: &[OutputFile]) -> Result<Job> {
+        if outputs.len() > artifacts::MAX_FILES {
+            return Err(StoreError::invalid("outputs", format!("{} files, more than {}", outputs.len(), artifacts::MAX_FILES)));
+        }
+        for f in outputs {
+            artifacts::check_path(&f.path).map_err(|reason| StoreError::invalid("outputs.path", reason))?;
+            if !artifacts::is_sha256_hex(&f.sha256) {
+                return Err(StoreError::invalid("outputs.sha256", "must be 64 lower-case hex digits"));
+            }
+        }
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = load_any(&tx, job)?;
+        if current.state != JobState::Running {
+            return Err(StoreError::FailedPrecondition { job: job.clone(), state: current.state, action: "succeed" });
+        }
+        for f in outputs {
+            let inserted = tx.execute(
+                "INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![job, f.path, to_sql_count("outputs.size", f.size)?, f.sha256],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::invalid("outputs.path", format!("{} is listed twice", f.path)));
+            }
+        }
+        finish(&tx, &current, JobState::Succeeded, None, now)?;
+        let finished = load_any(&tx, job)?;
+        tx.commit()?;
+        self.job_changed(job);
+        Ok(finished)
+    }
+
+    /// The tenant's job (`NotFound` if absent or another tenant's) and the files it handed over,
+    /// sorted by path: empty unless it succeeded (and for jobs that succeeded before this
+    /// daemon version recorded outputs).
+    pub fn job_outputs(&self, tenant: &TenantId, job: &JobId) -> Result<(Job, Vec<OutputFile>)> {
+        let mut conn = self.reader();
+        let tx = conn.transaction()?;
+        let found = load_owned(&tx, tenant, job)?;
+        let files = outputs_of(&tx, job)?;
+        tx.commit()?;
+        Ok((found, files))
+    }
+
     /// Tenant: cancels a job. A queued job becomes `Cancelled` at once (its reservation
     /// released); a running one gets `cancel_requested` (the scheduler polls
     /// [`Store::is_cancel_requested`] and finishes it); a finished one is `FailedPrecondition`.
@@ -489,6 +540,30 @@ impl Store {
         }
         Ok(affected)
     }
+}
+
+/// The recorded outputs of `job`, sorted by path.
+pub(crate) fn outputs_of(conn: &Connection, job: &JobId) -> Result<Vec<OutputFile>> {
+    let mut stmt = conn.prepare("SELECT path, size, sha256 FROM job_outputs WHERE job = ?1 ORDER BY path")?;
+    let rows = stmt.query_map([job], |row| Ok(OutputFile { path: row.get(0)?, size: row.get::<_, i64>(1)?.max(0) as u64, sha256: row.get(2)? }))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The recorded outputs of every job of one dataset, by job, each sorted by path.
+pub(crate) fn outputs_for_dataset(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<std::collections::HashMap<JobId, Vec<OutputFile>>> {
+    let mut stmt = conn.prepare(
+        "SELECT o.job, o.path, o.size, o.sha256 FROM job_outputs o JOIN jobs j ON j.id = o.job
+         WHERE j.tenant = ?1 AND j.dataset = ?2 ORDER BY o.job, o.path",
+    )?;
+    let rows = stmt.query_map(params![tenant, dataset], |row| {
+        Ok((row.get::<_, JobId>(0)?, OutputFile { path: row.get(1)?, size: row.get::<_, i64>(2)?.max(0) as u64, sha256: row.get(3)? }))
+    })?;
+    let mut by_job: std::collections::HashMap<JobId, Vec<OutputFile>> = std::collections::HashMap::new();
+    for row in rows {
+        let (job, file) = row?;
+        by_job.entry(job).or_default().push(file);
+    }
+    Ok(by_job)
 }
 
 /// Moves `job` (queued or running) to the terminal `state`, with its event.
@@ -613,6 +688,46 @@ mod tests {
         );
         let err = fx.store.finish_job(&job.id, JobState::Running, None).unwrap_err();
         assert!(matches!(err, StoreError::InvalidArgument { field: "state", .. }), "{err:?}");
+    }
+
+    /// A succeeded job's outputs are recorded in the transaction that ends it, listed in the
+    /// budget report, readable by its tenant only, and never change; a bad list changes nothing.
+    #[test]
+    fn outputs_are_recorded_as_the_job_succeeds_and_never_change() {
+        let fx = Fixture::new();
+        let (acme, globex) = (fx.tenant("acme"), fx.tenant("globex"));
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 10)).unwrap();
+        let file = |path: &str, sha: char| OutputFile { path: path.into(), size: 3, sha256: sha.to_string().repeat(64) };
+        let files = vec![file("adapter_model.safetensors", 'b'), file("adapter_config.json", 'a')];
+        let err = fx.store.succeed_job(&job.id, &files).unwrap_err();
+        assert!(matches!(err, StoreError::FailedPrecondition { state: JobState::Queued, action: "succeed", .. }), "{err:?}");
+        fx.store.claim_next_queued().unwrap().unwrap();
+        for (bad, field) in [
+            (vec![file("../escape", 'a')], "outputs.path"),
+            (vec![file("a", 'A')], "outputs.sha256"),
+            (vec![file("a", 'a'), file("a", 'b')], "outputs.path"),
+        ] {
+            let err = fx.store.succeed_job(&job.id, &bad).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument { field: f, .. } if f == field), "{err:?}");
+        }
+        assert_eq!(count_rows(&fx.store, "job_outputs"), 0, "a refused list writes nothing");
+        assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().state, JobState::Running);
+        let done = fx.store.succeed_job(&job.id, &files).unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        let (_, recorded) = fx.store.job_outputs(&acme, &job.id).unwrap();
+        let mut sorted = files.clone();
+        sorted.sort();
+        assert_eq!(recorded, sorted);
+        assert!(matches!(fx.store.job_outputs(&globex, &job.id), Err(StoreError::NotFound { .. })));
+        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        assert_eq!(report.jobs[0].outputs, sorted);
+        assert!(serde_json::to_string(&report).unwrap().contains(&"b".repeat(64)));
+        // Below the Rust code, the schema refuses any change and any late addition.
+        let conn = fx.store.conn();
+        assert!(conn.execute("UPDATE job_outputs SET sha256 = ?1", [&"c".repeat(64)]).is_err());
+        assert!(conn.execute("DELETE FROM job_outputs", []).is_err());
+        assert!(conn.execute("INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, 'late', 1, ?2)", params![job.id, "d".repeat(64)]).is_err());
     }
 
     #[test]

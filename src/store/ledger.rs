@@ -32,6 +32,7 @@
 //! machine (`jobs.rs`) and the signature (`daemon/signing.rs`).
 
 use super::datasets::{self, Dataset, DatasetId, PrivacyUnit};
+use crate::artifacts::OutputFile;
 use super::error::{Result, StoreError};
 use super::jobs::{self, Job, JobId, JobState};
 use super::tokens::TenantId;
@@ -100,6 +101,10 @@ pub struct JobLedgerRow {
     pub steps_reserved: u64,
     /// Certified epsilon of this job's spent steps alone (0 if none).
     pub epsilon_alone: f64,
+    /// The files a succeeded job handed over (its output model: path, size, SHA-256), as
+    /// recorded when it succeeded and as `Jobs.GetArtifacts` streams them; absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputFile>,
 }
 
 /// Report numbers reserved per durable write (see the module doc).
@@ -159,10 +164,18 @@ impl Store {
     /// taken under one lock; the accounting runs after it is released.
     pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<BudgetReport> {
         let mut numbers = self.report_numbers.lock().unwrap_or_else(PoisonError::into_inner);
-        let (dataset, jobs) = self.ledger_snapshot(tenant, dataset)?;
+        let (dataset, jobs, outputs) = {
+            let mut conn = self.reader();
+            let tx = conn.transaction()?;
+            let dataset = datasets::load(&tx, tenant, dataset)?;
+            let jobs = jobs::for_dataset(&tx, tenant, &dataset.id)?;
+            let outputs = jobs::outputs_for_dataset(&tx, tenant, &dataset.id)?;
+            tx.commit()?;
+            (dataset, jobs, outputs)
+        };
         let issue = Issue { sequence: numbers.take(self, &dataset)?, issued_at_unix_ms: now_ms() };
         drop(numbers);
-        report(&dataset, &jobs, issue)
+        report(&dataset, &jobs, outputs, issue)
     }
 
     /// The epsilon left in the tenant's dataset's budget, as its next budget report would
@@ -189,7 +202,7 @@ fn remaining(dataset: &Dataset, committed_epsilon: f64) -> f64 {
     (dataset.budget_epsilon - committed_epsilon).max(0.0)
 }
 
-fn report(dataset: &Dataset, jobs: &[Job], issue: Issue) -> Result<BudgetReport> {
+fn report(dataset: &Dataset, jobs: &[Job], mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Issue) -> Result<BudgetReport> {
     let delta = dataset.budget_delta;
     let spent = spent_history(jobs)?;
     let spent_epsilon = certified_epsilon(&spent, delta)?;
@@ -211,6 +224,7 @@ fn report(dataset: &Dataset, jobs: &[Job], issue: Issue) -> Result<BudgetReport>
                 steps_done: job.steps_done,
                 steps_reserved: job.steps_reserved(),
                 epsilon_alone: job.certified_epsilon_spent(delta)?,
+                outputs: outputs.remove(&job.id).unwrap_or_default(),
             })
         })
         .collect::<Result<Vec<_>>>()?;

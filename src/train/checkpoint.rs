@@ -6,8 +6,7 @@
 //! fsynced, so a kill at any instant leaves the last good checkpoint. Older ones are removed only
 //! after `LATEST` moved on.
 //!
-//! The output model is HF-loadable: full fine-tuning writes `model.safetensors` with every
-//! tensor; LoRA writes PEFT's `adapter_config.json` + `adapter_model.safetensors`.
+//! The output model a finished job hands over is written by `output.rs`.
 
 use super::weights::{write_bytes_atomic, write_safetensors_atomic, Weights};
 use super::TrainError;
@@ -91,63 +90,4 @@ pub fn load_latest(root: &Path, device: Device) -> Result<Option<Loaded>, TrainE
     let trainable_path = dir.join("trainable.safetensors");
     Weights::read(&trainable_path, device)?; // validate now, with the file named
     Ok(Some(Loaded { state, trainable_path, optimizer }))
-}
-
-/// PEFT's `adapter_config.json` for LoRA adapters.
-#[derive(Debug, Clone, Serialize)]
-pub struct AdapterConfig {
-    /// Always "LORA".
-    pub peft_type: &'static str,
-    /// Always "CAUSAL_LM".
-    pub task_type: &'static str,
-    /// Rank.
-    pub r: i64,
-    /// Alpha.
-    pub lora_alpha: f64,
-    /// Adapted modules (names or a pattern, as PEFT reads them).
-    pub target_modules: super::finetune::Targets,
-    /// rsLoRA scaling (alpha / sqrt(r)).
-    pub use_rslora: bool,
-    /// Per-module rank overrides.
-    pub rank_pattern: std::collections::BTreeMap<String, i64>,
-    /// Per-module alpha overrides.
-    pub alpha_pattern: std::collections::BTreeMap<String, f64>,
-    /// True for GPT-2's Conv1D layout.
-    pub fan_in_fan_out: bool,
-    /// No bias training.
-    pub bias: &'static str,
-    /// No dropout was used.
-    pub lora_dropout: f64,
-    /// Where the base model came from.
-    pub base_model_name_or_path: String,
-}
-
-/// Writes the output model into `dir`: `full` tensors as `model.safetensors`, or LoRA tensors as
-/// PEFT's adapter files, plus `config.json` and `tokenizer.json` copied from the base.
-pub fn write_output(
-    dir: &Path,
-    base: &Path,
-    tensors: &[(String, Tensor)],
-    adapter: Option<&AdapterConfig>,
-) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    for f in ["config.json", "tokenizer.json"] {
-        let src = base.join(f);
-        if src.exists() {
-            let bytes = std::fs::read(&src).map_err(|e| io(&src, e))?;
-            write_bytes_atomic(&dir.join(f), &bytes)?;
-        }
-    }
-    match adapter {
-        None => write_safetensors_atomic(&dir.join("model.safetensors"), tensors),
-        Some(cfg) => {
-            let peft: Vec<(String, Tensor)> = tensors
-                .iter()
-                .filter(|(n, _)| n.contains(".lora_"))
-                .map(|(n, t)| (format!("base_model.model.{n}"), t.shallow_clone()))
-                .collect();
-            write_safetensors_atomic(&dir.join("adapter_model.safetensors"), &peft)?;
-            write_bytes_atomic(&dir.join("adapter_config.json"), &serde_json::to_vec_pretty(cfg).expect("serializes"))
-        }
-    }
 }

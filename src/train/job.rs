@@ -3,14 +3,15 @@
 //! it: Poisson-sampled logical batches, clipped micro-batches, noise once, optimizer step,
 //! accounting, atomic checkpoints, resume.
 
-use super::checkpoint::{self, AdapterConfig, CheckpointState};
+use super::checkpoint::{self, CheckpointState};
 use super::data::{sha256_file, DataConfig, DataCounts, Dataset};
 use super::dpsgd::{clip_and_accumulate, clip_and_accumulate_unit, ClippedSum};
 use super::finetune::{FineTune, Targets};
 use super::model::{sequence_losses, ConfigLimits, Model};
-use super::precision::Precision;
 use super::noise::{NoiseSource, NoiseStream};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
+use super::output::{self, AdapterConfig, Output};
+use super::precision::Precision;
 use super::sampler::{plan_passes, Pass, PoissonSampler};
 use super::TrainError;
 use ewtune_accountant::pld::PldAccountant;
@@ -381,21 +382,52 @@ pub fn private_step(
     Ok(stats)
 }
 
+/// How a LoRA output's `adapter_config.json` names its base model
+/// (`base_model_name_or_path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseName {
+    /// The canonical absolute path of `JobSpec::model`, so the adapter loads from any directory
+    /// (`ewtune train`).
+    CanonicalPath,
+    /// This name (the daemon: the model's name as its client sent it; no daemon path reaches a
+    /// client).
+    Given(String),
+}
+
+impl BaseName {
+    /// The name to record for the base model at `model`.
+    pub fn resolve(&self, model: &Path) -> Result<String, TrainError> {
+        match self {
+            BaseName::Given(name) => Ok(name.clone()),
+            BaseName::CanonicalPath => std::fs::canonicalize(model)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => TrainError::MissingFile { path: model.to_path_buf() },
+                    _ => TrainError::Io { path: model.to_path_buf(), reason: e.to_string() },
+                })?
+                .into_os_string()
+                .into_string()
+                .map_err(|p| TrainError::BadSpec { field: "model", reason: format!("the path {p:?} is not UTF-8, so adapter_config.json cannot name it") }),
+        }
+    }
+}
+
 /// Runs (or resumes) a job to completion or until `cancel` is set, reporting every step.
 pub fn run(spec: &JobSpec, cancel: &AtomicBool, on_progress: impl FnMut(&Progress)) -> Result<Outcome, TrainError> {
-    run_with_ledger(spec, cancel, |_| Ok(()), on_progress)
+    run_with_ledger(spec, &BaseName::CanonicalPath, cancel, |_| Ok(()), on_progress)
 }
 
 /// [`run`], with `before_step(n)` called before the n-th step (1-based, counted over restarts
 /// from this process's start) touches any data: the daemon records the spend there, so a crash
-/// can only over-count, never under-count. An error from it stops the job before the step.
+/// can only over-count, never under-count. An error from it stops the job before the step. A
+/// LoRA output names its base as `base_name` says.
 pub fn run_with_ledger(
     spec: &JobSpec,
+    base_name: &BaseName,
     cancel: &AtomicBool,
     before_step: impl FnMut(u64) -> Result<(), TrainError>,
     on_progress: impl FnMut(&Progress),
 ) -> Result<Outcome, TrainError> {
-    run_observed(spec, cancel, before_step, |_, _| {}, on_progress)
+    run_observed(spec, base_name, cancel, before_step, |_, _| {}, on_progress)
 }
 
 /// [`run_with_ledger`], with `on_start(plan, counts)` called once the data is read and the plan
@@ -403,12 +435,14 @@ pub fn run_with_ledger(
 /// the counts there.
 pub fn run_observed(
     spec: &JobSpec,
+    base_name: &BaseName,
     cancel: &AtomicBool,
     mut before_step: impl FnMut(u64) -> Result<(), TrainError>,
     on_start: impl FnOnce(&Plan, &DataCounts),
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Outcome, TrainError> {
     let device = spec.device.resolve()?;
+    let base_model_name = base_name.resolve(&spec.model)?;
     let tokenizer_path = spec.model.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
         .map_err(|e| TrainError::CorruptCheckpoint { path: tokenizer_path.clone(), reason: e.to_string() })?;
@@ -530,8 +564,6 @@ pub fn run_observed(
     if !cancelled {
         let adapter = match &spec.finetune {
             FineTune::Lora { rank, alpha, target_modules, use_rslora, rank_pattern, alpha_pattern } => Some(AdapterConfig {
-                peft_type: "LORA",
-                task_type: "CAUSAL_LM",
                 r: *rank,
                 lora_alpha: *alpha,
                 target_modules: lora_targets(&model, target_modules),
@@ -539,13 +571,15 @@ pub fn run_observed(
                 rank_pattern: rank_pattern.clone(),
                 alpha_pattern: alpha_pattern.clone(),
                 fan_in_fan_out: model.family.fan_in_fan_out(),
-                bias: "none",
-                lora_dropout: 0.0,
-                base_model_name_or_path: spec.model.display().to_string(),
+                base_model_name_or_path: base_model_name,
             }),
             FineTune::Full => None,
         };
-        checkpoint::write_output(&output_model, &spec.model, &model.named_tensors(), adapter.as_ref())?;
+        let what = match &adapter {
+            Some(cfg) => Output::Adapter(cfg),
+            None => Output::Full { max_shard_bytes: output::DEFAULT_MAX_SHARD_BYTES },
+        };
+        output::write(&output_model, &spec.model, &model.named_tensors(), what)?;
         let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha });
         super::weights::write_bytes_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
     }

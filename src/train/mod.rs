@@ -13,6 +13,7 @@ pub mod model;
 pub mod models;
 pub mod noise;
 pub mod optim;
+pub mod output;
 pub mod peft_adapter;
 pub mod precision;
 pub mod sampler;

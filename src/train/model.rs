@@ -228,12 +228,7 @@ impl Model {
     /// Loads a model as `ewtune train` or the daemon wrote it: a full checkpoint directory, or a
     /// PEFT LoRA adapter directory (`adapter_config.json` naming its base model).
     pub fn load_output(dir: &Path, device: Device) -> Result<Self, TrainError> {
-        let adapter_cfg = dir.join("adapter_config.json");
-        if !adapter_cfg.exists() {
-            return Model::load(dir, &FineTune::Full, None, device);
-        }
-        let adapter = super::peft_adapter::read(dir)?;
-        Model::load(&adapter.base, &adapter.finetune, Some(&adapter.weights), device)
+        super::peft_adapter::load_trained(dir, super::peft_adapter::AdapterBase::Recorded, device)
     }
 
     /// Logits `[B, T, V]`, in f32 whatever the precision (losses are computed in f32).

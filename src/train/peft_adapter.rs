@@ -4,6 +4,7 @@
 //! (DoRA, biases, extra trained modules, layer selection, other PEFT methods) is refused by name.
 
 use super::finetune::{FineTune, Targets};
+use super::model::Model;
 use super::TrainError;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -40,9 +41,31 @@ fn is_off(v: &Value) -> bool {
     }
 }
 
-/// Reads `dir/adapter_config.json`. A relative `base_model_name_or_path` is looked up beside the
-/// adapter first, then from the working directory (as PEFT does).
-pub fn read(dir: &Path) -> Result<Adapter, TrainError> {
+/// Where a LoRA adapter directory's base model is.
+#[derive(Debug, Clone, Copy)]
+pub enum AdapterBase<'a> {
+    /// The directory its `adapter_config.json` names: absolute, or relative to the adapter, then
+    /// to the working directory (`ewtune train` records an absolute path).
+    Recorded,
+    /// The recorded directory when it is one here, else this one (an adapter downloaded from the
+    /// daemon names its base by the daemon's model name).
+    RecordedOr(&'a Path),
+    /// This directory, whatever is recorded (the daemon knows each job's base).
+    Given(&'a Path),
+}
+
+/// Loads a model ewtune (or transformers / PEFT) wrote: a full checkpoint directory, or a PEFT
+/// LoRA adapter directory over its base, found as `base` says.
+pub fn load_trained(dir: &Path, base: AdapterBase<'_>, device: tch::Device) -> Result<Model, TrainError> {
+    if !dir.join("adapter_config.json").exists() {
+        return Model::load(dir, &FineTune::Full, None, device);
+    }
+    let adapter = read(dir, base)?;
+    Model::load(&adapter.base, &adapter.finetune, Some(&adapter.weights), device)
+}
+
+/// Reads `dir/adapter_config.json`, its base found as `base` says.
+pub fn read(dir: &Path, base: AdapterBase<'_>) -> Result<Adapter, TrainError> {
     let path = dir.join("adapter_config.json");
     let corrupt = |reason: String| TrainError::CorruptCheckpoint { path: path.clone(), reason };
     let refuse = |reason: String| TrainError::UnsupportedModel { reason: format!("PEFT adapter {}: {reason}", dir.display()) };
@@ -85,8 +108,16 @@ pub fn read(dir: &Path) -> Result<Adapter, TrainError> {
         .map(|(k, v)| v.as_f64().map(|a| (k.clone(), a)).ok_or_else(|| corrupt(format!("alpha_pattern[{k}] is not a number"))))
         .collect::<Result<_, _>>()?;
     let use_rslora = get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
-    let base_name = get("base_model_name_or_path").and_then(Value::as_str).ok_or_else(|| corrupt("`base_model_name_or_path` is missing".into()))?;
-    let base = resolve_base(dir, Path::new(base_name)).ok_or_else(|| TrainError::MissingFile { path: PathBuf::from(base_name).join("config.json") })?;
+    let recorded = get("base_model_name_or_path").and_then(Value::as_str).unwrap_or("");
+    let found = (!recorded.is_empty()).then(|| resolve_base(dir, Path::new(recorded))).flatten();
+    let base = match (base, found) {
+        (AdapterBase::Given(b), _) => b.to_path_buf(),
+        (_, Some(found)) => found,
+        (AdapterBase::RecordedOr(b), None) => b.to_path_buf(),
+        (AdapterBase::Recorded, None) => {
+            return Err(corrupt(format!("its base_model_name_or_path {recorded:?} is no model directory here; give the base model's directory")))
+        }
+    };
     Ok(Adapter {
         base,
         finetune: FineTune::Lora { rank, alpha, target_modules, use_rslora, rank_pattern, alpha_pattern },
@@ -101,12 +132,12 @@ fn resolve_base(adapter: &Path, base: &Path) -> Option<PathBuf> {
     candidates.into_iter().find(|c| c.join("config.json").is_file())
 }
 
-/// The tokenizer of an output directory: its own `tokenizer.json`, else (an adapter saved
-/// without one) its base model's.
-pub fn tokenizer_path(model_dir: &Path) -> Result<PathBuf, TrainError> {
+/// The tokenizer of a model directory: its own `tokenizer.json`, else (an adapter saved
+/// without one) its base model's, found as `base` says.
+pub fn tokenizer_path(model_dir: &Path, base: AdapterBase<'_>) -> Result<PathBuf, TrainError> {
     let own = model_dir.join("tokenizer.json");
     if own.is_file() || !model_dir.join("adapter_config.json").is_file() {
         return Ok(own);
     }
-    Ok(read(model_dir)?.base.join("tokenizer.json"))
+    Ok(read(model_dir, base)?.base.join("tokenizer.json"))
 }

@@ -11,6 +11,7 @@ use ewtune::audit::texts::{audit_texts, LabeledText};
 use ewtune::daemon::signing::{SignedReport, Signer};
 use ewtune::train::job::DeviceChoice;
 use ewtune::train::model::Model;
+use ewtune::train::peft_adapter::{load_trained, AdapterBase};
 use std::path::PathBuf;
 
 /// Arguments of `ewtune audit`.
@@ -131,6 +132,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         let report = build_report(&AuditInputs {
             job_id: None,
             target_dir: model,
+            adapter_base: AdapterBase::RecordedOr(base),
             base_dir: base,
             texts: &[],
             manifest: Some((&manifest, &sha)),
@@ -146,13 +148,14 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    let target = Model::load_output(model, device)?;
+    // An adapter downloaded from the daemon names its base by the daemon's name for it: --base then says where it is.
+    let target = load_trained(model, args.base.as_deref().map_or(AdapterBase::Recorded, AdapterBase::RecordedOr), device)?;
     let base = args.base.as_ref().map(|b| Model::load_output(b, device)).transpose()?;
     // Never past the model's context (a learned position table has no row there).
     let context = target.max_positions().map(|p| p as usize);
     let max_tokens = args.max_tokens.map_or(context.unwrap_or(1024), |m| context.map_or(m, |c| m.min(c))).max(2);
     let texts_path = args.texts.as_ref().ok_or("give --texts or --manifest")?;
-    let tokenizer_path = ewtune::train::peft_adapter::tokenizer_path(model)?;
+    let tokenizer_path = ewtune::train::peft_adapter::tokenizer_path(model, args.base.as_deref().map_or(AdapterBase::Recorded, AdapterBase::RecordedOr))?;
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;
     let texts: Vec<LabeledText> = read_jsonl(texts_path)?;
     let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device)?;

@@ -163,6 +163,16 @@ pub enum JobsCommand {
         /// Job id.
         job: String,
     },
+    /// Download a succeeded job's model (a PEFT adapter or a full transformers checkpoint),
+    /// checking every file's size and SHA-256 against what the daemon recorded when the job
+    /// succeeded. Nothing is written unless every file checks out.
+    Download {
+        /// Job id.
+        job: String,
+        /// A new or empty directory to write the model into (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `ewtune audits ...`
@@ -339,8 +349,49 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
             let j = c.jobs.cancel(pb::CancelJobRequest { job_id: job }).await.map_err(explain)?.into_inner();
             println!("{} {}", j.job_id, state_name(j.state));
         }
+        JobsCommand::Download { job, out } => download(&mut c, &job, &out).await?,
     }
     Ok(())
+}
+
+/// `ewtune jobs download`: the job's recorded file list from Jobs.Get, then Jobs.GetArtifacts
+/// into a staging directory beside `out`, every chunk checked against that list; `out` appears
+/// only when every file arrived whole with its recorded SHA-256.
+async fn download(c: &mut super::client::Clients, job: &str, out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use ewtune::artifacts::{Download, OutputFile};
+    let j = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner();
+    if j.state != pb::JobState::Succeeded as i32 {
+        return Err(format!("job {} is {}: only a succeeded job has a model to download", j.job_id, state_name(j.state)).into());
+    }
+    if j.artifacts.is_empty() {
+        return Err(format!("job {} has no recorded artifacts (it succeeded before the daemon recorded outputs)", j.job_id).into());
+    }
+    let expected: Vec<OutputFile> = j.artifacts.iter().map(|a| OutputFile { path: a.path.clone(), size: a.size, sha256: a.sha256.clone() }).collect();
+    let mut dl = Download::start(out, &expected)?;
+    let mut stream = c.jobs.get_artifacts(pb::GetArtifactsRequest { job_id: j.job_id.clone() }).await.map_err(explain)?.into_inner();
+    while let Some(chunk) = stream.message().await.map_err(explain)? {
+        dl.accept(&chunk.path, chunk.size, &chunk.sha256, chunk.offset, &chunk.data)?;
+    }
+    let files = dl.finish()?;
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    for f in &files {
+        println!("{}  {}", f.sha256, printable(&f.path));
+    }
+    eprintln!("job {}'s model: {} files, {} bytes, every size and SHA-256 checked, in {}", j.job_id, files.len(), bytes, out.display());
+    Ok(())
+}
+
+/// What a succeeded job's model is, from its artifacts and spec, in words.
+fn describe_model(j: &pb::Job) -> String {
+    let bytes: u64 = j.artifacts.iter().map(|a| a.size).sum();
+    let spec: serde_json::Value = serde_json::from_str(&j.spec_json).unwrap_or_default();
+    let base = spec["model"].as_str().unwrap_or("?");
+    let kind = if j.artifacts.iter().any(|a| a.path == "adapter_config.json") {
+        format!("a PEFT LoRA adapter over base model `{}`", printable(base))
+    } else {
+        format!("a full transformers checkpoint fine-tuned from `{}`", printable(base))
+    };
+    format!("{kind}: {} files, {} bytes", j.artifacts.len(), bytes)
 }
 
 async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -381,6 +432,10 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
     if j.state == pb::JobState::Failed as i32 {
         return Err(format!("job failed: {}", printable(&j.reason)).into());
     }
+    if j.state == pb::JobState::Succeeded as i32 && !j.artifacts.is_empty() {
+        println!("model: {}, kept by the daemon (jobs/{}/model in its data directory)", describe_model(&j), j.job_id);
+        println!("download it with: ewtune jobs download {} --out DIR", j.job_id);
+    }
     Ok(())
 }
 
@@ -411,6 +466,10 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
                 j["noise_multiplier"].as_f64().unwrap_or(f64::NAN),
                 j["epsilon_alone"].as_f64().unwrap_or(f64::NAN)
             );
+            // The output files, as `sha256sum -c` reads them (relative to a downloaded model).
+            for f in j["outputs"].as_array().into_iter().flatten() {
+                println!("      {}  {}", printable(f["sha256"].as_str().unwrap_or("")), printable(f["path"].as_str().unwrap_or("")));
+            }
         }
     }
     println!("  signed by {} (verify offline with `ewtune budget show --json > r.json; ewtune verify r.json`)", hex(&r.public_key));

@@ -48,7 +48,7 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("data: {} examples, {} privacy units; {} truncated at max_length; {dropped}", d.examples, d.units, d.truncated_examples);
         println!("plan: privacy units N = {}, q = {:.6}, steps = {}, sigma = {:.4}, certified epsilon {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier, p.certified_epsilon);
     };
-    let outcome = job::run_observed(&spec, &cancel, |_| Ok(()), on_start, |p| {
+    let outcome = job::run_observed(&spec, &job::BaseName::CanonicalPath, &cancel, |_| Ok(()), on_start, |p| {
         if p.epsilon_spent.is_some() {
             last_eps = p.epsilon_spent;
         }

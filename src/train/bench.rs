@@ -432,18 +432,23 @@ fn dp_parts(model: &Model, mb: &MicroBatch, noise: &[f32], opt: &mut Optimizer, 
             }
         });
     }
-    // As `dpsgd::ClippedSum` and `job::private_step` do it: zeroed sums, each record's sum added
-    // in place, the noise copied into a tensor, `(sum + z) / (q N)`, the optimizer.
-    let acc: Vec<Tensor> = timed(&mut c, "sum: zeroed accumulators", device, || params.iter().map(|p| Tensor::zeros_like(p).set_requires_grad(false)).collect());
-    timed(&mut c, "sum: add_ into accumulators", device, || {
-        for (i, s) in &sums {
-            let _ = acc[*i].shallow_clone().f_add_(s);
+    // As `dpsgd::ClippedSum` and `job::private_step` do it: each tensor's first clipped sum
+    // becomes its accumulator and later ones are added in place; the noise (borrowed there on a
+    // CPU, copied here, an upper bound) is added and the division by q N done in place.
+    let acc: Vec<Tensor> = timed(&mut c, "sum: accumulate clipped sums", device, || {
+        let mut acc: Vec<Option<Tensor>> = params.iter().map(|_| None).collect();
+        for (i, s) in sums {
+            match &mut acc[i] {
+                Some(a) => {
+                    let _ = a.f_add_(&s);
+                }
+                slot @ None => *slot = Some(s),
+            }
         }
+        acc.into_iter().zip(params).map(|(a, p)| a.unwrap_or_else(|| Tensor::zeros(p.size(), (Kind::Float, device)))).collect()
     });
-    drop(sums);
-    drop(_guard);
-    let noise_t = timed(&mut c, "noise: slice -> tensor (copy)", device, || Tensor::from_slice(noise).to_device(device));
-    let grads: Vec<Tensor> = timed(&mut c, "noise: (sum + z) / (q N)", device, || {
+    let grads: Vec<Tensor> = timed(&mut c, "noise: (sum + z) / (q N) in place", device, || {
+        let noise_t = Tensor::from_slice(noise).to_device(device);
         let mut offset = 0i64;
         params
             .iter()
@@ -452,10 +457,12 @@ fn dp_parts(model: &Model, mb: &MicroBatch, noise: &[f32], opt: &mut Optimizer, 
                 let n = p.numel() as i64;
                 let z = noise_t.narrow(0, offset, n).view(p.size().as_slice());
                 offset += n;
-                (sum + z) / mb.units.count as f64
+                let _ = sum.shallow_clone().f_add_(&z).and_then(|mut t| t.f_div_scalar_(mb.units.count as f64));
+                sum.shallow_clone()
             })
             .collect()
     });
+    drop(_guard);
     timed(&mut c, "optimizer", device, || opt.apply(params, &grads));
     Ok(c)
 }

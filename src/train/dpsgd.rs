@@ -35,7 +35,8 @@ pub struct ClippedSum {
 }
 
 impl ClippedSum {
-    /// Zeroed sums for the model's trainable tensors.
+    /// Sums for the model's trainable tensors, each taken over by the first clipped sum added
+    /// to it (no zero-fill and add pass).
     pub fn new(model: &Model) -> Self {
         let mut slots = HashMap::new();
         let entries: Vec<_> = model
@@ -44,17 +45,36 @@ impl ClippedSum {
             .enumerate()
             .map(|(i, (name, p))| {
                 slots.insert(p.data_ptr() as usize, i);
-                let zero = Tensor::zeros_like(&p).set_requires_grad(false);
-                (name, p, zero)
+                (name, p, Tensor::new())
             })
             .collect();
         ClippedSum { slots, entries, units: 0 }
     }
 
-    fn add(&mut self, param: &Tensor, value: &Tensor) {
+    /// Adds `value` (a fresh f32 tensor) to the sum of `param`.
+    fn add(&mut self, param: &Tensor, value: Tensor) -> Result<(), TrainError> {
         let slot = self.slots[&(param.data_ptr() as usize)];
-        let _ = self.entries[slot].2.f_add_(value);
+        add_to(&mut self.entries[slot].2, value)
     }
+
+    /// The sums, zero for a tensor nothing was added to (an empty logical batch).
+    pub fn sums(&mut self) -> impl Iterator<Item = (&String, &Tensor, &mut Tensor)> {
+        for (_, p, sum) in &mut self.entries {
+            if !sum.defined() {
+                *sum = Tensor::zeros(p.size(), (Kind::Float, p.device()));
+            }
+        }
+        self.entries.iter_mut().map(|(n, p, s)| (&*n, &*p, s))
+    }
+}
+
+fn add_to(sum: &mut Tensor, value: Tensor) -> Result<(), TrainError> {
+    if sum.defined() {
+        let _ = sum.f_add_(&value)?;
+    } else {
+        *sum = value;
+    }
+    Ok(())
 }
 
 /// Clips every unit of `mb` to `clip_norm` and adds the clipped sum to `acc`; returns the
@@ -87,7 +107,7 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
     let row_scale = clip.index_select(0, &mb.units.unit_of_row);
     for (r, g, per_unit) in per_record {
         for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &per_unit, &clip, &row_scale)) {
-            acc.add(param, &sum);
+            acc.add(param, sum)?;
         }
     }
     acc.units += mb.units.count;
@@ -122,7 +142,7 @@ pub fn clip_and_accumulate_unit(model: &Model, chunks: impl IntoIterator<Item = 
     // As in `clip_and_accumulate`: c = min(1, C / (||g|| + 1e-6)), nothing from a non-finite norm.
     let c = if norm.is_finite() { (clip_norm / (norm + NORM_EPS)).min(1.0) } else { 0.0 };
     for ((_, _, sum), g) in acc.entries.iter_mut().zip(&grad) {
-        let _ = sum.f_add_(&(g * c))?;
+        add_to(sum, g * c)?;
     }
     acc.units += 1;
     Ok(norm)

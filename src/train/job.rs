@@ -365,19 +365,28 @@ pub fn private_step(
     params: &[Tensor],
     device: Device,
 ) -> Result<ClipStats, TrainError> {
-    let (acc, stats) = clipped_sum(model, data, batch, privacy.clip_norm, micro_batch, device)?;
-    let noise_t = Tensor::from_slice(noise).to_device(device);
+    let (mut acc, stats) = clipped_sum(model, data, batch, privacy.clip_norm, micro_batch, device)?;
+    let total: usize = acc.entries.iter().map(|(_, p, _)| p.numel()).sum();
+    if noise.len() != total {
+        return Err(TrainError::BadSpec { field: "noise", reason: format!("{} noise draws for {total} trainable values", noise.len()) });
+    }
+    // SAFETY: the tensor borrows `noise` (f32, contiguous, `total` values, checked above) without
+    // copying; it and every view of it are dropped before this function returns, and nothing
+    // writes through it. On CUDA it is copied to the device at once.
+    let borrowed = unsafe { Tensor::from_blob(noise.as_ptr().cast::<u8>(), &[total as i64], &[1], Kind::Float, Device::Cpu) };
+    let noise_t = if device == Device::Cpu { borrowed } else { borrowed.to_device(device) };
     let mut offset = 0i64;
-    let grads: Vec<Tensor> = acc
-        .entries
-        .iter()
-        .map(|(_, p, sum)| {
-            let n = p.numel() as i64;
-            let z = noise_t.narrow(0, offset, n).view(p.size().as_slice());
-            offset += n;
-            (sum + z) / expected_batch
-        })
-        .collect();
+    let mut grads = Vec::with_capacity(acc.entries.len());
+    let _guard = tch::no_grad_guard();
+    for (_, p, sum) in acc.sums() {
+        let n = p.numel() as i64;
+        let z = noise_t.narrow(0, offset, n).view(p.size().as_slice());
+        offset += n;
+        // (clipped sum + noise) / (q N), in place on the sum, which nothing else holds.
+        let _ = sum.f_add_(&z)?.f_div_scalar_(expected_batch)?;
+        grads.push(sum.shallow_clone());
+    }
+    drop(noise_t);
     optimizer.apply(params, &grads);
     Ok(stats)
 }

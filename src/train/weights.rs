@@ -1,6 +1,8 @@
 //! Checkpoint tensors by their HF names: reading a checkpoint directory (`model.safetensors`, or
 //! shards through `model.safetensors.index.json`; f32, bf16 or f16) into a name map with shape
-//! checks that fail with the file and tensor named, and writing tensors back atomically (temp
+//! checks that fail with the file and tensor named (files are memory-mapped and each tensor is
+//! copied out once, in the dtype the model wants, when the model takes it: loading never holds
+//! a second copy of the model), and writing tensors back atomically (temp
 //! name, fsync, rename, fsync of the directory). Pickle checkpoints are refused, never executed.
 
 use super::TrainError;
@@ -8,12 +10,29 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// Named tensors read from a checkpoint, each in its file's dtype until taken.
+/// Named tensors of a checkpoint: in memory (adapters, tests), or still in a memory-mapped file.
 pub struct Weights {
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
+    mapped: HashMap<String, Mapped>,
+    device: Device,
     /// dtype of the frozen tensors a model takes (trainable ones are always f32).
     frozen_kind: Kind,
+}
+
+/// A tensor still in its file: bytes `start..end` of a mapped safetensors file.
+struct Mapped {
+    file: std::sync::Arc<memmap2::Mmap>,
+    start: usize,
+    end: usize,
+    shape: Vec<i64>,
+    kind: Kind,
+}
+
+impl Mapped {
+    fn load(&self) -> Result<Tensor, tch::TchError> {
+        Tensor::f_from_data_size(&self.file[self.start..self.end], &self.shape, self.kind)
+    }
 }
 
 /// Names of non-parameter buffers some checkpoints carry (GPT-2's causal-mask buffers, old
@@ -34,7 +53,7 @@ impl Weights {
         if !path.is_file() {
             return Err(TrainError::MissingFile { path: path.to_path_buf() });
         }
-        let mut w = Weights { path: path.to_path_buf(), tensors: HashMap::new(), frozen_kind: Kind::Float };
+        let mut w = Weights { path: path.to_path_buf(), tensors: HashMap::new(), mapped: HashMap::new(), device, frozen_kind: Kind::Float };
         w.read_file(path, device, None)?;
         Ok(w)
     }
@@ -53,7 +72,7 @@ impl Weights {
             let corrupt = |reason: String| TrainError::CorruptCheckpoint { path: index_path.clone(), reason };
             let text = std::fs::read(&index_path).map_err(|e| TrainError::Io { path: index_path.clone(), reason: e.to_string() })?;
             let index: ShardIndex = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
-            let mut w = Weights { path: index_path.clone(), tensors: HashMap::new(), frozen_kind: Kind::Float };
+            let mut w = Weights { path: index_path.clone(), tensors: HashMap::new(), mapped: HashMap::new(), device, frozen_kind: Kind::Float };
             let shards: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
             for shard in shards {
                 if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
@@ -67,7 +86,7 @@ impl Weights {
                     index.weight_map.iter().filter(|(_, f)| *f == shard).map(|(n, _)| n.as_str()).collect();
                 w.read_file(&path, device, Some(&expected))?;
             }
-            if let Some(name) = index.weight_map.keys().find(|n| !w.tensors.contains_key(n.as_str()) && !is_buffer(n)) {
+            if let Some(name) = index.weight_map.keys().find(|n| !w.contains(n) && !is_buffer(n)) {
                 return Err(corrupt(format!("tensor `{name}` is listed in the index but not in its shard")));
             }
             return Ok(w);
@@ -88,28 +107,39 @@ impl Weights {
         Err(TrainError::MissingFile { path: single })
     }
 
-    /// Reads one safetensors file into the map (f32 on `device`); with `expected`, the file
+    /// Maps one safetensors file and records where each tensor is; with `expected`, the file
     /// must hold exactly those tensors (a shard of an index).
     fn read_file(&mut self, path: &Path, device: Device, expected: Option<&std::collections::BTreeSet<&str>>) -> Result<(), TrainError> {
+        use safetensors::Dtype;
         let corrupt = |reason: String| TrainError::CorruptCheckpoint { path: path.to_path_buf(), reason };
-        let list = Tensor::read_safetensors(path).map_err(|e| corrupt(e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
+        // SAFETY: the map is read-only; a checkpoint rewritten underneath a running load is
+        // outside what ewtune supports (as for every safetensors reader that maps files).
+        let map = std::sync::Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TrainError::Io { path: path.to_path_buf(), reason: e.to_string() })?);
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| corrupt(e.to_string()))?;
+        let list = st.tensors();
         if let Some(expected) = expected {
             let got: std::collections::BTreeSet<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
             if let Some(n) = got.symmetric_difference(expected).next() {
                 return Err(corrupt(format!("tensor `{n}` is in the shard or in the index for it, not in both")));
             }
         }
-        for (name, t) in list {
+        self.device = device;
+        for (name, view) in list {
             if is_buffer(&name) {
                 continue;
             }
-            match t.kind() {
-                Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double => {}
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::BF16 => Kind::BFloat16,
+                Dtype::F16 => Kind::Half,
+                Dtype::F64 => Kind::Double,
                 other => return Err(corrupt(format!("tensor `{name}` has dtype {other:?}; only f32, bf16 and f16 weights are read (quantised checkpoints are not)"))),
-            }
-            // Kept in the file's dtype until a model takes it (then converted once).
-            let t = if t.kind() == Kind::Double { t.to_kind(Kind::Float) } else { t };
-            if self.tensors.insert(name.clone(), t.to_device(device)).is_some() {
+            };
+            let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+            let end = start + view.data().len();
+            let shape = view.shape().iter().map(|&d| d as i64).collect();
+            if self.tensors.contains_key(&name) || self.mapped.insert(name.clone(), Mapped { file: map.clone(), start, end, shape, kind }).is_some() {
                 return Err(corrupt(format!("tensor `{name}` appears twice")));
             }
         }
@@ -119,15 +149,14 @@ impl Weights {
     /// Prefixes every name that lacks `prefix`, except those starting with `except` (GPT-2 as
     /// the Hub ships it: `h.0...` for `transformer.h.0...`).
     pub fn add_prefix_except(&mut self, prefix: &str, except: &str) {
-        self.tensors = std::mem::take(&mut self.tensors)
-            .into_iter()
-            .map(|(n, t)| if n.starts_with(prefix) || n.starts_with(except) { (n, t) } else { (format!("{prefix}{n}"), t) })
-            .collect();
+        let rename = |n: String| if n.starts_with(prefix) || n.starts_with(except) { n } else { format!("{prefix}{n}") };
+        self.tensors = std::mem::take(&mut self.tensors).into_iter().map(|(n, t)| (rename(n), t)).collect();
+        self.mapped = std::mem::take(&mut self.mapped).into_iter().map(|(n, t)| (rename(n), t)).collect();
     }
 
     /// After a model took its tensors: any tensor left is one the config does not explain.
     pub fn refuse_leftovers(&self) -> Result<(), TrainError> {
-        let mut left: Vec<&String> = self.tensors.keys().collect();
+        let mut left: Vec<&String> = self.tensors.keys().chain(self.mapped.keys()).collect();
         left.sort();
         match left.first() {
             None => Ok(()),
@@ -140,7 +169,7 @@ impl Weights {
 
     /// An in-memory set (tests and freshly initialised models).
     pub fn from_map(path: PathBuf, tensors: HashMap<String, Tensor>) -> Self {
-        Weights { path, tensors, frozen_kind: Kind::Float }
+        Weights { path, tensors, mapped: HashMap::new(), device: Device::Cpu, frozen_kind: Kind::Float }
     }
 
     /// Frozen tensors are taken in `kind` (bf16 training keeps the base in bf16).
@@ -150,31 +179,52 @@ impl Weights {
 
     /// True when any tensor is stored in bfloat16 (a bf16 checkpoint).
     pub fn holds_bf16(&self) -> bool {
-        self.tensors.values().any(|t| t.kind() == Kind::BFloat16)
+        self.tensors.values().any(|t| t.kind() == Kind::BFloat16) || self.mapped.values().any(|m| m.kind == Kind::BFloat16)
     }
 
     /// Adds (or replaces) the tensors of `other`, e.g. LoRA adapters over a base model. PEFT's
     /// `base_model.model.` prefix is removed, so PEFT adapter files merge like our checkpoints.
     pub fn merge(&mut self, other: Weights) {
-        self.tensors.extend(other.tensors.into_iter().map(|(n, t)| match n.strip_prefix("base_model.model.") {
-            Some(rest) => (rest.to_string(), t),
-            None => (n, t),
-        }));
+        let strip = |n: String| match n.strip_prefix("base_model.model.") {
+            Some(rest) => rest.to_string(),
+            None => n,
+        };
+        for (n, t) in other.tensors {
+            let n = strip(n);
+            self.mapped.remove(&n);
+            self.tensors.insert(n, t);
+        }
+        for (n, m) in other.mapped {
+            let n = strip(n);
+            self.tensors.remove(&n);
+            self.mapped.insert(n, m);
+        }
     }
 
     /// True when the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.mapped.contains_key(name)
     }
 
     /// Takes tensor `name`, which must have `shape`, as a leaf that requires grad iff `trainable`:
     /// trainable tensors in f32 (the master copy the optimizer updates), frozen ones in the
     /// frozen dtype.
     pub fn take(&mut self, name: &str, shape: &[i64], trainable: bool) -> Result<Tensor, TrainError> {
-        let t = self.tensors.remove(name).ok_or_else(|| TrainError::CorruptCheckpoint {
-            path: self.path.clone(),
-            reason: format!("tensor `{name}` is missing"),
-        })?;
+        let missing = || TrainError::CorruptCheckpoint { path: self.path.clone(), reason: format!("tensor `{name}` is missing") };
+        let t = match self.tensors.remove(name) {
+            Some(t) => t,
+            None => {
+                let m = self.mapped.remove(name).ok_or_else(missing)?;
+                if m.shape != shape {
+                    return Err(TrainError::CorruptCheckpoint {
+                        path: self.path.clone(),
+                        reason: format!("tensor `{name}` has shape {:?}, the config implies {shape:?}", m.shape),
+                    });
+                }
+                let kind = if trainable { Kind::Float } else { self.frozen_kind };
+                m.load()?.to_kind(kind).to_device(self.device)
+            }
+        };
         if t.size() != shape {
             return Err(TrainError::CorruptCheckpoint {
                 path: self.path.clone(),

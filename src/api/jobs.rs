@@ -88,6 +88,7 @@ fn data_counts(state: &State, tenant: &TenantId, settled: &Settled) -> Result<Da
         tenant.as_str(),
         settled.dataset.id.as_str(),
         crate::digest::sha256_hex(&tokenizer_bytes),
+        crate::train::chat::template_digest(&spec.model),
         settled.vocab,
         spec.data_config,
     ])
@@ -96,7 +97,8 @@ fn data_counts(state: &State, tenant: &TenantId, settled: &Settled) -> Result<Da
         return Ok(c);
     }
     let tokenizer = tokenizers::Tokenizer::from_bytes(&tokenizer_bytes).map_err(|_| no_tokenizer())?;
-    let counts = crate::train::data::count(&spec.data, &tokenizer, &spec.data_config, settled.vocab).map_err(|e| match e {
+    let encoder = crate::train::data::Encoder::for_model(&tokenizer, &spec.model);
+    let counts = crate::train::data::count(&spec.data, encoder, &spec.data_config, settled.vocab).map_err(|e| match e {
         TrainError::BadDataset { .. } => Status::failed_precondition(format!("the dataset cannot be read with this model: {}", e.without_paths())),
         TrainError::BadSpec { field, reason } => invalid(field, reason),
         other => {

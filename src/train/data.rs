@@ -1,7 +1,10 @@
-//! Training data: JSONL with a text field, or prompt/completion pairs with the loss on the
-//! completion only; tokenised, truncated, grouped into privacy units (one example each, or all
-//! examples sharing a user key), and padded into micro-batches with masks.
+//! Training data: JSONL with a text field, prompt/completion pairs with the loss on the
+//! completion only, or conversations (`messages`) rendered with the model's chat template with the
+//! loss on the assistant contents only (train/chat.rs); tokenised, truncated, grouped into privacy
+//! units (one example each, or all examples sharing a user key), and padded into micro-batches
+//! with masks.
 
+use super::chat::{ChatTemplate, Conversation, OrderedJson, TEMPLATE_FILE, TOKENIZER_CONFIG};
 use super::dpsgd::MicroBatch;
 use super::tape::Units;
 use super::TrainError;
@@ -20,6 +23,9 @@ pub struct DataConfig {
     pub prompt_field: String,
     /// Field of the completion (the loss is computed on it).
     pub completion_field: String,
+    /// Field of a conversation: a list of `{"role": ..., "content": ...}` rendered with the
+    /// model's chat template, the loss on the assistant messages' contents only.
+    pub messages_field: String,
     /// Field naming the user: when set, a privacy unit is a user, not an example, and every
     /// example of the user is in their unit (clipped as one).
     pub user_field: Option<String>,
@@ -28,7 +34,8 @@ pub struct DataConfig {
     pub max_examples_per_user: Option<usize>,
     /// Tokens per example after truncation.
     pub max_length: usize,
-    /// Append the end-of-text token (`<|endoftext|>` / `</s>`) when the tokenizer has one.
+    /// Append the end-of-text token (`<|endoftext|>` / `</s>`) when the tokenizer has one (text
+    /// and prompt/completion lines; a conversation ends as its chat template ends it).
     pub append_eos: bool,
 }
 
@@ -38,6 +45,7 @@ impl Default for DataConfig {
             text_field: "text".into(),
             prompt_field: "prompt".into(),
             completion_field: "completion".into(),
+            messages_field: "messages".into(),
             user_field: None,
             max_examples_per_user: None,
             max_length: 128,
@@ -126,10 +134,59 @@ pub struct RawExample {
     pub line: usize,
     /// The user key, when the dataset's unit is a user.
     pub user: Option<String>,
-    /// `(prompt, completion)`; the prompt is empty for plain text (loss on every token).
-    pub prompt: Option<String>,
-    /// The text trained on.
-    pub target: String,
+    /// What the line holds.
+    pub body: Body,
+}
+
+/// The three formats of a dataset line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// Plain text: the loss on every token.
+    Text(String),
+    /// No loss on the prompt, the loss on the completion.
+    PromptCompletion {
+        /// The prompt.
+        prompt: String,
+        /// The completion.
+        completion: String,
+    },
+    /// A conversation, rendered with the model's chat template: the loss on the assistant
+    /// messages' contents only.
+    Messages(Conversation),
+}
+
+/// What turns dataset lines into tokens: the model's tokenizer, and for conversations the
+/// model's chat template, read from its directory at the first `messages` line (so that text
+/// datasets never depend on the template).
+pub struct Encoder<'a> {
+    tokenizer: &'a tokenizers::Tokenizer,
+    model_dir: Option<&'a Path>,
+    chat: std::cell::OnceCell<Result<ChatTemplate, String>>,
+}
+
+impl<'a> Encoder<'a> {
+    /// The tokenizer of the model in `model_dir`, and its chat template when a line needs it.
+    pub fn for_model(tokenizer: &'a tokenizers::Tokenizer, model_dir: &'a Path) -> Self {
+        Encoder { tokenizer, model_dir: Some(model_dir), chat: std::cell::OnceCell::new() }
+    }
+
+    /// The chat template, read once; `Err` is the sentence a `messages` line's error carries.
+    fn chat_template(&self) -> Result<&ChatTemplate, String> {
+        let loaded = self.chat.get_or_init(|| match self.model_dir {
+            None => Err("the messages format needs the model's chat template, and only a tokenizer was given".into()),
+            Some(dir) => ChatTemplate::for_model(dir)?.ok_or_else(|| {
+                format!("the messages format needs the model's chat template, and the model has none: no {TEMPLATE_FILE}, and no `chat_template` in its {TOKENIZER_CONFIG}")
+            }),
+        });
+        loaded.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl<'a> From<&'a tokenizers::Tokenizer> for Encoder<'a> {
+    /// A tokenizer alone: text and prompt/completion lines (a `messages` line is refused).
+    fn from(tokenizer: &'a tokenizers::Tokenizer) -> Self {
+        Encoder { tokenizer, model_dir: None, chat: std::cell::OnceCell::new() }
+    }
 }
 
 /// Parses every non-empty line of a JSONL dataset; a malformed line is an error naming its number.
@@ -149,13 +206,21 @@ pub fn read_records(path: &Path, text: &str, cfg: &DataConfig) -> Result<Vec<Raw
                 Some(_) => Err(bad(path, n, format!("field `{name}` must be a string"))),
             }
         };
-        let (prompt, target) = match (field(&cfg.prompt_field)?, field(&cfg.completion_field)?, field(&cfg.text_field)?) {
-            (Some(p), Some(c), _) => (Some(p), c),
-            (None, None, Some(t)) => (None, t),
-            _ => {
-                return Err(bad(path, n, format!(
-                    "needs `{}`, or both `{}` and `{}`", cfg.text_field, cfg.prompt_field, cfg.completion_field
-                )))
+        let body = if obj.contains_key(&cfg.messages_field) {
+            // Parsed again with every object's keys in file order, as the template sees them.
+            let OrderedJson(ordered) = serde_json::from_str(line).map_err(|e| bad(path, n, format!("not a JSON object: {e}")))?;
+            let messages = ordered.get_item(&minijinja::Value::from(cfg.messages_field.as_str())).unwrap_or_default();
+            Body::Messages(Conversation::parse(&messages, &cfg.messages_field).map_err(|reason| bad(path, n, reason))?)
+        } else {
+            match (field(&cfg.prompt_field)?, field(&cfg.completion_field)?, field(&cfg.text_field)?) {
+                (Some(prompt), Some(completion), _) => Body::PromptCompletion { prompt, completion },
+                (None, None, Some(t)) => Body::Text(t),
+                _ => {
+                    return Err(bad(path, n, format!(
+                        "needs `{}`, both `{}` and `{}`, or `{}`",
+                        cfg.text_field, cfg.prompt_field, cfg.completion_field, cfg.messages_field
+                    )))
+                }
             }
         };
         let user = match &cfg.user_field {
@@ -166,7 +231,7 @@ pub fn read_records(path: &Path, text: &str, cfg: &DataConfig) -> Result<Vec<Raw
                 _ => return Err(bad(path, n, format!("user field `{uf}` is missing or not a string/number"))),
             }),
         };
-        out.push(RawExample { line: n, user, prompt, target });
+        out.push(RawExample { line: n, user, body });
     }
     if out.is_empty() {
         return Err(bad(path, 0, "the dataset holds no examples"));
@@ -183,27 +248,34 @@ pub fn count_units(records: &[RawExample]) -> usize {
     }
 }
 
-/// Tokenises one parsed record: prompt (no loss) and target, the end-of-text token, checked
-/// against the vocabulary, truncated at `max_length`. Returns the example and whether it was cut.
-fn tokenise(path: &Path, r: &RawExample, tokenizer: &tokenizers::Tokenizer, eos: Option<i64>, max_length: usize, vocab: i64) -> Result<(Example, bool), TrainError> {
+/// Tokenises one parsed record: prompt (no loss) and target with the end-of-text token, or a
+/// conversation as its chat template renders it (no special token added: the template writes
+/// them, as `apply_chat_template(tokenize=True)` does) with the loss on every token overlapping
+/// an assistant content; checked against the vocabulary, truncated at `max_length`. Returns the
+/// example and whether it was cut.
+fn tokenise(path: &Path, r: &RawExample, enc: &Encoder, eos: Option<i64>, max_length: usize, vocab: i64) -> Result<(Example, bool), TrainError> {
     let n = r.line;
-    let encode = |s: &str| -> Result<Vec<i64>, TrainError> {
-        let enc = tokenizer.encode(s, false).map_err(|e| bad(path, n, format!("tokenizer: {e}")))?;
-        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
-    };
-    let (mut ids, mut mask) = match &r.prompt {
-        Some(p) => {
-            let (p, c) = (encode(p)?, encode(&r.target)?);
+    let encode = |s: &str| -> Result<tokenizers::Encoding, TrainError> { enc.tokenizer.encode(s, false).map_err(|e| bad(path, n, format!("tokenizer: {e}"))) };
+    let ids_of = |e: &tokenizers::Encoding| e.get_ids().iter().map(|&i| i64::from(i)).collect::<Vec<i64>>();
+    let (mut ids, mut mask) = match &r.body {
+        Body::PromptCompletion { prompt, completion } => {
+            let (p, c) = (ids_of(&encode(prompt)?), ids_of(&encode(completion)?));
             let mask = std::iter::repeat_n(0, p.len()).chain(std::iter::repeat_n(1, c.len())).collect::<Vec<i64>>();
             ([p, c].concat(), mask)
         }
-        None => {
-            let ids = encode(&r.target)?;
+        Body::Text(text) => {
+            let ids = ids_of(&encode(text)?);
             let mask = vec![1; ids.len()];
             (ids, mask)
         }
+        Body::Messages(conversation) => {
+            let chat = enc.chat_template().map_err(|reason| bad(path, n, reason))?;
+            let rendered = chat.render_for_training(conversation).map_err(|reason| bad(path, n, reason))?;
+            let encoding = encode(&rendered.text)?;
+            (ids_of(&encoding), assistant_mask(encoding.get_offsets(), &rendered.assistant_spans))
+        }
     };
-    if let Some(e) = eos {
+    if let (Some(e), false) = (eos, matches!(r.body, Body::Messages(_))) {
         ids.push(e);
         mask.push(1);
     }
@@ -222,6 +294,22 @@ fn tokenise(path: &Path, r: &RawExample, tokenizer: &tokenizers::Tokenizer, eos:
     Ok((Example { ids, loss_mask: mask }, truncated))
 }
 
+/// 1 for each token (byte offsets `(start, end)`, in order) overlapping one of `spans` (in order,
+/// disjoint): a token that straddles a content's edge is trained on, as in transformers'
+/// `return_assistant_tokens_mask`.
+fn assistant_mask(offsets: &[(usize, usize)], spans: &[std::ops::Range<usize>]) -> Vec<i64> {
+    let mut next = 0;
+    offsets
+        .iter()
+        .map(|&(start, end)| {
+            while next < spans.len() && start >= spans[next].end {
+                next += 1;
+            }
+            i64::from(next < spans.len() && end > spans[next].start && start < spans[next].end)
+        })
+        .collect()
+}
+
 fn read_text(path: &Path) -> Result<String, TrainError> {
     let text = std::fs::read(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
     String::from_utf8(text).map_err(|e| bad(path, 0, format!("not UTF-8: {e}")))
@@ -229,10 +317,11 @@ fn read_text(path: &Path) -> Result<String, TrainError> {
 
 /// Reads, tokenises and counts a JSONL file as [`Dataset::load`] would, keeping nothing but the
 /// counts (the daemon's Jobs.Plan: memory stays that of the parsed lines, not of the tokens).
-pub fn count(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, vocab: i64) -> Result<DataCounts, TrainError> {
+pub fn count<'a>(path: &Path, encoder: impl Into<Encoder<'a>>, cfg: &DataConfig, vocab: i64) -> Result<DataCounts, TrainError> {
+    let encoder = encoder.into();
     cfg.validate()?;
     let text = read_text(path)?;
-    let eos = if cfg.append_eos { eos_id(tokenizer) } else { None };
+    let eos = if cfg.append_eos { eos_id(encoder.tokenizer) } else { None };
     let records = read_records(path, &text, cfg)?;
     let mut cap = UserCap::default();
     let mut counts = DataCounts { examples: records.len(), units: count_units(&records), ..DataCounts::default() };
@@ -243,7 +332,7 @@ pub fn count(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, v
                 continue;
             }
         }
-        counts.truncated_examples += usize::from(tokenise(path, r, tokenizer, eos, cfg.max_length, vocab)?.1);
+        counts.truncated_examples += usize::from(tokenise(path, r, &encoder, eos, cfg.max_length, vocab)?.1);
     }
     Ok(counts)
 }
@@ -263,11 +352,13 @@ pub fn pad(rows: &[&Example], device: Device) -> (Tensor, Tensor) {
 
 impl Dataset {
     /// Reads and tokenises a JSONL file. Every malformed line is an error naming its number
-    /// (lines a cap leaves out are parsed, not tokenised).
-    pub fn load(path: &Path, tokenizer: &tokenizers::Tokenizer, cfg: &DataConfig, vocab: i64) -> Result<Self, TrainError> {
+    /// (lines a cap leaves out are parsed, not tokenised). `encoder`: a tokenizer, or
+    /// [`Encoder::for_model`] for datasets with `messages` lines.
+    pub fn load<'a>(path: &Path, encoder: impl Into<Encoder<'a>>, cfg: &DataConfig, vocab: i64) -> Result<Self, TrainError> {
+        let encoder = encoder.into();
         cfg.validate()?;
         let text = read_text(path)?;
-        let eos = if cfg.append_eos { eos_id(tokenizer) } else { None };
+        let eos = if cfg.append_eos { eos_id(encoder.tokenizer) } else { None };
         let mut by_user: BTreeMap<String, (usize, Vec<Example>)> = BTreeMap::new();
         let mut units: Vec<Vec<Example>> = Vec::new();
         let mut cap = UserCap::default();
@@ -279,7 +370,7 @@ impl Dataset {
                     continue;
                 }
             }
-            let (example, cut) = tokenise(path, &r, tokenizer, eos, cfg.max_length, vocab)?;
+            let (example, cut) = tokenise(path, &r, &encoder, eos, cfg.max_length, vocab)?;
             truncated += usize::from(cut);
             match r.user {
                 None => units.push(vec![example]),

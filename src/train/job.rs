@@ -4,7 +4,7 @@
 //! accounting, atomic checkpoints, resume.
 
 use super::checkpoint::{self, CheckpointState};
-use super::data::{sha256_file, DataConfig, DataCounts, Dataset};
+use super::data::{sha256_file, DataConfig, DataCounts, Dataset, Encoder};
 use super::dpsgd::{clip_and_accumulate, clip_and_accumulate_unit, ClippedSum};
 use super::finetune::{FineTune, Targets};
 use super::model::{sequence_losses, ConfigLimits, Model};
@@ -463,7 +463,7 @@ pub fn run_observed(
         data_cfg.max_length = data_cfg.max_length.min(max as usize);
     }
     let precision = spec.precision.unwrap_or_else(|| Precision::default_for(limits.is_bf16(), device));
-    let mut data = Dataset::load(&spec.data, &tokenizer, &data_cfg, vocab)?;
+    let mut data = Dataset::load(&spec.data, Encoder::for_model(&tokenizer, &spec.model), &data_cfg, vocab)?;
     let counts = data.counts();
     std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
     let manifest_sha = match &spec.canaries {
@@ -480,7 +480,7 @@ pub fn run_observed(
         }
         None => None,
     };
-    let eval = spec.eval_data.as_ref().map(|p| Dataset::load(p, &tokenizer, &data_cfg, vocab)).transpose()?;
+    let eval = spec.eval_data.as_ref().map(|p| Dataset::load(p, Encoder::for_model(&tokenizer, &spec.model), &data_cfg, vocab)).transpose()?;
     if let Some(n) = spec.expected_units {
         if n != data.len() {
             return Err(TrainError::BadSpec { field: "expected_units", reason: format!("the dataset holds {} privacy units, the plan assumed {n}", data.len()) });

@@ -4,6 +4,7 @@
 //! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
 
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod data;
 pub mod dpsgd;

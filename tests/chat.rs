@@ -320,8 +320,11 @@ fn conversation_lines_errors_and_options() {
     assert_eq!(d.units[1][0].ids.len(), 32);
     assert_eq!(data::count(&path, enc(), &cfg, 300).unwrap(), d.counts());
 
-    // A configured field name, and users as privacy units.
+    // A configured field name, and users as privacy units. The default name is not serialised
+    // (specs and checkpoint fingerprints from before the field stay as they were).
     let cfg = DataConfig { messages_field: "conversation".into(), user_field: Some("user".into()), ..DataConfig::default() };
+    assert!(!serde_json::to_string(&DataConfig::default()).unwrap().contains("messages_field"));
+    assert_eq!(serde_json::from_str::<DataConfig>(&serde_json::to_string(&cfg).unwrap()).unwrap(), cfg);
     let conv = good["messages"].clone();
     write_jsonl(&path, &[json!({"user": "ann", "conversation": conv}), json!({"user": "bob", "conversation": conv}), json!({"user": "ann", "conversation": conv})]);
     let d = Dataset::load(&path, enc(), &cfg, 300).unwrap();

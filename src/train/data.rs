@@ -24,7 +24,10 @@ pub struct DataConfig {
     /// Field of the completion (the loss is computed on it).
     pub completion_field: String,
     /// Field of a conversation: a list of `{"role": ..., "content": ...}` rendered with the
-    /// model's chat template, the loss on the assistant messages' contents only.
+    /// model's chat template, the loss on the assistant messages' contents only. Written only
+    /// when not `messages`, so that specs (and the fingerprints of their checkpoints) from before
+    /// the field existed serialise as they did.
+    #[serde(skip_serializing_if = "is_default_messages_field")]
     pub messages_field: String,
     /// Field naming the user: when set, a privacy unit is a user, not an example, and every
     /// example of the user is in their unit (clipped as one).
@@ -52,6 +55,10 @@ impl Default for DataConfig {
             append_eos: true,
         }
     }
+}
+
+fn is_default_messages_field(field: &str) -> bool {
+    field == "messages"
 }
 
 impl DataConfig {

@@ -1,6 +1,7 @@
 //! ewtune's integration tests, one binary (each tch-linking binary costs a full link).
 
 mod audit;
+mod bench_memory;
 mod chat;
 mod crash;
 mod daemon;

@@ -10,6 +10,10 @@
 //! [`dp_step_breakdown`] splits both steps into their parts (forward, backward, per-unit norms
 //! and clipped sums per kind and shape of layer, update) to show where the DP step's extra time
 //! goes.
+//!
+//! [`memory_run`] is the peak-memory benchmark behind `ewtune bench memory`: a job's load and DP
+//! steps on a Qwen2.5-0.5B-shaped checkpoint, in f32 or bf16, LoRA or full, each in a child
+//! process of its own so that each peak resident set is its own.
 
 use super::data::{Dataset, Example};
 use super::dpsgd::{nonprivate_backward, MicroBatch, NORM_EPS};
@@ -18,6 +22,7 @@ use super::job::{private_step, PrivacySpec};
 use super::model::{sequence_losses, Model};
 use super::noise::NoiseSource;
 use super::optim::{Optimizer, OptimizerKind, Schedule};
+use super::precision::Precision;
 use super::synthetic::{write_model_with_intermediate, Family, Shape};
 use super::tape::{clipped_sums, squared_norms, unit_grads, Record, Tape};
 use super::TrainError;
@@ -170,20 +175,7 @@ impl Fixture {
         let s = Shape { vocab: shape.vocab, d_model: shape.d_model, layers: shape.layers, heads: shape.heads, kv_heads: shape.kv(), positions: shape.seq_len.max(8) };
         write_model_with_intermediate(&dir, shape.family, s, shape.intermediate, 0, None)?;
         tch::manual_seed(1);
-        let ids = Tensor::randint(shape.vocab, [shape.batch as i64, shape.seq_len], (Kind::Int64, Device::Cpu));
-        let rows: Vec<Vec<i64>> = (0..shape.batch).map(|r| Vec::<i64>::try_from(&ids.get(r as i64)).unwrap_or_default()).collect();
-        let data = Dataset {
-            units: rows
-                .into_iter()
-                .map(|ids| {
-                    let mut mask = vec![1; ids.len()];
-                    mask[0] = 0;
-                    vec![Example { ids, loss_mask: mask }]
-                })
-                .collect(),
-            dropped_examples: 0,
-            truncated_examples: 0,
-        };
+        let data = random_units(shape.vocab, shape.batch, shape.seq_len);
         Ok(Fixture { dir, data, batch: (0..shape.batch).collect() })
     }
 
@@ -506,4 +498,292 @@ pub fn dp_step_breakdown(shape: BenchShape, device: Device) -> Result<Vec<DpStep
         });
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peak memory: `ewtune bench memory`.
+
+/// Fine-tuning mode of a memory run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    /// LoRA, rank 8, alpha 16, PEFT's default targets (`FineTune::default()`).
+    Lora,
+    /// Full fine-tuning (`FineTune::Full`).
+    Full,
+}
+
+impl MemoryMode {
+    /// The fine-tuning spec a job of this mode runs with.
+    pub fn finetune(self) -> FineTune {
+        match self {
+            MemoryMode::Lora => FineTune::default(),
+            MemoryMode::Full => FineTune::Full,
+        }
+    }
+
+    /// "lora" or "full".
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryMode::Lora => "lora",
+            MemoryMode::Full => "full",
+        }
+    }
+}
+
+/// "f32" or "bf16".
+pub fn precision_name(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32",
+        Precision::Bf16 => "bf16",
+    }
+}
+
+/// A field of `/proc/self/status` in bytes (`VmHWM`: peak resident set; `VmRSS`: current), or
+/// `None` where there is no procfs.
+pub fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    let kib: u64 = line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets this process's `VmHWM` to its current resident set (Linux: `5` into
+/// `/proc/self/clear_refs`); false where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// What one memory run (one child process) measured.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MemoryRun {
+    /// "lora" or "full".
+    pub mode: MemoryMode,
+    /// Precision of the forward/backward.
+    pub precision: Precision,
+    /// Peak resident set of the whole process (`VmHWM` at its end), bytes.
+    pub peak_rss_bytes: u64,
+    /// Peak resident set up to the end of `Model::load_with`, bytes.
+    pub load_peak_rss_bytes: u64,
+    /// Resident set right after loading, bytes.
+    pub rss_after_load_bytes: u64,
+    /// Peak resident set from the end of loading to the end of the last step (optimizer state,
+    /// noise buffer, forward/backward, clipping, update), bytes; `None` where the peak could not
+    /// be reset after loading (then only `peak_rss_bytes` covers the steps).
+    pub step_peak_rss_bytes: Option<u64>,
+    /// Seconds `Model::load_with` took.
+    pub load_s: f64,
+    /// Seconds of each DP step (`job::private_step`: forward with the tape, per-unit norms,
+    /// clipping, the noise, the update).
+    pub step_s: Vec<f64>,
+    /// Seconds each step waited for its noise buffer (the noise thread draws one buffer of
+    /// `trainable_params` coordinates per step; the first is drawn while the optimizer state is
+    /// set up).
+    pub noise_wait_s: Vec<f64>,
+    /// Trainable coordinates (f32 masters).
+    pub trainable_params: usize,
+    /// Frozen coordinates.
+    pub frozen_params: usize,
+    /// Bytes the frozen tensors occupy (2 per coordinate in bf16, 4 in f32).
+    pub frozen_bytes: usize,
+    /// Sequences per step (one micro-batch; each sequence a privacy unit).
+    pub micro_batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: i64,
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// Seconds the child process ran, start to exit (set by [`memory_run_in_child`]; 0 in the
+    /// child's own line).
+    #[serde(default)]
+    pub process_s: f64,
+}
+
+impl MemoryRun {
+    /// The run a child printed: the last line of `stdout` that is a JSON object.
+    pub fn parse_child_output(stdout: &str) -> Result<MemoryRun, String> {
+        let line = stdout.lines().rev().map(str::trim).find(|l| l.starts_with('{')).ok_or("the child printed no JSON line")?;
+        serde_json::from_str(line).map_err(|e| format!("the child's JSON line does not parse: {e}"))
+    }
+
+    /// The last step's seconds (the first one also warms caches up).
+    pub fn last_step_s(&self) -> f64 {
+        self.step_s.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Settings of a memory run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemorySettings {
+    /// Tokens per sequence.
+    pub seq_len: i64,
+    /// Sequences per step.
+    pub micro_batch: usize,
+    /// DP steps.
+    pub steps: usize,
+    /// libtorch intra-op threads (0: libtorch's default).
+    pub threads: i32,
+}
+
+/// Random token sequences, one privacy unit each, every token after the first a target.
+fn random_units(vocab: i64, units: usize, seq_len: i64) -> Dataset {
+    let ids = Tensor::randint(vocab, [units as i64, seq_len], (Kind::Int64, Device::Cpu));
+    let rows: Vec<Vec<i64>> = (0..units).map(|r| Vec::<i64>::try_from(&ids.get(r as i64)).unwrap_or_default()).collect();
+    Dataset {
+        units: rows
+            .into_iter()
+            .map(|ids| {
+                let mut mask = vec![1; ids.len()];
+                mask[0] = 0;
+                vec![Example { ids, loss_mask: mask }]
+            })
+            .collect(),
+        dropped_examples: 0,
+        truncated_examples: 0,
+    }
+}
+
+/// One memory run, in this process (`ewtune bench memory` runs each in a child of its own, so
+/// that each peak is its own): loads the checkpoint at `model_dir` as a job does
+/// (`Model::load_with`), then runs `steps` DP steps as `job::run` does — AdamW on the trainable
+/// set, the noise drawn ahead by a [`NoiseStream`] thread, `job::private_step` over one
+/// micro-batch of random sequences (noise multiplier 1, clip norm 1) — on the CPU, and reads the
+/// peak resident set from `/proc/self/status`.
+pub fn memory_run(model_dir: &Path, mode: MemoryMode, precision: Precision, s: MemorySettings) -> Result<MemoryRun, TrainError> {
+    use super::noise::NoiseStream;
+    if s.seq_len < 2 || s.micro_batch < 1 || s.steps < 1 {
+        return Err(TrainError::BadSpec { field: "bench", reason: "seq_len >= 2, micro_batch >= 1 and steps >= 1".into() });
+    }
+    if s.threads > 0 {
+        tch::set_num_threads(s.threads);
+    }
+    let device = Device::Cpu;
+    let t = Instant::now();
+    let model = Model::load_with(model_dir, &mode.finetune(), None, device, precision)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let missing = || TrainError::BadSpec { field: "bench", reason: "no /proc/self/status: peak memory cannot be read here".into() };
+    let load_peak = proc_status_bytes("VmHWM").ok_or_else(missing)?;
+    let rss_after_load = proc_status_bytes("VmRSS").ok_or_else(missing)?;
+    let reset = reset_peak_rss();
+
+    tch::manual_seed(1);
+    let data = random_units(model.vocab_size(), s.micro_batch, s.seq_len);
+    let batch: Vec<usize> = (0..s.micro_batch).collect();
+    let trainable = model.trainable();
+    if trainable.is_empty() {
+        return Err(TrainError::NothingToTrain);
+    }
+    let params: Vec<Tensor> = trainable.iter().map(|(_, p)| p.shallow_clone()).collect();
+    let numel: usize = params.iter().map(|p| p.numel()).sum();
+    let frozen = model.frozen();
+    let frozen_params: usize = frozen.iter().map(|(_, t)| t.numel()).sum();
+    let frozen_bytes: usize = frozen.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum();
+    drop((trainable, frozen));
+    let privacy = PrivacySpec { epsilon: None, noise_multiplier: Some(1.0), delta: 1e-5, clip_norm: 1.0 };
+    let mut optimizer = Optimizer::new(OptimizerKind::default(), 1e-5, Schedule::Constant, s.steps as u64, &params);
+    // As `job::run`: one core left to the step, the rest draw the next buffer meanwhile.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1);
+    let noise_std = privacy.noise_multiplier.unwrap_or(1.0) * privacy.clip_norm;
+    let mut noise = NoiseStream::start(NoiseSource::from_os()?, noise_std, numel, threads);
+    let (mut step_s, mut noise_wait_s) = (Vec::with_capacity(s.steps), Vec::with_capacity(s.steps));
+    for step in 0..s.steps {
+        let t = Instant::now();
+        let buf = noise.next_buffer();
+        noise_wait_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        private_step(&model, &data, &batch, &privacy, s.micro_batch, &buf, s.micro_batch as f64, &mut optimizer, &params, device)?;
+        step_s.push(t.elapsed().as_secs_f64());
+        if step + 1 < s.steps {
+            noise.recycle(buf); // (after the last step, no further buffer is drawn)
+        }
+    }
+    let end_peak = proc_status_bytes("VmHWM").ok_or_else(missing)?;
+    drop(noise);
+    Ok(MemoryRun {
+        mode,
+        precision,
+        peak_rss_bytes: end_peak.max(load_peak),
+        load_peak_rss_bytes: load_peak,
+        rss_after_load_bytes: rss_after_load,
+        step_peak_rss_bytes: reset.then_some(end_peak),
+        load_s,
+        step_s,
+        noise_wait_s,
+        trainable_params: numel,
+        frozen_params,
+        frozen_bytes,
+        micro_batch: s.micro_batch,
+        seq_len: s.seq_len,
+        threads: tch::get_num_threads(),
+        process_s: 0.0,
+    })
+}
+
+/// The arguments of the hidden child subcommand `ewtune bench memory-child` for one run.
+pub fn memory_child_args(model_dir: &Path, mode: MemoryMode, precision: Precision, s: MemorySettings) -> Vec<String> {
+    vec![
+        "bench".into(),
+        "memory-child".into(),
+        "--model".into(),
+        model_dir.display().to_string(),
+        "--mode".into(),
+        mode.name().into(),
+        "--precision".into(),
+        precision_name(precision).into(),
+        "--seq-len".into(),
+        s.seq_len.to_string(),
+        "--micro-batch".into(),
+        s.micro_batch.to_string(),
+        "--steps".into(),
+        s.steps.to_string(),
+        "--threads".into(),
+        s.threads.to_string(),
+    ]
+}
+
+/// Runs one memory run in a fresh child process (`exe bench memory-child ...`) and reads what
+/// it printed; an error says how the child ended (a kill by signal 9 is usually the kernel's
+/// out-of-memory killer).
+pub fn memory_run_in_child(exe: &Path, model_dir: &Path, mode: MemoryMode, precision: Precision, s: MemorySettings) -> Result<MemoryRun, String> {
+    let start = Instant::now();
+    let out = std::process::Command::new(exe)
+        .args(memory_child_args(model_dir, mode, precision, s))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("could not start {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr.trim().lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+        return Err(match out.status.signal() {
+            Some(9) => format!("killed by signal 9 (out of memory?) {tail}"),
+            Some(sig) => format!("killed by signal {sig} {tail}"),
+            None => format!("exit status {}: {tail}", out.status.code().unwrap_or(-1)),
+        });
+    }
+    let mut run = MemoryRun::parse_child_output(&String::from_utf8_lossy(&out.stdout))?;
+    run.process_s = start.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+/// Every (mode, precision) pair `ewtune bench memory` measures, in its order.
+pub const MEMORY_RUNS: [(MemoryMode, Precision); 4] =
+    [(MemoryMode::Lora, Precision::F32), (MemoryMode::Lora, Precision::Bf16), (MemoryMode::Full, Precision::F32), (MemoryMode::Full, Precision::Bf16)];
+
+/// `bf16 / f32` of the peak resident set of `mode` among `runs`, when both ran.
+pub fn memory_ratio(runs: &[MemoryRun], mode: MemoryMode, peak: impl Fn(&MemoryRun) -> Option<u64>) -> Option<f64> {
+    let of = |p: Precision| runs.iter().find(|r| r.mode == mode && r.precision == p).and_then(&peak);
+    Some(of(Precision::Bf16)? as f64 / of(Precision::F32)? as f64)
+}
+
+/// Writes the Qwen2 checkpoint a memory benchmark runs on into `dir`, unless `dir` already
+/// holds one of that shape (its `config.json`, written last, equal to the one it would write);
+/// returns true when it wrote.
+pub fn ensure_qwen2_checkpoint(dir: &Path, shape: super::synthetic::Qwen2Shape) -> Result<bool, TrainError> {
+    let want = super::synthetic::qwen2_config(shape);
+    let have: Option<serde_json::Value> = std::fs::read(dir.join("config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if have.as_ref() == Some(&want) && dir.join("model.safetensors").is_file() {
+        return Ok(false);
+    }
+    super::synthetic::write_qwen2(dir, shape, 0)?;
+    Ok(true)
 }

@@ -158,3 +158,114 @@ pub fn write_notes(path: &Path, n: usize, users: usize, seed: u64) -> Result<(),
     }
     super::weights::write_bytes_atomic(path, out.as_bytes())
 }
+
+/// Shape of a Qwen2-family checkpoint (`Qwen2ForCausalLM`: grouped-query attention with biases
+/// on q, k and v, SwiGLU MLP, RMSNorm, rotary positions, tied embeddings).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Qwen2Shape {
+    /// `vocab_size`.
+    pub vocab: i64,
+    /// `hidden_size`.
+    pub hidden: i64,
+    /// `num_hidden_layers`.
+    pub layers: i64,
+    /// `num_attention_heads` (head_dim = hidden / heads).
+    pub heads: i64,
+    /// `num_key_value_heads`.
+    pub kv_heads: i64,
+    /// `intermediate_size`.
+    pub intermediate: i64,
+    /// `max_position_embeddings`.
+    pub max_positions: i64,
+    /// `rope_theta`.
+    pub rope_theta: f64,
+}
+
+impl Qwen2Shape {
+    /// The shape of Qwen/Qwen2.5-0.5B (494 M parameters).
+    pub const QWEN25_0_5B: Qwen2Shape =
+        Qwen2Shape { vocab: 151936, hidden: 896, layers: 24, heads: 14, kv_heads: 2, intermediate: 4864, max_positions: 32768, rope_theta: 1e6 };
+
+    /// Parameters of the checkpoint (the tied head counted once).
+    pub fn params(&self) -> i64 {
+        let Qwen2Shape { vocab, hidden: d, heads, kv_heads, intermediate: i, .. } = *self;
+        let hd = d / heads;
+        let attn = d * heads * hd + heads * hd + 2 * (d * kv_heads * hd + kv_heads * hd) + heads * hd * d;
+        vocab * d + self.layers * (attn + 3 * d * i + 2 * d) + d
+    }
+}
+
+/// Writes a random Qwen2 checkpoint of `shape` into `dir` as transformers saves one in bfloat16
+/// (as Qwen2.5 ships): `config.json` with the fields transformers 5 writes for `Qwen2Config`
+/// (and only those), `model.safetensors` in bf16 without `lm_head.weight` (tied). Seeded with
+/// `seed`; tensors are drawn and converted one at a time, so about the file's size is held.
+pub fn write_qwen2(dir: &Path, shape: Qwen2Shape, seed: i64) -> Result<(), TrainError> {
+    let Qwen2Shape { vocab, hidden: d, layers, heads, kv_heads, intermediate: inter, .. } = shape;
+    if vocab < 2 || d < 1 || layers < 1 || heads < 1 || kv_heads < 1 || inter < 1 || d % heads != 0 || heads % kv_heads != 0 || (d / heads) % 2 != 0 {
+        return Err(TrainError::BadSpec { field: "shape", reason: format!("not a Qwen2 shape: {shape:?} (hidden must be heads x an even head_dim, heads a multiple of kv_heads)") });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Io { path: dir.to_path_buf(), reason: e.to_string() })?;
+    tch::manual_seed(seed);
+    let hd = d / heads;
+    let bf16 = |shape: &[i64], std: f64| randn(shape, std).to_kind(Kind::BFloat16);
+    let mut t: Vec<(String, Tensor)> = vec![("model.embed_tokens.weight".into(), bf16(&[vocab, d], 0.02))];
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        for (name, din, dout, bias) in [
+            ("self_attn.q_proj", d, heads * hd, true),
+            ("self_attn.k_proj", d, kv_heads * hd, true),
+            ("self_attn.v_proj", d, kv_heads * hd, true),
+            ("self_attn.o_proj", heads * hd, d, false),
+            ("mlp.gate_proj", d, inter, false),
+            ("mlp.up_proj", d, inter, false),
+            ("mlp.down_proj", inter, d, false),
+        ] {
+            t.push((format!("{p}.{name}.weight"), bf16(&[dout, din], 0.02)));
+            if bias {
+                t.push((format!("{p}.{name}.bias"), bf16(&[dout], 0.02)));
+            }
+        }
+        t.push((format!("{p}.input_layernorm.weight"), norm_weight(d).to_kind(Kind::BFloat16)));
+        t.push((format!("{p}.post_attention_layernorm.weight"), norm_weight(d).to_kind(Kind::BFloat16)));
+    }
+    t.push(("model.norm.weight".into(), norm_weight(d).to_kind(Kind::BFloat16)));
+    write_safetensors_atomic(&dir.join("model.safetensors"), &t)?;
+    drop(t);
+    let cfg = serde_json::to_vec_pretty(&qwen2_config(shape)).expect("json values serialize");
+    super::weights::write_bytes_atomic(&dir.join("config.json"), &cfg)
+}
+
+/// The `config.json` [`write_qwen2`] writes for `shape`.
+pub fn qwen2_config(shape: Qwen2Shape) -> serde_json::Value {
+    let Qwen2Shape { vocab, hidden: d, layers, heads, kv_heads, intermediate: inter, max_positions, rope_theta } = shape;
+    // What `Qwen2Config(...).to_json_string(use_diff=True)` writes under transformers 5.24 for
+    // these values (Qwen2.5-0.5B's, rope_theta in `rope_parameters`), dtype bfloat16.
+    let special = 151643.min(vocab - 1); // Qwen2.5's <|endoftext|>, inside a shrunk vocabulary
+    serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": special,
+        "dtype": "bfloat16",
+        "eos_token_id": special,
+        "hidden_act": "silu",
+        "hidden_size": d,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
+        "layer_types": vec!["full_attention"; layers as usize],
+        "max_position_embeddings": max_positions,
+        "max_window_layers": layers,
+        "model_type": "qwen2",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv_heads,
+        "pad_token_id": null,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": { "rope_theta": rope_theta, "rope_type": "default" },
+        "sliding_window": null,
+        "tie_word_embeddings": true,
+        "transformers_version": "5.24.0",
+        "use_cache": true,
+        "use_sliding_window": false,
+        "vocab_size": vocab
+    })
+}

@@ -1,7 +1,9 @@
 //! `ewtune bench ...`: benchmarks that print figures (never asserted in tests).
 
-use ewtune::train::bench::{dp_step, dp_step_breakdown, BenchShape};
+use ewtune::train::bench::{dp_step, dp_step_breakdown, BenchShape, MemoryMode, MemoryRun, MemorySettings};
 use ewtune::train::job::DeviceChoice;
+use ewtune::train::precision::Precision;
+use std::path::PathBuf;
 
 /// Layout of the random model `bench dp-step` runs on.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,10 +116,68 @@ pub enum BenchCommand {
         #[arg(long)]
         breakdown: bool,
     },
+    /// Peak memory (resident set) of a job's load and DP steps on a random checkpoint of
+    /// Qwen2.5-0.5B's shape (bf16 on disk), LoRA and full fine-tuning, f32 and bf16, each run in
+    /// a child process of its own; CPU.
+    Memory {
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq_len: i64,
+        /// Sequences per step (one micro-batch; each a privacy unit).
+        #[arg(long, default_value_t = 2)]
+        micro_batch: usize,
+        /// Transformer blocks (24 is Qwen2.5-0.5B; fewer for a quick run).
+        #[arg(long, default_value_t = 24)]
+        layers: i64,
+        /// DP steps per run (the step time printed is the last one's).
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        /// Only these modes (default: lora and full).
+        #[arg(long, value_enum)]
+        mode: Vec<MemoryMode>,
+        /// Write the checkpoint here and keep it (reused when it already holds one of this
+        /// shape); default: a temporary directory, removed at the end.
+        #[arg(long)]
+        keep_dir: Option<PathBuf>,
+        /// libtorch intra-op threads in each run (0: libtorch's default).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+        /// One JSON object per run per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run of `bench memory`, in this process: prints one JSON line (internal).
+    #[command(hide = true)]
+    MemoryChild {
+        /// Checkpoint directory.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        mode: MemoryMode,
+        #[arg(long, value_enum)]
+        precision: Precision,
+        #[arg(long, default_value_t = 128)]
+        seq_len: i64,
+        #[arg(long, default_value_t = 2)]
+        micro_batch: usize,
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+    },
 }
 
 pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
+        BenchCommand::Memory { seq_len, micro_batch, layers, steps, mode, keep_dir, threads, json } => {
+            let settings = MemorySettings { seq_len, micro_batch, steps, threads };
+            memory(settings, layers, &mode, keep_dir, json)
+        }
+        BenchCommand::MemoryChild { model, mode, precision, seq_len, micro_batch, steps, threads } => {
+            let run = ewtune::train::bench::memory_run(&model, mode, precision, MemorySettings { seq_len, micro_batch, steps, threads })?;
+            println!("{}", serde_json::to_string(&run)?);
+            Ok(())
+        }
         BenchCommand::Audit { shape, texts, batch } => {
             shape.set_threads();
             audit_throughput(&shape, texts, batch)
@@ -332,5 +392,85 @@ fn audit_throughput(shape: &ModelShape, texts: usize, batch: usize) -> Result<()
     let (f, a) = (fwd[1], aud[1]);
     println!("{}", serde_json::json!({"forward_tokens_per_s": tokens / f, "audit_tokens_per_s": tokens / a, "ratio": f / a, "texts": texts, "seq_len": seq_len, "batch": batch}));
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// `ewtune bench memory`: the checkpoint, then each (mode, precision) run in a child process.
+fn memory(settings: MemorySettings, layers: i64, modes: &[MemoryMode], keep_dir: Option<PathBuf>, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use ewtune::train::bench::{ensure_qwen2_checkpoint, memory_ratio, memory_run_in_child, precision_name, MEMORY_RUNS};
+    use ewtune::train::synthetic::Qwen2Shape;
+    if layers < 1 || settings.seq_len < 2 || settings.micro_batch < 1 || settings.steps < 1 {
+        return Err("--layers, --micro-batch and --steps must be >= 1, --seq-len >= 2".into());
+    }
+    let shape = Qwen2Shape { layers, ..Qwen2Shape::QWEN25_0_5B };
+    let (dir, _temp) = match keep_dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix("ewtune-bench-memory-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let t = std::time::Instant::now();
+    let wrote = ensure_qwen2_checkpoint(&dir, shape)?;
+    let written = if wrote { format!("written in {:.1} s", t.elapsed().as_secs_f64()) } else { "reused".to_string() };
+    let exe = std::env::current_exe()?;
+    let MemorySettings { seq_len, micro_batch, steps, .. } = settings;
+    if !json {
+        println!(
+            "Qwen2.5-0.5B shape, {layers} of 24 layers ({:.1} M parameters, random, bf16 on disk, {written}: {}); micro-batch {micro_batch} x {seq_len} tokens, {steps} DP step(s) with AdamW, CPU; each run a fresh process",
+            shape.params() as f64 / 1e6,
+            dir.display()
+        );
+        println!("{:<5} {:<9} {:>8} {:>9} {:>9} {:>6} {:>6} {:>6} {:>10} {:>10}", "mode", "precision", "peak GiB", "load peak", "step peak", "load s", "step s", "run s", "trainable", "frozen GiB");
+    }
+    let mut runs: Vec<MemoryRun> = Vec::new();
+    let mut failed = false;
+    for (mode, precision) in MEMORY_RUNS.into_iter().filter(|(m, _)| modes.is_empty() || modes.contains(m)) {
+        match memory_run_in_child(&exe, &dir, mode, precision, settings) {
+            Ok(r) => {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    let step_peak = r.step_peak_rss_bytes.map_or("-".to_string(), |b| format!("{:.2}", b as f64 / GIB));
+                    println!(
+                        "{:<5} {:<9} {:>8.2} {:>9.2} {:>9} {:>6.1} {:>6.1} {:>6.0} {:>9.2}M {:>10.2}",
+                        mode.name(),
+                        precision_name(precision),
+                        r.peak_rss_bytes as f64 / GIB,
+                        r.load_peak_rss_bytes as f64 / GIB,
+                        step_peak,
+                        r.load_s,
+                        r.last_step_s(),
+                        r.process_s,
+                        r.trainable_params as f64 / 1e6,
+                        r.frozen_bytes as f64 / GIB
+                    );
+                }
+                runs.push(r);
+            }
+            Err(e) => {
+                failed = true;
+                if json {
+                    println!("{}", serde_json::json!({"mode": mode, "precision": precision, "error": e}));
+                } else {
+                    println!("{:<5} {:<9} failed: {e}", mode.name(), precision_name(precision));
+                }
+            }
+        }
+    }
+    if !json {
+        for mode in [MemoryMode::Lora, MemoryMode::Full] {
+            if let Some(ratio) = memory_ratio(&runs, mode, |r| Some(r.peak_rss_bytes)) {
+                let step = memory_ratio(&runs, mode, |r| r.step_peak_rss_bytes).map_or(String::new(), |s| format!(" (step peaks {s:.2})"));
+                println!("bf16 / f32 peak, {}: {ratio:.2}{step}", mode.name());
+            }
+        }
+        println!("({:.0} s in all; load/step peaks: the resident-set peak up to the end of loading / from there to the end of the last step)", t.elapsed().as_secs_f64());
+    }
+    if failed {
+        return Err("some runs failed (see above)".into());
+    }
     Ok(())
 }

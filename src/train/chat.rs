@@ -339,8 +339,8 @@ impl JsonStyle {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
             ValueKind::Number if v.is_integer() => out.push_str(&v.to_string()),
-            ValueKind::Number => out.push_str(&python_float(f64::try_from(v.clone())?)),
-            ValueKind::String => json_string(out, v.as_str().unwrap_or_default(), self.ensure_ascii),
+            ValueKind::Number => out.push_str(&super::py_json::float_repr(f64::try_from(v.clone())?)),
+            ValueKind::String => super::py_json::string(out, v.as_str().unwrap_or_default(), self.ensure_ascii),
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<Value> = v.try_iter()?.collect();
                 if items.is_empty() {
@@ -366,7 +366,7 @@ impl JsonStyle {
                         ValueKind::None => "null".into(),
                         ValueKind::Bool => (if k.is_true() { "true" } else { "false" }).into(),
                         ValueKind::Number if k.is_integer() => k.to_string(),
-                        ValueKind::Number => python_float(f64::try_from(k.clone())?),
+                        ValueKind::Number => super::py_json::float_repr(f64::try_from(k.clone())?),
                         _ => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: keys must be strings")),
                     };
                     entries.push((key, v.get_item(&k)?));
@@ -384,7 +384,7 @@ impl JsonStyle {
                         out.push_str(&self.item_sep);
                     }
                     self.newline(out, level + 1);
-                    json_string(out, k, self.ensure_ascii);
+                    super::py_json::string(out, k, self.ensure_ascii);
                     out.push_str(&self.key_sep);
                     self.write(out, item, level + 1)?;
                 }
@@ -394,58 +394,6 @@ impl JsonStyle {
             _ => return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: {} is not JSON serializable", kind_name(v)))),
         }
         Ok(())
-    }
-}
-
-/// A JSON string as Python's `json.dumps` writes it.
-fn json_string(out: &mut String, s: &str, ensure_ascii: bool) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (ensure_ascii && !(' '..='~').contains(&c)) => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// `repr(x)` of a Python float, as `json.dumps` writes it (`NaN` and `Infinity` for the others).
-fn python_float(x: f64) -> String {
-    if x.is_nan() {
-        return "NaN".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "Infinity" } else { "-Infinity" }.into();
-    }
-    // Shortest round-trip digits (as Python's repr), then Python's layout.
-    let sci = format!("{x:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("integer exponent");
-    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if (-4..16).contains(&exp) {
-        if exp >= 0 {
-            let point = exp as usize + 1;
-            let int = if digits.len() >= point { digits[..point].to_string() } else { format!("{digits}{}", "0".repeat(point - digits.len())) };
-            let frac = if digits.len() > point { &digits[point..] } else { "0" };
-            format!("{sign}{int}.{frac}")
-        } else {
-            format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
-        }
-    } else {
-        format!("{sign}{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
 }
 
@@ -695,11 +643,11 @@ mod tests {
         assert_eq!(parts[1], "{\n  \"z\": [\n    1,\n    2.5,\n    1e+20,\n    1e-05,\n    true,\n    null,\n    \"<a>\\n\"\n  ],\n  \"a\": {}\n}");
         assert_eq!(parts[2], r#""\u00e9\ud83d\ude00\u007f""#);
         assert_eq!(parts[3], r#"{"a":{},"z":[1,2.5,1e+20,1e-05,true,null,"<a>\n"]}"#);
-        assert_eq!(python_float(100.0), "100.0");
-        assert_eq!(python_float(1e16), "1e+16");
-        assert_eq!(python_float(123456789012345.6), "123456789012345.6");
-        assert_eq!(python_float(-0.0001), "-0.0001");
-        assert_eq!(python_float(0.1), "0.1");
+        assert_eq!(super::super::py_json::float_repr(100.0), "100.0");
+        assert_eq!(super::super::py_json::float_repr(1e16), "1e+16");
+        assert_eq!(super::super::py_json::float_repr(123456789012345.6), "123456789012345.6");
+        assert_eq!(super::super::py_json::float_repr(-0.0001), "-0.0001");
+        assert_eq!(super::super::py_json::float_repr(0.1), "0.1");
     }
 
     #[test]

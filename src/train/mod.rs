@@ -17,6 +17,7 @@ pub mod optim;
 pub mod output;
 pub mod peft_adapter;
 pub mod precision;
+pub mod py_json;
 pub mod sampler;
 pub mod synthetic;
 pub mod tape;

@@ -16,7 +16,7 @@ fn bf16_lowers_the_peak_memory_of_a_lora_dp_step_by_about_its_frozen_weights() {
     // LoRA's 90 k (f32: 352 MB of frozen weights, bf16: 176 MB).
     let shape = Qwen2Shape { layers: 4, vocab: 32000, ..Qwen2Shape::QWEN25_0_5B };
     write_qwen2(dir.path(), shape, 0).unwrap();
-    let settings = MemorySettings { seq_len: 16, micro_batch: 2, steps: 1, threads: 1 };
+    let settings = MemorySettings { seq_len: 16, micro_batch: 2, steps: 1, threads: 1, pin_mmap_threshold: true };
     let exe = Path::new(env!("CARGO_BIN_EXE_ewtune"));
     let run = |p: Precision| -> MemoryRun { memory_run_in_child(exe, dir.path(), MemoryMode::Lora, p, settings).unwrap_or_else(|e| panic!("{p:?}: {e}")) };
     let (f32, bf16) = (run(Precision::F32), run(Precision::Bf16));

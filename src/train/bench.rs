@@ -592,6 +592,9 @@ pub struct MemoryRun {
     pub seq_len: i64,
     /// libtorch intra-op threads.
     pub threads: i32,
+    /// `GLIBC_TUNABLES` as the child saw it (the allocator settings the peak was measured under).
+    #[serde(default)]
+    pub glibc_tunables: Option<String>,
     /// Seconds the child process ran, start to exit (set by [`memory_run_in_child`]; 0 in the
     /// child's own line).
     #[serde(default)]
@@ -622,7 +625,17 @@ pub struct MemorySettings {
     pub steps: usize,
     /// libtorch intra-op threads (0: libtorch's default).
     pub threads: i32,
+    /// Run the child with glibc's mmap threshold pinned at [`PINNED_MMAP_THRESHOLD`] (through
+    /// `GLIBC_TUNABLES`, unless that is already set): every allocation of a MiB or more is then
+    /// its own mapping, returned to the system when freed, so the peak is what the live tensors
+    /// need, the same from run to run. With glibc's default (a threshold that rises to 32 MiB as
+    /// large blocks are freed), freed tensors of up to 32 MiB stay in the heap, and the peak of a
+    /// full fine-tuning run moves by a GiB or more from one run to the next.
+    pub pin_mmap_threshold: bool,
 }
+
+/// The mmap threshold [`MemorySettings::pin_mmap_threshold`] sets, bytes.
+pub const PINNED_MMAP_THRESHOLD: u64 = 1 << 20;
 
 /// Random token sequences, one privacy unit each, every token after the first a target.
 fn random_units(vocab: i64, units: usize, seq_len: i64) -> Dataset {
@@ -714,6 +727,7 @@ pub fn memory_run(model_dir: &Path, mode: MemoryMode, precision: Precision, s: M
         micro_batch: s.micro_batch,
         seq_len: s.seq_len,
         threads: tch::get_num_threads(),
+        glibc_tunables: std::env::var("GLIBC_TUNABLES").ok(),
         process_s: 0.0,
     })
 }
@@ -745,9 +759,12 @@ pub fn memory_child_args(model_dir: &Path, mode: MemoryMode, precision: Precisio
 /// out-of-memory killer).
 pub fn memory_run_in_child(exe: &Path, model_dir: &Path, mode: MemoryMode, precision: Precision, s: MemorySettings) -> Result<MemoryRun, String> {
     let start = Instant::now();
-    let out = std::process::Command::new(exe)
-        .args(memory_child_args(model_dir, mode, precision, s))
-        .stdin(std::process::Stdio::null())
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(memory_child_args(model_dir, mode, precision, s)).stdin(std::process::Stdio::null());
+    if s.pin_mmap_threshold && std::env::var_os("GLIBC_TUNABLES").is_none() {
+        cmd.env("GLIBC_TUNABLES", format!("glibc.malloc.mmap_threshold={PINNED_MMAP_THRESHOLD}"));
+    }
+    let out = cmd
         .output()
         .map_err(|e| format!("could not start {}: {e}", exe.display()))?;
     if !out.status.success() {

@@ -142,6 +142,12 @@ pub enum BenchCommand {
         /// libtorch intra-op threads in each run (0: libtorch's default).
         #[arg(long, default_value_t = 0)]
         threads: i32,
+        /// Leave glibc's malloc at its defaults in the runs (by default their mmap threshold is
+        /// pinned at 1 MiB, so freed tensors go back to the system and the peaks are what the
+        /// tensors need, reproducible; with glibc's defaults freed blocks of up to 32 MiB stay
+        /// in the heap and full fine-tuning peaks move by a GiB or more between runs).
+        #[arg(long)]
+        glibc_default_malloc: bool,
         /// One JSON object per run per line.
         #[arg(long)]
         json: bool,
@@ -169,12 +175,12 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
-        BenchCommand::Memory { seq_len, micro_batch, layers, steps, mode, keep_dir, threads, json } => {
-            let settings = MemorySettings { seq_len, micro_batch, steps, threads };
+        BenchCommand::Memory { seq_len, micro_batch, layers, steps, mode, keep_dir, threads, glibc_default_malloc, json } => {
+            let settings = MemorySettings { seq_len, micro_batch, steps, threads, pin_mmap_threshold: !glibc_default_malloc };
             memory(settings, layers, &mode, keep_dir, json)
         }
         BenchCommand::MemoryChild { model, mode, precision, seq_len, micro_batch, steps, threads } => {
-            let run = ewtune::train::bench::memory_run(&model, mode, precision, MemorySettings { seq_len, micro_batch, steps, threads })?;
+            let run = ewtune::train::bench::memory_run(&model, mode, precision, MemorySettings { seq_len, micro_batch, steps, threads, pin_mmap_threshold: false })?;
             println!("{}", serde_json::to_string(&run)?);
             Ok(())
         }
@@ -416,10 +422,15 @@ fn memory(settings: MemorySettings, layers: i64, modes: &[MemoryMode], keep_dir:
     let wrote = ensure_qwen2_checkpoint(&dir, shape)?;
     let written = if wrote { format!("written in {:.1} s", t.elapsed().as_secs_f64()) } else { "reused".to_string() };
     let exe = std::env::current_exe()?;
-    let MemorySettings { seq_len, micro_batch, steps, .. } = settings;
+    let MemorySettings { seq_len, micro_batch, steps, pin_mmap_threshold, .. } = settings;
     if !json {
+        let malloc = match std::env::var("GLIBC_TUNABLES") {
+            Ok(t) => format!("GLIBC_TUNABLES={t} as given"),
+            Err(_) if pin_mmap_threshold => format!("glibc mmap threshold pinned at {} KiB", ewtune::train::bench::PINNED_MMAP_THRESHOLD >> 10),
+            Err(_) => "glibc malloc defaults".into(),
+        };
         println!(
-            "Qwen2.5-0.5B shape, {layers} of 24 layers ({:.1} M parameters, random, bf16 on disk, {written}: {}); micro-batch {micro_batch} x {seq_len} tokens, {steps} DP step(s) with AdamW, CPU; each run a fresh process",
+            "Qwen2.5-0.5B shape, {layers} of 24 layers ({:.1} M parameters, random, bf16 on disk, {written}: {}); micro-batch {micro_batch} x {seq_len} tokens, {steps} DP step(s) with AdamW, CPU; each run a fresh process, {malloc}",
             shape.params() as f64 / 1e6,
             dir.display()
         );

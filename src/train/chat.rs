@@ -248,19 +248,18 @@ fn differing_span(a: &str, b: &str) -> Range<usize> {
     start..a.len() - suffix
 }
 
-/// A template error as one line: its message, and where in the template (Jinja's own message
-/// for `raise_exception`).
+/// A template error as one line: what went wrong (a `raise_exception` message as written) and
+/// the template line, when known.
 fn describe(e: &Error) -> String {
-    let mut s = match (e.kind(), e.detail()) {
-        (ErrorKind::InvalidOperation, Some(d)) if e.name().is_some() || e.line().is_some() => d.to_string(),
-        _ => e.to_string(),
+    let what = match (e.kind(), e.detail()) {
+        (ErrorKind::InvalidOperation, Some(detail)) => detail.to_string(),
+        (kind, Some(detail)) => format!("{kind}: {detail}"),
+        (kind, None) => kind.to_string(),
     };
-    if let Some(line) = e.line() {
-        if !s.contains("line") {
-            s.push_str(&format!(" (template line {line})"));
-        }
+    match e.line() {
+        Some(line) if e.name().is_some() => format!("{what} (template line {line})"),
+        _ => what,
     }
-    s
 }
 
 /// `{% generation %}` / `{% endgeneration %}` (transformers' assistant-mask extension) as a block
@@ -613,7 +612,7 @@ mod tests {
         let r = t.render_for_training(&conv(r#"[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]"#)).unwrap();
         assert_eq!(r.text, "<s>[INST] hi [/INST]yo</s>");
         let e = t.render_for_training(&conv(r#"[{"role": "assistant", "content": "yo"}]"#)).unwrap_err();
-        assert!(e.contains("Conversation roles must alternate user/assistant"), "{e}");
+        assert_eq!(e, "the chat template cannot render this conversation: Conversation roles must alternate user/assistant (template line 1)");
     }
 
     #[test]
@@ -664,7 +663,8 @@ mod tests {
         std::fs::write(d.join(TOKENIZER_CONFIG), r#"{"chat_template": [{"name": "rag", "template": "R"}]}"#).unwrap();
         assert!(ChatTemplate::for_model(d).unwrap_err().contains("none is named `default`"));
         std::fs::write(d.join(TOKENIZER_CONFIG), r#"{"chat_template": "C{% if true %}"}"#).unwrap();
-        assert!(ChatTemplate::for_model(d).unwrap_err().contains("does not compile"));
+        let e = ChatTemplate::for_model(d).unwrap_err();
+        assert!(e.starts_with("the model's chat template (`chat_template` of tokenizer_config.json) does not compile: syntax error: "), "{e}");
         // The file wins over the config's key, as in transformers.
         std::fs::write(d.join(TEMPLATE_FILE), "F\n").unwrap();
         assert_eq!(ChatTemplate::for_model(d).unwrap().unwrap().render(&[], false).unwrap(), "F");

@@ -7,7 +7,7 @@
 
 use crate::brent::brentq;
 use crate::edgeworth::{self, Order};
-use crate::domain::{check_delta, check_target_epsilon};
+use crate::domain::{check_delta, check_target_epsilon, MAX_CALIBRATION_WORK, MIN_NOISE_MULTIPLIER};
 use crate::error::{Error, Result};
 use crate::event::History;
 use crate::pld::{adaptive_interval, CertifiedEpsilon, PldAccountant};
@@ -16,9 +16,12 @@ use serde::Serialize;
 /// Largest noise multiplier the search considers.
 const MAX_SIGMA: f64 = 1e4;
 /// Smallest noise multiplier the search considers.
-const MIN_SIGMA: f64 = 1e-2;
+const MIN_SIGMA: f64 = MIN_NOISE_MULTIPLIER;
 /// Steps of 1.25 the bracket search walks before it closes the bracket at the end of the range.
 const WALK_STEPS: u32 = 6;
+/// An evaluation the accountant cannot certify ends the search when the Edgeworth estimate at
+/// that sigma is below `(1 + NEAR_TARGET)` times the target; further away it counts as "not met".
+const NEAR_TARGET: f64 = 1.0;
 /// Relative width of the final bracket.
 const TOLERANCE: f64 = 1e-3;
 
@@ -41,28 +44,51 @@ pub struct Calibration {
 /// `[1e-12, 1]`, `steps` in `1 ..= 10^9` (see [`crate::domain`]); anything else is refused before
 /// any evaluation. When the certified accountant cannot state an epsilon for this schedule at
 /// all (it cannot even at `MAX_SIGMA`), its error (`NotCertifiable`, `TooLarge`) is returned as
-/// is; `Calibration` means the accountant works but no sigma up to `MAX_SIGMA` meets the
-/// target. Once a sigma that meets the target is known, a smaller sigma the accountant cannot
-/// certify counts as not meeting it (the answer stays certified; it may then be less tight).
-/// At most about 80 certified evaluations are made.
+/// is, at once, as it is when the accountant cannot certify a sigma whose estimated epsilon is
+/// within twice the target; `Calibration` means the accountant works but no sigma up to
+/// `MAX_SIGMA` meets the target. A sigma far below the answer (estimated epsilon above twice
+/// the target) that the accountant cannot certify counts as not meeting it.
+/// At most about 80 certified evaluations are made, transforming at most
+/// [`MAX_CALIBRATION_WORK`] FFT points together; a search that would need more stops with
+/// `TooLarge`.
 pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps: u64) -> Result<Calibration> {
     check_target_epsilon(target_epsilon)?;
     check_delta(delta)?;
     History::homogeneous(1.0, sample_rate, steps)?; // validates q and steps
-    let accountant = PldAccountant::with_interval(adaptive_interval(steps, target_epsilon, delta))?;
-    let mut evaluations = 0u32;
-    let mut certified = |sigma: f64| -> Result<CertifiedEpsilon> {
-        evaluations += 1;
-        let history = History::homogeneous(sigma, sample_rate, steps)?;
-        accountant.epsilon(&history, delta)
-    };
-    let meets = |c: &Result<CertifiedEpsilon>| c.as_ref().is_ok_and(|c| c.bounds.upper <= target_epsilon);
-
+    let accountant_interval = adaptive_interval(steps, target_epsilon, delta);
+    let accountant = PldAccountant::with_interval(accountant_interval)?;
     let edgeworth_gap = |s: f64| {
         let h = History::homogeneous(s, sample_rate, steps).expect("validated above");
         let e = edgeworth::epsilon(&h, delta, Order::DEFAULT).map(|e| e.estimate).unwrap_or(f64::INFINITY);
         e.min(1e6) - target_epsilon
     };
+    let mut evaluations = 0u32;
+    let mut work = 0usize;
+    // The outer error ends the search (the work budget is spent); the inner one is this
+    // sigma's answer (a sigma the accountant cannot certify does not meet the target).
+    let mut certified = |sigma: f64| -> Result<Result<CertifiedEpsilon>> {
+        if work > MAX_CALIBRATION_WORK {
+            return Err(Error::TooLarge {
+                what: "calibration (its certified evaluations together)",
+                points: format!("{work:.3e}"),
+                interval: accountant_interval,
+                limit: MAX_CALIBRATION_WORK,
+            });
+        }
+        evaluations += 1;
+        let history = History::homogeneous(sigma, sample_rate, steps)?;
+        let r = accountant.epsilon(&history, delta);
+        // Two directions, each composed at most twice, one group: 4 FFTs of this length.
+        work += 4 * r.as_ref().map_or(0, |c| c.fft_len);
+        match r {
+            // The accountant cannot state an epsilon where the estimate puts it near (or below)
+            // the target: that is the answer ("cannot certify"), not "target not met".
+            Err(e @ (Error::NotCertifiable { .. } | Error::TooLarge { .. })) if edgeworth_gap(sigma) <= NEAR_TARGET * target_epsilon => Err(e),
+            r => Ok(r),
+        }
+    };
+    let meets = |c: &Result<CertifiedEpsilon>| c.as_ref().is_ok_and(|c| c.bounds.upper <= target_epsilon);
+
     let (ew_lo, ew_hi) = (0.05, 1e3);
     let edgeworth_sigma = brentq(edgeworth_gap, ew_lo, ew_hi, 1e-4, 1e-6);
     // Without an Edgeworth root, start at the end of its range the answer lies beyond.
@@ -76,12 +102,12 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
 
     // Bracket [lo, hi]: hi meets the target, lo does not.
     let mut hi = start * 1.005;
-    let mut hi_cert = certified(hi);
+    let mut hi_cert = certified(hi)?;
     let mut lo = None;
     if !meets(&hi_cert) {
         // Before walking up, ask the most noise the search allows: if the accountant cannot
         // certify even that, no sigma will do, and its error says why (not "target not met").
-        let most = certified(MAX_SIGMA)?;
+        let most = certified(MAX_SIGMA)??;
         if most.bounds.upper > target_epsilon {
             return Err(Error::Calibration {
                 reason: format!("no noise multiplier up to {MAX_SIGMA} reaches epsilon {target_epsilon} at delta {delta:e}"),
@@ -95,7 +121,7 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
         lo = Some(hi);
         walked += 1;
         hi = if walked > WALK_STEPS { MAX_SIGMA } else { (hi * 1.25).min(MAX_SIGMA) };
-        hi_cert = certified(hi);
+        hi_cert = certified(hi)?;
     }
     let mut lo = match lo {
         Some(lo) => lo,
@@ -103,7 +129,7 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
             let mut lo = hi / 1.01;
             let mut walked = 0;
             loop {
-                let c = certified(lo);
+                let c = certified(lo)?;
                 if !meets(&c) {
                     break lo;
                 }
@@ -120,7 +146,7 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
     };
     while hi / lo > 1.0 + TOLERANCE {
         let mid = (lo * hi).sqrt();
-        let c = certified(mid);
+        let c = certified(mid)?;
         if meets(&c) {
             hi = mid;
             hi_cert = c;

@@ -139,3 +139,44 @@ fn epsilon_beyond_the_method_range_is_an_error() {
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("cannot certify"), "{err}");
 }
+
+/// Any argument values, finite or not, at every scale, for every subcommand: the CLI prints an
+/// answer (exit 0) or a one-line error (exit 2), never a panic, and never runs away (issue 11,
+/// item 2). Seeded: the same cases every run.
+#[test]
+fn any_arguments_answer_or_fail_cleanly() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    let number = prop::sample::select(vec![
+        "nan", "inf", "-inf", "0", "-0", "-1", "5e-324", "1e-300", "1e-100", "1e-12", "1e-10", "1e-8", "1e-5", "0.003", "0.01", "0.02",
+        "0.3", "0.8", "1", "2.5", "30", "1e4", "1e6", "1e300", "1.8e308", "abc", "",
+    ]);
+    let count = prop::sample::select(vec!["0", "1", "100", "10000", "1000000", "1000000000", "1000000001", "18446744073709551615", "-5", "1.5"]);
+    let case = (0usize..3, number.clone(), number.clone(), count, number.clone(), any::<bool>());
+    let config = Config { cases: 48, rng_seed: RngSeed::Fixed(0x11_c1), failure_persistence: None, ..Config::default() };
+    TestRunner::new(config)
+        .run(&case, |(command, a, b, steps, c, json)| {
+            let mut args: Vec<&str> = match command {
+                0 => vec!["epsilon", "--sigma", a, "--sample-rate", b, "--steps", steps, "--delta", c],
+                1 => vec!["delta", "--sigma", a, "--sample-rate", b, "--steps", steps, "--epsilon", c],
+                _ => vec!["sigma", "--epsilon", a, "--sample-rate", b, "--steps", steps, "--delta", c],
+            };
+            if json {
+                args.push("--json");
+            }
+            let start = std::time::Instant::now();
+            let (code, out, err) = run(&args);
+            let took = start.elapsed();
+            prop_assert!(code == 0 || code == 2, "{args:?}: exit {code}: {out} {err}");
+            prop_assert!(!err.contains("panicked"), "{args:?}: {err}");
+            if code == 2 {
+                prop_assert!(err.starts_with("error: ") || err.starts_with("error:"), "{args:?}: {err}");
+            } else {
+                prop_assert!(!out.contains("NaN") && !out.contains("nan"), "{args:?}: {out}");
+            }
+            // A runaway guard (the budget is about a second on two idle cores; shared machine).
+            prop_assert!(took.as_secs_f64() < 5.0, "{args:?} took {took:?}");
+            Ok(())
+        })
+        .unwrap();
+}

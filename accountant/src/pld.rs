@@ -142,11 +142,14 @@ impl PldAccountant {
         Ok(result)
     }
 
-    fn epsilon_uncached(&self, history: &History, delta: f64) -> Result<CertifiedEpsilon> {
+    /// [`Self::epsilon`] without the memo: every call composes afresh (for benchmarks).
+    pub fn epsilon_uncached(&self, history: &History, delta: f64) -> Result<CertifiedEpsilon> {
+        history.require_nonempty()?;
+        check_delta(delta)?;
         let guess = epsilon_guess(history, delta)?;
         let h = self.interval(history, guess, delta);
         let truncation = 1e-4 * delta / history.total_steps() as f64;
-        let one_direction = |adjacency| -> Result<CertifiedEpsilon> {
+        let one_direction = |adjacency| -> Result<(CertifiedEpsilon, (f64, f64))> {
             let mut composed = Composed::build(history, adjacency, h, truncation, guess)?;
             // The guess only aims the tilt; if it missed, aim again at the composition's own
             // estimate (the bound was valid either way, just looser).
@@ -154,19 +157,19 @@ impl PldAccountant {
             if estimate.is_finite() && composed.allowance(estimate) > RETILT_FRACTION * delta {
                 composed = Composed::build(history, adjacency, h, truncation, estimate)?;
             }
-            composed.epsilon(delta)
+            let c = composed.epsilon(delta)?;
+            Ok((c, (composed.log_allowance, composed.lambda)))
         };
         let (remove, add) = both_directions(one_direction);
-        let (r, a) = (remove?, add?);
+        let ((r, r_allowance), (a, a_allowance)) = (remove?, add?);
+        let upper = r.bounds.upper.max(a.bounds.upper);
+        // Each direction's allowance at the epsilon stated (not at its own, smaller, answer).
+        let allowance_at = |(log_allowance, lambda): (f64, f64)| (log_allowance - lambda * upper).exp();
         Ok(CertifiedEpsilon {
-            bounds: Bounds {
-                lower: r.bounds.lower.max(a.bounds.lower),
-                estimate: r.bounds.estimate.max(a.bounds.estimate),
-                upper: r.bounds.upper.max(a.bounds.upper),
-            },
+            bounds: Bounds { lower: r.bounds.lower.max(a.bounds.lower), estimate: r.bounds.estimate.max(a.bounds.estimate), upper },
             value_discretization: h,
             fft_len: r.fft_len.max(a.fft_len),
-            delta_allowance: r.delta_allowance.max(a.delta_allowance),
+            delta_allowance: allowance_at(r_allowance).max(allowance_at(a_allowance)),
         })
     }
 
@@ -466,8 +469,13 @@ impl Composed {
         // probability, which lies in [0, 1].
         let probs = window
             .iter()
+            .zip(geometric(window.len(), log_norm - t * lo_idx as f64, t))
             .enumerate()
-            .map(|(i, &w)| if w > 0.0 { (w.ln() + log_norm - t * (lo_idx + i as i64) as f64).exp().min(1.0) } else { 0.0 })
+            .map(|(i, (&w, scale))| match w {
+                w if w <= 0.0 => 0.0,
+                w if scale.is_finite() => (w * scale).min(1.0),
+                w => (w.ln() + log_norm - t * (lo_idx + i as i64) as f64).exp().min(1.0),
+            })
             .collect();
         // Tilted L1 error: round-off, plus the mass outside the window twice (once wrapped into
         // it by the cyclic convolution, once missing from it), on each side.
@@ -504,10 +512,11 @@ impl Composed {
         let start = (1 - self.first).clamp(0, self.probs.len() as i64) as usize; // first index with l > 0
         let n = self.probs.len() - start;
         let (mut a, mut b) = (vec![0.0; n + 1], vec![0.0; n + 1]);
+        let discount: Vec<f64> = geometric(n, -self.loss(start), self.h).collect(); // e^{-l}
         for i in (0..n).rev() {
             let p = self.probs[start + i];
             a[i] = a[i + 1] + p;
-            b[i] = b[i + 1] + p * (-self.loss(start + i)).exp();
+            b[i] = b[i + 1] + p * discount[i];
         }
         (start, a, b)
     }
@@ -561,14 +570,25 @@ impl Composed {
                 lo = mid;
             }
         }
-        // Between grid points (l_{hi-1}, l_hi] delta(eps) = inf + A(hi) - e^eps B(hi).
+        // Between grid points (l_{hi-1}, l_hi] (from 0 when hi is the first point above 0)
+        // delta(eps) = inf + A(hi) - e^eps B(hi): every mass of index >= hi lies above eps.
         let l_hi = self.loss(start + hi);
-        let l_left = (l_hi - self.h).max(0.0);
-        let rest = self.inf_mass + a[hi] + allow(l_left) - target;
+        let l_left = if hi == 0 { 0.0 } else { self.loss(start + hi - 1).max(0.0) };
         if b[hi] <= 0.0 {
             return l_hi;
         }
-        (rest / b[hi]).ln().clamp(l_left, l_hi)
+        if !with_allowance {
+            let rest = self.inf_mass + a[hi] - target;
+            return (rest / b[hi]).ln().clamp(l_left, l_hi);
+        }
+        // With the allowance (decreasing too) by bisection; `hi_eps` always meets the target.
+        let u = |eps: f64| self.inf_mass + a[hi] - eps.exp() * b[hi] + allow(eps);
+        let (mut lo_eps, mut hi_eps) = (l_left, l_hi);
+        for _ in 0..60 {
+            let mid = 0.5 * (lo_eps + hi_eps);
+            if u(mid) <= target { hi_eps = mid } else { lo_eps = mid }
+        }
+        hi_eps
     }
 
     fn shift(&self, eta: f64) -> f64 {
@@ -637,48 +657,78 @@ fn fft_length(needed: usize) -> usize {
     [1usize, 3, 5].iter().map(|&m| m * needed.div_ceil(m).next_power_of_two()).min().expect("three candidates")
 }
 
-/// `ln sum_i p_i e^{t (first + i)}` and the tilted mean index, from the largest term down
-/// (no overflow, no underflow of what matters).
-fn tilted_moments(p: &StepPmf, t: f64) -> (f64, f64) {
-    let log_term = |i: usize, x: f64| x.ln() + t * (p.first + i as i64) as f64;
-    let top = p.probs.iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(i, &x)| log_term(i, x)).fold(f64::NEG_INFINITY, f64::max);
+/// `ln p_i` of a step PMF's finite part (`-inf` where `p_i = 0`), computed once per tilt search.
+fn log_probs(p: &StepPmf) -> Vec<f64> {
+    p.probs.iter().map(|&x| if x > 0.0 { x.ln() } else { f64::NEG_INFINITY }).collect()
+}
+
+/// For the PMF with `ln p_i = log_p[i]` tilted by `e^{t i}` (indices relative to its first):
+/// `ln sum_i p_i e^{t i}`, and the tilted mean and variance of `i`; summed from the largest
+/// term down (no overflow, no underflow of what matters).
+fn tilted_stats(log_p: &[f64], t: f64) -> (f64, f64, f64) {
+    let top = log_p.iter().enumerate().map(|(i, &l)| l + t * i as f64).fold(f64::NEG_INFINITY, f64::max);
     if !top.is_finite() {
-        return (f64::NEG_INFINITY, p.first as f64);
+        return (f64::NEG_INFINITY, 0.0, 0.0);
     }
-    let (mut sum, mut weighted) = (0.0, 0.0);
-    for (i, &x) in p.probs.iter().enumerate() {
-        if x > 0.0 {
-            let w = (log_term(i, x) - top).exp();
-            sum += w;
-            weighted += w * i as f64;
+    let (mut s0, mut s1, mut s2) = (0.0, 0.0, 0.0);
+    for (i, &l) in log_p.iter().enumerate() {
+        if l > f64::NEG_INFINITY {
+            let w = (l + t * i as f64 - top).exp();
+            let x = i as f64;
+            s0 += w;
+            s1 += w * x;
+            s2 += w * x * x;
         }
     }
-    (top + sum.ln(), p.first as f64 + weighted / sum)
+    let mean = s1 / s0;
+    (top + s0.ln(), mean, (s2 / s0 - mean * mean).max(0.0))
 }
 
 /// The tilt `t >= 0` per grid index at which the composed tilted mean reaches `center_idx`
-/// (the saddle point of the Chernoff bound at that loss), to within a few per cent; 0 when the
-/// untilted mean is already there, `MAX_TILT` when the support ends below it.
+/// (the saddle point of the Chernoff bound at that loss), to within a hundredth of the tilted
+/// standard deviation (the Chernoff factor is flat there); 0 when the untilted mean is already
+/// there, `MAX_TILT` when the support ends below it. Safeguarded Newton on the mean, whose
+/// derivative is the variance.
 fn saddle_tilt(steps: &[(StepPmf, u64)], center_idx: f64) -> f64 {
-    let mean = |t: f64| steps.iter().map(|(p, n)| *n as f64 * tilted_moments(p, t).1).sum::<f64>();
-    if !center_idx.is_finite() || mean(0.0) >= center_idx {
+    let logs: Vec<Vec<f64>> = steps.iter().map(|(p, _)| log_probs(p)).collect();
+    // Composed tilted mean minus the center, and the composed tilted variance.
+    let gap = |t: f64| {
+        let (mut mean, mut var) = (0.0, 0.0);
+        for ((p, n), l) in steps.iter().zip(&logs) {
+            let (_, m, v) = tilted_stats(l, t);
+            mean += *n as f64 * (p.first as f64 + m);
+            var += *n as f64 * v;
+        }
+        (mean - center_idx, var)
+    };
+    if !center_idx.is_finite() {
         return 0.0;
     }
-    // Bracket in t, doubling from a tilt of 1e-6 nats^-1 equivalent per index.
-    let (mut lo, mut hi) = (0.0f64, 1e-9f64);
-    while mean(hi) < center_idx {
-        lo = hi;
-        hi *= 4.0;
-        if hi >= MAX_TILT {
+    let (g0, v0) = gap(0.0);
+    if g0 >= 0.0 {
+        return 0.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, f64::INFINITY);
+    let (mut t, mut g, mut v) = (0.0, g0, v0);
+    for _ in 0..100 {
+        if g.abs() <= 0.01 * v.sqrt() {
+            break;
+        }
+        if g < 0.0 { lo = t } else { hi = t }
+        let newton = t - g / v;
+        t = if newton > lo && newton < hi && newton.is_finite() {
+            newton
+        } else if hi.is_finite() {
+            0.5 * (lo + hi)
+        } else {
+            (4.0 * lo).max(1e-9)
+        };
+        if t >= MAX_TILT {
             return MAX_TILT;
         }
+        (g, v) = gap(t);
     }
-    // The Chernoff factor is flat near its optimum: a few per cent in t is plenty.
-    while hi - lo > 0.02 * hi {
-        let mid = 0.5 * (lo + hi);
-        if mean(mid) < center_idx { lo = mid } else { hi = mid }
-    }
-    hi
+    t
 }
 
 /// The step PMFs tilted by `e^{t k}` and renormalised to mass 1, with `C = sum_g n_g c_g`, the
@@ -689,18 +739,29 @@ fn tilt(steps: &[(StepPmf, u64)], t: f64) -> (Vec<(StepPmf, u64)>, f64) {
     let tilted = steps
         .iter()
         .map(|(p, n)| {
-            let (c, _) = tilted_moments(p, t);
-            log_norm += *n as f64 * c;
-            let probs = p
-                .probs
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| if x > 0.0 { (x.ln() + t * (p.first + i as i64) as f64 - c).exp() } else { 0.0 })
-                .collect();
+            let log_p = log_probs(p);
+            let (c, _, _) = tilted_stats(&log_p, t);
+            log_norm += *n as f64 * (c + t * p.first as f64);
+            let probs = log_p.iter().enumerate().map(|(i, &l)| (l + t * i as f64 - c).exp()).collect();
             (StepPmf { first: p.first, probs, inf_mass: 0.0, raised_mass: 0.0 }, *n)
         })
         .collect();
     (tilted, log_norm)
+}
+
+/// `base * e^{-rate i}` for `i` in `0..len`, with one `exp` per block of 64 and products in
+/// between (relative error below 64 ulps); `base` may overflow only where callers cap the result.
+fn geometric(len: usize, log_base: f64, rate: f64) -> impl Iterator<Item = f64> {
+    let step = (-rate).exp();
+    let mut current = 0.0;
+    (0..len).map(move |i| {
+        if i % 64 == 0 {
+            current = (log_base - rate * i as f64).exp();
+        } else {
+            current *= step;
+        }
+        current
+    })
 }
 
 /// Grid index `e` such that `P(sign * S > e h) <= exp(ln_tail)` for the composed finite parts,

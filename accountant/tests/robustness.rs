@@ -52,6 +52,9 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
     let start = Instant::now();
     let out = f();
     let took = start.elapsed();
+    if took > Duration::from_secs(1) {
+        eprintln!("slow: {what} took {took:?}");
+    }
     prop_assert!(took < CALL_LIMIT, "{what} took {took:?}");
     Ok(out)
 }

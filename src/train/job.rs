@@ -300,8 +300,10 @@ pub fn evaluate(model: &Model, data: &Dataset, micro: usize, device: Device) -> 
 /// What the clipping of one logical batch did.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClipStats {
-    /// Units whose gradient norm exceeded the clip norm.
+    /// Units whose (finite) gradient norm exceeded the clip norm.
     pub clipped: usize,
+    /// Units left out of the clipped sum because their gradient norm was not finite.
+    pub excluded: usize,
     /// `(unit, gradient norm before clipping)` for every unit of the batch, in the order processed.
     pub norms: Vec<(usize, f64)>,
     /// Forward/backward passes run.
@@ -344,7 +346,8 @@ pub fn clipped_sum(model: &Model, data: &Dataset, batch: &[usize], clip_norm: f6
             }
         }
     }
-    stats.clipped = stats.norms.iter().filter(|(_, n)| *n > clip_norm).count();
+    stats.clipped = stats.norms.iter().filter(|(_, n)| n.is_finite() && *n > clip_norm).count();
+    stats.excluded = stats.norms.iter().filter(|(_, n)| !n.is_finite()).count();
     Ok((acc, stats))
 }
 

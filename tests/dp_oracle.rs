@@ -220,3 +220,126 @@ fn the_bf16_step_agrees_with_the_f32_step() {
         assert!(worst_norm < 0.03 && worst_sum < 0.10, "{ft:?}: norm {worst_norm:e}, sum {worst_sum:e}");
     }
 }
+
+/// A token that the clean sequences below never hold; [`poison`] sets its input embedding to
+/// infinity, so a sequence holding it has non-finite activations, loss and gradients (Llama's
+/// head is untied: no other sequence reads that embedding row).
+const POISON: i64 = 49;
+
+fn poison(m: &Model) {
+    let (_, e) = m.named_tensors().into_iter().find(|(n, _)| n.ends_with("embed_tokens.weight")).expect("a Llama input embedding");
+    tch::no_grad(|| {
+        let _ = e.get(POISON).fill_(f64::INFINITY);
+    });
+}
+
+fn assert_sums_match(got: &[(String, Tensor, Tensor)], want: &[Tensor], what: &str) {
+    for ((name, _, sum), want) in got.iter().zip(want) {
+        assert_eq!(sum.isfinite().all().int64_value(&[]), 1, "{what}: {name}: the clipped sum is not finite");
+        let err = (sum - want).norm().double_value(&[]);
+        let scale = want.norm().double_value(&[]);
+        assert!(scale > 0.0 && err <= 1e-5 * scale, "{what}: {name}: |diff| {err:e} vs |sum of the other units| {scale:e}");
+    }
+}
+
+/// Issue 11 (4): a unit whose gradient is not finite adds nothing to the clipped sum; before,
+/// its zero clip factor multiplied its NaN gradient (0 x NaN = NaN) and the whole sum was NaN.
+/// Book-keeping path (materialised and ghost linear layers, LoRA, norms): the sum equals the
+/// naive oracle's over the other units alone, per sequence and per user (the poisoned row's
+/// user, a clean row included, is left out whole).
+#[test]
+fn a_unit_with_a_non_finite_gradient_adds_nothing_to_the_clipped_sum() {
+    for ft in [lora(), FineTune::Full] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = model(Family::Llama, &ft, dir.path());
+        poison(&m);
+        let (_, mask) = batch();
+        tch::manual_seed(3);
+        let ids = Tensor::randint(POISON, [5, 12], (Kind::Int64, Device::Cpu));
+        let _ = ids.get(2).get(5).fill_(POISON);
+        for (groups, poisoned) in [((0..5).map(|i| vec![i]).collect::<Vec<_>>(), 2), (vec![vec![0, 3], vec![1], vec![2, 4]], 2)] {
+            let units = if groups.len() == 5 { Units::per_sequence(5, Device::Cpu) } else { Units::grouped(&groups, 5, Device::Cpu) };
+            let mb = MicroBatch { ids: ids.copy(), loss_mask: mask.copy(), units };
+            let mut acc = ClippedSum::new(&m);
+            let clip = 0.05;
+            let norms = Vec::<f64>::try_from(&clip_and_accumulate(&m, &mb, clip, &mut acc).unwrap().to_kind(Kind::Double)).unwrap();
+            for (u, n) in norms.iter().enumerate() {
+                assert_eq!(n.is_finite(), u != poisoned, "{ft:?} {groups:?}: norms {norms:?}");
+            }
+            let kept: Vec<Vec<usize>> = groups.iter().enumerate().filter(|&(u, _)| u != poisoned).map(|(_, g)| g.clone()).collect();
+            let (oracle_norms, oracle_sums) = naive_clipped_sum(&m, &mb, &kept, clip);
+            assert!(oracle_norms.iter().all(|n| n.is_finite()) && oracle_norms.iter().any(|&n| n > clip), "{oracle_norms:?}");
+            assert_sums_match(&acc.entries, &oracle_sums, &format!("{ft:?} units {groups:?}"));
+        }
+    }
+}
+
+/// Users of 50, 3, 1, 4, 1 and 6 examples ([`users`]) with a poisoned example in user `u`.
+fn poisoned_users(u: usize) -> Dataset {
+    let mut data = users();
+    for unit in &mut data.units {
+        for ex in unit.iter_mut() {
+            for id in ex.ids.iter_mut() {
+                *id = id.rem_euclid(POISON);
+            }
+        }
+    }
+    let ex = &mut data.units[u][0];
+    let last = ex.ids.len() - 2;
+    ex.ids[last] = POISON;
+    data
+}
+
+/// Issue 11 (4), the job's whole clipped sum and DP step: a poisoned user, whether split over
+/// passes (`clip_and_accumulate_unit`: the 50-example user at micro-batch 4) or packed with
+/// other users on the tape (the 3-example user at micro-batch 64), is left out (counted in `ClipStats::excluded`, not in `clipped`), the
+/// sum equals the oracle's over the other users, and the noisy update of `private_step` is
+/// finite and moves every trainable tensor.
+#[test]
+fn a_non_finite_unit_leaves_the_clipped_sum_and_the_noisy_update_finite() {
+    for ft in [lora(), FineTune::Full] {
+        for (poisoned, micro) in [(0, 4), (1, 64)] {
+            let what = format!("{ft:?} poisoned user {poisoned}, micro-batch {micro}");
+            let dir = tempfile::tempdir().unwrap();
+            let m = model(Family::Llama, &ft, dir.path());
+            poison(&m);
+            let data = poisoned_users(poisoned);
+            let batch: Vec<usize> = (0..data.len()).collect();
+            let everything = data.micro_batch(&batch, Device::Cpu);
+            let mut groups = Vec::new();
+            for u in &data.units {
+                let start = groups.iter().map(Vec::len).sum::<usize>();
+                groups.push((start..start + u.len()).collect::<Vec<_>>());
+            }
+            let kept: Vec<Vec<usize>> = groups.iter().enumerate().filter(|&(u, _)| u != poisoned).map(|(_, g)| g.clone()).collect();
+            let clip = 0.5;
+            let (_, oracle_sums) = naive_clipped_sum(&m, &everything, &kept, clip);
+            let (acc, stats) = job::clipped_sum(&m, &data, &batch, clip, micro, Device::Cpu).unwrap();
+            assert_eq!(stats.excluded, 1, "{what}: {stats:?}");
+            assert!(stats.norms.iter().all(|&(u, n)| n.is_finite() == (u != poisoned)), "{what}: {stats:?}");
+            assert_eq!(acc.units, data.len());
+            assert_sums_match(&acc.entries, &oracle_sums, &what);
+
+            // The full step: clipped sum, Gaussian noise, division by q N, SGD update.
+            let params: Vec<Tensor> = m.trainable().into_iter().map(|(_, p)| p).collect();
+            let before: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
+            let mut opt = ewtune::train::optim::Optimizer::new(
+                ewtune::train::optim::OptimizerKind::Sgd { momentum: 0.0 },
+                0.1,
+                ewtune::train::optim::Schedule::Constant,
+                1,
+                &params,
+            );
+            let numel: usize = params.iter().map(|p| p.numel()).sum();
+            let mut noise = vec![0f32; numel];
+            ewtune::train::noise::NoiseSource::seeded_for_tests(5).fill_gaussian(clip, &mut noise);
+            let privacy = job::PrivacySpec { epsilon: None, noise_multiplier: Some(1.0), delta: 1e-5, clip_norm: clip };
+            let stats = job::private_step(&m, &data, &batch, &privacy, micro, &noise, 4.0, &mut opt, &params, Device::Cpu).unwrap();
+            assert_eq!(stats.excluded, 1, "{what}");
+            for ((name, p), b) in m.trainable().iter().zip(&before) {
+                assert_eq!(p.isfinite().all().int64_value(&[]), 1, "{what}: {name} is not finite after the DP step");
+                assert!(p.ne_tensor(b).any().int64_value(&[]) == 1, "{what}: {name} did not move");
+            }
+        }
+    }
+}

@@ -348,9 +348,83 @@ fn a_user_level_job_with_a_large_user_trains_and_reports_its_counts_first() {
         |_| Ok(()),
         |p, c| events.borrow_mut().push(format!("start {} {} {}", p.units, c.examples, c.units)),
         |p| events.borrow_mut().push(format!("step {}", p.step)),
+        job::Diagnostics::Public,
     )
     .unwrap();
     assert_eq!(events.into_inner(), vec!["start 31 80 31", "step 1", "step 2", "step 3"]);
     assert_eq!((out.data.examples, out.data.units, out.data.dropped_examples), (80, 31, 0));
     assert!(out.output_model.join("model.safetensors").exists());
+}
+
+/// Every key of a JSON value, at any depth.
+fn keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                out.insert(k.clone());
+                keys(x, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| keys(x, out)),
+        _ => {}
+    }
+}
+
+/// Issue 11 (5): `ewtune train` prints only data-independent or privatised quantities unless
+/// `--print-private-diagnostics` is given; then the data counts and each step's realised batch
+/// size, clipped fraction and excluded units appear, and stderr says that they leak.
+#[test]
+fn train_prints_private_statistics_only_with_the_flag() {
+    let root = setup(Family::Gpt2);
+    let run = |out: &str, extra: &[&str]| {
+        let toml = format!(
+            "model = \"base\"\ndata = \"train.jsonl\"\neval_data = \"eval.jsonl\"\noutput = \"{out}\"\ndevice = \"cpu\"\n\
+             [finetune]\nmode = \"lora\"\nrank = 4\nalpha = 8\n[privacy]\nnoise_multiplier = 1.0\ndelta = 1e-5\n\
+             [training]\nbatch_size = 64\nsteps = 2\nmicro_batch = 32\ncheckpoint_every = 1\n[data_format]\nmax_length = 40\n"
+        );
+        let config = root.path().join(format!("{out}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(["train", "--config", config.to_str().unwrap()]).args(extra).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap());
+        assert!(o.status.success(), "{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let private = ["data", "examples", "truncated_examples", "dropped_examples", "private_diagnostics", "batch_units", "clipped_fraction", "excluded_units"];
+    let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
+
+    let (stdout, stderr) = run("out-public", &["--json"]);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "start, two steps, outcome: {stdout}");
+    let top = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(top(&lines[0]), set(&["plan"]));
+    for step in &lines[1..3] {
+        assert_eq!(top(step), set(&["step", "total_steps", "expected_batch_size", "epsilon_spent"]), "{step}");
+    }
+    assert_eq!(top(&lines[3]), set(&["plan", "steps_done", "epsilon_spent", "eval_loss", "cancelled", "output_model"]));
+    let mut all = std::collections::BTreeSet::new();
+    lines.iter().for_each(|l| keys(l, &mut all));
+    assert!(private.iter().all(|k| !all.contains(*k)), "private keys in the default output: {all:?}");
+    assert!(!stderr.contains("print-private-diagnostics"), "{stderr}");
+
+    let (stdout, stderr) = run("out-private", &["--json", "--print-private-diagnostics"]);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(top(&lines[0]), set(&["plan", "data"]));
+    assert_eq!(lines[0]["data"]["examples"], 600);
+    for step in &lines[1..3] {
+        assert_eq!(top(step), set(&["step", "total_steps", "expected_batch_size", "epsilon_spent", "private_diagnostics"]), "{step}");
+        let d = &step["private_diagnostics"];
+        assert_eq!(top(d), set(&["batch_units", "clipped_fraction", "excluded_units"]), "{step}");
+        assert!(d["batch_units"].as_u64().unwrap() > 0 && d["excluded_units"] == 0, "{step}");
+    }
+    assert!(top(&lines[3]).contains("data"));
+    assert!(stderr.starts_with("warning: --print-private-diagnostics:") && stderr.contains("realised batch sizes"), "{stderr}");
+
+    // The summary for people: the counts and per-step lines only with the flag.
+    let (stdout, stderr) = run("out-text", &[]);
+    assert!(stdout.contains("plan: privacy units N = 600") && !stdout.contains("examples"), "{stdout}");
+    assert!(!stderr.contains("(private)"), "{stderr}");
+    let (stdout, stderr) = run("out-text-private", &["--print-private-diagnostics"]);
+    assert!(stdout.contains("data (private): 600 examples"), "{stdout}");
+    assert!(stderr.contains("step 1/2 (private): ") && stderr.contains("step 2/2 (private): "), "{stderr}");
 }

@@ -16,7 +16,7 @@
 //! process of its own so that each peak resident set is its own.
 
 use super::data::{Dataset, Example};
-use super::dpsgd::{nonprivate_backward, MicroBatch, NORM_EPS};
+use super::dpsgd::{nonprivate_backward, MicroBatch};
 use super::finetune::FineTune;
 use super::job::{private_step, PrivacySpec};
 use super::model::{sequence_losses, Model};
@@ -24,7 +24,7 @@ use super::noise::NoiseSource;
 use super::optim::{Optimizer, OptimizerKind, Schedule};
 use super::precision::Precision;
 use super::synthetic::{write_model_with_intermediate, Family, Shape};
-use super::tape::{clipped_sums, squared_norms, unit_grads, Record, Tape};
+use super::tape::{clipped_sums, squared_norms, unit_grads, ClipFactors, Record, Tape};
 use super::TrainError;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -408,18 +408,12 @@ fn dp_parts(model: &Model, mb: &MicroBatch, noise: &[f32], opt: &mut Optimizer, 
         per_record.push((r, g, per_unit, label));
         offset += k;
     }
-    let (clip, row_scale) = timed(&mut c, "clip factors", device, || {
-        let norms = n2.sqrt();
-        let clip = (&norms + NORM_EPS).reciprocal().clamp_max(1.0);
-        let clip = clip.where_self(&norms.isfinite(), &Tensor::zeros_like(&clip));
-        let row_scale = clip.index_select(0, &mb.units.unit_of_row);
-        (clip, row_scale)
-    });
+    let clip = timed(&mut c, "clip factors", device, || ClipFactors::new(&n2.sqrt(), 1.0, &mb.units));
     let mut sums: Vec<(usize, Tensor)> = Vec::new();
     let slot: std::collections::HashMap<usize, usize> = params.iter().enumerate().map(|(i, p)| (p.data_ptr() as usize, i)).collect();
     for (r, g, per_unit, label) in per_record {
         timed(&mut c, &format!("clipped sum {label}"), device, || {
-            for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &per_unit, &clip, &row_scale)) {
+            for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &per_unit, &clip)) {
                 sums.push((slot[&(param.data_ptr() as usize)], sum));
             }
         });

@@ -7,7 +7,7 @@
 //! ordinary backward of the mean loss) and the naive oracle (one backward per unit).
 
 use super::model::{sequence_losses, Model};
-use super::tape::{clipped_sums, squared_norms, unit_grads, Tape, Units};
+use super::tape::{clipped_sums, squared_norms, unit_grads, ClipFactors, Tape, Units};
 use super::TrainError;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -101,12 +101,11 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
         offset += k;
     }
     let norms = n2.sqrt();
-    // c = min(1, C / (||g|| + 1e-6)); a non-finite norm contributes nothing (jax_privacy nan_safe).
-    let clip = (clip_norm / (&norms + NORM_EPS)).clamp_max(1.0);
-    let clip = clip.where_self(&norms.isfinite(), &Tensor::zeros_like(&clip));
-    let row_scale = clip.index_select(0, &mb.units.unit_of_row);
+    // c = min(1, C / (||g|| + 1e-6)); a unit with a non-finite norm contributes nothing (jax_privacy
+    // nan_safe): `clipped_sums` selects its rows out rather than multiplying them by 0.
+    let clip = ClipFactors::new(&norms, clip_norm, &mb.units);
     for (r, g, per_unit) in per_record {
-        for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &per_unit, &clip, &row_scale)) {
+        for (param, sum) in r.params().into_iter().zip(clipped_sums(r, g, &per_unit, &clip)) {
             acc.add(param, sum)?;
         }
     }
@@ -118,8 +117,8 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
 /// sequences (ids, loss mask) in passes of at most the micro-batch; each pass's gradient of the
 /// unit's summed loss is added, by ordinary autograd, into one buffer the size of the trainable
 /// parameters, so after the last pass it holds the gradient of the whole unit. Its norm is then
-/// taken and clipped once, exactly as if the unit had gone through in one pass. Returns the
-/// unit's gradient norm (before clipping).
+/// taken and clipped once, exactly as if the unit had gone through in one pass; a unit whose norm
+/// is not finite adds nothing. Returns the unit's gradient norm (before clipping).
 pub fn clip_and_accumulate_unit(model: &Model, chunks: impl IntoIterator<Item = (Tensor, Tensor)>, clip_norm: f64, acc: &mut ClippedSum) -> Result<f64, TrainError> {
     let params: Vec<Tensor> = acc.entries.iter().map(|(_, p, _)| p.shallow_clone()).collect();
     let mut grad: Option<Vec<Tensor>> = None;
@@ -139,12 +138,16 @@ pub fn clip_and_accumulate_unit(model: &Model, chunks: impl IntoIterator<Item = 
     let Some(grad) = grad else { return Ok(0.0) };
     let _guard = tch::no_grad_guard();
     let norm = grad.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
-    // As in `clip_and_accumulate`: c = min(1, C / (||g|| + 1e-6)), nothing from a non-finite norm.
-    let c = if norm.is_finite() { (clip_norm / (norm + NORM_EPS)).min(1.0) } else { 0.0 };
+    acc.units += 1;
+    // As in `clip_and_accumulate`: c = min(1, C / (||g|| + 1e-6)), and nothing at all from a unit
+    // with a non-finite norm: its gradient is skipped, not multiplied by 0 (0 x NaN = NaN).
+    if !norm.is_finite() {
+        return Ok(norm);
+    }
+    let c = (clip_norm / (norm + NORM_EPS)).min(1.0);
     for ((_, _, sum), g) in acc.entries.iter_mut().zip(&grad) {
         add_to(sum, g * c)?;
     }
-    acc.units += 1;
     Ok(norm)
 }
 

@@ -239,19 +239,45 @@ pub fn plan(spec: &JobSpec, units: usize) -> Result<Plan, TrainError> {
     Ok(Plan { units, sample_rate: q, steps, noise_multiplier: sigma, certified_epsilon: certified, edgeworth_epsilon: ew, delta: p.delta })
 }
 
-/// What the loop reports after every logical step.
+/// What the loop reports after every logical step. By default only what does not depend on
+/// the private data beyond what the accountant covers: the step count, the expected batch size
+/// and the certified epsilon.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Progress {
     /// Steps done.
     pub step: u64,
     /// Steps planned.
     pub total_steps: u64,
-    /// Units in this step's Poisson sample.
-    pub batch_units: usize,
-    /// Fraction of this step's units that were clipped.
-    pub clipped_fraction: f64,
+    /// Expected units per step, q N (the Poisson sample's realised size is private).
+    pub expected_batch_size: f64,
     /// Certified epsilon spent so far (computed at checkpoints; `None` between them).
     pub epsilon_spent: Option<f64>,
+    /// Statistics of the step's private sample, only under [`Diagnostics::Private`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_diagnostics: Option<StepDiagnostics>,
+}
+
+/// Exact statistics of one step's Poisson sample of the private data. None of them is
+/// privatised or counted by the accountant: whoever sees them learns about the training data
+/// beyond the job's epsilon.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepDiagnostics {
+    /// Units in this step's Poisson sample (the realised batch size).
+    pub batch_units: usize,
+    /// Fraction of this step's units whose gradient norm exceeded the clip norm.
+    pub clipped_fraction: f64,
+    /// Units of this step left out of the update because their gradient norm was not finite.
+    pub excluded_units: usize,
+}
+
+/// What the training loop reports per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Diagnostics {
+    /// Only data-independent or privatised quantities (the default).
+    #[default]
+    Public,
+    /// Also each step's [`StepDiagnostics`], which leak the private data unaccounted.
+    Private,
 }
 
 /// The end of a job.
@@ -269,7 +295,8 @@ pub struct Outcome {
     pub cancelled: bool,
     /// Where the model was written.
     pub output_model: PathBuf,
-    /// What reading the training data found (canaries not included).
+    /// What reading the training data found (canaries not included): exact counts of the
+    /// private dataset, not privatised.
     pub data: DataCounts,
 }
 
@@ -297,11 +324,15 @@ pub fn evaluate(model: &Model, data: &Dataset, micro: usize, device: Device) -> 
     sum / n.max(1) as f64
 }
 
-/// What the clipping of one logical batch did.
+/// What the clipping of one logical batch did. Every field depends on the private data and none
+/// is privatised: the job loop passes them on ([`StepDiagnostics`]) only when asked to
+/// ([`Diagnostics::Private`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClipStats {
-    /// Units whose gradient norm exceeded the clip norm.
+    /// Units whose (finite) gradient norm exceeded the clip norm.
     pub clipped: usize,
+    /// Units left out of the clipped sum because their gradient norm was not finite.
+    pub excluded: usize,
     /// `(unit, gradient norm before clipping)` for every unit of the batch, in the order processed.
     pub norms: Vec<(usize, f64)>,
     /// Forward/backward passes run.
@@ -344,7 +375,8 @@ pub fn clipped_sum(model: &Model, data: &Dataset, batch: &[usize], clip_norm: f6
             }
         }
     }
-    stats.clipped = stats.norms.iter().filter(|(_, n)| *n > clip_norm).count();
+    stats.clipped = stats.norms.iter().filter(|(_, n)| n.is_finite() && *n > clip_norm).count();
+    stats.excluded = stats.norms.iter().filter(|(_, n)| !n.is_finite()).count();
     Ok((acc, stats))
 }
 
@@ -436,12 +468,14 @@ pub fn run_with_ledger(
     before_step: impl FnMut(u64) -> Result<(), TrainError>,
     on_progress: impl FnMut(&Progress),
 ) -> Result<Outcome, TrainError> {
-    run_observed(spec, base_name, cancel, before_step, |_, _| {}, on_progress)
+    run_observed(spec, base_name, cancel, before_step, |_, _| {}, on_progress, Diagnostics::Public)
 }
 
 /// [`run_with_ledger`], with `on_start(plan, counts)` called once the data is read and the plan
-/// settled, before the first step (or the first step of a resumed run): `ewtune train` prints
-/// the counts there.
+/// settled, before the first step (or the first step of a resumed run), and each step's
+/// progress carrying its private statistics when `diagnostics` is [`Diagnostics::Private`]. The
+/// counts (like [`Outcome::data`]) describe the private dataset exactly: `ewtune train` prints
+/// them only with `--print-private-diagnostics`.
 pub fn run_observed(
     spec: &JobSpec,
     base_name: &BaseName,
@@ -449,6 +483,7 @@ pub fn run_observed(
     mut before_step: impl FnMut(u64) -> Result<(), TrainError>,
     on_start: impl FnOnce(&Plan, &DataCounts),
     mut on_progress: impl FnMut(&Progress),
+    diagnostics: Diagnostics,
 ) -> Result<Outcome, TrainError> {
     let device = spec.device.resolve()?;
     let base_model_name = base_name.resolve(&spec.model)?;
@@ -544,7 +579,7 @@ pub fn run_observed(
         before_step(step + 1)?;
         let batch = sampler.sample(&mut sampling_rng);
         let noise_buf = noise.next_buffer();
-        let clipped = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?.clipped;
+        let stats = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?;
         noise.recycle(noise_buf);
         history.compose(plan.noise_multiplier, plan.sample_rate, 1)?;
         step += 1;
@@ -555,13 +590,12 @@ pub fn run_observed(
             checkpoint::save(&ckpt_root, &state, &model.trainable(), &optimizer.state(&names))?;
             epsilon_spent = Some(accountant.epsilon(&history, plan.delta)?.bounds.upper);
         }
-        on_progress(&Progress {
-            step,
-            total_steps: plan.steps,
+        let private_diagnostics = (diagnostics == Diagnostics::Private).then(|| StepDiagnostics {
             batch_units: batch.len(),
-            clipped_fraction: if batch.is_empty() { 0.0 } else { clipped as f64 / batch.len() as f64 },
-            epsilon_spent,
+            clipped_fraction: if batch.is_empty() { 0.0 } else { stats.clipped as f64 / batch.len() as f64 },
+            excluded_units: stats.excluded,
         });
+        on_progress(&Progress { step, total_steps: plan.steps, expected_batch_size: expected_batch, epsilon_spent, private_diagnostics });
     }
     if cancelled && step > start {
         let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone() };

@@ -188,16 +188,59 @@ fn norm_unit_grads(normalized: &Tensor, g: &Tensor, units: &Units, with_beta: bo
     (dgamma, dbeta)
 }
 
+/// The clip factors of a micro-batch's units, `c_u = min(1, C / (||g_u|| + 1e-6))`, and which
+/// units are left out of the clipped sum: those whose norm is not finite (jax_privacy's
+/// `nan_safe`), whose factor is 0.
+pub struct ClipFactors {
+    /// `[units]` (f32), 0 for an excluded unit.
+    pub unit: Tensor,
+    /// `[rows]`: the factor of each sequence row's unit.
+    pub row: Tensor,
+    /// Boolean masks `([units], [rows])` of the excluded units and their rows; `None` when every
+    /// norm is finite.
+    excluded: Option<(Tensor, Tensor)>,
+}
+
+impl ClipFactors {
+    /// The factors for the per-unit gradient norms `norms` (`[units]`, f32) of `units` at clip
+    /// norm `clip_norm`. Reads on the host whether any norm is non-finite (one small copy per
+    /// micro-batch, which the caller makes anyway to report the norms).
+    pub fn new(norms: &Tensor, clip_norm: f64, units: &Units) -> Self {
+        let finite = norms.isfinite();
+        let clip = (clip_norm / (norms + super::dpsgd::NORM_EPS)).clamp_max(1.0);
+        let unit = clip.where_self(&finite, &Tensor::zeros_like(&clip));
+        let row = unit.index_select(0, &units.unit_of_row);
+        let excluded = (finite.all().int64_value(&[]) == 0).then(|| {
+            let unit = finite.logical_not();
+            let row = unit.index_select(0, &units.unit_of_row);
+            (unit, row)
+        });
+        ClipFactors { unit, row, excluded }
+    }
+}
+
 /// `sum_u c_u grad_u` for every parameter of the record (same order as [`Record::params`]),
-/// where `row_scale[r] = c[unit of row r]` (book-keeping: one GEMM per linear layer).
-pub fn clipped_sums(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, clip: &Tensor, row_scale: &Tensor) -> Vec<Tensor> {
+/// by book-keeping (one GEMM per linear layer). An excluded unit (non-finite norm) adds exactly
+/// nothing: its gradient rows, and a linear layer's input rows, are replaced by zeros with a
+/// select before the sum, not multiplied by its zero factor, since 0 x inf and 0 x NaN are NaN
+/// and would turn the whole sum (and the noisy update) into NaN. A unit with a finite norm has
+/// only finite inputs and output gradients (any inf or NaN among them makes its norm
+/// non-finite), so without an excluded unit the multiplication alone is exact.
+pub fn clipped_sums(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, clip: &ClipFactors) -> Vec<Tensor> {
     match (record, per_unit) {
         (Record::Linear { input, bias, in_out_layout, .. }, _) => {
             let g = f32(&grads[0]);
             let d_out = g.size()[2];
             let d_in = input.size()[2];
-            let gs = (g * row_scale.view([-1, 1, 1])).reshape([-1, d_out]);
-            let a = f32(input).reshape([-1, d_in]);
+            let mut gs = g * clip.row.view([-1, 1, 1]);
+            let mut a = f32(input);
+            if let Some((_, rows)) = &clip.excluded {
+                let rows = rows.view([-1, 1, 1]);
+                gs = gs.masked_fill(&rows, 0.0);
+                a = a.masked_fill(&rows, 0.0);
+            }
+            let gs = gs.reshape([-1, d_out]);
+            let a = a.reshape([-1, d_in]);
             let dw = if *in_out_layout { a.transpose(0, 1).matmul(&gs) } else { gs.transpose(0, 1).matmul(&a) };
             let mut out = vec![dw];
             if bias.is_some() {
@@ -209,7 +252,11 @@ pub fn clipped_sums(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, cli
             .iter()
             .map(|g| {
                 let shape = g.size();
-                clip.matmul(&g.reshape([shape[0], -1])).reshape(&shape[1..])
+                let mut g = g.reshape([shape[0], -1]);
+                if let Some((units, _)) = &clip.excluded {
+                    g = g.masked_fill(&units.view([-1, 1]), 0.0);
+                }
+                clip.unit.matmul(&g).reshape(&shape[1..])
             })
             .collect(),
         (_, UnitGrads::Linear) => unreachable!("only linear records have no materialised gradients"),

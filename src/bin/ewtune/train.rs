@@ -1,6 +1,8 @@
 //! `ewtune train --config job.toml`: runs a job with a progress bar (on a terminal) and prints
-//! the data counts and the privacy plan up front and the privacy spent at the end. Ctrl-C stops
-//! after the current step with a checkpoint; running the same command again resumes.
+//! the privacy plan up front and the privacy spent at the end: only data-independent or
+//! privatised quantities, unless `--print-private-diagnostics` asks for the data counts and each
+//! step's sample statistics too. Ctrl-C stops after the current step with a checkpoint; running
+//! the same command again resumes.
 
 use ewtune::train::job::{self, JobSpec};
 use std::io::IsTerminal;
@@ -17,7 +19,19 @@ pub struct TrainArgs {
     /// Print progress and the outcome as JSON lines instead of a bar and a summary.
     #[arg(long)]
     json: bool,
+    /// Also print exact statistics of the private training data that the privacy guarantee
+    /// does NOT cover: each step's realised batch size (units in its Poisson sample), fraction
+    /// of units clipped and number of units left out for a non-finite gradient norm, and the
+    /// dataset's counts (examples, privacy units, examples cut at max_length, examples dropped by
+    /// max_examples_per_user). Whoever sees this output learns about the training data beyond
+    /// the job's epsilon. Without it only the plan, the step count, the expected batch size, the
+    /// certified epsilon and the loss on the (non-sensitive) eval_data are printed.
+    #[arg(long)]
+    print_private_diagnostics: bool,
 }
+
+/// What `--print-private-diagnostics` says on stderr before anything else.
+const PRIVATE_NOTICE: &str = "warning: --print-private-diagnostics: this output includes statistics of the private training data (realised batch sizes, clipped fractions, units excluded for non-finite gradients, dataset counts) that the privacy guarantee does not cover; do not share it";
 
 pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let spec = JobSpec::from_toml_file(&args.config)?;
@@ -34,27 +48,52 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         b
     });
+    let private = args.print_private_diagnostics;
+    if private {
+        eprintln!("{PRIVATE_NOTICE}");
+    }
+    let diagnostics = if private { job::Diagnostics::Private } else { job::Diagnostics::Public };
     let mut last_eps = None;
     let cap = spec.data_config.max_examples_per_user;
     let on_start = |p: &job::Plan, d: &ewtune::train::data::DataCounts| {
         if args.json {
-            println!("{}", serde_json::json!({ "plan": p, "data": d }));
+            // The dataset's counts are private; the plan's N is what q = B / N is computed from.
+            let line = if private { serde_json::json!({ "plan": p, "data": d }) } else { serde_json::json!({ "plan": p }) };
+            println!("{line}");
             return;
         }
-        let dropped = match cap {
-            Some(k) => format!("{} dropped by max_examples_per_user = {k}", d.dropped_examples),
-            None => "none dropped (no max_examples_per_user)".into(),
-        };
-        println!("data: {} examples, {} privacy units; {} truncated at max_length; {dropped}", d.examples, d.units, d.truncated_examples);
+        if private {
+            let dropped = match cap {
+                Some(k) => format!("{} dropped by max_examples_per_user = {k}", d.dropped_examples),
+                None => "none dropped (no max_examples_per_user)".into(),
+            };
+            println!("data (private): {} examples, {} privacy units; {} truncated at max_length; {dropped}", d.examples, d.units, d.truncated_examples);
+        }
         println!("plan: privacy units N = {}, q = {:.6}, steps = {}, sigma = {:.4}, certified epsilon {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier, p.certified_epsilon);
     };
-    let outcome = job::run_observed(&spec, &job::BaseName::CanonicalPath, &cancel, |_| Ok(()), on_start, |p| {
+    let on_progress = |p: &job::Progress| {
         if p.epsilon_spent.is_some() {
             last_eps = p.epsilon_spent;
         }
         if args.json {
             println!("{}", serde_json::to_string(p).expect("progress serializes"));
-        } else if let Some(b) = &bar {
+            return;
+        }
+        if let Some(d) = &p.private_diagnostics {
+            let line = format!(
+                "step {}/{} (private): {} units sampled, {:.1} % clipped, {} excluded (non-finite norm)",
+                p.step,
+                p.total_steps,
+                d.batch_units,
+                100.0 * d.clipped_fraction,
+                d.excluded_units
+            );
+            match &bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        if let Some(b) = &bar {
             b.set_length(p.total_steps);
             b.set_position(p.step);
             if let Some(e) = last_eps {
@@ -63,12 +102,17 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         } else if p.epsilon_spent.is_some() || p.step == p.total_steps {
             eprintln!("step {}/{}  epsilon spent {}", p.step, p.total_steps, last_eps.map(|e| format!("{e:.4}")).unwrap_or("-".into()));
         }
-    })?;
+    };
+    let outcome = job::run_observed(&spec, &job::BaseName::CanonicalPath, &cancel, |_| Ok(()), on_start, on_progress, diagnostics)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string(&outcome).expect("outcome serializes"));
+        let mut line = serde_json::to_value(&outcome).expect("outcome serializes");
+        if !private {
+            line.as_object_mut().expect("an object").remove("data");
+        }
+        println!("{line}");
         return Ok(());
     }
     let p = &outcome.plan;

@@ -174,8 +174,8 @@ fn any_arguments_answer_or_fail_cleanly() {
             } else {
                 prop_assert!(!out.contains("NaN") && !out.contains("nan"), "{args:?}: {out}");
             }
-            // A runaway guard (the budget is about a second on two idle cores; shared machine).
-            prop_assert!(took.as_secs_f64() < 5.0, "{args:?} took {took:?}");
+            // A runaway guard (the budget is about a second on two idle cores; tests share them).
+            prop_assert!(took.as_secs_f64() < 10.0, "{args:?} took {took:?}");
             Ok(())
         })
         .unwrap();

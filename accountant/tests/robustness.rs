@@ -44,8 +44,8 @@ fn any_steps() -> impl Strategy<Value = u64> {
 
 /// A bound on one call's wall time that only a runaway computation exceeds: the documented
 /// budget is about a second on two idle cores (`cargo bench -p ewtune-accountant` prints the
-/// worst cases); this machine is shared, so the test allows five.
-const CALL_LIMIT: Duration = Duration::from_secs(5);
+/// worst cases); test threads share two cores with other tests, so the test allows ten.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs `f`, failing the case if it took longer than [`CALL_LIMIT`].
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {

@@ -418,8 +418,9 @@ impl Composed {
     fn build(history: &History, adjacency: Adjacency, h: f64, truncation: f64, eps_center: f64) -> Result<Self> {
         // Every size is checked in f64 (never wraps) before anything is allocated.
         let too_large = |what: &'static str, points: f64| Error::TooLarge { what, points: format!("{points:.3e}"), interval: h, limit: MAX_FFT_LEN };
+        let groups = distinct_mechanisms(history);
         let mut all_points = 0.0;
-        for g in history.groups() {
+        for g in &groups {
             let (lo, hi, _, _) = LossModel { mech: g.mechanism(), adjacency }.range(truncation);
             // +3: the floor/ceil of both ends and the last point. Grid indices must also be exact
             // integers in f64 (below 2^53) to be cast to i64 and offset without overflow.
@@ -433,11 +434,8 @@ impl Composed {
         if all_points > MAX_STEP_POINTS {
             return Err(too_large("the one-step privacy losses of the history together", all_points));
         }
-        let steps: Vec<(StepPmf, u64)> = history
-            .groups()
-            .iter()
-            .map(|g: &StepGroup| (LossModel { mech: g.mechanism(), adjacency }.step_pmf(h, truncation), g.steps))
-            .collect();
+        let steps: Vec<(StepPmf, u64)> =
+            groups.iter().map(|g: &StepGroup| (LossModel { mech: g.mechanism(), adjacency }.step_pmf(h, truncation), g.steps)).collect();
         let t = saddle_tilt(&steps, eps_center / h);
         let (tilted, log_norm) = tilt(&steps, t);
         // Window from Chernoff bounds of the tilted finite parts: P_t(S > hi), P_t(S < lo) <= tail.
@@ -459,7 +457,7 @@ impl Composed {
             return Err(too_large("the composed privacy loss", fft_len as f64));
         }
         if steps.len() as f64 * fft_len as f64 > MAX_COMPOSE_WORK as f64 {
-            return Err(too_large("composing every group of the history", steps.len() as f64 * fft_len as f64));
+            return Err(too_large("composing every distinct step of the history", steps.len() as f64 * fft_len as f64));
         }
         // The window's first index: within +-i64::MAX/4 (chernoff_edge's range, and lo <= hi).
         let lo_idx = i64::try_from(lo_idx).map_err(|_| too_large("the composed privacy loss", lo_idx as f64))?;
@@ -655,6 +653,23 @@ impl Composed {
 /// (within 4/3 of it; a power of two alone wastes up to half the transform).
 fn fft_length(needed: usize) -> usize {
     [1usize, 3, 5].iter().map(|&m| m * needed.div_ceil(m).next_power_of_two()).min().expect("three candidates")
+}
+
+/// The history's groups with identical mechanisms merged wherever they occur (composition is
+/// commutative, and each distinct mechanism costs one FFT), in order of first appearance.
+fn distinct_mechanisms(history: &History) -> Vec<StepGroup> {
+    let mut out: Vec<StepGroup> = Vec::new();
+    let mut index: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
+    for g in history.groups() {
+        match index.entry((g.noise_multiplier.to_bits(), g.sample_rate.to_bits())) {
+            std::collections::hash_map::Entry::Occupied(i) => out[*i.get()].steps += g.steps,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(out.len());
+                out.push(*g);
+            }
+        }
+    }
+    out
 }
 
 /// `ln p_i` of a step PMF's finite part (`-inf` where `p_i = 0`), computed once per tilt search.

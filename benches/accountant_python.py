@@ -40,7 +40,9 @@ def prv(q, s, n, d):
 
 
 def main():
-    rows = [json.loads(line) for line in open(sys.argv[1])]
+    lines = [json.loads(line) for line in open(sys.argv[1])]
+    rows = [r for r in lines if "q" in r]
+    worst = [r for r in lines if "worst" in r]
     full = "--full" in sys.argv
     print(f"{'q':>6} {'sigma':>5} {'steps':>8} {'delta':>6} | {'ewtune cert':>11} {'time':>8} | {'EW2':>8} {'time':>8} |"
           f" {'dp PLD':>8} {'time':>8} | {'PRV up':>8} {'time':>8} | {'dp RDP':>8} {'time':>7} | PLD/ewtune")
@@ -57,6 +59,10 @@ def main():
         print(f"{q:>6} {s:>5} {n:>8} {d:>6.0e} | {r['certified_upper']:11.4f} {r['certified_s'] * 1e3:6.2f}ms |"
               f" {r['edgeworth']:8.4f} {r['edgeworth_us']:6.1f}us | {fmt(pl[0])} {pl[1]:7.3f}s | {fmt(pv[0])} {pv[1]:7.3f}s |"
               f" {fmt(rd[0])} {rd[1]:6.3f}s | {ratio:8.0f}x", flush=True)
+    if worst:
+        print("\newtune's slowest accepted calls and refusals at the work caps (one run each):")
+        for w in worst:
+            print(f"  {w['s']:6.3f}s  {w['worst']}: {w['result']}")
 
 
 if __name__ == "__main__":

@@ -378,13 +378,13 @@ fn inverse_sf(tau: f64) -> f64 {
 }
 
 /// Tilted mass (each side) the composition window may leave outside; see [`Composed::build`].
-const TILTED_WINDOW_TAIL: f64 = 1e-12;
+const TILTED_WINDOW_TAIL: f64 = 1e-8;
 /// Largest exponential tilt per grid index: tilting harder only moves the window to the top of
 /// the support, where nothing is left to resolve.
 const MAX_TILT: f64 = 50.0;
 /// A composition is redone around its own estimate when its allowance at the answer exceeds this
 /// fraction of delta (the first tilt came from a guess that was off).
-const RETILT_FRACTION: f64 = 1e-4;
+const RETILT_FRACTION: f64 = 1e-3;
 
 /// The composed PLD of one direction on a window of the grid.
 ///

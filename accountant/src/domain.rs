@@ -44,7 +44,8 @@
 //! * Work: every call is bounded before it starts. One FFT is at most `MAX_GRID_POINTS` long
 //!   (16 MiB per buffer), all one-step PMFs of a history together hold at most
 //!   `2 MAX_GRID_POINTS` points, and one composition (one forward FFT per group of the history)
-//!   costs at most `MAX_COMPOSE_WORK` = 2^24 FFT points; a call makes at most four compositions
+//!   costs at most `MAX_COMPOSE_WORK` = 2^24 FFT points (a history with more distinct steps is
+//!   composed as a dominating one with fewer, see `pld`); a call makes at most four compositions
 //!   (two directions, each at most twice), and a calibration at most `MAX_CALIBRATION_WORK`
 //!   FFT points over all its evaluations. On two cores the largest accepted call takes about a
 //!   second (`cargo bench -p ewtune-accountant` prints the worst cases).

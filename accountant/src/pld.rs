@@ -34,7 +34,7 @@
 //! `estimate` is the connect-the-dots value itself (what dp_accounting reports as its PLD epsilon).
 
 use crate::edgeworth::{self, Order};
-use crate::domain::{check_delta, check_epsilon, check_open, MAX_COMPOSE_WORK, MAX_GRID_POINTS};
+use crate::domain::{check_delta, check_epsilon, check_open, MAX_COMPOSE_WORK, MAX_GRID_POINTS, MIN_NOISE_MULTIPLIER};
 use crate::error::{Error, Result};
 use crate::event::{History, StepGroup};
 use crate::mechanism::SubsampledGaussian;
@@ -92,6 +92,11 @@ pub struct CertifiedEpsilon {
     pub fft_len: usize,
     /// Delta added to the upper bound for tails, wrap-around and floating point.
     pub delta_allowance: f64,
+    /// 0, or the relative grid step (e.g. 0.0004) on which the sigmas and sampling rates of a
+    /// history with too many distinct steps to compose one by one were rounded (sigma down, q
+    /// up) into a history that dominates it. `upper` is then the bound of that history, still a
+    /// guarantee for this one, and `lower` is 0 (no claim).
+    pub coarsening: f64,
 }
 
 /// The certified PLD accountant.
@@ -170,6 +175,7 @@ impl PldAccountant {
             value_discretization: h,
             fft_len: r.fft_len.max(a.fft_len),
             delta_allowance: allowance_at(r_allowance).max(allowance_at(a_allowance)),
+            coarsening: r.coarsening.max(a.coarsening),
         })
     }
 
@@ -410,17 +416,58 @@ struct Composed {
     coupling_failure: f64,
     total_steps: f64,
     fft_len: usize,
+    /// Relative grid step of the dominating history composed instead of the given one (0 when
+    /// the history was composed as it is).
+    coarsening: f64,
 }
+
+/// A composition, or the FFT length it would have needed beyond the work cap.
+enum Built {
+    Done(Composed),
+    OverWork { fft_len: usize },
+}
+
+/// The `what` of the error when a history has too many distinct steps even after coarsening.
+const COMPOSE_WORK: &str = "composing every distinct step of the history";
+/// Coarsest grid (log of its ratio, about 5 %) on which sigma and q of a long heterogeneous
+/// history are rounded to fit the work cap.
+const MAX_COARSENING: f64 = 0.05;
+/// Most distinct steps composed one by one; a history with more is coarsened first.
+const MAX_DISTINCT_STEPS: usize = 32;
 
 impl Composed {
     /// Composes `history` in one direction on grid `h`, tilted towards `eps_center` (the epsilon
     /// the caller will ask about; any value gives a valid bound, a close one a tight bound).
     fn build(history: &History, adjacency: Adjacency, h: f64, truncation: f64, eps_center: f64) -> Result<Self> {
+        let exact = distinct_mechanisms(history.groups());
+        let total_steps = history.total_steps() as f64;
+        let over = |work: f64| Error::TooLarge { what: COMPOSE_WORK, points: format!("{work:.3e}"), interval: h, limit: MAX_COMPOSE_WORK };
+        // Too many distinct steps to transform one by one: compose a history that dominates
+        // this one with fewer of them (sigma rounded down, q up, on a geometric grid as fine as
+        // the budget allows), first to at most MAX_DISTINCT_STEPS, then, if the FFT turns out
+        // long, to what the work cap leaves room for.
+        let (mut groups, mut log_ratio) = (exact.clone(), 0.0);
+        if exact.len() > MAX_DISTINCT_STEPS {
+            (groups, log_ratio) = coarsen(&exact, MAX_DISTINCT_STEPS).ok_or_else(|| over(exact.len() as f64 * MAX_FFT_LEN as f64))?;
+        }
+        let fft_len = match Self::build_groups(&groups, total_steps, adjacency, h, truncation, eps_center)? {
+            Built::Done(c) => return Ok(Composed { coarsening: log_ratio.exp_m1(), ..c }),
+            Built::OverWork { fft_len } => fft_len,
+        };
+        (groups, log_ratio) = coarsen(&exact, MAX_COMPOSE_WORK / fft_len).ok_or_else(|| over(groups.len() as f64 * fft_len as f64))?;
+        match Self::build_groups(&groups, total_steps, adjacency, h, truncation, eps_center)? {
+            Built::Done(c) => Ok(Composed { coarsening: log_ratio.exp_m1(), ..c }),
+            Built::OverWork { fft_len } => Err(over(groups.len() as f64 * fft_len as f64)),
+        }
+    }
+
+    /// [`Self::build`] for the distinct `groups` of a history of `total_steps` steps, or the FFT
+    /// length it would need when transforming every group exceeds the work cap.
+    fn build_groups(groups: &[StepGroup], total_steps: f64, adjacency: Adjacency, h: f64, truncation: f64, eps_center: f64) -> Result<Built> {
         // Every size is checked in f64 (never wraps) before anything is allocated.
         let too_large = |what: &'static str, points: f64| Error::TooLarge { what, points: format!("{points:.3e}"), interval: h, limit: MAX_FFT_LEN };
-        let groups = distinct_mechanisms(history);
         let mut all_points = 0.0;
-        for g in &groups {
+        for g in groups {
             let (lo, hi, _, _) = LossModel { mech: g.mechanism(), adjacency }.range(truncation);
             // +3: the floor/ceil of both ends and the last point. Grid indices must also be exact
             // integers in f64 (below 2^53) to be cast to i64 and offset without overflow.
@@ -457,7 +504,7 @@ impl Composed {
             return Err(too_large("the composed privacy loss", fft_len as f64));
         }
         if steps.len() as f64 * fft_len as f64 > MAX_COMPOSE_WORK as f64 {
-            return Err(too_large("composing every distinct step of the history", steps.len() as f64 * fft_len as f64));
+            return Ok(Built::OverWork { fft_len });
         }
         // The window's first index: within +-i64::MAX/4 (chernoff_edge's range, and lo <= hi).
         let lo_idx = i64::try_from(lo_idx).map_err(|_| too_large("the composed privacy loss", lo_idx as f64))?;
@@ -478,10 +525,9 @@ impl Composed {
         // Tilted L1 error: round-off, plus the mass outside the window twice (once wrapped into
         // it by the cyclic convolution, once missing from it), on each side.
         let tilted_error = numerical + 4.0 * TILTED_WINDOW_TAIL;
-        let total_steps = history.total_steps() as f64;
         let inf_mass = -steps.iter().map(|(p, n)| *n as f64 * (-p.inf_mass).ln_1p()).sum::<f64>().exp_m1();
         let coupling_failure = steps.iter().map(|(p, n)| *n as f64 * (p.inf_mass + p.raised_mass)).sum();
-        Ok(Composed {
+        Ok(Built::Done(Composed {
             h,
             first: lo_idx,
             probs,
@@ -491,7 +537,8 @@ impl Composed {
             coupling_failure,
             total_steps,
             fft_len,
-        })
+            coarsening: 0.0,
+        }))
     }
 
     /// Bound on the error of `delta_at(eps)` (and of every sum over losses above eps) from
@@ -624,11 +671,14 @@ impl Composed {
                 lower = lower.max(y - self.shift(eta));
             }
         }
+        // The coupling bound is about the composed history, which a coarsened one is not.
+        let lower = if self.coarsening > 0.0 { 0.0 } else { lower.min(estimate) };
         Ok(CertifiedEpsilon {
-            bounds: Bounds { lower: lower.min(estimate), estimate, upper: upper.max(estimate) },
+            bounds: Bounds { lower, estimate, upper: upper.max(estimate) },
             value_discretization: self.h,
             fft_len: self.fft_len,
             delta_allowance: self.allowance(upper),
+            coarsening: self.coarsening,
         })
     }
 
@@ -645,7 +695,8 @@ impl Composed {
             let d = self.delta_at(at) - self.allowance(at) - eta - self.coupling_failure;
             lower = lower.max(d);
         }
-        Bounds { lower: lower.min(estimate), estimate, upper }
+        let lower = if self.coarsening > 0.0 { 0.0 } else { lower.min(estimate) };
+        Bounds { lower, estimate, upper }
     }
 }
 
@@ -655,12 +706,12 @@ fn fft_length(needed: usize) -> usize {
     [1usize, 3, 5].iter().map(|&m| m * needed.div_ceil(m).next_power_of_two()).min().expect("three candidates")
 }
 
-/// The history's groups with identical mechanisms merged wherever they occur (composition is
+/// The groups with identical mechanisms merged wherever they occur (composition is
 /// commutative, and each distinct mechanism costs one FFT), in order of first appearance.
-fn distinct_mechanisms(history: &History) -> Vec<StepGroup> {
+fn distinct_mechanisms(groups: &[StepGroup]) -> Vec<StepGroup> {
     let mut out: Vec<StepGroup> = Vec::new();
     let mut index: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
-    for g in history.groups() {
+    for g in groups {
         match index.entry((g.noise_multiplier.to_bits(), g.sample_rate.to_bits())) {
             std::collections::hash_map::Entry::Occupied(i) => out[*i.get()].steps += g.steps,
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -670,6 +721,37 @@ fn distinct_mechanisms(history: &History) -> Vec<StepGroup> {
         }
     }
     out
+}
+
+/// A history that dominates `groups` with fewer distinct steps: each sigma rounded down and each
+/// q rounded up to a power of `e^log_ratio` (q at most 1, sigma at least the accepted floor).
+/// Less noise and a higher sampling rate never make a step more private (a lower rate is the
+/// higher one after a further subsampling of the data), so the result's epsilon bounds the
+/// given history's.
+fn dominating_groups(groups: &[StepGroup], log_ratio: f64) -> Vec<StepGroup> {
+    let coarse: Vec<StepGroup> = groups
+        .iter()
+        .map(|g| StepGroup {
+            noise_multiplier: ((g.noise_multiplier.ln() / log_ratio).floor() * log_ratio).exp().clamp(MIN_NOISE_MULTIPLIER, g.noise_multiplier),
+            sample_rate: ((g.sample_rate.ln() / log_ratio).ceil() * log_ratio).exp().clamp(g.sample_rate, 1.0),
+            steps: g.steps,
+        })
+        .collect();
+    distinct_mechanisms(&coarse)
+}
+
+/// The finest [`dominating_groups`] of at most `most` distinct steps (at least 1), with the log
+/// of its grid ratio; `None` beyond `MAX_COARSENING`.
+fn coarsen(exact: &[StepGroup], most: usize) -> Option<(Vec<StepGroup>, f64)> {
+    let mut log_ratio = 1e-4;
+    while log_ratio <= MAX_COARSENING {
+        let coarse = dominating_groups(exact, log_ratio);
+        if coarse.len() <= most.max(1) {
+            return Some((coarse, log_ratio));
+        }
+        log_ratio *= 1.5;
+    }
+    None
 }
 
 /// `ln p_i` of a step PMF's finite part (`-inf` where `p_i = 0`), computed once per tilt search.

@@ -139,3 +139,22 @@ fn certified_upper_against_dp_accounting_at_tiny_delta_and_long_ledgers() {
     }
     eprintln!("largest excess over dp_accounting: {:+.4} % ({})", 100.0 * worst.0, worst.1);
 }
+
+/// A ledger of hundreds of distinct jobs (each with its own calibrated sigma) is composed as a
+/// dominating history on a fine grid instead of being refused: its guarantee lies between those
+/// of the same steps all at the smallest and all at the largest sigma, and says how coarse.
+#[test]
+fn a_ledger_of_hundreds_of_distinct_jobs_is_bounded_not_refused() {
+    let acc = PldAccountant::default();
+    let jobs: Vec<StepGroup> = (0..300).map(|i| StepGroup { noise_multiplier: 1.0 + 1e-4 * i as f64, sample_rate: 0.01, steps: 300 }).collect();
+    let ledger = History::from_groups(jobs.iter().copied()).unwrap();
+    let c = acc.epsilon(&ledger, 1e-8).unwrap();
+    assert!(c.coarsening > 0.0 && c.coarsening < 0.01, "{c:?}");
+    assert_eq!(c.bounds.lower, 0.0, "no lower bound is claimed for a coarsened history");
+    let most_noise = acc.epsilon(&History::homogeneous(1.0299, 0.01, 90_000).unwrap(), 1e-8).unwrap().bounds;
+    let least_noise = acc.epsilon(&History::homogeneous(1.0, 0.01, 90_000).unwrap(), 1e-8).unwrap().bounds;
+    assert!(c.bounds.upper >= most_noise.estimate && c.bounds.upper <= least_noise.upper, "{c:?} vs [{most_noise:?}, {least_noise:?}]");
+    // The grid is as fine as the budget allows: within 0.5 % of the middle of the bracket.
+    let middle = acc.epsilon(&History::homogeneous(1.01495, 0.01, 90_000).unwrap(), 1e-8).unwrap().bounds;
+    assert!(c.bounds.upper <= middle.upper * 1.005, "{c:?} vs {middle:?}");
+}

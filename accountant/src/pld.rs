@@ -1032,6 +1032,7 @@ mod tests {
                 coupling_failure: 0.0,
                 total_steps: 1.0,
                 fft_len: 0,
+                coarsening: 0.0,
             };
             let got = composed.delta_at(0.05);
             assert!(got >= exact * (1.0 - 1e-9) && got <= exact * (1.0 + 1e-6), "{adjacency:?}: {got} vs {exact}");

@@ -13,7 +13,7 @@
 # In the committed CSV (84 rows): every eps_pld lies inside [eps_prv_lower, eps_prv_upper]; the
 # prv estimate is 0.0003..0.049 % below eps_pld; eps_pld_vdi2 is 0.0004..0.037 % below eps_pld
 # (never above); eps_pld_stock differs from eps_pld by up to 1.77 % (delta 1e-10, 1e6 steps), by
-# at most 0.005 % at delta 1e-5; all vdi are 1e-4 except 7e-5 for q=0.003984 sigma=2.89 1e4 steps.
+# at most 0.0001 % at delta 1e-5; all vdi are 1e-4 except 7e-5 for q=0.003984 sigma=2.89 1e4 steps.
 #
 # Why the PLD is not simply dp_accounting's PLDAccountant: its self_compose raises the float64
 # FFT of the one-step PMF to the n-th power, which leaves a noise floor in every bin. At q=0.001

@@ -127,6 +127,16 @@ fn users() -> Dataset {
 /// (the user's go through 13 passes, gradient accumulated), yet every user's norm and the
 /// clipped sum equal the oracle's, which runs each user's examples in one forward and backward
 /// (1e-5 relative, as above). A micro-batch of 64 packs the small users together instead.
+/// The micro-batch rows of each unit when the whole dataset is one batch, in unit order.
+fn unit_rows(data: &Dataset) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for u in &data.units {
+        let start = groups.iter().map(Vec::len).sum::<usize>();
+        groups.push((start..start + u.len()).collect());
+    }
+    groups
+}
+
 #[test]
 fn a_user_larger_than_the_micro_batch_is_clipped_exactly_within_it() {
     for (family, ft) in [(Family::Gpt2, FineTune::Full), (Family::Llama, lora())] {
@@ -135,11 +145,7 @@ fn a_user_larger_than_the_micro_batch_is_clipped_exactly_within_it() {
         let data = users();
         let batch: Vec<usize> = (0..data.len()).collect();
         let everything = data.micro_batch(&batch, Device::Cpu);
-        let mut groups = Vec::new();
-        for u in &data.units {
-            let start = groups.iter().map(Vec::len).sum::<usize>();
-            groups.push((start..start + u.len()).collect::<Vec<_>>());
-        }
+        let groups = unit_rows(&data);
         // A clip norm between the smallest and largest unit norm: some units clip, some do not.
         let (norms, _) = naive_clipped_sum(&m, &everything, &groups, 1.0);
         let (lo, hi) = norms.iter().fold((f64::MAX, 0f64), |(lo, hi), &n| (lo.min(n), hi.max(n)));
@@ -306,11 +312,7 @@ fn a_non_finite_unit_leaves_the_clipped_sum_and_the_noisy_update_finite() {
             let data = poisoned_users(poisoned);
             let batch: Vec<usize> = (0..data.len()).collect();
             let everything = data.micro_batch(&batch, Device::Cpu);
-            let mut groups = Vec::new();
-            for u in &data.units {
-                let start = groups.iter().map(Vec::len).sum::<usize>();
-                groups.push((start..start + u.len()).collect::<Vec<_>>());
-            }
+            let groups = unit_rows(&data);
             let kept: Vec<Vec<usize>> = groups.iter().enumerate().filter(|&(u, _)| u != poisoned).map(|(_, g)| g.clone()).collect();
             let clip = 0.5;
             let (_, oracle_sums) = naive_clipped_sum(&m, &everything, &kept, clip);

@@ -72,7 +72,7 @@ impl History {
     }
 
     /// A homogeneous history: `steps` steps of `(sigma, q)`. Accepted: sigma finite and
-    /// `>= 0.01`, q in `(0, 1]`, steps in `1 ..= 10^9` ([`crate::domain`]); anything else is
+    /// `>= 0.02`, q in `[1e-12, 1]`, steps in `1 ..= 10^9` ([`crate::domain`]); anything else is
     /// `InvalidArgument` or `OutOfRange`.
     pub fn homogeneous(noise_multiplier: f64, sample_rate: f64, steps: u64) -> Result<Self> {
         let mut h = Self::new();

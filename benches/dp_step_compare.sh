@@ -43,8 +43,8 @@ llama_shape=()
 [ -n "$kv_heads" ] && llama_shape+=(--kv-heads "$kv_heads")
 [ -n "$intermediate" ] && llama_shape+=(--intermediate "$intermediate")
 
-# Same thread count for both: libtorch's intra-op pool in ewtune reads OMP_NUM_THREADS (the
-# .cargo/config.toml setting only reaches `cargo run`), the Python side gets --threads too.
+# Same thread count for both: libtorch's intra-op pool in ewtune reads OMP_NUM_THREADS, the
+# Python side gets --threads too.
 export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
 
 # The venv records the pins it was made with; other pins (an older script's) remake it.

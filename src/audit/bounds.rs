@@ -1,27 +1,27 @@
-//! Empirical ε lower bounds from a membership audit. Implements `research/audit.md` §0 (β = 0.05,
-//! Bonferroni over every guess count tried), §5.1 (the classic Clopper–Pearson bound of
-//! Jagielski et al. 2020 / Nasr et al. 2021, valid for independent trials, i.e. multi-run audits)
-//! and §5.2 (the one-run bound of Steinke, Nasr & Jagielski 2023, the headline for canary audits,
-//! including the §5.2.5 ceilings), mirroring `research/audit_reference.py` section 3.
+//! Empirical ε lower bounds from a membership audit (docs/audit.md, The one-run lower bound):
+//! β = 0.05 with Bonferroni over every guess count tried, the classic Clopper–Pearson bound of
+//! Jagielski et al. 2020 / Nasr et al. 2021 (valid for independent trials, i.e. multi-run audits)
+//! and the one-run bound of Steinke, Nasr & Jagielski (NeurIPS 2023, arXiv 2305.08846), the headline for
+//! canary audits, with its ceilings, mirroring the Python reference that produced the test vectors.
 //!
 //! What this module owns: the binomial / beta arithmetic, the bisection for ε, the ranking of
 //! canaries into guesses and the multiple-testing correction. What it does not own: drawing S
-//! (the canary manifest), scoring canaries ([`super::scores`]), choosing δ (the job's δ, §0), the
+//! (the canary manifest), scoring canaries ([`super::scores`]), choosing δ (the job's δ), the
 //! "heuristic" label a single-run Clopper–Pearson number must carry, and the violation alarm
-//! (ε_lb > ε_claimed, §5.3), which belong to the report.
+//! (ε_lb > ε_claimed, docs/audit.md, Violations and false alarms), which belong to the report.
 
 use statrs::function::beta::{checked_beta_reg, inv_beta_reg};
 use statrs::function::factorial::ln_binomial;
 
 use super::metrics::{self, MetricError};
 
-/// The significance of §0: β = 0.05, i.e. 95% confidence.
+/// The significance of the audit: β = 0.05, i.e. 95% confidence.
 pub const DEFAULT_BETA: f64 = 0.05;
 
-/// The default k+ grid of §5.2.4 for m = 1000 (with k− = 0 and Bonferroni β/8).
+/// The default k+ grid for m = 1000 (with k− = 0 and Bonferroni β/8; docs/audit.md, The one-run lower bound).
 pub const DEFAULT_K_PLUS: [usize; 8] = [10, 20, 50, 100, 200, 300, 400, 500];
 
-/// Bisection tolerance on ε (the reference's `tol`; §7.2 asks for 1e-6).
+/// Bisection tolerance on ε (the reference's `tol`; the tests ask for 1e-6).
 const EPS_TOL: f64 = 1e-10;
 
 /// Beyond this ε the one-run bisection stops and reports +∞ (reference behaviour).
@@ -118,11 +118,11 @@ fn check_count(k: u64, n: u64) -> Result<(), BoundError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// §5.1 Classic bound
+// Classic bound (docs/audit.md, The one-run lower bound: `eps_classic_heuristic`)
 // ---------------------------------------------------------------------------------------------
 
 /// One-sided Clopper–Pearson upper bound on a binomial proportion from k successes in n trials:
-/// `1` if k = n, else `BetaInv(1 − α; k + 1, n − k)` (§5.1).
+/// `1` if k = n, else `BetaInv(1 − α; k + 1, n − k)` (Clopper–Pearson).
 pub fn cp_upper(k: u64, n: u64, alpha: f64) -> Result<f64, BoundError> {
     check_count(k, n)?;
     check_level("alpha", alpha)?;
@@ -132,7 +132,7 @@ pub fn cp_upper(k: u64, n: u64, alpha: f64) -> Result<f64, BoundError> {
     Ok(inv_beta_reg(k as f64 + 1.0, (n - k) as f64, 1.0 - alpha))
 }
 
-/// One-sided Clopper–Pearson lower bound: `0` if k = 0, else `BetaInv(α; k, n − k + 1)` (§5.1).
+/// One-sided Clopper–Pearson lower bound: `0` if k = 0, else `BetaInv(α; k, n − k + 1)`.
 pub fn cp_lower(k: u64, n: u64, alpha: f64) -> Result<f64, BoundError> {
     check_count(k, n)?;
     check_level("alpha", alpha)?;
@@ -171,19 +171,19 @@ pub struct ClassicBound {
 }
 
 /// The classic (ε, δ) lower bound at confidence 1 − α from the counts of one threshold
-/// (§5.1): (ε, δ)-DP implies FPR + e^ε·FNR ≥ 1 − δ and FNR + e^ε·FPR ≥ 1 − δ (the
+/// (Jagielski et al. 2020; Nasr et al. 2021): (ε, δ)-DP implies FPR + e^ε·FNR ≥ 1 − δ and FNR + e^ε·FPR ≥ 1 − δ (the
 /// hypothesis-testing view of Kairouz, Oh & Viswanath, ICML 2015); with one-sided CP bounds at
 /// α/2 each (union bound), ε_fwd = ln(1 − δ − FNR_ub) − ln FPR_ub (Jagielski, Ullman & Oprea,
 /// NeurIPS 2020) and ε_rev = ln(1 − δ − FPR_ub) − ln FNR_ub (the reverse test of Nasr et al.,
 /// IEEE S&P 2021, arXiv 2101.04535). Valid for independent trials (one decision per training
-/// run); in a one-run audit it is a heuristic only (§5.1, last paragraph).
+/// run); in a one-run audit it is a heuristic only (docs/audit.md, The one-run lower bound).
 pub fn eps_classic(counts: Confusion, delta: f64, alpha: f64) -> Result<ClassicBound, BoundError> {
     check_delta(delta)?;
     let p = counts.tp + counts.fn_;
     let n = counts.fp + counts.tn;
     let fpr_ub = cp_upper(counts.fp, n, alpha / 2.0)?;
     let fnr_ub = cp_upper(counts.fn_, p, alpha / 2.0)?;
-    // Drop a term whose log argument is ≤ 0 (§5.1). Both upper bounds are > 0 (CP_upper is 1
+    // Drop a term whose log argument is ≤ 0. Both upper bounds are > 0 (CP_upper is 1
     // for k = n, including an empty class), so the subtracted logs are finite.
     let term = |num: f64, den: f64| (num > 0.0).then(|| num.ln() - den.ln());
     let eps_forward = term(1.0 - delta - fnr_ub, fpr_ub);
@@ -208,7 +208,7 @@ pub struct ClassicBest {
 }
 
 /// The classic bound at the best threshold, with α split over all |thresholds| (Bonferroni,
-/// jax_privacy's default, §5.1 third option; there is no uncorrected variant, since the best of
+/// jax_privacy's default; there is no uncorrected variant, since the best of
 /// many thresholds at the full α is optimistic). For a threshold fixed in advance use
 /// [`eps_classic`] on its counts. For multi-run audits: `scores[i]` is the score of run i's
 /// target example and `members[i]` whether it was trained on.
@@ -235,7 +235,7 @@ pub fn eps_classic_best(scores: &[f64], members: &[bool], delta: f64, alpha: f64
 }
 
 // ---------------------------------------------------------------------------------------------
-// §5.2 One-run bound
+// One-run bound (Steinke, Nasr & Jagielski, arXiv 2305.08846)
 // ---------------------------------------------------------------------------------------------
 
 /// `ln(1 + e^x)` without overflow.
@@ -244,13 +244,13 @@ fn softplus(x: f64) -> f64 {
 }
 
 /// `P[Binomial(r, q) = j]` with `q = logistic(eps)`, through lgamma, with `ln q = −softplus(−ε)`
-/// and `ln(1 − q) = −softplus(ε)` so that 1 − q does not underflow for large ε (§5.2.3).
+/// and `ln(1 − q) = −softplus(ε)` so that 1 − q does not underflow for large ε.
 fn binom_pmf(j: u64, r: u64, eps: f64) -> f64 {
     (ln_binomial(r, j) - j as f64 * softplus(-eps) - (r - j) as f64 * softplus(eps)).exp()
 }
 
 /// `P[Binomial(r, q) ≥ v]` = `I_q(v, r − v + 1)` (regularized incomplete beta), 1 for v = 0 and
-/// 0 for v > r (§5.2.3 `binom_sf_ge`).
+/// 0 for v > r (the reference's `binom_sf_ge`).
 pub fn binom_sf_ge(v: u64, r: u64, q: f64) -> f64 {
     if v == 0 {
         return 1.0;
@@ -263,10 +263,10 @@ pub fn binom_sf_ge(v: u64, r: u64, q: f64) -> f64 {
 }
 
 /// The one-run p-value bound (Steinke, Nasr & Jagielski, NeurIPS 2023, arXiv 2305.08846, main
-/// theorem in the form of the authors' appendix code; §5.2.2): if training is (ε, δ)-DP per canary,
+/// theorem in the form of the authors' appendix code; docs/audit.md, The one-run lower bound): if training is (ε, δ)-DP per canary,
 /// `P[#correct ≥ v] ≤ f(v) + 2mδ · max_{i=1..v} (f(v−i) − f(v)) / i`, with
 /// `f(u) = P[Bin(r, logistic(ε)) ≥ u]`; the max is the paper code's running sum of
-/// `pmf(v−1), pmf(v−2), …` (§5.2.3). Capped at 1.
+/// `pmf(v−1), pmf(v−2), …`. Capped at 1.
 pub fn one_run_pvalue(m: u64, r: u64, v: u64, eps: f64, delta: f64) -> Result<f64, BoundError> {
     if !(v <= r && r <= m) {
         return Err(BoundError::OneRunCounts { m, r, v });
@@ -292,8 +292,8 @@ fn pvalue(m: u64, r: u64, v: u64, eps: f64, delta: f64) -> f64 {
     (fv + alpha * delta * 2.0 * m as f64).min(1.0)
 }
 
-/// The one-run lower bound `sup{ε ≥ 0 : p(ε) < β}`, or 0 if `p(0) ≥ β` (§5.2.2), by doubling
-/// then bisection to 1e-10 (p is non-decreasing in ε, §5.2.3 `eps_lb`). +∞ if p stays below β
+/// The one-run lower bound `sup{ε ≥ 0 : p(ε) < β}`, or 0 if `p(0) ≥ β`, by doubling
+/// then bisection to 1e-10 (p is non-decreasing in ε; the reference's `eps_lb`). +∞ if p stays below β
 /// past ε = 1e4.
 pub fn one_run_eps(m: u64, r: u64, v: u64, delta: f64, beta: f64) -> Result<f64, BoundError> {
     check_level("beta", beta)?;
@@ -334,8 +334,8 @@ pub struct OneRunRow {
     pub eps_lb: f64,
 }
 
-/// A one-run audit: the best row, every row, and the parameters it was run at (§8
-/// `canary_audit`).
+/// A one-run audit: the best row, every row, and the parameters it was run at (the report's
+/// `canary_audit`, docs/audit.md, The report).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OneRunAudit {
     /// The first row with the largest ε_lb.
@@ -354,13 +354,13 @@ pub struct OneRunAudit {
     pub beta_used: f64,
 }
 
-/// The one-run audit of §5.2.3: rank canaries by (score descending, index ascending), a
+/// The one-run audit (docs/audit.md, The one-run lower bound): rank canaries by (score descending, index ascending), a
 /// tie-break independent of S; for each (k+, k−) with k+ + k− ≤ m, guess +1 for the top k+
 /// and −1 for the bottom k−, count the correct guesses v and bound ε at β / |grid| (Bonferroni,
-/// §0; always applied, unlike ML Privacy Meter, §5.2.4: a single (k+, k−) pair fixed in advance
+/// always applied, unlike ML Privacy Meter: a single (k+, k−) pair fixed in advance
 /// is the uncorrected case). `included[i]` is S_i = +1. NaN scores are refused
 /// ([`BoundError::NanScore`]). The correction covers this grid only: when several scores are
-/// tried, divide `beta` by their number as well (§0, §5.3 step 1).
+/// tried, divide `beta` by their number as well (docs/audit.md, Violations and false alarms).
 pub fn one_run_audit(
     scores: &[f64],
     included: &[bool],
@@ -416,9 +416,9 @@ pub struct Ceiling {
     pub r: usize,
 }
 
-/// §5.2.5 ceilings (reference `ceilings`): the best [`one_run_eps`]`(m, r, r, δ, β)` over
+/// Ceilings (docs/audit.md, The one-run lower bound; reference `ceilings`): the best [`one_run_eps`]`(m, r, r, δ, β)` over
 /// r ∈ {⌊m/10⌋, ⌊m/4⌋, ⌊m/2⌋, m}, the smallest r winning ties. Report it beside ε_lb
-/// (`eps_ceiling_for_m`, §8).
+/// (`eps_ceiling_for_m`, docs/audit.md, The report).
 pub fn one_run_ceiling(m: usize, delta: f64, beta: f64) -> Result<Ceiling, BoundError> {
     let mut rs = vec![m / 10, m / 4, m / 2, m];
     rs.sort_unstable();
@@ -452,7 +452,7 @@ mod tests {
     fn cp_vectors() {
         let v = vectors();
         let cp = &v["cp"];
-        // §7.2: CP bounds ≤ 1e-9 abs.
+        // Tolerance: CP bounds ≤ 1e-9 abs.
         assert!((cp_upper(0, 1000, 0.025).unwrap() - f(&cp["cp_upper(0,1000,0.025)"])).abs() <= 1e-9);
         assert!((cp_upper(10, 1000, 0.025).unwrap() - f(&cp["cp_upper(10,1000,0.025)"])).abs() <= 1e-9);
         assert!((cp_lower(990, 1000, 0.025).unwrap() - f(&cp["cp_lower(990,1000,0.025)"])).abs() <= 1e-9);
@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(cp_upper(8, 7, 0.05), Err(BoundError::Count { k: 8, n: 7 }));
         assert!(matches!(cp_upper(1, 7, 0.0), Err(BoundError::Level { what: "alpha", .. })));
 
-        // §7.2: ε_lb ≤ 1e-6 abs.
+        // Tolerance: ε_lb ≤ 1e-6 abs.
         let cases = [
             ("eps(tp=500,fp=0,fn=500,tn=1000,d=0,a=0.05)", Confusion { tp: 500, fp: 0, fn_: 500, tn: 1000 }, 0.0),
             ("eps(tp=900,fp=50,fn=100,tn=950,d=1e-5,a=0.05)", Confusion { tp: 900, fp: 50, fn_: 100, tn: 950 }, 1e-5),
@@ -474,7 +474,7 @@ mod tests {
             let got = eps_classic(counts, delta, 0.05).unwrap().eps_lb;
             assert!((got - f(&cp[key])).abs() <= 1e-6, "{key}: {got}");
         }
-        // §5.1 table.
+        // Classic-bound values of the Python reference.
         let perfect = eps_classic(Confusion { tp: 1000, fp: 0, fn_: 0, tn: 1000 }, 1e-5, 0.05).unwrap();
         assert!((perfect.eps_lb - 5.600577).abs() < 1e-6);
         assert!((perfect.fpr_ub - 0.0036820839).abs() < 1e-10);
@@ -505,7 +505,7 @@ mod tests {
         for c in cases {
             let (m, r, vv) = (u(&c["m"]), u(&c["r"]), u(&c["v"]));
             let (delta, beta) = (f(&c["delta"]), f(&c["beta"]));
-            // §7.2: one-run p-values ≤ 1e-9 rel, ε_lb ≤ 1e-6 abs.
+            // Tolerance: one-run p-values ≤ 1e-9 rel, ε_lb ≤ 1e-6 abs.
             let p = one_run_pvalue(m, r, vv, 1.0, delta).unwrap();
             let want_p = f(&c["p_at_eps1"]);
             assert!(((p - want_p) / want_p).abs() <= 1e-9, "p {m} {r} {vv} {delta}: {p} vs {want_p}");
@@ -560,9 +560,9 @@ mod tests {
         ));
     }
 
-    /// §5.2.5 ceilings, as `audit_reference.py --ceilings` prints them (3 decimals):
-    /// (m, δ, ceiling, ε at r = m/2). The spec's 2-decimal table agrees except m = 500,
-    /// r = m/2, δ = 1e-5, where it shows 4.41 for 4.4048 (rounded twice).
+    /// Ceilings, as the Python reference prints them (3 decimals): (m, δ, ceiling, ε at
+    /// r = m/2). A 2-decimal table of the same values shows 4.41 for 4.4048 at m = 500,
+    /// r = m/2, δ = 1e-5 (rounded twice).
     #[test]
     fn ceilings_match_the_reference() {
         let table = [
@@ -590,7 +590,7 @@ mod tests {
         }
     }
 
-    /// Draws the §5.2.4 synthetic design with a seeded ChaCha20 stream (numpy's stream is not
+    /// Draws a synthetic design with a seeded ChaCha20 stream (numpy's stream is not
     /// reproduced): S uniform ±1, scores N(1.5·[S = +1], 1) via Box–Muller.
     fn synthetic(seed: u64, m: usize, shift: f64) -> (Vec<f64>, Vec<bool>) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -648,7 +648,7 @@ mod tests {
         assert_eq!(audit.n_included, 3);
     }
 
-    /// §6 (jax_privacy PR #270) and §7.3 layer 4: null scores give ε_lb = 0 in ≥ 95% of 200
+    /// As jax_privacy PR #270 checks (docs/audit.md, Violations and false alarms): null scores give ε_lb = 0 in ≥ 95% of 200
     /// seeded trials; reversed scores give 0; identical target and base (all scores 0) give 0.
     #[test]
     fn null_and_reversed_scores_give_zero() {
@@ -690,7 +690,7 @@ mod tests {
         assert_eq!(best.point, metrics::RocPoint { fp: 0, tp: 1000 });
         let direct = eps_classic(Confusion { tp: 1000, fp: 0, fn_: 0, tn: 1000 }, 1e-5, 0.05 / 2001.0).unwrap();
         assert_eq!(best.eps_lb, direct.eps_lb);
-        // At the full α it would be the §5.1 perfect-count value 5.600577.
+        // At the full α it would be the perfect-count value 5.600577.
         assert!(best.eps_lb < 5.600577);
     }
 }

@@ -1,4 +1,4 @@
-//! Canaries for the one-run audit (`research/audit.md` §5.3): m random-token sequences, each
+//! Canaries for the one-run audit (docs/audit.md, Canaries): m random-token sequences, each
 //! included in training with probability 1/2 (S_i drawn from the OS CSPRNG), written with the
 //! audit plan to a manifest whose SHA-256 is fixed before the first training step, so the audit
 //! cannot be tuned afterwards. Included canaries are ordinary privacy units: sampled like the
@@ -66,7 +66,7 @@ impl Manifest {
     }
 }
 
-/// The default k+ grid for m canaries (§5.2.4): {10, 20, 50, 100, ...} up to m/2.
+/// The default k+ grid for m canaries (docs/audit.md, The one-run lower bound): {10, 20, 50, 100, ...} up to m/2.
 pub fn default_k_plus(m: usize) -> Vec<usize> {
     [10, 20, 50, 100, 200, 300, 400, 500].into_iter().filter(|&k| k <= (m / 2).max(10)).collect()
 }
@@ -95,7 +95,7 @@ pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngC
     if ((vocab - 1).max(0) as f64).powi(spec.length as i32) < 2.0 * spec.count as f64 {
         return Err(TrainError::BadSpec { field: "canaries.length", reason: format!("{} distinct canaries of {} tokens cannot be drawn from a vocabulary of {vocab}", spec.count, spec.length) });
     }
-    // Unique canaries (§5.3): a repeat would be a group of two, audited against the wrong epsilon.
+    // Unique canaries (docs/audit.md, Canaries): a repeat would be a group of two, audited against the wrong epsilon.
     let mut seen = std::collections::HashSet::new();
     let mut canaries: Vec<Vec<i64>> = Vec::with_capacity(spec.count);
     while canaries.len() < spec.count {
@@ -118,7 +118,7 @@ pub fn draw(spec: &CanarySpec, vocab: i64, delta: f64, rng: &mut impl rand::RngC
 }
 
 
-/// The one-run canary audit, in the shape of `research/audit.md` §8 `canary_audit`.
+/// The one-run canary audit, the report's `canary_audit` (docs/audit.md, The report).
 #[derive(Debug, Clone, Serialize)]
 pub struct CanaryAudit {
     /// Canaries m.
@@ -148,24 +148,24 @@ pub struct CanaryAudit {
     /// True when `best.eps_lb > eps_claimed`: the DP claim is refuted at 95 % (a bug in
     /// accounting, sampling, clipping or noise).
     pub violation: bool,
-    /// The largest lower bound m canaries can give at this delta and beta (§5.2.5).
+    /// The largest lower bound m canaries can give at this delta and beta (docs/audit.md, The one-run lower bound).
     pub eps_ceiling_for_m: f64,
     /// The classic Clopper-Pearson bound on the same scores (best threshold, beta split over
     /// every threshold), labelled heuristic: its confidence needs independent training runs,
-    /// and this is one (§0). Never compared with the claim; `best.eps_lb` is the headline.
+    /// and this is one. Never compared with the claim; `best.eps_lb` is the headline.
     pub eps_classic_heuristic: f64,
     /// Membership metrics on the canaries (inserted vs not): the primary score and Min-K%++ 20 %
     /// (secondary, not used by the bound).
     pub metrics: BTreeMap<String, ScoreMetrics>,
 }
 
-/// The smallest m the daemon accepts (§5.3: at least 200).
+/// The smallest m the daemon accepts (docs/audit.md, Canaries: at least 200).
 pub const MIN_CANARIES: usize = 200;
 
-/// The largest m accepted (§5.3 suggests 1000; the manifest is stored whole).
+/// The largest m accepted (1000 is typical; the manifest is stored whole).
 pub const MAX_CANARIES: usize = 10_000;
 
-/// The longest canary accepted, in tokens (§5.3: 32-64 for random-token canaries).
+/// The longest canary accepted, in tokens (32-64 is typical for random-token canaries).
 pub const MAX_CANARY_LENGTH: usize = 256;
 
 impl CanarySpec {
@@ -183,7 +183,7 @@ impl CanarySpec {
         Ok(())
     }
 
-    /// Advice for a dataset of `units` (§5.3 step 5): m/2 extra examples are cheap only when
+    /// Advice for a dataset of `units` (docs/audit.md, Canaries): m/2 extra examples are cheap only when
     /// the data holds at least 10 m.
     pub fn warnings(&self, units: usize) -> Vec<String> {
         if units < 10 * self.count {
@@ -195,7 +195,7 @@ impl CanarySpec {
 }
 
 /// Scores every canary, whole, by the manifest's primary score `ref = loss_base - loss_target`
-/// on its tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit of §5.2
+/// on its tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit
 /// with the manifest's grid, beta and delta. Nothing here is a knob: the audit was fixed before
 /// training. `manifest_sha256` is the hash committed then (of the manifest's stored bytes).
 pub fn audit_canaries(

@@ -1,7 +1,7 @@
-//! Token log-probabilities by one batched forward pass, as `research/audit.md` §1 defines them:
+//! Token log-probabilities by one batched forward pass, as docs/audit.md, Token log-probabilities, defines them:
 //! `lp[t-1] = log_softmax(logits[t-1])[x_t]` for t = 1..n-1 over all V columns (reported in
 //! f64), plus the per-position mean and variance of log p under the model's own distribution
-//! (Min-K%++, §2.2). Right padding with position ids from 0 per row keeps every text's numbers
+//! (Min-K%++, docs/audit.md, Scores). Right padding with position ids from 0 per row keeps every text's numbers
 //! independent of its batch-mates.
 
 use crate::train::model::Model;

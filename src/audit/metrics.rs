@@ -1,19 +1,18 @@
 //! Membership-inference metrics over one score column: exact ROC AUC with ties, TPR at a fixed
 //! FPR in the three conventions found in the wild, and stratified percentile bootstrap CIs.
-//! Implements `research/audit.md` §0 (NaN, AUC, TPR@FPR and CI decisions) and §4.1–4.3,
-//! mirroring `research/audit_reference.py` section 2 (`auc_exact`, `roc_points`, `tpr_at_fpr`,
-//! `quantile_linear`, `bootstrap_ci`).
+//! Implements docs/audit.md, Metrics, mirroring the Python reference's `auc_exact`,
+//! `roc_points`, `tpr_at_fpr`, `quantile_linear` and `bootstrap_ci`.
 //!
 //! Conventions: `members[i] == true` is label 1, the positive class; higher score ⇒ predicted
 //! member. NaN scores are dropped first and every result carries the count (`dropped_nan`,
-//! §0 "MUST be reported"). ±inf are ordinary values. Score equality is exact f64 equality.
+//! it must be reported). ±inf are ordinary values. Score equality is exact f64 equality.
 //! What this module does not own: computing scores ([`super::scores`]), ε bounds
 //! ([`super::bounds`]), or the report.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-/// The FPR targets of §0: 0.1%, 1%, 5%.
+/// The FPR targets (docs/audit.md, Metrics): 0.1%, 1%, 5%.
 pub const FPR_TARGETS: [f64; 3] = [0.001, 0.01, 0.05];
 
 /// A rejected metric argument; each variant names the argument and carries its value.
@@ -112,7 +111,7 @@ pub struct Auc {
     pub dropped_nan: usize,
 }
 
-/// ROC AUC by Mann–Whitney with ties = ½, from exact integer ranks (§4.1): sort ascending by
+/// ROC AUC by Mann–Whitney with ties = ½, from exact integer ranks (docs/audit.md, Metrics): sort ascending by
 /// `f64::total_cmp`, give each member of a tie group at 1-based positions a..b the twice-rank
 /// a + b, then `two_U = Σ_members twice_rank − P(P+1)` and `AUC = two_U / (2PN)`.
 pub fn auc(scores: &[f64], members: &[bool]) -> Result<Auc, MetricError> {
@@ -166,7 +165,7 @@ pub struct Roc {
     pub dropped_nan: usize,
 }
 
-/// The ROC points of §4.2 (reference `roc_points`).
+/// The ROC points (reference `roc_points`).
 pub fn roc(scores: &[f64], members: &[bool]) -> Result<Roc, MetricError> {
     let c = clean(scores, members)?;
     Ok(roc_clean(&c))
@@ -192,7 +191,7 @@ fn roc_clean(c: &Clean) -> Roc {
     Roc { points, n_pos: c.n_pos, n_neg: c.n_neg, dropped_nan: c.dropped_nan }
 }
 
-/// How "TPR at FPR t" is read off the ROC (§4.2).
+/// How "TPR at FPR t" is read off the ROC (docs/audit.md, Metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FprMode {
     /// Max TPR over points with FPR < t (LiRA, detect-pretrain-code, MIMIR). The default.
@@ -204,7 +203,7 @@ pub enum FprMode {
     Interp,
 }
 
-/// TPR at a target FPR, with what was actually achieved (§4.2 "Report").
+/// TPR at a target FPR, with what was actually achieved.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TprAtFpr {
     /// The target t.
@@ -223,12 +222,12 @@ pub struct TprAtFpr {
     pub n_neg: usize,
     /// NaN scores dropped.
     pub dropped_nan: usize,
-    /// N < 10/t: too few non-members for a meaningful value at this target (§4.2); always
+    /// N < 10/t: too few non-members for a meaningful value at this target; always
     /// true at t = 0.
     pub underpowered: bool,
 }
 
-/// TPR at FPR `target` in the given convention (§4.2; reference `tpr_at_fpr`). Strict at
+/// TPR at FPR `target` in the given convention (reference `tpr_at_fpr`). Strict at
 /// t = 0 is undefined and returns TPR 0 at the (0, 0) point. Among points with equal TPR the
 /// lowest FPR is reported.
 pub fn tpr_at_fpr(scores: &[f64], members: &[bool], target: f64, mode: FprMode) -> Result<TprAtFpr, MetricError> {
@@ -303,7 +302,7 @@ fn interp_on_hull(roc: &Roc, target: f64) -> (f64, f64) {
     hull.last().map_or((0.0, 0.0), |&(x, y)| (y, x))
 }
 
-/// Settings of the stratified percentile bootstrap (§4.3).
+/// Settings of the stratified percentile bootstrap (docs/audit.md, Metrics).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootstrapConfig {
     /// B, the number of resamples (default 1000).
@@ -320,7 +319,7 @@ impl Default for BootstrapConfig {
     }
 }
 
-/// A bootstrap CI with the mean and sd of the resampled statistic (§4.3 "Also report").
+/// A bootstrap CI with the mean and sd of the resampled statistic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootstrapCi {
     /// Lower quantile of the resampled statistic.
@@ -353,7 +352,7 @@ pub fn quantile_linear(sorted: &[f64], q: f64) -> Result<f64, MetricError> {
     Ok(sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo]))
 }
 
-/// Stratified percentile bootstrap (§4.3; reference `bootstrap_ci`): each resample draws P
+/// Stratified percentile bootstrap (reference `bootstrap_ci`): each resample draws P
 /// members and N non-members with replacement, separately, and recomputes `stat` on
 /// (scores, members) of the resample, members first. Seeded: the indices come from
 /// `ChaCha20Rng::seed_from_u64(config.seed)` (numpy's PCG64 stream is not reproduced, so
@@ -387,7 +386,7 @@ where
 }
 
 /// The bootstrap on given resamples: `resamples[b]` indexes the scores left after dropping NaN
-/// (the reference's `index_sink`), so a Python run can be replayed exactly (§7.2).
+/// (the reference's `index_sink`), so a Python run can be replayed exactly.
 pub fn bootstrap_replay<F>(
     scores: &[f64],
     members: &[bool],
@@ -457,7 +456,7 @@ pub fn bootstrap_auc(scores: &[f64], members: &[bool], config: &BootstrapConfig)
     bootstrap_ci(scores, members, config, |s, y| auc(s, y).map(|a| a.auc))
 }
 
-/// Bootstrap CI of TPR at FPR `target` (§4.3: expect wide intervals).
+/// Bootstrap CI of TPR at FPR `target` (expect wide intervals).
 pub fn bootstrap_tpr_at_fpr(
     scores: &[f64],
     members: &[bool],
@@ -475,7 +474,7 @@ mod tests {
     use super::super::testutil::{f, fs, labels, reference_rows, u, vectors};
     use super::*;
 
-    /// The O(PN) definition of §4.1, for cross-checks.
+    /// The O(PN) definition of the AUC, for cross-checks.
     fn auc_pairs(s: &[f64], y: &[bool]) -> (u64, u64) {
         let mut two_u = 0;
         let mut pairs = 0;
@@ -526,7 +525,7 @@ mod tests {
             let target: f64 = target.parse().unwrap();
             let got = tpr_at_fpr(&s, &y, target, mode).unwrap();
             let want = fs(want);
-            // §7.2: exact on identical inputs.
+            // Exact on identical inputs.
             assert_eq!((got.tpr, got.realised_fpr), (want[0], want[1]), "{key}");
             checked += 1;
         }
@@ -538,7 +537,7 @@ mod tests {
 
     #[test]
     fn strict_tpr_matches_the_roc_curve_idiom() {
-        // tpr[np.where(fpr < t)[0][-1]] on a full ROC equals the strict mode (§4.2).
+        // tpr[np.where(fpr < t)[0][-1]] on a full ROC equals the strict mode.
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         let y: Vec<bool> = (0..3000).map(|_| rng.random_bool(0.5)).collect();
         let s: Vec<f64> =
@@ -603,7 +602,7 @@ mod tests {
     }
 
     /// Seeded (ChaCha20, seed 7) bootstrap: reproducible, centred on the AUC (not MIMIR's
-    /// 1 − AUC), and matching the normal-theory width of the §7.2 example's scale.
+    /// 1 − AUC), and matching the normal-theory width at the example's scale.
     #[test]
     fn bootstrap_auc_is_seeded_and_sane() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
@@ -647,7 +646,7 @@ mod tests {
         );
     }
 
-    /// §7.1: the fixture AUCs from the score columns of `reference_scores.jsonl`.
+    /// The fixture AUCs from the score columns of `reference_scores.jsonl`.
     #[test]
     fn fixture_aucs_from_reference_scores() {
         let rows = reference_rows();

@@ -1,6 +1,6 @@
-//! The membership audit (`research/audit.md`): token log-probabilities by one forward pass,
+//! The membership audit (docs/audit.md): token log-probabilities by one forward pass,
 //! membership scores, metrics, labelled-text audits, canaries and the one-run epsilon lower bound,
-//! the multi-run classic bound, and the §8 report.
+//! the multi-run classic bound, and the report (docs/audit.md, The report).
 pub mod bounds;
 pub mod canary;
 pub mod logprobs;

@@ -1,4 +1,4 @@
-//! The audit report of `research/audit.md` §8, one per audit: which models (by SHA-256) and
+//! The audit report (docs/audit.md, The report), one per audit: which models (by SHA-256) and
 //! settings were audited, membership metrics on labelled texts (`data_mia`, aggregates only: no
 //! text leaves in a report) and the one-run canary audit with its violation alarm. The daemon
 //! signs its exact JSON bytes (`daemon/signing.rs`), as it signs budget reports. Every report

@@ -1,4 +1,4 @@
-//! The multi-run audit (`research/audit.md` §5.1): several independent training runs, each with
+//! The multi-run audit (docs/audit.md, The one-run lower bound, last paragraph): several independent training runs, each with
 //! one target example that the run did or did not train on. Each run's model scores its target
 //! once (`ref` against the base model when given, else `loss`), and the classic Clopper-Pearson
 //! bound over those decisions is a valid epsilon lower bound at 1 - alpha, because the trials

@@ -1,34 +1,33 @@
 //! Per-text membership scores, every one oriented so that **higher ⇒ more likely member**.
-//! Implements `research/audit.md` §0 (conventions), §1.1 (token log-probabilities), §1.4 (the
-//! canonical sign of each score) and §2.1–2.3 (Min-K% Prob, Min-K%++, loss, zlib, lowercase and
-//! reference-model scores), mirroring `research/audit_reference.py` section 1.
+//! Implements docs/audit.md, Scores (Min-K% Prob, Min-K%++, loss, zlib, lowercase and
+//! reference-model scores, each with its canonical sign), mirroring the Python reference.
 //!
 //! What this module owns: the arithmetic from one text's cached per-token log-probabilities
-//! (`lp[t−1] = log p(x_t | x_<t)`, the n−1 values of §1.1, natural log, f64) to its scores, the
-//! Min-K% `k` rule of §0 (`k = floor((n as f64) * ratio)`, Python's `int(n*ratio)`), and a CPU
+//! (`lp[t−1] = log p(x_t | x_<t)`, the n−1 values of docs/audit.md, Token log-probabilities, natural log, f64) to its scores, the
+//! Min-K% `k` rule (`k = floor((n as f64) * ratio)`, Python's `int(n*ratio)`), and a CPU
 //! f64 reference for the per-position statistics Min-K%++ needs ([`from_logits`]).
 //! What it does not own: tokenization, the forward pass, truncation and `token_mask` (filter
 //! `lp`, `mu` and `sigma2` to the scored positions before calling in), lower-casing the text
-//! (use `str::to_lowercase`, which matches Python's `str.lower`, §2.3) and the neighbourhood
-//! attack (deferred by §2.3).
+//! (use `str::to_lowercase`, which matches Python's `str.lower`) and the neighbourhood
+//! attack (not implemented).
 //!
-//! NaN rules (§0, §1.1, §2.1): no scored token (n ≤ 1, "too_short") makes every score NaN; k = 0
+//! NaN rules (docs/audit.md, Scores): no scored token (n ≤ 1, "too_short") makes every score NaN; k = 0
 //! makes that Min-K% / Min-K%++ score NaN. NaNs are kept here and dropped, with a count, by
 //! [`super::metrics`]. [`TextScores`] records why a text's scores are NaN.
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-/// The headline Min-K% / Min-K%++ ratio (§0: "Default k 20%").
+/// The headline Min-K% / Min-K%++ ratio (20 %, as Shi et al.).
 pub const DEFAULT_RATIO: f64 = 0.2;
 
-/// The ratios §0 says to report: 10%, 20% (headline) and 50%.
+/// The ratios reported: 10%, 20% (headline) and 50%.
 pub const REPORTED_RATIOS: [f64; 3] = [0.1, 0.2, 0.5];
 
-/// The zlib level of §0/§2.3: CPython's `zlib.compress` default (−1, which zlib maps to 6).
+/// The zlib level: CPython's `zlib.compress` default (−1, which zlib maps to 6).
 pub const ZLIB_LEVEL: u32 = 6;
 
 /// Variance at or below which a position's distribution counts as one-hot and its Min-K%++
-/// z-score is set to 0 (§2.2 *(choice)*).
+/// z-score is set to 0 (our choice).
 pub const DEGENERATE_VARIANCE: f64 = 1e-30;
 
 /// A rejected score argument; each variant names the argument and carries its value.
@@ -80,7 +79,7 @@ pub enum ScoreError {
 }
 
 /// The number of lowest values Min-K% averages: `floor((n as f64) * ratio)`, an IEEE double
-/// multiply then truncation, exactly Python's `int(n*ratio)` (§0; for n = 90, ratio 0.7 it is
+/// multiply then truncation, exactly Python's `int(n*ratio)` (for n = 90, ratio 0.7 it is
 /// 62, not the exact-rational 63).
 pub fn k_count(n: usize, ratio: f64) -> Result<usize, ScoreError> {
     check_ratio(ratio)?;
@@ -103,18 +102,18 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
-/// The HF causal-LM loss `−mean(lp)` in nats (§1.4); NaN when no token is scored.
+/// The HF causal-LM loss `−mean(lp)` in nats; NaN when no token is scored.
 /// This is the raw loss, not a score: the loss score is [`score_loss`].
 pub fn loss(lp: &[f64]) -> f64 {
     -mean(lp)
 }
 
-/// Loss attack (Yeom et al. 2018; §2.3): `−loss(x)`.
+/// Loss attack (Yeom et al. 2018, arXiv 1709.01604): `−loss(x)`.
 pub fn score_loss(lp: &[f64]) -> f64 {
     -loss(lp)
 }
 
-/// Min-K% Prob (Shi et al., ICLR 2024, arXiv 2310.16789; §2.1): the mean of the
+/// Min-K% Prob (Shi et al., ICLR 2024, arXiv 2310.16789): the mean of the
 /// `k = k_count(lp.len(), ratio)` lowest values of `lp`; NaN when k = 0 (reference
 /// `np.mean([])`). Applied to Min-K%++ z-scores ([`z_scores`]) it is Min-K%++.
 pub fn min_k(lp: &[f64], ratio: f64) -> Result<f64, ScoreError> {
@@ -132,11 +131,11 @@ pub fn min_k(lp: &[f64], ratio: f64) -> Result<f64, ScoreError> {
 pub struct ZScores {
     /// `z_t = (lp[t−1] − mu_t) / sqrt(sigma2_t)`, one per scored token.
     pub z: Vec<f64>,
-    /// Positions with `sigma2 ≤ DEGENERATE_VARIANCE`, whose z was set to 0 (§2.2 *(choice)*).
+    /// Positions with `sigma2 ≤ DEGENERATE_VARIANCE`, whose z was set to 0 (our choice).
     pub degenerate: usize,
 }
 
-/// Min-K%++ z-scores (Zhang et al., ICLR 2025, arXiv 2404.02936; §2.2):
+/// Min-K%++ z-scores (Zhang et al., ICLR 2025, arXiv 2404.02936):
 /// `z_t = (lp[t−1] − mu_t) / sqrt(sigma2_t)`, where `mu_t` is the mean and `sigma2_t` the
 /// variance (σ², not σ) of `log p(z)` for `z` drawn from the model's own next-token
 /// distribution at that position (see [`position_stats`]). A one-hot position
@@ -169,14 +168,14 @@ fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Scor
     }
 }
 
-/// Min-K%++ (§2.2): [`min_k`] over the [`z_scores`].
+/// Min-K%++: [`min_k`] over the [`z_scores`].
 pub fn min_k_pp(lp: &[f64], mu: &[f64], sigma2: &[f64], ratio: f64) -> Result<f64, ScoreError> {
     min_k(&z_scores(lp, mu, sigma2)?.z, ratio)
 }
 
 /// `len(zlib.compress(text.encode("utf-8")))`: level 6, zlib wrapper (2-byte header, Adler-32
 /// trailer, so `zlib_len("") == 8`), window 15, memLevel 8, default strategy, one
-/// `deflate(Z_FINISH)` call as CPython does. §0 requires real zlib: flate2 must be built with
+/// `deflate(Z_FINISH)` call as CPython does. Real zlib is required: flate2 must be built with
 /// its `zlib` feature (libz-sys); its default miniz_oxide backend gives other lengths.
 pub fn zlib_len(text: &str) -> Result<usize, ScoreError> {
     let input = text.as_bytes();
@@ -198,27 +197,27 @@ pub fn zlib_len(text: &str) -> Result<usize, ScoreError> {
     }
 }
 
-/// zlib ratio attack (Carlini et al., USENIX Security 2021; §2.3): `−loss(x) / Z(x)` with
+/// zlib ratio attack (Carlini et al., USENIX Security 2021, arXiv 2012.07805): `−loss(x) / Z(x)` with
 /// `Z` = [`zlib_len`] of the text's UTF-8 bytes.
 pub fn score_zlib(lp: &[f64], text: &str) -> Result<f64, ScoreError> {
     Ok(score_loss(lp) / zlib_len(text)? as f64)
 }
 
-/// Lowercase ratio attack (Carlini et al. 2021; §1.4, §2.3): `loss(lower(x)) / loss(x)`, with
+/// Lowercase ratio attack (Carlini et al. 2021): `loss(lower(x)) / loss(x)`, with
 /// `lp_lower` the same target model's log-probs on `text.to_lowercase()` (own tokenization).
 pub fn score_lowercase(lp_lower: &[f64], lp: &[f64]) -> f64 {
     loss(lp_lower) / loss(lp)
 }
 
-/// Reference-model attack (Carlini et al. 2021; Mireshghallah et al. 2022; §1.4, §2.3):
+/// Reference-model attack (Carlini et al. 2021; Mireshghallah et al. 2022, arXiv 2203.03929):
 /// `loss_ref(x) − loss(x)`, where `lp_base` are the base (pre-fine-tuning) model's log-probs,
-/// computed with the base model's own tokenizer. The primary fine-tuning attack (§0).
+/// computed with the base model's own tokenizer. The primary fine-tuning attack (docs/audit.md, Scores).
 pub fn score_ref(lp: &[f64], lp_base: &[f64]) -> f64 {
     loss(lp_base) - loss(lp)
 }
 
 /// Natural-log softmax of one logits row, `x − logsumexp(x)` with the max shifted out (as
-/// scipy's `logsumexp`). Uses every column, padded vocabulary included (§1.1 step 2–3).
+/// scipy's `logsumexp`). Uses every column, padded vocabulary included.
 pub fn log_softmax(row: &[f64]) -> Vec<f64> {
     let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !max.is_finite() {
@@ -229,7 +228,7 @@ pub fn log_softmax(row: &[f64]) -> Vec<f64> {
     row.iter().map(|&x| x - lse).collect()
 }
 
-/// Mean and variance of `log p(z)` for `z ~ p` at one position (§2.2).
+/// Mean and variance of `log p(z)` for `z ~ p` at one position (Min-K%++).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PositionStats {
     /// `Σ_v p_v ℓ_v` (= −entropy).
@@ -239,7 +238,7 @@ pub struct PositionStats {
 }
 
 /// [`PositionStats`] of one log-softmax row ℓ, with `p = exp(ℓ)`; a `p` that underflows to 0
-/// contributes 0 (so a −inf logit does not turn the sums into NaN), §2.2 "Rust:".
+/// contributes 0 (so a −inf logit does not turn the sums into NaN).
 pub fn position_stats(log_softmax_row: &[f64]) -> PositionStats {
     let (mut mu, mut second) = (0.0, 0.0);
     for &l in log_softmax_row {
@@ -257,7 +256,7 @@ pub fn position_stats(log_softmax_row: &[f64]) -> PositionStats {
 /// its position.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TokenStats {
-    /// `lp[t−1] = log p(ids[t] | ids[..t])`, t = 1..n−1 (§1.1 step 4).
+    /// `lp[t−1] = log p(ids[t] | ids[..t])`, t = 1..n−1.
     pub logprobs: Vec<f64>,
     /// [`PositionStats::mu`] per scored token.
     pub mu: Vec<f64>,
@@ -265,7 +264,7 @@ pub struct TokenStats {
     pub sigma2: Vec<f64>,
 }
 
-/// The CPU f64 reference of §1.1 and §2.2 (`token_logprobs` plus `min_k_pp_tokens` of the
+/// The CPU f64 reference of the token log-probabilities and Min-K%++ statistics (`token_logprobs` plus `min_k_pp_tokens` of the
 /// reference): `logits` is the row-major (n, V) output of one forward pass over `ids` (n
 /// tokens); row t−1 scores `ids[t]`. n ≤ 1 gives empty vectors ("too_short").
 pub fn from_logits(logits: &[f64], vocab: usize, ids: &[u32]) -> Result<TokenStats, ScoreError> {
@@ -291,7 +290,7 @@ pub fn from_logits(logits: &[f64], vocab: usize, ids: &[u32]) -> Result<TokenSta
 /// tokenization; the optional parts switch the corresponding scores on.
 #[derive(Debug, Clone, Copy)]
 pub struct TextInput<'a> {
-    /// Target model log-probs (§1.1).
+    /// Target model log-probs.
     pub logprobs: &'a [f64],
     /// `(mu, sigma2)` per scored token, for Min-K%++.
     pub moments: Option<(&'a [f64], &'a [f64])>,
@@ -317,13 +316,13 @@ pub struct RatioScore {
 /// Why some of a text's scores are NaN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NanReason {
-    /// No scored token (n ≤ 1): every score is NaN (§1.1 "too_short").
+    /// No scored token (n ≤ 1): every score is NaN ("too_short").
     TooShort,
-    /// At least one Min-K% / Min-K%++ ratio has k = 0 (§2.1).
+    /// At least one Min-K% / Min-K%++ ratio has k = 0.
     KZero,
 }
 
-/// Every score of one text (§1.4, canonical signs only).
+/// Every score of one text (canonical signs only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextScores {
     /// n − 1, the number of scored tokens.
@@ -344,7 +343,7 @@ pub struct TextScores {
     pub min_k: Vec<RatioScore>,
     /// Min-K%++ at each requested ratio, in order; empty without moments.
     pub min_k_pp: Vec<RatioScore>,
-    /// One-hot positions whose z was set to 0 (§2.2), for the diagnostics.
+    /// One-hot positions whose z was set to 0, for the diagnostics.
     pub degenerate_positions: usize,
     /// Why some scores are NaN (too short wins over k = 0); `None` when neither applies.
     pub nan_reason: Option<NanReason>,
@@ -410,9 +409,9 @@ mod tests {
 
     #[test]
     fn k_count_is_the_float_multiply_then_truncate() {
-        assert_eq!(k_count(90, 0.7).unwrap(), 62); // exact rational would be 63 (§0)
+        assert_eq!(k_count(90, 0.7).unwrap(), 62); // exact rational would be 63
         assert_eq!(k_count(10, 0.2).unwrap(), 2);
-        assert_eq!(k_count(19, 0.05).unwrap(), 0); // §2.1: NaN at 5% for 19 tokens
+        assert_eq!(k_count(19, 0.05).unwrap(), 0); // NaN at 5% for 19 tokens
         assert_eq!(k_count(8, 0.1).unwrap(), 0);
         assert_eq!(k_count(8, 1.0).unwrap(), 8);
         assert_eq!(k_count(0, 0.2).unwrap(), 0);
@@ -437,7 +436,7 @@ mod tests {
         let ids: Vec<u32> = fx["ids"].as_array().unwrap().iter().map(|x| u(x) as u32).collect();
         let stats = from_logits(&logits, vocab, &ids).unwrap();
 
-        // Same f64 arithmetic as the reference, up to summation order: far inside §7.2's 1e-4.
+        // Same f64 arithmetic as the reference, up to summation order: far inside the 1e-4 tolerance.
         let want_lp = fs(&fx["token_logprobs"]);
         assert_eq!(stats.logprobs.len(), ids.len() - 1);
         for (g, w) in stats.logprobs.iter().zip(&want_lp) {
@@ -457,7 +456,7 @@ mod tests {
             let pp = min_k_pp(&stats.logprobs, &stats.mu, &stats.sigma2, r).unwrap();
             assert_close(pp, f(&fx[format!("min_k_pp_{ratio}")]), 1e-10, ratio);
         }
-        // Metamorphic (§7.3 layer 4): Min-K at ratio 1.0 equals −loss.
+        // Metamorphic: Min-K at ratio 1.0 equals −loss.
         assert!((min_k(&stats.logprobs, 1.0).unwrap() - score_loss(&stats.logprobs)).abs() < 1e-12);
     }
 
@@ -468,7 +467,7 @@ mod tests {
         assert_eq!(zlib_len(z["text"].as_str().unwrap()).unwrap() as u64, u(&z["zlib_len"]));
         assert_eq!(zlib_len("").unwrap() as u64, u(&z["empty_len"]));
         assert_eq!(zlib_len("Zürich — 東京 😀").unwrap() as u64, u(&z["unicode_len"]));
-        // §2.3 states the same numbers; miniz_oxide would give 60 for the first.
+        // CPython gives the same numbers; miniz_oxide would give 60 for the first.
         assert_eq!(zlib_len(&"The quick brown fox jumps over the lazy dog. ".repeat(3)).unwrap(), 55);
         assert_eq!(zlib_len("").unwrap(), 8);
         // Large input exercises the output-growth path.
@@ -542,11 +541,11 @@ mod tests {
         let base = [-2.0, -3.0, -2.5];
         assert!(score_loss(&member) > score_loss(&base));
         assert!(score_ref(&member, &base) > 0.0);
-        assert_eq!(score_ref(&base, &base), 0.0); // identical target and base ⇒ ref = 0 (§7.3)
+        assert_eq!(score_ref(&base, &base), 0.0); // identical target and base ⇒ ref = 0
         assert!(min_k(&member, 0.5).unwrap() > min_k(&base, 0.5).unwrap());
     }
 
-    /// The HF fixture's `reference_scores.jsonl` (§7.1): every column computable from the
+    /// The HF fixture's `reference_scores.jsonl`: every column computable from the
     /// stored `token_logprobs`, `min_k_pp_tokens` and `input`.
     #[test]
     fn reference_scores_fixture_columns() {
@@ -559,7 +558,7 @@ mod tests {
             assert_eq!(lp.len(), row["ids"].as_array().unwrap().len() - 1);
             assert_eq!(z.len(), lp.len());
             assert_close(loss(&lp), f(&row["loss"]), 1e-12, "loss");
-            assert_close(loss(&lp), f(&row["hf_loss"]), 1e-5, "hf_loss"); // §7.2
+            assert_close(loss(&lp), f(&row["hf_loss"]), 1e-5, "hf_loss");
             assert_close(score_loss(&lp), f(&row["score_loss"]), 1e-12, "score_loss");
             assert_eq!(zlib_len(text).unwrap() as u64, u(&row["zlib_len"]), "{text}");
             assert_close(score_zlib(&lp, text).unwrap(), f(&row["score_zlib"]), 1e-12, "score_zlib");

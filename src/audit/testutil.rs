@@ -1,10 +1,10 @@
-//! Test fixtures of the audit module (test builds only): `research/audit_test_vectors.json`
-//! (copied to `tests/fixtures/audit_test_vectors.json`) and the HF fixture's
-//! `tests/fixtures/audit/reference_scores.jsonl`, `research/audit.md` §7.1 and §7.3 layer 1.
+//! Test fixtures of the audit module (test builds only): `tests/fixtures/audit_test_vectors.json`
+//! (values computed by the Python reference implementation) and the HF fixture's
+//! `tests/fixtures/audit/reference_scores.jsonl` (scores from Hugging Face models).
 //!
 //! Floats are read correctly rounded: serde_json's default parser (without its
 //! `float_roundtrip` feature) can be an ulp or two off, which breaks the "exact" comparisons of
-//! §7.2. So every number literal, and the bare `NaN` / `Infinity` that Python's `json.dumps`
+//! the tests. So every number literal, and the bare `NaN` / `Infinity` that Python's `json.dumps`
 //! writes, is quoted before parsing and read back with `str::parse::<f64>`.
 
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! An audit of labelled texts (`ewtune audit --texts`, and the `data_mia` part of a job's audit
-//! report): per-text token log-probs and every score of `research/audit.md` §2, and per-score
+//! report): per-text token log-probs and every score of docs/audit.md, Scores, and per-score
 //! metrics (AUC with a seeded stratified bootstrap CI, TPR at 0.1 / 1 / 5 % FPR, strict, realised
 //! FPR reported), NaNs dropped and counted.
 
@@ -75,7 +75,7 @@ pub struct TextAudit {
 }
 
 fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<i64>, AuditError> {
-    // HF encode semantics: the tokenizer's post-processor decides about BOS (§1.2).
+    // HF encode semantics: the tokenizer's post-processor decides about BOS (docs/audit.md, Token log-probabilities).
     let enc = tok.encode(text, true).map_err(|e| AuditError::Input(format!("tokenizer: {e}")))?;
     Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
 }
@@ -138,7 +138,7 @@ pub fn audit_texts(
     Ok(TextAudit { texts: results, metrics: metrics_by_score, bootstrap_seed: BOOTSTRAP_SEED })
 }
 
-/// The recorded seed of every bootstrap in an audit (reproducible intervals, §4.3).
+/// The recorded seed of every bootstrap in an audit (reproducible intervals, docs/audit.md, Metrics).
 pub const BOOTSTRAP_SEED: u64 = 7;
 
 /// One score's metrics over members and non-members: exact AUC, its stratified percentile

@@ -310,7 +310,7 @@ pub struct DpStepBreakdown {
     pub dp_total_s: f64,
 }
 
-/// Kind and shape of a record, the rule it follows (§6.1 of the design: ghost norm iff
+/// Kind and shape of a record, the rule it follows (docs/dpsgd.md, Clipping without per-example gradients: ghost norm iff
 /// 2 T^2 < d_in d_out, as `tape::squared_norms` decides), for grouping.
 fn record_label(r: &Record) -> String {
     match r {

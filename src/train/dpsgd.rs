@@ -1,4 +1,4 @@
-//! The DP-SGD step (`research/dpsgd.md` §0, §6.5): per physical micro-batch one forward that
+//! The DP-SGD step (docs/dpsgd.md, The step; Clipping without per-example gradients): per physical micro-batch one forward that
 //! records the tape, one backward that returns the output gradients of the trainable layers,
 //! per-unit norms, clipping factors, and the clipped gradient sum by book-keeping; at the end of
 //! the logical batch, Gaussian noise once, division by the expected batch size q N.

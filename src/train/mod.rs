@@ -1,7 +1,7 @@
 //! The DP-SGD training engine on tch: HF checkpoints (GPT-2, Llama, Mistral, Qwen2/3, Gemma 2/3,
 //! Phi-3, GPT-NeoX), LoRA and full fine-tuning,
 //! per-example clipping without per-example gradients, CSPRNG noise, Poisson sampling,
-//! checkpoints. Knows nothing of gRPC. Spec: `research/dpsgd.md` §§0, 1.2-1.7, 3.2, 6, 8.
+//! checkpoints. Knows nothing of gRPC. Described in docs/dpsgd.md.
 
 pub mod bench;
 pub mod chat;

@@ -1,6 +1,6 @@
 //! The Gaussian noise of the DP-SGD step: a ChaCha20 CSPRNG seeded from the operating system and
 //! a floating-point-safe N(0, std²) sampler that fills `f32` buffers, serially or on threads.
-//! Implements `research/dpsgd.md` §1.7 (Opacus `secure_mode`: CSPRNG plus the Holohan & Braghin
+//! Implements docs/dpsgd.md, Noise (as Opacus `secure_mode`: CSPRNG plus the Holohan & Braghin
 //! sum-of-Gaussians defence). It does not own the noise scale (σ·C comes from the job), the
 //! tensors the noise is added to, or the batch sampler (`sampler.rs`, which can draw from the
 //! same source because [`NoiseSource`] implements [`RngCore`]).
@@ -63,7 +63,7 @@ pub fn os_seeded_rng() -> Result<ChaCha20Rng, NoiseError> {
 
 impl NoiseSource {
     /// A source keyed with 32 bytes from the operating system (ring's `SystemRandom`), as Opacus
-    /// secure mode keys torchcsprng from urandom (`research/dpsgd.md` §1.7). This is the only
+    /// secure mode keys torchcsprng from urandom (docs/dpsgd.md, Noise). This is the only
     /// constructor fit for private training.
     pub fn from_os() -> Result<Self, NoiseError> {
         Ok(Self { rng: os_seeded_rng()?, origin: NoiseOrigin::Os })
@@ -72,7 +72,7 @@ impl NoiseSource {
     /// A source expanded from a public test seed, so that runs and tests reproduce exactly.
     ///
     /// **NOT PRIVATE**: whoever knows `seed` can regenerate and subtract every noise value
-    /// (`research/dpsgd.md` §1.7, "a known Philox seed regenerates the noise"). Use it for tests
+    /// (docs/dpsgd.md, Noise). Use it for tests
     /// and reproducible experiments only; [`NoiseSource::is_private`] returns `false` for it.
     pub fn seeded_for_tests(seed: u64) -> Self {
         Self { rng: ChaCha20Rng::seed_from_u64(seed), origin: NoiseOrigin::TestSeed(seed) }
@@ -149,7 +149,7 @@ impl NoiseSource {
 }
 
 /// Lets the batch sampler draw from the same CSPRNG, as Opacus secure mode drives both the noise
-/// and the Poisson sampler from one generator (`research/dpsgd.md` §1.7).
+/// and the Poisson sampler from one generator (docs/dpsgd.md, Noise).
 impl RngCore for NoiseSource {
     fn next_u32(&mut self) -> u32 {
         self.rng.next_u32()

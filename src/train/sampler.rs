@@ -1,8 +1,8 @@
 //! Poisson sampling of logical batches and their split into physical micro-batches. Implements
-//! `research/dpsgd.md` §1.2 (Opacus `UniformWithReplacementSampler`: every unit is included
+//! docs/dpsgd.md, Poisson sampling (as Opacus' `UniformWithReplacementSampler`: every unit is included
 //! independently with probability q at every step, so the batch size is Binomial(N, q) and empty
-//! batches are legal) and the logical/physical split of §1.3. It does not own the random source
-//! (pass the job's CSPRNG, e.g. its `noise::NoiseSource`, per §1.7), the step count, or the
+//! batches are legal) and the logical/physical split described there. It does not own the random source
+//! (pass the job's CSPRNG, e.g. its `noise::NoiseSource`, docs/dpsgd.md, Noise), the step count, or the
 //! accountant's `PoissonSampled { q, .. }` event, which must be fed this sampler's q.
 
 use rand::RngCore;
@@ -61,7 +61,7 @@ impl PoissonSampler {
     }
 
     /// q·N, the expected logical batch size: DP-SGD divides the noisy sum by this, never by the
-    /// realised size (`research/dpsgd.md` §0.1).
+    /// realised size (docs/dpsgd.md, The step).
     pub fn expected_batch_size(&self) -> f64 {
         self.sample_rate * self.population as f64
     }

@@ -1,7 +1,7 @@
 //! What the forward pass records for DP-SGD, and the per-unit gradient math on it, always in f32
-//! (`research/dpsgd.md` §6): per-example (per privacy unit) squared gradient norms without
-//! per-example gradients (ghost norm or materialisation, whichever is cheaper per layer, §6.1),
-//! and the clipped gradient sum by book-keeping from the same single backward (§6.5 b).
+//! (docs/dpsgd.md, Clipping without per-example gradients): per-example (per privacy unit) squared gradient norms without
+//! per-example gradients (ghost norm or materialisation, whichever is cheaper per layer; Li et al., arXiv 2110.05679),
+//! and the clipped gradient sum by book-keeping from the same single backward (Bu et al., arXiv 2210.00038).
 //!
 //! tch has no hooks, so every trainable layer pushes a [`Record`] holding its input (`A`) and the
 //! output tensor whose gradient (`G`) the step asks autograd for.
@@ -147,7 +147,7 @@ pub fn squared_norms(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, un
             let g = units.gather(&f32(&grads[0]));
             let (_, t, d_in) = a.size3().expect("linear input is [B, T, in]");
             let d_out = g.size()[2];
-            // §6.1: ghost iff 2T^2 < d_in d_out (memory), else materialise G^T A per unit.
+            // docs/dpsgd.md, Clipping: ghost iff 2T^2 < d_in d_out (memory), else materialise G^T A per unit.
             let w = if 2 * t * t < d_in * d_out {
                 (a.bmm(&a.transpose(1, 2)) * g.bmm(&g.transpose(1, 2))).sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
             } else {

@@ -147,7 +147,7 @@ pub fn squared_norms(record: &Record, grads: &[Tensor], per_unit: &UnitGrads, un
             let g = units.gather(&f32(&grads[0]));
             let (_, t, d_in) = a.size3().expect("linear input is [B, T, in]");
             let d_out = g.size()[2];
-            // docs/dpsgd.md, Clipping: ghost iff 2T^2 < d_in d_out (memory), else materialise G^T A per unit.
+            // docs/dpsgd.md, Clipping without per-example gradients: ghost iff 2T^2 < d_in d_out (memory), else materialise G^T A per unit.
             let w = if 2 * t * t < d_in * d_out {
                 (a.bmm(&a.transpose(1, 2)) * g.bmm(&g.transpose(1, 2))).sum_dim_intlist(&[1i64, 2][..], false, Kind::Float)
             } else {

@@ -1,7 +1,8 @@
 //! Build steps: the gRPC code and descriptor set from proto/ (protox: no protoc binary needed),
 //! and the link set-up for tch: a RUNPATH to the venv's libtorch so binaries and tests run
-//! without LD_LIBRARY_PATH, and libtorch_cuda in DT_NEEDED with the `cuda` feature
-//! (research/toolchain.md §1, §3).
+//! without LD_LIBRARY_PATH, and libtorch_cuda in DT_NEEDED with the `cuda` feature (the linker
+//! would otherwise drop it as unused, and libtorch would find no CUDA backend). libtorch itself
+//! comes from PyPI's torch wheel, installed by scripts/setup.sh (README, "Two commands").
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

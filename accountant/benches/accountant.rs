@@ -57,7 +57,8 @@ fn main() {
     for steps in [100, 1_000, 10_000, 100_000, 1_000_000] {
         bench(0.001, 1.0, steps, 1e-5);
     }
-    // The anchors of research/edgeworth.md §8.3 (the Python libraries are timed on these too).
+    // Three settings of the reference grid on which the Python libraries were timed too
+    // (docs/accounting.md, "How it was checked").
     bench(0.01, 1.0, 1_000, 1e-5);
     bench(0.004, 0.8, 10_000, 1e-5);
     bench(0.1, 2.0, 100, 1e-6);

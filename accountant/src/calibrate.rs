@@ -1,7 +1,7 @@
 //! Noise calibration: the smallest noise multiplier whose *certified* epsilon meets a target.
 //!
 //! Warm-started from the Edgeworth estimate (fast, but it under-states epsilon: calibrating on
-//! it alone is EW-Tune's bug, `research/edgeworth.md` §6), then bracketed and bisected on the
+//! it alone is EW-Tune's bug: docs/accounting.md, "Calibration"), then bracketed and bisected on the
 //! certified upper bound only. The returned sigma always has `certified upper <= target`, and
 //! is within 0.1 % of the smallest sigma that has (for the accountant's fixed grid).
 
@@ -162,7 +162,7 @@ pub fn noise_multiplier(target_epsilon: f64, delta: f64, sample_rate: f64, steps
 mod tests {
     use super::*;
 
-    /// §6: calibrated to the true epsilon = 8 (PLD) the SST-2 setting needs sigma = 0.7982,
+    /// EW-Tune's SST-2 setting (docs/accounting.md, "Calibration"): calibrated to the true epsilon = 8 (PLD) the SST-2 setting needs sigma = 0.7982,
     /// and EW-Tune's 0.7865 is refused.
     #[test]
     fn sst2_sigma_is_certified_and_tight() {
@@ -184,7 +184,8 @@ mod tests {
         }
     }
 
-    /// `research/dpsgd.md` §9: sigmas calibrated with dp_accounting's PLD (bisection to ~1e-3).
+    /// Sigmas calibrated independently with dp_accounting 0.6.0's PLD accountant (bisection to
+    /// ~1e-3) for three realistic DP-SGD schedules at target epsilon 3 and 8.
     #[test]
     fn matches_dp_accounting_calibrations() {
         for (q, steps, delta, eps, sigma_pld) in [(0.02435, 410u64, 8e-6, 3.0, 1.026), (0.02435, 410, 8e-6, 8.0, 0.683),

@@ -1,11 +1,11 @@
 //! The Edgeworth accountant of EW-Tune (Wang et al., arXiv 2206.04236): an analytic *estimate*
 //! of epsilon from the cumulants of the summed PLLRs. It states no guarantee; ewtune shows it
-//! beside the certified PLD value (`research/edgeworth.md` §§3-5, §7).
+//! beside the certified PLD value (docs/accounting.md, "The Edgeworth estimate").
 //!
-//! REMOVE direction only (dominant for this mechanism, §2.2); orders 0-3 of the Edgeworth series
-//! of the CDF (§3); delta(eps) by (1.1); eps(delta) by a bracketed Brent search (§4);
+//! REMOVE direction only (dominant for this mechanism); orders 0-3 of the Edgeworth series of the
+//! CDF; delta(eps) = SF_Y(eps) - e^eps SF_X(eps); eps(delta) by a bracketed Brent search;
 //! heterogeneous histories by summed cumulants; the Derumigny-Girard-Guyonvarch finite-sample
-//! interval (§5, homogeneous histories only) reported as infinite where it is vacuous.
+//! interval (homogeneous histories only) reported as infinite where it is vacuous.
 
 use crate::brent::brentq;
 use crate::domain::{check_delta, check_epsilon};
@@ -14,7 +14,7 @@ use crate::event::History;
 use crate::normal::{self, LN_SQRT_2PI};
 use serde::Serialize;
 
-/// Largest epsilon the inversion searches (§4); beyond it the estimate is reported as infinite.
+/// Largest epsilon the inversion searches; beyond it the estimate is reported as infinite.
 pub const EPSILON_SEARCH_CAP: f64 = 500.0;
 
 /// Order of the Edgeworth expansion (0 = normal with the exact mean and variance).
@@ -51,7 +51,7 @@ impl SumCumulants {
     }
 
     /// `exp(log_scale) * (1 - F(x))` under the order-`order` Edgeworth approximation of F,
-    /// without forming `exp(log_scale)` alone (§4).
+    /// without forming `exp(log_scale)` alone.
     pub fn scaled_sf(&self, x: f64, order: Order, log_scale: f64) -> f64 {
         let s = self.0[1].sqrt();
         let z = (x - self.0[0]) / s;
@@ -68,7 +68,7 @@ impl SumCumulants {
         main + weight * self.correction(z, order)
     }
 
-    /// `c_r(z)` of §3: `F(x) ~ Phi(z) - phi(z) c_r(z)`.
+    /// `c_r(z)` of the series (docs/accounting.md, "The Edgeworth estimate"): `F(x) ~ Phi(z) - phi(z) c_r(z)`.
     pub fn correction(&self, z: f64, order: Order) -> f64 {
         let z2 = z * z;
         let he2 = z2 - 1.0;
@@ -108,7 +108,7 @@ pub fn delta_from_cumulants(kx: &SumCumulants, ky: &SumCumulants, eps: f64, orde
     ky.scaled_sf(eps, order, 0.0) - kx.scaled_sf(eps, order, eps)
 }
 
-/// `inf{eps >= 0 : delta_fn(eps) <= delta}` by doubling from 1 and Brent (§4); `inf` above the cap.
+/// `inf{eps >= 0 : delta_fn(eps) <= delta}` by doubling from 1 and Brent; `inf` above the cap.
 pub(crate) fn invert_delta(mut delta_fn: impl FnMut(f64) -> f64, delta: f64) -> f64 {
     if delta_fn(0.0) <= delta {
         return 0.0;
@@ -123,7 +123,8 @@ pub(crate) fn invert_delta(mut delta_fn: impl FnMut(f64) -> f64, delta: f64) -> 
     brentq(|e| delta_fn(e) - delta, 0.0, hi, 1e-10, 1e-12).unwrap_or(f64::INFINITY)
 }
 
-/// The finite-sample interval of §5.1 with the uniform bound of §5.2 (order 1, i.i.d. steps).
+/// The finite-sample interval with the Derumigny-Girard-Guyonvarch bound (order 1, i.i.d. steps;
+/// docs/accounting.md, "The finite-sample interval").
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FiniteSampleInterval {
     /// A valid lower bound on epsilon (0 when uninformative).
@@ -136,7 +137,8 @@ pub struct FiniteSampleInterval {
     pub d_y: f64,
 }
 
-/// An Edgeworth estimate with its diagnostics (§7). Always an estimate, never a guarantee.
+/// An Edgeworth estimate with its diagnostics (docs/accounting.md, "Why it is only an estimate").
+/// Always an estimate, never a guarantee.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EdgeworthEstimate {
     /// Expansion order.
@@ -147,9 +149,9 @@ pub struct EdgeworthEstimate {
     pub lambda3_sum: f64,
     /// Standardized fourth cumulant of sum Y.
     pub lambda4_sum: f64,
-    /// True when the series correction at the answer exceeds half the normal tail (§4 red flag).
+    /// True when the series correction at the answer exceeds half the normal tail (a red flag).
     pub tail_correction_large: bool,
-    /// The §5 interval (homogeneous histories only; `None` for heterogeneous ones).
+    /// The finite-sample interval (homogeneous histories only; `None` for heterogeneous ones).
     pub finite_sample: Option<FiniteSampleInterval>,
 }
 
@@ -203,7 +205,7 @@ fn upper_gamma(a: f64, x: f64) -> f64 {
 
 /// Derumigny, Girard, Guyonvarch, arXiv 2101.05780 (v3), Theorem A.3 / eq. (17): a bound on
 /// `sup_x |P(S_n <= x) - Phi(x) - lambda3/(6 sqrt n)(1 - x^2) phi(x)|` for n i.i.d. summands,
-/// as in their `BoundEdgeworth::Bound_EE1` (`research/edgeworth.md` §5.2). `e` in (0, 1/3).
+/// as in their `BoundEdgeworth::Bound_EE1` (docs/accounting.md, "The finite-sample interval"). `e` in (0, 1/3).
 pub fn derumigny_bound_iid(n: f64, m: crate::mechanism::Standardized, e: f64) -> f64 {
     use std::f64::consts::PI;
     let (k4, k3, k3t, lam3) = (m.k4, m.k3, m.k3_tilde, m.lambda3);
@@ -247,7 +249,7 @@ mod tests {
         ((a - b) / b).abs()
     }
 
-    /// §2.1: for the plain Gaussian mechanism every order reproduces the closed form (2.1).
+    /// For the plain Gaussian mechanism every order reproduces the closed form (docs/accounting.md, "One DP-SGD step").
     #[test]
     fn gaussian_closed_form_at_every_order() {
         for (sigma, n, eps, want) in [(1.0, 1, 1.0, 1.269367375066e-01), (2.0, 10, 1.0, 3.525180588949e-01),
@@ -260,20 +262,20 @@ mod tests {
         }
     }
 
-    /// §4: the EW-Tune SST-2 setting, order 1, matches the authors' code (7.992898902498).
+    /// The EW-Tune SST-2 setting, order 1, matches the authors' code (7.992898902498).
     #[test]
     fn ew_tune_sst2_order1() {
         let h = History::homogeneous(0.7865, 2000.0 / 67349.0, 660).unwrap();
         let est = epsilon(&h, 1e-5, Order::new(1).unwrap()).unwrap();
         assert!((est.estimate - 7.992898902498).abs() < 1e-6, "{}", est.estimate);
-        // §7.3: order 0/1/2/3 -> 7.43/7.99/8.37/8.63 vs truth 8.29.
+        // Orders 0/1/2/3 -> 7.43/7.99/8.37/8.63 vs truth 8.29.
         for (order, want) in [(0, 7.43), (2, 8.37), (3, 8.63)] {
             let e = epsilon(&h, 1e-5, Order::new(order).unwrap()).unwrap().estimate;
             assert!((e - want).abs() < 0.006, "order {order}: {e}");
         }
     }
 
-    /// §6: calibrating the order-1 estimate to eps = 8 reproduces the sigmas EW-Tune chose.
+    /// Calibrating the order-1 estimate to eps = 8 reproduces the sigmas EW-Tune chose.
     #[test]
     fn ew_tune_sigmas_reproduced() {
         for (n_data, delta, sigma_ewtune) in [(67349u64, 1e-5, 0.7865), (104743, 1e-5, 0.711), (363849, 1e-5, 0.5635),
@@ -288,7 +290,7 @@ mod tests {
         }
     }
 
-    /// §8.1 (c): the finite-sample interval with the §5.2 bound, m = 10^6 and 2 * 10^5.
+    /// The finite-sample interval with the Derumigny-Girard-Guyonvarch bound, m = 10^6 and 2 * 10^5.
     #[test]
     fn finite_sample_interval_of_spec() {
         for (m, lo, up, dx, dy) in [(1_000_000u64, 0.3202, 0.4983, 0.00833, 0.00870), (200_000, 0.1550, 0.9381, 0.0254, 0.0269)] {

@@ -5,10 +5,11 @@
 //!   directions): `lower / estimate / upper`, where `upper` is a guarantee. The only source of
 //!   any guarantee ewtune states.
 //! * [`edgeworth`] — the Edgeworth accountant of EW-Tune: a fast *estimate*, never a guarantee
-//!   (it under-states epsilon in the regimes of `research/edgeworth.md` §7).
+//!   (it under-states epsilon in common DP-SGD regimes: docs/accounting.md, "Why it is only an
+//!   estimate").
 //! * [`rdp`] — Rényi DP, the classic loose baseline.
 //! * [`calibrate`] — the noise multiplier for a target (epsilon, delta), always certified.
-//! * [`report`] — the three side by side, with the divergence warning of §7.
+//! * [`report`] — the three side by side, with the warning when Edgeworth strays from the certified value.
 //! * [`domain`] — the accepted range of every argument; anything outside it is a typed error,
 //!   returned before any arithmetic or allocation.
 //!

@@ -1,7 +1,7 @@
 //! The privacy-loss log-likelihood ratio (PLLR) of the Poisson-subsampled Gaussian mechanism, its
 //! exact one-step hockey-stick curves, and its cumulants by quadrature (cached per (q, sigma)).
 //!
-//! Spec: `research/edgeworth.md` §2. With `mu = 1/sigma`, the dominating pair is
+//! See docs/accounting.md, "One DP-SGD step". With `mu = 1/sigma`, the dominating pair is
 //! `P = N(0,1)` (neighbour without the example) and `Q = (1-q) N(0,1) + q N(mu,1)` (with it);
 //! `L(x) = log(1 - q + q exp(mu x - mu^2/2))`, `X = L(xi), xi ~ P`, `Y = L(xi), xi ~ Q`.
 //! `q = 1` is the plain Gaussian mechanism.
@@ -80,7 +80,7 @@ impl SubsampledGaussian {
         (ratio.ln_1p() + 0.5 * mu * mu) / mu
     }
 
-    /// Exact one-step `delta(eps)` of the REMOVE pair (A = Q, B = P), §2.2:
+    /// Exact one-step `delta(eps)` of the REMOVE pair (A = Q, B = P):
     /// `q Phibar(x_eps - mu) - (e^eps - 1 + q) Phibar(x_eps)`, and `1 - e^eps` below the infimum.
     pub fn remove_delta(&self, eps: f64) -> f64 {
         let x = self.inverse_loss(eps);
@@ -126,7 +126,7 @@ impl SubsampledGaussian {
         stats
     }
 
-    /// The trapezoid rule of §2.2: uniform grid `x_k = -40 + k h` up to `40 + mu`,
+    /// The trapezoid rule: uniform grid `x_k = -40 + k h` up to `40 + mu`,
     /// `h = min(0.01, 0.02/mu)`, weights `phi(x)` (for X) and `phi(x) e^{L(x)}` (for Y, by the
     /// change of measure), each normalised to sum 1; two-pass central moments. No absolute
     /// tolerance anywhere: the cumulants scale like q^j.
@@ -203,7 +203,8 @@ impl Moments {
         }
     }
 
-    /// Inputs of the Derumigny-Girard-Guyonvarch bound (`research/edgeworth.md` §5.2):
+    /// Inputs of the Derumigny-Girard-Guyonvarch bound (Derumigny, Girard, Guyonvarch,
+    /// arXiv 2101.05780; docs/accounting.md, "The finite-sample interval"):
     /// `(lambda3, K3, K3~, K4)` of the centred per-step PLLR.
     pub fn standardized(&self) -> Standardized {
         let var = self.kappa[1];
@@ -244,7 +245,7 @@ mod tests {
         ((a - b) / b).abs()
     }
 
-    /// `research/edgeworth.md` §2.2, cumulant test vectors (per step).
+    /// Cumulant test vectors (per step), from an independent high-precision quadrature.
     #[test]
     fn cumulant_table_of_spec() {
         let table: [(f64, f64, [f64; 6], [f64; 6]); 4] = [
@@ -268,7 +269,7 @@ mod tests {
                 assert!(rel(s.y.kappa[j], ky[j]) < 1e-8, "q={q} sigma={sigma} Y k{} = {} vs {}", j + 1, s.y.kappa[j], ky[j]);
             }
         }
-        // Standardized per-step moments of §2.2 (inputs of §5.2).
+        // Standardized per-step moments (the inputs of the Derumigny-Girard-Guyonvarch bound).
         let s = SubsampledGaussian::new(0.8, 0.01).unwrap().pllr_stats();
         let (x, y) = (s.x.standardized(), s.y.standardized());
         for (got, want) in [(x.lambda3, 8.3368), (x.k3, 8.4292), (x.k3_tilde, 8.9431), (x.k4, 164.09),
@@ -277,14 +278,14 @@ mod tests {
         }
     }
 
-    /// §2.2: the quadrature's mean equals an independent 30-digit adaptive quadrature.
+    /// The quadrature's mean equals an independent 30-digit adaptive quadrature.
     #[test]
     fn mean_matches_high_precision_quadrature() {
         let s = SubsampledGaussian::new(0.8, 0.01).unwrap().pllr_stats();
         assert!(rel(s.x.kappa[0], -1.6716530481846e-04) < 1e-10);
     }
 
-    /// §2.2 one-step oracle: exact delta_R(eps) for q = 0.01, sigma = 0.8.
+    /// One-step oracle: exact delta_R(eps) for q = 0.01, sigma = 0.8.
     #[test]
     fn one_step_remove_delta_oracle() {
         let m = SubsampledGaussian::new(0.8, 0.01).unwrap();

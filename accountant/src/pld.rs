@@ -74,7 +74,7 @@ pub struct Bounds {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Discretization {
     /// Pick the interval from the history and the target so the bias stays far below the
-    /// tolerances of `research/edgeworth.md` §8.2 (the default).
+    /// tolerances of the reference grid in tests/data/accountant_reference.csv (the default).
     Adaptive,
     /// A fixed value discretisation interval (dp_accounting's `value_discretization_interval`).
     Fixed(f64),
@@ -1092,7 +1092,7 @@ mod tests {
         }
     }
 
-    /// Gaussian mechanism: the composed PLD must bracket the closed form (2.1) of §2.1.
+    /// Gaussian mechanism: the composed PLD must bracket the closed form of docs/accounting.md, "One DP-SGD step".
     #[test]
     fn gaussian_composition_brackets_closed_form() {
         let acc = PldAccountant::default();
@@ -1102,7 +1102,7 @@ mod tests {
             assert!(d.lower <= exact && exact <= d.upper, "{d:?} vs {exact}");
             assert!((d.estimate - exact).abs() < 1e-4 * exact, "{d:?} vs {exact}");
         }
-        // One subsampled step: the exact curves of §2.2, max over both directions.
+        // One subsampled step: the exact one-step curves (`mechanism.rs`), max over both directions.
         let mech = SubsampledGaussian::new(0.8, 0.01).unwrap();
         let h = History::homogeneous(0.8, 0.01, 1).unwrap();
         for eps in [0.0, 0.05, 0.5, 1.0] {

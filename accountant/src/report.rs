@@ -1,6 +1,6 @@
 //! The accountants side by side, as people and scripts read them: the certified bounds (the
-//! guarantee), the Edgeworth estimate (labelled as one) and RDP, with the divergence warning of
-//! `research/edgeworth.md` §7 when Edgeworth strays from the certified value.
+//! guarantee), the Edgeworth estimate (labelled as one) and RDP, with a warning when Edgeworth
+//! strays from the certified value (docs/accounting.md, "Why it is only an estimate").
 
 use crate::edgeworth::{self, EdgeworthEstimate, Order};
 use crate::event::History;
@@ -43,7 +43,7 @@ pub struct DeltaReport {
     pub rdp: f64,
 }
 
-/// The divergence warning of §7, if Edgeworth strays from the certified estimate.
+/// The divergence warning, if Edgeworth strays from the certified estimate.
 pub fn divergence_warning(certified: f64, edgeworth: &EdgeworthEstimate) -> Option<String> {
     let gap = (edgeworth.estimate - certified).abs();
     if gap.is_finite() && gap <= (0.02 * certified).max(0.05) {

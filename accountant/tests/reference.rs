@@ -1,6 +1,6 @@
-//! Every row of `research/accountant_reference.csv` (copied to tests/data with its provenance:
-//! dp_accounting 0.6.0 PLD at value_discretization_interval 1e-4, prv_accountant 0.2.0, and the
-//! spec's Python Edgeworth), checked against this crate's three accountants with the issue's
+//! Every row of the reference grid in tests/data/accountant_reference.csv (dp_accounting 0.6.0 PLD
+//! at value_discretization_interval 1e-4, prv_accountant 0.2.0, and an independent Python
+//! Edgeworth implementation; docs/accounting.md, "How it was checked"), checked against this crate's three accountants with the issue's
 //! tolerances.
 
 use ewtune_accountant::edgeworth::{self, Order};
@@ -102,7 +102,7 @@ fn fixed_grid_reproduces_dp_accounting_pld() {
 }
 
 /// Where the Edgeworth small parameters are small (|lambda3| <= 0.1, |lambda4| <= 0.05), the
-/// estimate and the certified value agree to a few percent (research/edgeworth.md §8.2).
+/// estimate and the certified value agree to a few percent (docs/accounting.md, "Why it is only an estimate").
 #[test]
 fn edgeworth_agrees_with_certified_where_the_expansion_is_valid() {
     let acc = PldAccountant::default();

@@ -9,7 +9,7 @@
 //! * committed — spent plus reserved, composed into one heterogeneous [`History`].
 //!
 //! Every number stated as a guarantee is the certified PLD accountant's `bounds.upper` at the
-//! dataset's `budget_delta` (DESIGN.md, "Privacy accounting"). Admission composes the committed
+//! dataset's `budget_delta` (docs/accounting.md). Admission composes the committed
 //! history with the new job's full plan and refuses it when that epsilon exceeds the budget. The
 //! Edgeworth accountant appears only in the report, labelled as an estimate.
 //!

@@ -1,8 +1,9 @@
 //! The durable store: ONE SQLite file under the data directory holding tenants' token hashes,
-//! datasets, jobs, job events and the privacy-budget ledger (DESIGN.md, "State").
+//! datasets, jobs, job events and the privacy-budget ledger (docs/architecture.md, "The parts";
+//! its files and upgrades: docs/operations.md).
 //!
 //! [`Store`] is a struct with a narrow API over one `Mutex<rusqlite::Connection>`; there is no
-//! repository trait (STYLE.md §7: one comes with a second backend, PostgreSQL). Each area adds
+//! repository trait (one would come with a second backend, such as PostgreSQL). Each area adds
 //! its methods in its own file:
 //!
 //! * `migrate.rs` — opening the file: WAL + `synchronous=FULL`, foreign keys, busy timeout,

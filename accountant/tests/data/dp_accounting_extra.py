@@ -1,5 +1,5 @@
 # dp_accounting 0.6.0 PLD (vdi 1e-4) and RDP for the delta=1e-6 half of the reference grid, and
-# two heterogeneous histories; same settings as research/accountant_reference.py.
+# two heterogeneous histories; same settings as the grid in accountant_reference.csv.
 import sys, time, math
 import dp_accounting
 from dp_accounting import pld, rdp

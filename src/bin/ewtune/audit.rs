@@ -1,7 +1,7 @@
 //! `ewtune audit`: the membership audit of a trained model, locally. With `--texts`, scores
 //! labelled texts (1 = member) and prints per-score AUC / TPR at low FPR; with `--manifest`,
 //! runs the one-run canary audit of a job that inserted canaries and compares the empirical
-//! epsilon lower bound with the certified epsilon it claimed (the report of audit.md §8).
+//! epsilon lower bound with the certified epsilon it claimed (docs/audit.md, "The report").
 //! `--sign-key` signs the printed JSON like the daemon signs its reports (`ewtune verify`).
 
 use ewtune::audit::canary::{CanaryAudit, Manifest};

@@ -3,8 +3,9 @@
 -- A job that inserts canaries stores its audit manifest (the canaries, the secret inclusion bits
 -- S, the primary score, the k+ grid, beta and delta) in the same transaction that admits it:
 -- the audit plan is fixed before the first training step and can never be changed afterwards
--- (research/audit.md §5.3). An audit of a finished job keeps its signed report; audits are
--- never deleted and a finished one is final.
+-- (the one-run bound of Steinke, Nasr, Jagielski, "Privacy Auditing with One (1) Training Run",
+-- NeurIPS 2023, holds for an audit fixed before training). An audit of a finished job keeps its
+-- signed report; audits are never deleted and a finished one is final.
 
 CREATE TABLE canary_manifests (
     job           TEXT NOT NULL PRIMARY KEY REFERENCES jobs (id),

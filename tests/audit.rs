@@ -16,8 +16,8 @@ fn references() -> Vec<Reference> {
     std::fs::read_to_string(fixture("audit").join("reference_scores.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// §7.3 layers 2 and 3: batched scoring equals transformers' per-token log-probs to 1e-4 and
-/// the unbatched scoring to 1e-5.
+/// Batched scoring equals transformers' per-token log-probs to 1e-4 and the unbatched scoring
+/// to 1e-5 (docs/audit.md, Token log-probabilities).
 #[test]
 fn batched_logprobs_match_reference_and_unbatched() {
     let model = Model::load_output(&fixture("audit"), Device::Cpu).unwrap();
@@ -44,8 +44,8 @@ use ewtune::train::dpsgd::nonprivate_backward;
 use ewtune::train::finetune::FineTune;
 use ewtune::train::optim::{Optimizer, OptimizerKind, Schedule};
 
-/// §7.3 layer 2: every score of every fixture text equals the transformers reference to 1e-4,
-/// and the AUCs equal §7.1's exactly.
+/// Every score of every fixture text equals the transformers reference to 1e-4, and the AUCs
+/// equal the reference AUCs exactly (docs/audit.md, Scores and Metrics).
 #[test]
 fn fixture_scores_and_aucs_match_reference() {
     let dir = fixture("audit");
@@ -195,7 +195,7 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"), "{}", String::from_utf8_lossy(&missing.stderr));
 }
 
-/// §5.1 multi-run audit: each "run" scores its own target once; the scores equal the batched
+/// The multi-run audit (docs/audit.md, The one-run lower bound): each "run" scores its own target once; the scores equal the batched
 /// text audit's `ref` scores, and with the fixture's perfect separation the bound is the classic
 /// bound at the all-correct threshold. One-class input and bad labels are named errors.
 #[test]

@@ -244,7 +244,7 @@ async fn wait_for_audit(c: &mut Client, id: &str) -> pb::Audit {
 }
 
 /// A job with canaries: the manifest is committed with the job before training, the inserted
-/// canaries count in N, and the Audits service answers with a signed audit.md §8 report whose
+/// canaries count in N, and the Audits service answers with a signed report (docs/audit.md, The report) whose
 /// one-run lower bound stays at or below the certified epsilon. Audits of unfinished or other
 /// tenants' jobs, and audits with nothing to score, are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

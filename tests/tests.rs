@@ -3,6 +3,7 @@
 mod audit;
 mod bench_memory;
 mod chat;
+mod citations;
 mod crash;
 mod daemon;
 mod dp_oracle;

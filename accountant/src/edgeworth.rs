@@ -292,7 +292,7 @@ mod tests {
 
     /// The finite-sample interval with the Derumigny-Girard-Guyonvarch bound, m = 10^6 and 2 * 10^5.
     #[test]
-    fn finite_sample_interval_of_spec() {
+    fn finite_sample_interval_matches_the_reference_values() {
         for (m, lo, up, dx, dy) in [(1_000_000u64, 0.3202, 0.4983, 0.00833, 0.00870), (200_000, 0.1550, 0.9381, 0.0254, 0.0269)] {
             let q = 0.08 * (m as f64).ln().sqrt() / (m as f64).sqrt();
             let est = epsilon(&History::homogeneous(0.8, q, m).unwrap(), 0.1, Order::new(1).unwrap()).unwrap();

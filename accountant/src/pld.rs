@@ -483,8 +483,9 @@ impl Composed {
         }
         let steps: Vec<(StepPmf, u64)> =
             groups.iter().map(|g: &StepGroup| (LossModel { mech: g.mechanism(), adjacency }.step_pmf(h, truncation), g.steps)).collect();
-        let t = saddle_tilt(&steps, eps_center / h);
-        let (tilted, log_norm) = tilt(&steps, t);
+        let logs: Vec<Vec<f64>> = steps.iter().map(|(p, _)| log_probs(p)).collect();
+        let t = saddle_tilt(&steps, &logs, eps_center / h);
+        let (tilted, log_norm) = tilt(&steps, &logs, t);
         // Window from Chernoff bounds of the tilted finite parts: P_t(S > hi), P_t(S < lo) <= tail.
         let ln_tail = TILTED_WINDOW_TAIL.ln();
         // Grid indices in i128: |first| < 2^63 per step times at most 10^9 steps cannot overflow.
@@ -786,12 +787,12 @@ fn tilted_stats(log_p: &[f64], t: f64) -> (f64, f64, f64) {
 /// standard deviation (the Chernoff factor is flat there); 0 when the untilted mean is already
 /// there, `MAX_TILT` when the support ends below it. Safeguarded Newton on the mean, whose
 /// derivative is the variance.
-fn saddle_tilt(steps: &[(StepPmf, u64)], center_idx: f64) -> f64 {
-    let logs: Vec<Vec<f64>> = steps.iter().map(|(p, _)| log_probs(p)).collect();
+/// `logs[g]` is [`log_probs`] of `steps[g]`.
+fn saddle_tilt(steps: &[(StepPmf, u64)], logs: &[Vec<f64>], center_idx: f64) -> f64 {
     // Composed tilted mean minus the center, and the composed tilted variance.
     let gap = |t: f64| {
         let (mut mean, mut var) = (0.0, 0.0);
-        for ((p, n), l) in steps.iter().zip(&logs) {
+        for ((p, n), l) in steps.iter().zip(logs) {
             let (_, m, v) = tilted_stats(l, t);
             mean += *n as f64 * (p.first as f64 + m);
             var += *n as f64 * v;
@@ -831,13 +832,13 @@ fn saddle_tilt(steps: &[(StepPmf, u64)], center_idx: f64) -> f64 {
 /// The step PMFs tilted by `e^{t k}` and renormalised to mass 1, with `C = sum_g n_g c_g`, the
 /// log-normalisers times the step counts (the composed tilted PMF times `e^{C - t k}` is the
 /// composed true one).
-fn tilt(steps: &[(StepPmf, u64)], t: f64) -> (Vec<(StepPmf, u64)>, f64) {
+fn tilt(steps: &[(StepPmf, u64)], logs: &[Vec<f64>], t: f64) -> (Vec<(StepPmf, u64)>, f64) {
     let mut log_norm = 0.0;
     let tilted = steps
         .iter()
-        .map(|(p, n)| {
-            let log_p = log_probs(p);
-            let (c, _, _) = tilted_stats(&log_p, t);
+        .zip(logs)
+        .map(|((p, n), log_p)| {
+            let (c, _, _) = tilted_stats(log_p, t);
             log_norm += *n as f64 * (c + t * p.first as f64);
             let probs = log_p.iter().enumerate().map(|(i, &l)| (l + t * i as f64 - c).exp()).collect();
             (StepPmf { first: p.first, probs, inf_mass: 0.0, raised_mass: 0.0 }, *n)

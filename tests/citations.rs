@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
-/// What a clone of this repository does not contain.
-const OUTSIDE: [&str; 5] = ["research/", "../shared", "shared/research", "DESIGN.md", "STYLE.md"];
+/// What a clone of this repository does not contain: the team's notes directory, its research
+/// folder and its two top-level documents (spelled in pieces so that this file does not cite
+/// them itself).
+const OUTSIDE: [&str; 5] = [concat!("research", "/"), concat!("..", "/shared"), concat!("shared", "/research"), concat!("DESIGN", ".md"), concat!("STYLE", ".md")];
 
 fn tracked_text_files(root: &Path) -> Vec<String> {
     let out = Command::new("git").arg("-C").arg(root).args(["ls-files", "-z"]).output().expect("git runs");
@@ -15,7 +17,6 @@ fn tracked_text_files(root: &Path) -> Vec<String> {
         .split('\0')
         .filter(|p| !p.is_empty())
         .filter(|p| [".rs", ".md", ".proto", ".toml", ".txt", ".py", ".sh", ".sql", ".yml", ".yaml"].iter().any(|e| p.ends_with(e)) || p.starts_with(".ci/"))
-        .filter(|p| *p != "tests/citations.rs")
         .map(str::to_string)
         .collect()
 }

@@ -1,7 +1,7 @@
 //! A trained model's files as ewtune hands them over: the list of them (relative path, size,
 //! SHA-256) that the daemon records when a job succeeds, signs in the budget report and streams
 //! with `Jobs.GetArtifacts`; the directory they are written into, staged beside its target and
-//! renamed into place in one step ([`StagedDir`]), by the trainer and by `ewtune jobs download`;
+//! renamed into place in one step ([`crate::fs::StagedDir`]), by the trainer and by `ewtune jobs download`;
 //! and the download side ([`Download`]), which accepts a stream of chunks only when every file
 //! is one the daemon recorded, arrives whole, in order, with the recorded size and SHA-256.
 //!
@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
+use crate::fs::{at, sync_dir, Existing, PathError, StagedDir};
 use std::path::{Path, PathBuf};
 
 /// Most bytes of a file one `Jobs.GetArtifacts` message carries.
@@ -74,20 +75,6 @@ pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
     Ok((size, crate::digest::hex(ctx.finish().as_ref())))
 }
 
-/// An error about one path: the path and what happened.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
-pub struct PathError {
-    /// The file or directory.
-    pub path: PathBuf,
-    /// The OS error.
-    pub source: io::Error,
-}
-
-fn at(path: &Path) -> impl FnOnce(io::Error) -> PathError + '_ {
-    move |source| PathError { path: path.to_path_buf(), source }
-}
-
 /// Every regular file under `dir` (recursively), sorted by path, with its size and SHA-256. A
 /// symbolic link or other special file is an error: an output holds plain files only.
 pub fn list_files(dir: &Path) -> Result<Vec<OutputFile>, PathError> {
@@ -115,125 +102,6 @@ pub fn list_files(dir: &Path) -> Result<Vec<OutputFile>, PathError> {
     walk(dir, "", &mut out)?;
     out.sort();
     Ok(out)
-}
-
-/// Prefix of staged directories; the daemon removes `.tmp*` entries a killed process left under
-/// its `jobs/` at start-up.
-pub const STAGED_PREFIX: &str = ".tmp-";
-
-/// A directory being filled beside its target, `.tmp-<target name>-<16 hex>` in the target's
-/// parent, that becomes the target in one rename ([`StagedDir::commit`]): readers see the old
-/// directory or the complete new one, never a mix. Dropped uncommitted, it is removed with
-/// everything in it.
-#[derive(Debug)]
-pub struct StagedDir {
-    path: PathBuf,
-    target: PathBuf,
-}
-
-/// What [`StagedDir::commit`] does with an existing target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    /// Replace it, whatever it holds (a model written again when a finished job re-runs).
-    Replace,
-    /// Only an empty directory may be replaced; anything else is left and the commit refused.
-    KeepUnlessEmpty,
-}
-
-impl StagedDir {
-    /// Creates the staging directory for `target` (its parent is created when absent). Files
-    /// and directories in it get the process umask's modes, as the target would.
-    pub fn new(target: &Path) -> Result<Self, PathError> {
-        let name = target.file_name().ok_or_else(|| PathError { path: target.to_path_buf(), source: io::Error::other("names no directory") })?;
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(at(&parent))?;
-        for _ in 0..16 {
-            let path = parent.join(format!("{STAGED_PREFIX}{}-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(StagedDir { path, target: target.to_path_buf() }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(PathError { path, source: e }),
-            }
-        }
-        Err(PathError { path: parent, source: io::Error::other("no unused staging directory name after 16 tries") })
-    }
-
-    /// The staging directory, to write into.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// fsyncs the staging directory (its files must be synced already: [`write_synced`]) and
-    /// renames it onto the target, then fsyncs the parent. An existing target is handled as
-    /// `existing` says; a replaced one is exchanged with the new directory in one atomic
-    /// `renameat2(RENAME_EXCHANGE)` and then removed, so at no instant is there no target.
-    pub fn commit(self, existing: Existing) -> Result<(), PathError> {
-        sync_dir(&self.path)?;
-        match std::fs::rename(&self.path, &self.target) {
-            Ok(()) => {}
-            // rename(2) replaces an empty directory only: the target holds files.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => match existing {
-                Existing::KeepUnlessEmpty => {
-                    return Err(PathError { path: self.target.clone(), source: io::Error::other("exists and is not empty; it was left as it was") })
-                }
-                Existing::Replace => {
-                    exchange(&self.path, &self.target)?;
-                    // self.path now holds the old directory: dropping self removes it.
-                }
-            },
-            Err(e) => return Err(PathError { path: self.target.clone(), source: e }),
-        }
-        let parent = self.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        sync_dir(&parent)
-    }
-}
-
-impl Drop for StagedDir {
-    fn drop(&mut self) {
-        if self.path.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove a staging directory");
-            }
-        }
-    }
-}
-
-/// Swaps two directories atomically (Linux `renameat2` with `RENAME_EXCHANGE`). Where the file
-/// system does not support it, `b` is moved aside first, then `a` onto it, and the old `b`
-/// left at `a`'s name: a crash between the two renames leaves no target but both directories,
-/// under names the daemon's start-up removes or the next run replaces.
-fn exchange(a: &Path, b: &Path) -> Result<(), PathError> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| PathError { path: p.to_path_buf(), source: io::Error::other(e) });
-    let (ca, cb) = (c(a)?, c(b)?);
-    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP)) {
-        return Err(PathError { path: b.to_path_buf(), source: err });
-    }
-    let aside = a.with_file_name(format!("{}-old", a.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
-    std::fs::rename(b, &aside).map_err(at(b))?;
-    std::fs::rename(a, b).map_err(at(b))?;
-    std::fs::rename(&aside, a).map_err(at(a))
-}
-
-/// fsync of a directory (its entries are durable).
-pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(at(dir))
-}
-
-/// Writes `bytes` to a new file at `path` (in a staging directory: the directory's rename is
-/// what makes it visible) and fsyncs it.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
-    let mut f = std::fs::File::create(path).map_err(at(path))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(at(path))
 }
 
 /// Why a download was refused. Nothing of it is left on disk.
@@ -451,33 +319,6 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/", "a\\b", "a\nb", "a\0b", &"x".repeat(MAX_PATH_BYTES + 1)] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn staged_dirs_replace_or_refuse_and_leave_nothing_behind() {
-        let root = tempfile::tempdir().unwrap();
-        let target = root.path().join("model");
-        let s = StagedDir::new(&target).unwrap();
-        write_synced(&s.path().join("a"), b"one").unwrap();
-        s.commit(Existing::Replace).unwrap();
-        assert_eq!(std::fs::read(target.join("a")).unwrap(), b"one");
-        // Replaced whole: the old file is gone, the new one there.
-        let s = StagedDir::new(&target).unwrap();
-        write_synced(&s.path().join("b"), b"two").unwrap();
-        s.commit(Existing::Replace).unwrap();
-        assert!(!target.join("a").exists());
-        assert_eq!(std::fs::read(target.join("b")).unwrap(), b"two");
-        // A non-empty target is kept when asked.
-        let s = StagedDir::new(&target).unwrap();
-        write_synced(&s.path().join("c"), b"three").unwrap();
-        assert!(s.commit(Existing::KeepUnlessEmpty).is_err());
-        assert_eq!(std::fs::read(target.join("b")).unwrap(), b"two");
-        // Dropped uncommitted: removed.
-        let s = StagedDir::new(&target).unwrap();
-        write_synced(&s.path().join("d"), b"four").unwrap();
-        drop(s);
-        let names: Vec<String> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        assert_eq!(names, ["model"], "no staging directory is left");
     }
 
     #[test]

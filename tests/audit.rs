@@ -37,7 +37,8 @@ fn batched_logprobs_match_reference_and_unbatched() {
     }
 }
 
-use ewtune::audit::canary::{audit_canaries, draw, CanarySpec};
+use ewtune::audit::canary::audit_canaries;
+use ewtune::train::canaries::{draw, CanarySpec};
 use ewtune::audit::texts::{audit_texts, LabeledText};
 use ewtune::train::data::Dataset;
 use ewtune::train::dpsgd::nonprivate_backward;
@@ -127,7 +128,7 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
     };
     let out = job::run(&spec, &std::sync::atomic::AtomicBool::new(false), |_| {}).unwrap();
     let bytes = std::fs::read(spec.output.join("audit_manifest.json")).unwrap();
-    let manifest: ewtune::audit::canary::Manifest = serde_json::from_slice(&bytes).unwrap();
+    let manifest: ewtune::train::canaries::Manifest = serde_json::from_slice(&bytes).unwrap();
     let inserted = manifest.included.iter().filter(|&&s| s).count();
     assert_eq!(out.plan.units, 400 + inserted, "canaries count in N");
     let target = Model::load_output(&out.output_model, Device::Cpu).unwrap();

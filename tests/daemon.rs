@@ -4,7 +4,7 @@
 
 use crate::util::fixture;
 use ewtune::api::pb;
-use ewtune::daemon::{self, config::DaemonConfig, signing, State};
+use ewtune::service::{config::DaemonConfig, signing, State};
 use ewtune::train::synthetic::{write_model, write_notes, Family, Shape};
 use std::sync::Arc;
 use tonic::transport::Channel;
@@ -38,7 +38,7 @@ impl Daemon {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
         let task = tokio::spawn(async move {
-            daemon::run(s, listener, async move {
+            ewtune::api::server::run(s, listener, async move {
                 let _ = rx.await;
             })
             .await
@@ -249,7 +249,7 @@ async fn wait_for_audit(c: &mut Client, id: &str) -> pb::Audit {
 /// tenants' jobs, and audits with nothing to score, are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
-    use ewtune::audit::canary::Manifest;
+    use ewtune::train::canaries::Manifest;
     let d = Daemon::start().await;
     let mut c = client(&d.addr, &d.state.store.create_token("clinic").unwrap()).await;
     let mut other = client(&d.addr, &d.state.store.create_token("rival").unwrap()).await;

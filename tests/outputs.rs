@@ -376,8 +376,8 @@ async fn get_artifacts_streams_exactly_the_recorded_files() {
 
     // The signed budget report lists each succeeded job's files with their SHA-256.
     let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
-    let signed = ewtune::daemon::signing::SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
-    ewtune::daemon::signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
+    let signed = ewtune::service::signing::SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
+    ewtune::service::signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
     let report: serde_json::Value = serde_json::from_str(&r.report_json).unwrap();
     for j in [&lora_done, &full_done] {
         let row = report["jobs"].as_array().unwrap().iter().find(|row| row["job"] == j.job_id.as_str()).unwrap();

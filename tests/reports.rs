@@ -6,7 +6,7 @@
 
 use crate::daemon::Daemon;
 use ewtune::api::pb;
-use ewtune::daemon::signing::{self, SignedReport, Signer};
+use ewtune::service::signing::{self, SignedReport, Signer};
 use ewtune::store::TokenId;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -11,8 +11,8 @@
 use crate::util::fixture;
 use ewtune::api::pb;
 use ewtune::api::watch::RECHECK;
-use ewtune::daemon::config::{DaemonConfig, ServerLimits};
-use ewtune::daemon::State;
+use ewtune::service::config::{DaemonConfig, ServerLimits};
+use ewtune::service::State;
 use ewtune::store::{JobId, JobState, TenantId};
 use ewtune::train::synthetic::{write_model, write_notes, Family, Shape};
 use std::os::unix::fs::PermissionsExt;

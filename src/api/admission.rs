@@ -24,7 +24,7 @@
 //!
 //! What this file does not own: the services, TLS, and the Watch stream cap (`watch.rs`).
 
-use crate::daemon::config::ServerLimits;
+use crate::service::config::ServerLimits;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;

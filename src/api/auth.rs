@@ -2,7 +2,7 @@
 //! in the store and the caller's tenant is put into the request's extensions; every handler
 //! reads it from there, so no request reaches a handler without one.
 
-use crate::daemon::State;
+use crate::service::State;
 use crate::store::TenantId;
 use std::sync::Arc;
 use tonic::{Request, Status};

@@ -4,7 +4,7 @@
 use super::auth::tenant;
 use super::convert;
 use super::pb;
-use crate::daemon::State;
+use crate::service::State;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 

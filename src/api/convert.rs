@@ -2,8 +2,8 @@
 //! field) and the conversion of results into proto messages.
 
 use super::pb;
-use crate::audit::canary::CanarySpec;
-use crate::daemon::State;
+use crate::train::canaries::CanarySpec;
+use crate::service::State;
 use super::limits;
 use crate::store::{Dataset, Job, JobState, Page, PrivacyUnit, TenantId};
 use crate::train::precision::Precision;

@@ -12,7 +12,7 @@ use super::auth::tenant;
 use super::convert::{self, dataset_file, invalid};
 use super::limits;
 use super::pb;
-use crate::daemon::State;
+use crate::service::State;
 use crate::store::{NewDataset, PrivacyUnit, StoreError};
 use crate::train::data::{count_units, read_records, DataConfig};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ const BUDGET_DELTA: (f64, f64) = (1e-15, 0.1);
 impl pb::datasets_server::Datasets for DatasetsApi {
     async fn register(&self, req: Request<pb::RegisterDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
         let tenant = tenant(&req)?;
-        let deadline = crate::daemon::cpu_pool::deadline(req.metadata());
+        let deadline = crate::service::cpu_pool::deadline(req.metadata());
         let r = req.into_inner();
         let name = limits::name("name", &r.name)?;
         let unit = match pb::PrivacyUnit::try_from(r.privacy_unit) {
@@ -77,7 +77,7 @@ impl pb::datasets_server::Datasets for DatasetsApi {
             }
             let wrote = !path.exists();
             if wrote {
-                crate::train::weights::write_bytes_atomic(&path, &content).map_err(|e| {
+                crate::fs::write_atomic(&path, &content).map_err(|e| {
                     tracing::error!(error = %e, "cannot store a dataset");
                     Status::internal("the daemon cannot store the dataset; see its log")
                 })?;

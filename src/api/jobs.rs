@@ -6,7 +6,7 @@ use super::auth::tenant;
 use super::blocking;
 use super::convert::{self, invalid, CheckedSpec};
 use super::pb;
-use crate::daemon::State;
+use crate::service::State;
 use crate::store::{JobId, NewJob, TenantId};
 use crate::train::data::DataCounts;
 use crate::train::job::plan;
@@ -59,7 +59,7 @@ fn settle(state: &State, tenant: &TenantId, req: &pb::JobSpec, draw: bool) -> Re
         }
         if draw {
             let mut rng = crate::train::noise::os_seeded_rng().map_err(|e| Status::internal(e.to_string()))?;
-            let manifest = crate::audit::canary::draw(c, model.vocab_size, spec.privacy.delta, &mut rng).map_err(|e| invalid("canaries", e))?;
+            let manifest = crate::train::canaries::draw(c, model.vocab_size, spec.privacy.delta, &mut rng).map_err(|e| invalid("canaries", e))?;
             units += manifest.included.iter().filter(|&&s| s).count();
             manifest_json = Some(serde_json::to_string(&manifest).expect("manifests serialize"));
         } else {
@@ -130,7 +130,7 @@ fn plan_error(e: TrainError) -> Status {
 impl JobsApi {
     /// Settles `req` on the CPU pool under the request's deadline.
     async fn settle_off_runtime(&self, tenant: &TenantId, metadata: &tonic::metadata::MetadataMap, req: &pb::JobSpec, draw: bool) -> Result<Settled, Status> {
-        let deadline = crate::daemon::cpu_pool::deadline(metadata);
+        let deadline = crate::service::cpu_pool::deadline(metadata);
         let (state, t, r) = (self.state.clone(), tenant.clone(), req.clone());
         self.state.cpu.run(tenant, deadline, move || settle(&state, &t, &r, draw)).await?
     }
@@ -150,7 +150,7 @@ fn shown(state: &State, tenant: &TenantId, j: &crate::store::Job) -> Result<pb::
 impl pb::jobs_server::Jobs for JobsApi {
     async fn plan(&self, req: Request<pb::JobSpec>) -> Result<Response<pb::PlanResponse>, Status> {
         let tenant = tenant(&req)?;
-        let deadline = crate::daemon::cpu_pool::deadline(req.metadata());
+        let deadline = crate::service::cpu_pool::deadline(req.metadata());
         let (state, t, r) = (self.state.clone(), tenant.clone(), req.get_ref().clone());
         let (settled, counts) = self
             .state

@@ -18,8 +18,8 @@ pub mod watch;
 /// Runs blocking store work (SQLite, the ledger's accounting, file writes) off the async
 /// workers. A panic there is logged whole and answered Internal without its text.
 pub(crate) async fn blocking<T: Send + 'static>(
-    state: &std::sync::Arc<crate::daemon::State>,
-    f: impl FnOnce(&crate::daemon::State) -> Result<T, tonic::Status> + Send + 'static,
+    state: &std::sync::Arc<crate::service::State>,
+    f: impl FnOnce(&crate::service::State) -> Result<T, tonic::Status> + Send + 'static,
 ) -> Result<T, tonic::Status> {
     let state = state.clone();
     tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| {

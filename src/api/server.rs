@@ -6,7 +6,7 @@
 
 use super::auth::Authenticator;
 use super::pb;
-use crate::daemon::State;
+use crate::service::State;
 use std::sync::Arc;
 
 /// Serves until `shutdown` resolves.
@@ -59,4 +59,30 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// `ewtuned`'s serving loop: requeues the jobs a crash left running (and ends their unfinished
+/// audits), then runs the scheduler and the gRPC server until `shutdown` resolves (SIGTERM/SIGINT
+/// in `ewtuned`); running jobs checkpoint and go back to the queue.
+pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), crate::service::DaemonError> {
+    let requeued = state.store.requeue_running()?;
+    if !requeued.is_empty() {
+        tracing::info!(requeued = requeued.len(), "jobs interrupted by the last stop go back to the queue");
+    }
+    let failed_audits = state.store.fail_running_audits()?;
+    if failed_audits > 0 {
+        tracing::info!(failed_audits, "audits interrupted by the last stop end failed (create them again)");
+    }
+    let stop_rx = state.stopping.subscribe();
+    let scheduler = tokio::spawn(crate::service::scheduler::run(state.clone(), stop_rx.clone()));
+    let mut server_stop = stop_rx;
+    let server = serve(state.clone(), listener, async move {
+        let _ = server_stop.changed().await;
+    });
+    let server = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("shutting down: running jobs checkpoint and return to the queue");
+    state.stopping.send_replace(true);
+    let _ = scheduler.await;
+    server.await.map_err(|e| crate::service::DaemonError::Serve(e.to_string()))?.map_err(|e| crate::service::DaemonError::Serve(e.to_string()))
 }

@@ -12,8 +12,8 @@
 use super::auth::tenant;
 use super::jobs::job_id;
 use super::pb;
-use crate::daemon::tenant_slots::TenantSlot;
-use crate::daemon::State;
+use crate::service::tenant_slots::TenantSlot;
+use crate::service::State;
 use crate::store::{JobEvent, JobId, TenantId};
 use std::pin::Pin;
 use std::sync::Arc;

@@ -6,7 +6,8 @@
 //! names the tenant and the audit it is issued for, so a signed report cannot be passed off as
 //! another tenant's or another audit's.
 
-use super::canary::{audit_canaries, CanaryAudit, Manifest};
+use super::canary::{audit_canaries, CanaryAudit};
+use crate::train::canaries::Manifest;
 use super::scores::REPORTED_RATIOS;
 use super::texts::{audit_texts, LabeledText, ScoreMetrics, BOOTSTRAP_SEED};
 use crate::train::model::Model;

@@ -4,8 +4,8 @@
 //! Files it creates are private (umask 0o077).
 
 use clap::{Parser, Subcommand};
-use ewtune::daemon::signing::{self, rfc3339_utc, Signer};
-use ewtune::daemon::{self, config::DaemonConfig, State};
+use ewtune::service::signing::{self, rfc3339_utc, Signer};
+use ewtune::service::{self, config::DaemonConfig, State};
 use ewtune::store::{Revocation, TenantId, TokenId, TokenInfo};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,7 +70,7 @@ enum KeyCommand {
 fn main() -> ExitCode {
     let args = Args::parse();
     // Everything the daemon writes (store, datasets, outputs, key) is its user's only.
-    daemon::data_dir::private_umask();
+    service::data_dir::private_umask();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,7 +90,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Some(Command::Token(TokenCommand::Create { tenant })) => {
-            let token = daemon::open_store(&config.data_dir)?.create_token(&tenant)?;
+            let token = service::open_store(&config.data_dir)?.create_token(&tenant)?;
             println!("{token}");
             let id = TokenId::of(&token);
             eprintln!("token id {id} (tenant {tenant}); `ewtuned token revoke {id}` revokes it");
@@ -99,14 +99,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(Command::Token(TokenCommand::List { tenant })) => {
             let tenant = tenant.as_deref().map(TenantId::parse).transpose()?;
             println!("{:<12}  {:<24}  {:<24}  revoked", "id", "tenant", "created");
-            for t in daemon::open_store(&config.data_dir)?.list_tokens(tenant.as_ref())? {
+            for t in service::open_store(&config.data_dir)?.list_tokens(tenant.as_ref())? {
                 let revoked = t.revoked_at_ms.map_or_else(|| "-".to_string(), rfc3339_utc);
                 println!("{:<12}  {:<24}  {:<24}  {revoked}", t.id, t.tenant, rfc3339_utc(t.created_at_ms));
             }
             Ok(())
         }
         Some(Command::Token(TokenCommand::Revoke { id })) => {
-            let (TokenInfo { id, tenant, revoked_at_ms, .. }, what) = match daemon::open_store(&config.data_dir)?.revoke_token(&id)? {
+            let (TokenInfo { id, tenant, revoked_at_ms, .. }, what) = match service::open_store(&config.data_dir)?.revoke_token(&id)? {
                 Revocation::Revoked(t) => (t, "revoked"),
                 Revocation::AlreadyRevoked(t) => (t, "was already revoked"),
             };
@@ -119,7 +119,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let state = State::open(config.clone())?;
                 let listener = tokio::net::TcpListener::bind(config.listen).await?;
                 tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "ewtuned serving");
-                daemon::run(state, listener, shutdown_signal()).await?;
+                ewtune::api::server::run(state, listener, shutdown_signal()).await?;
                 Ok(())
             })
         }

@@ -8,7 +8,8 @@
 //!
 //! The output model a finished job hands over is written by `output.rs`.
 
-use super::weights::{write_bytes_atomic, write_safetensors_atomic, Weights};
+use super::weights::{write_safetensors_atomic, Weights};
+use crate::fs::write_atomic;
 use super::TrainError;
 use ewtune_accountant::History;
 use serde::{Deserialize, Serialize};
@@ -42,9 +43,9 @@ pub fn save(root: &Path, state: &CheckpointState, trainable: &[(String, Tensor)]
     write_safetensors_atomic(&dir.join("trainable.safetensors"), trainable)?;
     write_safetensors_atomic(&dir.join("optimizer.safetensors"), optimizer)?;
     let json = serde_json::to_vec_pretty(state).expect("checkpoint state serializes");
-    write_bytes_atomic(&dir.join("state.json"), &json)?;
+    write_atomic(&dir.join("state.json"), &json)?;
     std::fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| io(&dir, e))?;
-    write_bytes_atomic(&root.join("LATEST"), name.as_bytes())?;
+    write_atomic(&root.join("LATEST"), name.as_bytes())?;
     // Only now are older checkpoints garbage.
     for entry in std::fs::read_dir(root).map_err(|e| io(root, e))?.flatten() {
         let n = entry.file_name().to_string_lossy().into_owned();

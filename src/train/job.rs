@@ -140,7 +140,7 @@ pub struct JobSpec {
     /// Canaries for the one-run membership audit (each inserted with probability 1/2 and counted
     /// in N); the manifest is written to `output/audit_manifest.json` before training.
     #[serde(default)]
-    pub canaries: Option<crate::audit::canary::CanarySpec>,
+    pub canaries: Option<crate::train::canaries::CanarySpec>,
     /// Forward/backward precision; unset: bf16 where the base is bf16 on CUDA, else f32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
@@ -157,7 +157,7 @@ impl JobSpec {
             Table::of::<OptimizerKind>("training.optimizer"),
             Table::of::<FineTune>("finetune"),
             Table::of::<DataConfig>("data_format"),
-            Table::of::<crate::audit::canary::CanarySpec>("canaries"),
+            Table::of::<crate::train::canaries::CanarySpec>("canaries"),
         ]
     }
 
@@ -509,7 +509,7 @@ pub fn run_observed(
             })
         }
         Some(c) => {
-            let (manifest, sha) = crate::audit::canary::prepare(&spec.output.join("audit_manifest.json"), c, vocab, spec.privacy.delta)?;
+            let (manifest, sha) = crate::train::canaries::prepare(&spec.output.join("audit_manifest.json"), c, vocab, spec.privacy.delta)?;
             data.units.extend(manifest.training_units());
             Some(sha)
         }
@@ -624,7 +624,7 @@ pub fn run_observed(
         };
         output::write(&output_model, &spec.model, &model.named_tensors(), what)?;
         let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha });
-        super::weights::write_bytes_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
+        crate::fs::write_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
     }
     Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model, data: counts })
 }

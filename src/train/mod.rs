@@ -4,6 +4,7 @@
 //! checkpoints. Knows nothing of gRPC. Described in docs/dpsgd.md.
 
 pub mod bench;
+pub mod canaries;
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
@@ -98,6 +99,12 @@ pub enum TrainError {
     /// A torch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+impl From<crate::fs::PathError> for TrainError {
+    fn from(e: crate::fs::PathError) -> Self {
+        TrainError::Io { path: e.path, reason: e.source.to_string() }
+    }
 }
 
 impl TrainError {

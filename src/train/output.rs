@@ -18,11 +18,12 @@
 //!   `save_pretrained` writes for the same tensors (tests/check_outputs.py checks it).
 //!
 //! The directory is written whole into a staging directory beside it and renamed into place in
-//! one step ([`crate::artifacts::StagedDir`]): a reader, or a crash, sees the previous output
+//! one step ([`crate::fs::StagedDir`]): a reader, or a crash, sees the previous output
 //! or the complete new one, never a mix.
 
 use super::TrainError;
-use crate::artifacts::{self, Existing, StagedDir};
+use crate::artifacts;
+use crate::fs::{write_synced, Existing, StagedDir};
 use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -162,14 +163,11 @@ fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io { path: path.to_path_buf(), reason: e.to_string() }
 }
 
-fn path_err(e: artifacts::PathError) -> TrainError {
-    TrainError::Io { path: e.path, reason: e.source.to_string() }
-}
 
 /// Writes the output model `tensors` (every tensor of the model, by HF name) trained from the
 /// base checkpoint directory `base` into `dir`, replacing whatever `dir` held, in one rename.
 pub fn write(dir: &Path, base: &Path, tensors: &[(String, Tensor)], what: Output<'_>) -> Result<(), TrainError> {
-    let staged = StagedDir::new(dir).map_err(path_err)?;
+    let staged = StagedDir::new(dir).map_err(TrainError::from)?;
     for name in TOKENIZER_FILES {
         copy_if_present(&base.join(name), &staged.path().join(name))?;
     }
@@ -185,12 +183,12 @@ pub fn write(dir: &Path, base: &Path, tensors: &[(String, Tensor)], what: Output
             write_full(staged.path(), base, tensors, max_shard_bytes)?;
         }
     }
-    staged.commit(Existing::Replace).map_err(path_err)
+    staged.commit(Existing::Replace).map_err(TrainError::from)
 }
 
 fn copy_if_present(from: &Path, to: &Path) -> Result<(), TrainError> {
     match std::fs::read(from) {
-        Ok(bytes) => artifacts::write_synced(to, &bytes).map_err(path_err),
+        Ok(bytes) => write_synced(to, &bytes).map_err(TrainError::from),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(from, e)),
     }
@@ -204,7 +202,7 @@ fn write_adapter(dir: &Path, tensors: &[(String, Tensor)], cfg: &AdapterConfig) 
     }
     let kinds = vec![Kind::Float; adapter.len()];
     write_safetensors(&dir.join("adapter_model.safetensors"), &adapter, &kinds)?;
-    artifacts::write_synced(&dir.join("adapter_config.json"), cfg.to_json().as_bytes()).map_err(path_err)
+    write_synced(&dir.join("adapter_config.json"), cfg.to_json().as_bytes()).map_err(TrainError::from)
 }
 
 fn write_full(dir: &Path, base: &Path, tensors: &[(String, Tensor)], max_shard_bytes: u64) -> Result<(), TrainError> {
@@ -241,7 +239,7 @@ fn write_full(dir: &Path, base: &Path, tensors: &[(String, Tensor)], max_shard_b
             "weight_map": weight_map,
         });
         let text = python_json(&index) + "\n";
-        artifacts::write_synced(&dir.join("model.safetensors.index.json"), text.as_bytes()).map_err(path_err)?;
+        write_synced(&dir.join("model.safetensors.index.json"), text.as_bytes()).map_err(TrainError::from)?;
     }
     Ok(())
 }

@@ -120,7 +120,7 @@ pub fn write_model_with_intermediate(dir: &Path, family: Family, shape: Shape, i
     };
     write_safetensors_atomic(&dir.join("model.safetensors"), &t)?;
     let cfg = serde_json::to_vec_pretty(&config).expect("json values serialize");
-    super::weights::write_bytes_atomic(&dir.join("config.json"), &cfg)?;
+    crate::fs::write_atomic(&dir.join("config.json"), &cfg)?;
     if let Some(tok) = tokenizer {
         std::fs::copy(tok, dir.join("tokenizer.json")).map_err(|e| TrainError::Io { path: tok.to_path_buf(), reason: e.to_string() })?;
     }
@@ -156,7 +156,7 @@ pub fn write_notes(path: &Path, n: usize, users: usize, seed: u64) -> Result<(),
         out.push_str(&line.to_string());
         out.push('\n');
     }
-    super::weights::write_bytes_atomic(path, out.as_bytes())
+    Ok(crate::fs::write_atomic(path, out.as_bytes())?)
 }
 
 /// Shape of a Qwen2-family checkpoint (`Qwen2ForCausalLM`: grouped-query attention with biases
@@ -232,7 +232,7 @@ pub fn write_qwen2(dir: &Path, shape: Qwen2Shape, seed: i64) -> Result<(), Train
     write_safetensors_atomic(&dir.join("model.safetensors"), &t)?;
     drop(t);
     let cfg = serde_json::to_vec_pretty(&qwen2_config(shape)).expect("json values serialize");
-    super::weights::write_bytes_atomic(&dir.join("config.json"), &cfg)
+    Ok(crate::fs::write_atomic(&dir.join("config.json"), &cfg)?)
 }
 
 /// The `config.json` [`write_qwen2`] writes for `shape`.

@@ -239,45 +239,9 @@ impl Weights {
     }
 }
 
-/// Writes `tensors` to `path` atomically: a crash at any instant leaves either the old file or
-/// the complete new one (and at worst a `.tmp-*` file beside it, which the daemon removes at
-/// start-up).
+/// Writes `tensors` to `path` atomically ([`crate::fs::write_atomic_with`]).
 pub fn write_safetensors_atomic(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError> {
-    let tmp = temp_sibling(path)?;
     let owned: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.detach().to_device(Device::Cpu).contiguous())).collect();
-    Tensor::write_safetensors(&owned, tmp.path()).map_err(|e| TrainError::Io { path: tmp.path().to_path_buf(), reason: e.to_string() })?;
-    commit_file(tmp, path)
-}
-
-/// Writes bytes to `path` atomically.
-pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    use std::io::Write;
-    let mut tmp = temp_sibling(path)?;
-    tmp.write_all(bytes).map_err(|e| TrainError::Io { path: tmp.path().to_path_buf(), reason: e.to_string() })?;
-    commit_file(tmp, path)
-}
-
-/// Prefix of every temp file written beside its target.
-pub const TEMP_PREFIX: &str = ".tmp-";
-
-/// A new temp file with a unique name (`.tmp-XXXXXX`) in `path`'s directory, mode 0600: two
-/// writers never share one, and one left by a crash is recognisable by its prefix.
-fn temp_sibling(path: &Path) -> Result<tempfile::NamedTempFile, TrainError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir).map_err(|e| TrainError::Io { path: dir.to_path_buf(), reason: e.to_string() })
-}
-
-/// fsync the temp file, rename it over the target, fsync the directory.
-fn commit_file(tmp: tempfile::NamedTempFile, path: &Path) -> Result<(), TrainError> {
-    let io = |p: &Path, e: std::io::Error| TrainError::Io { path: p.to_path_buf(), reason: e.to_string() };
-    tmp.as_file().sync_all().map_err(|e| io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| io(path, e.error))?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| io(dir, e))?;
-    }
+    crate::fs::write_atomic_with(path, |_, tmp| Tensor::write_safetensors(&owned, tmp).map_err(std::io::Error::other))?;
     Ok(())
 }

@@ -4,11 +4,12 @@
 //! epsilon lower bound with the certified epsilon it claimed (docs/audit.md, "The report").
 //! `--sign-key` signs the printed JSON like the daemon signs its reports (`ewtune verify`).
 
-use ewtune::audit::canary::{CanaryAudit, Manifest};
+use ewtune::audit::canary::CanaryAudit;
+use ewtune::train::canaries::Manifest;
 use ewtune::audit::report::{build_report, AuditInputs};
 use ewtune::audit::runs::{audit_runs, RunTarget};
 use ewtune::audit::texts::{audit_texts, LabeledText};
-use ewtune::daemon::signing::{SignedReport, Signer};
+use ewtune::service::signing::{SignedReport, Signer};
 use ewtune::train::job::DeviceChoice;
 use ewtune::train::model::Model;
 use ewtune::train::peft_adapter::{load_trained, AdapterBase};

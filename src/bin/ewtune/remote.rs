@@ -4,7 +4,7 @@
 use super::client::{explain, Connect};
 use super::terminal::printable;
 use ewtune::api::pb;
-use ewtune::daemon::signing::SignedReport;
+use ewtune::service::signing::SignedReport;
 use ewtune::digest::hex;
 use std::io::IsTerminal;
 use std::path::PathBuf;

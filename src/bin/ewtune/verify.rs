@@ -1,7 +1,7 @@
 //! `ewtune verify FILE`: checks a signed budget or audit report offline (no daemon needed),
 //! prints what it checked, and says with its exit code whether the signer was the pinned key.
 
-use ewtune::daemon::signing::{rfc3339_utc, verify, SignedReport, Verified};
+use ewtune::service::signing::{rfc3339_utc, verify, SignedReport, Verified};
 use super::terminal::printable;
 use std::path::PathBuf;
 use std::process::ExitCode;

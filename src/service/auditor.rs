@@ -4,7 +4,7 @@
 //! daemon's key, or with the reason it failed. Audits read the model only; they spend no budget.
 
 use super::State;
-use crate::audit::canary::Manifest;
+use crate::train::canaries::Manifest;
 use crate::audit::report::{build_report, AuditError, AuditInputs};
 use crate::audit::texts::LabeledText;
 use crate::store::{Audit, AuditId, AuditOutcome, Job, TenantId};

@@ -65,7 +65,7 @@ pub fn prepare(data_dir: &Path, skip: &Path) -> Result<Prepared, DataDirError> {
 }
 
 /// Whether `name` is a temp file of an unfinished write: the `tempfile` crate's `.tmp…`, or
-/// `write_bytes_atomic`'s `<name>.tmp-<pid>`.
+/// an older writer's `<name>.tmp-<pid>` (today [`crate::fs`] writes `.tmp-XXXXXX`).
 pub fn is_stale_temp(name: &str) -> bool {
     name.starts_with(".tmp") || name.rsplit_once(".tmp-").is_some_and(|(base, pid)| !base.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -1,6 +1,8 @@
-//! `ewtuned`'s body: prepares the data directory (private modes, stale temp files removed),
-//! opens the store and the signing key, requeues jobs a crash left running (and ends its
-//! unfinished audits), and serves gRPC and the scheduler until shutdown.
+//! The service layer: the domain logic of `ewtuned` between the gRPC handlers (`api`) and the
+//! store, trainer and auditor below. It owns the shared [`State`] (configuration, store, signing
+//! key, pools), opening the data directory (private modes, stale temp files removed), the
+//! scheduler that runs jobs, the auditor that runs audits, job settlement and dataset
+//! registration. It knows nothing of gRPC; `api` converts requests in and errors out.
 
 pub mod auditor;
 pub mod config;
@@ -208,28 +210,4 @@ fn lower_thread_priority(niceness: i32) {
     if rc != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch thread's priority");
     }
-}
-
-/// Serves until `shutdown` resolves (SIGTERM/SIGINT in `ewtuned`), on an already bound listener.
-pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
-    let requeued = state.store.requeue_running()?;
-    if !requeued.is_empty() {
-        tracing::info!(requeued = requeued.len(), "jobs interrupted by the last stop go back to the queue");
-    }
-    let failed_audits = state.store.fail_running_audits()?;
-    if failed_audits > 0 {
-        tracing::info!(failed_audits, "audits interrupted by the last stop end failed (create them again)");
-    }
-    let stop_rx = state.stopping.subscribe();
-    let scheduler = tokio::spawn(scheduler::run(state.clone(), stop_rx.clone()));
-    let mut server_stop = stop_rx;
-    let server = crate::api::server::serve(state.clone(), listener, async move {
-        let _ = server_stop.changed().await;
-    });
-    let server = tokio::spawn(server);
-    shutdown.await;
-    tracing::info!("shutting down: running jobs checkpoint and return to the queue");
-    state.stopping.send_replace(true);
-    let _ = scheduler.await;
-    server.await.map_err(|e| DaemonError::Serve(e.to_string()))?.map_err(|e| DaemonError::Serve(e.to_string()))
 }

@@ -131,7 +131,7 @@ fn place_canary_manifest(state: &State, job: &Job, output: &std::path::Path) -> 
         return Ok(());
     }
     std::fs::create_dir_all(output).map_err(|e| TrainError::Io { path: output.to_path_buf(), reason: e.to_string() })?;
-    crate::train::weights::write_bytes_atomic(&path, json.as_bytes())
+    Ok(crate::fs::write_atomic(&path, json.as_bytes())?)
 }
 
 fn store_err(e: crate::store::StoreError) -> TrainError {

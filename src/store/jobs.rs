@@ -736,6 +736,29 @@ mod tests {
         assert!(conn.execute("INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, 'late', 1, ?2)", params![job.id, "d".repeat(64)]).is_err());
     }
 
+    /// Each REAL column is read back into its own field on every read path: a job's three REALs
+    /// all hold plausible values, so a swapped read would pass every type check.
+    #[test]
+    fn real_columns_read_back_into_their_own_fields() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.25, 0.015, 100)).unwrap();
+        assert_eq!((job.noise_multiplier, job.sample_rate, job.epsilon_spent), (1.25, 0.015, 0.0));
+        fx.store.claim_next_queued().unwrap().unwrap();
+        fx.store.record_progress(&job.id, 40, 0.75).unwrap();
+        let reals = |j: &Job| (j.noise_multiplier, j.sample_rate, j.epsilon_spent);
+        let expected = (1.25, 0.015, 0.75);
+        assert_eq!(reals(&fx.store.get_job(&acme, &job.id).unwrap()), expected);
+        assert_eq!(reals(&fx.store.list_jobs(&acme, Page::default()).unwrap().items[0]), expected);
+        assert_eq!(reals(&fx.store.requeue_running().unwrap()[0]), expected);
+        let row = &fx.store.budget_report(&acme, &d.id).unwrap().jobs[0];
+        assert_eq!((row.noise_multiplier, row.sample_rate), (1.25, 0.015));
+        let stored = fx.store.get_dataset(&acme, &d.id).unwrap();
+        assert_eq!((stored.budget_epsilon, stored.budget_delta), (10.0, 1e-5));
+        assert_eq!(fx.store.list_datasets(&acme, Page::default()).unwrap().items, vec![stored]);
+    }
+
     #[test]
     fn queue_is_oldest_first() {
         let fx = Fixture::new();

@@ -58,21 +58,22 @@ pub struct Audit {
 /// Running audits one tenant may have.
 const MAX_RUNNING_PER_TENANT: i64 = 1;
 
+/// The columns [`Audit::from_row`] reads, by name: every SELECT of a whole audit lists these.
 const AUDIT_COLUMNS: &str = "id, tenant, job, state, request_json, report_json, signature, reason, created_at_ms, finished_at_ms";
 
 impl Audit {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Audit> {
         Ok(Audit {
-            id: row.get(0)?,
-            tenant: row.get(1)?,
-            job: row.get(2)?,
-            state: row.get(3)?,
-            request_json: row.get(4)?,
-            report_json: row.get(5)?,
-            signature: row.get(6)?,
-            reason: row.get(7)?,
-            created_at_unix_ms: row.get(8)?,
-            finished_at_unix_ms: row.get(9)?,
+            id: row.get("id")?,
+            tenant: row.get("tenant")?,
+            job: row.get("job")?,
+            state: row.get("state")?,
+            request_json: row.get("request_json")?,
+            report_json: row.get("report_json")?,
+            signature: row.get("signature")?,
+            reason: row.get("reason")?,
+            created_at_unix_ms: row.get("created_at_ms")?,
+            finished_at_unix_ms: row.get("finished_at_ms")?,
         })
     }
 }
@@ -106,7 +107,7 @@ impl Store {
         if j.state != JobState::Succeeded {
             return Err(StoreError::FailedPrecondition { job: job.clone(), state: j.state, action: "audit (only a succeeded job has a final model)" });
         }
-        let running: i64 = tx.query_row("SELECT count(*) FROM audits WHERE tenant = ?1 AND state = ?2", params![tenant, AuditState::Running], |row| row.get(0))?;
+        let running: i64 = tx.query_row("SELECT count(*) AS running FROM audits WHERE tenant = ?1 AND state = ?2", params![tenant, AuditState::Running], |row| row.get("running"))?;
         if running >= MAX_RUNNING_PER_TENANT {
             return Err(StoreError::Busy(format!("an audit of yours is still running (at most {MAX_RUNNING_PER_TENANT} at a time); wait for it to end")));
         }

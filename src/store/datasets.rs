@@ -96,6 +96,7 @@ fn user_field_fits(f: &str) -> bool {
     !f.is_empty() && f.len() <= MAX_USER_FIELD_BYTES
 }
 
+/// The columns [`Dataset::from_row`] reads, by name: every SELECT of a whole dataset lists these.
 const DATASET_COLUMNS: &str =
     "sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms";
 
@@ -247,7 +248,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pending: Vec<(TenantId, DatasetId, u64)> = {
             let mut stmt = tx.prepare("SELECT tenant, sha256, units FROM datasets WHERE privacy_unit = 'user' AND user_field IS NULL")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = stmt.query_map([], |r| Ok((r.get("tenant")?, r.get("sha256")?, r.get("units")?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let (mut adopted, mut unusable) = (0, Vec::new());

@@ -179,25 +179,26 @@ impl Job {
 
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         Ok(Job {
-            id: row.get(0)?,
-            tenant: row.get(1)?,
-            dataset: row.get(2)?,
-            spec_json: row.get(3)?,
-            noise_multiplier: row.get(4)?,
-            sample_rate: row.get(5)?,
-            steps_planned: row.get(6)?,
-            steps_done: row.get(7)?,
-            epsilon_spent: row.get(8)?,
-            state: row.get(9)?,
-            cancel_requested: row.get(10)?,
-            reason: row.get(11)?,
-            created_at_unix_ms: row.get(12)?,
-            started_at_unix_ms: row.get(13)?,
-            finished_at_unix_ms: row.get(14)?,
+            id: row.get("id")?,
+            tenant: row.get("tenant")?,
+            dataset: row.get("dataset")?,
+            spec_json: row.get("spec_json")?,
+            noise_multiplier: row.get("noise_multiplier")?,
+            sample_rate: row.get("sample_rate")?,
+            steps_planned: row.get("steps_planned")?,
+            steps_done: row.get("steps_done")?,
+            epsilon_spent: row.get("epsilon_spent")?,
+            state: row.get("state")?,
+            cancel_requested: row.get("cancel_requested")?,
+            reason: row.get("reason")?,
+            created_at_unix_ms: row.get("created_at_ms")?,
+            started_at_unix_ms: row.get("started_at_ms")?,
+            finished_at_unix_ms: row.get("finished_at_ms")?,
         })
     }
 }
 
+/// The columns [`Job::from_row`] reads, by name: every SELECT of a whole job lists these.
 const JOB_COLUMNS: &str = "id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, steps_done, \
      epsilon_spent, state, cancel_requested, reason, created_at_ms, started_at_ms, finished_at_ms";
 
@@ -278,13 +279,13 @@ impl Store {
     pub fn canary_manifest(&self, id: &JobId) -> Result<Option<(String, String)>> {
         Ok(self
             .reader()
-            .query_row("SELECT sha256, manifest_json FROM canary_manifests WHERE job = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row("SELECT sha256, manifest_json FROM canary_manifests WHERE job = ?1", [id], |row| Ok((row.get("sha256")?, row.get("manifest_json")?)))
             .optional()?)
     }
 
     /// The SHA-256 of the canary manifest committed with job `id`, without reading the manifest.
     pub fn canary_manifest_sha256(&self, id: &JobId) -> Result<Option<String>> {
-        Ok(self.reader().query_row("SELECT sha256 FROM canary_manifests WHERE job = ?1", [id], |row| row.get(0)).optional()?)
+        Ok(self.reader().query_row("SELECT sha256 FROM canary_manifests WHERE job = ?1", [id], |row| row.get("sha256")).optional()?)
     }
 
     /// The tenant's job `id`; `NotFound` if absent or another tenant's.
@@ -313,11 +314,11 @@ impl Store {
         )?;
         let rows = stmt.query_map(params![job, after_seq, limit], |row| {
             Ok(JobEvent {
-                seq: row.get(0)?,
-                job: row.get(1)?,
-                kind: row.get(2)?,
-                payload_json: row.get(3)?,
-                at_unix_ms: row.get(4)?,
+                seq: row.get("seq")?,
+                job: row.get("job")?,
+                kind: row.get("kind")?,
+                payload_json: row.get("payload_json")?,
+                at_unix_ms: row.get("at_ms")?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -331,7 +332,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let next: Option<JobId> = tx
             .query_row("SELECT id FROM jobs WHERE state = ?1 ORDER BY seq LIMIT 1", [JobState::Queued], |row| {
-                row.get(0)
+                row.get("id")
             })
             .optional()?;
         let Some(id) = next else {
@@ -542,21 +543,26 @@ impl Store {
     }
 }
 
+/// One recorded output file from a row with the columns `path`, `size` and `sha256`.
+fn output_from_row(row: &Row<'_>) -> rusqlite::Result<OutputFile> {
+    Ok(OutputFile { path: row.get("path")?, size: row.get::<_, i64>("size")?.max(0) as u64, sha256: row.get("sha256")? })
+}
+
 /// The recorded outputs of `job`, sorted by path.
 pub(crate) fn outputs_of(conn: &Connection, job: &JobId) -> Result<Vec<OutputFile>> {
     let mut stmt = conn.prepare("SELECT path, size, sha256 FROM job_outputs WHERE job = ?1 ORDER BY path")?;
-    let rows = stmt.query_map([job], |row| Ok(OutputFile { path: row.get(0)?, size: row.get::<_, i64>(1)?.max(0) as u64, sha256: row.get(2)? }))?;
+    let rows = stmt.query_map([job], output_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The recorded outputs of every job of one dataset, by job, each sorted by path.
 pub(crate) fn outputs_for_dataset(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<std::collections::HashMap<JobId, Vec<OutputFile>>> {
     let mut stmt = conn.prepare(
-        "SELECT o.job, o.path, o.size, o.sha256 FROM job_outputs o JOIN jobs j ON j.id = o.job
+        "SELECT o.job AS job, o.path AS path, o.size AS size, o.sha256 AS sha256 FROM job_outputs o JOIN jobs j ON j.id = o.job
          WHERE j.tenant = ?1 AND j.dataset = ?2 ORDER BY o.job, o.path",
     )?;
     let rows = stmt.query_map(params![tenant, dataset], |row| {
-        Ok((row.get::<_, JobId>(0)?, OutputFile { path: row.get(1)?, size: row.get::<_, i64>(2)?.max(0) as u64, sha256: row.get(3)? }))
+        Ok((row.get::<_, JobId>("job")?, output_from_row(row)?))
     })?;
     let mut by_job: std::collections::HashMap<JobId, Vec<OutputFile>> = std::collections::HashMap::new();
     for row in rows {
@@ -728,6 +734,29 @@ mod tests {
         assert!(conn.execute("UPDATE job_outputs SET sha256 = ?1", [&"c".repeat(64)]).is_err());
         assert!(conn.execute("DELETE FROM job_outputs", []).is_err());
         assert!(conn.execute("INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, 'late', 1, ?2)", params![job.id, "d".repeat(64)]).is_err());
+    }
+
+    /// Each REAL column is read back into its own field on every read path: a job's three REALs
+    /// all hold plausible values, so a swapped read would pass every type check.
+    #[test]
+    fn real_columns_read_back_into_their_own_fields() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&d.id, 1.25, 0.015, 100)).unwrap();
+        assert_eq!((job.noise_multiplier, job.sample_rate, job.epsilon_spent), (1.25, 0.015, 0.0));
+        fx.store.claim_next_queued().unwrap().unwrap();
+        fx.store.record_progress(&job.id, 40, 0.75).unwrap();
+        let reals = |j: &Job| (j.noise_multiplier, j.sample_rate, j.epsilon_spent);
+        let expected = (1.25, 0.015, 0.75);
+        assert_eq!(reals(&fx.store.get_job(&acme, &job.id).unwrap()), expected);
+        assert_eq!(reals(&fx.store.list_jobs(&acme, Page::default()).unwrap().items[0]), expected);
+        assert_eq!(reals(&fx.store.requeue_running().unwrap()[0]), expected);
+        let row = &fx.store.budget_report(&acme, &d.id).unwrap().jobs[0];
+        assert_eq!((row.noise_multiplier, row.sample_rate), (1.25, 0.015));
+        let stored = fx.store.get_dataset(&acme, &d.id).unwrap();
+        assert_eq!((stored.budget_epsilon, stored.budget_delta), (10.0, 1e-5));
+        assert_eq!(fx.store.list_datasets(&acme, Page::default()).unwrap().items, vec![stored]);
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn reserve_block(store: &Store, dataset: &Dataset) -> Result<u64> {
          ON CONFLICT (tenant, dataset) DO UPDATE SET last_seq = last_seq + ?3
          RETURNING last_seq",
         params![dataset.tenant, dataset.id, block],
-        |row| row.get(0),
+        |row| row.get("last_seq"),
     )?;
     tx.commit()?;
     Ok(last)
@@ -459,7 +459,7 @@ mod tests {
 
         // One durable write per block: the row holds the block's end, not each number.
         let stored = |fx: &Fixture| -> i64 {
-            fx.store.conn().query_row("SELECT last_seq FROM report_sequences WHERE tenant = 'acme' AND dataset = ?1", [&a1.id], |r| r.get(0)).unwrap()
+            fx.store.conn().query_row("SELECT last_seq FROM report_sequences WHERE tenant = 'acme' AND dataset = ?1", [&a1.id], |r| r.get("last_seq")).unwrap()
         };
         assert_eq!(stored(&fx), SEQUENCE_BLOCK as i64);
 

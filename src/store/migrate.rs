@@ -61,7 +61,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
 /// Connection pragmas, outside any transaction.
 fn prepare(conn: &Connection) -> Result<()> {
     // WAL: readers never block the writer, and a commit is one append to the log.
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get("journal_mode"))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Pragma { pragma: "journal_mode", wanted: "wal", found: mode });
     }
@@ -69,7 +69,7 @@ fn prepare(conn: &Connection) -> Result<()> {
     // mode NORMAL may lose the last commits on power loss).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |row| row.get(0))?;
+    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |row| row.get("foreign_keys"))?;
     if !fk {
         return Err(StoreError::Pragma { pragma: "foreign_keys", wanted: "on", found: "off".into() });
     }
@@ -97,7 +97,7 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> 
 
 /// `PRAGMA user_version`.
 pub(crate) fn user_version(conn: &Connection) -> Result<i64> {
-    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get("user_version"))?)
 }
 
 fn check_version(found: i64, supported: i64) -> Result<()> {
@@ -116,7 +116,7 @@ mod tests {
         let mut stmt = conn
             .prepare("SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
             .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+        stmt.query_map([], |r| Ok((r.get("type")?, r.get("name")?, r.get("sql")?))).unwrap().collect::<rusqlite::Result<_>>().unwrap()
     }
 
     #[test]
@@ -124,9 +124,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open(&dir.path().join("ewtune.db")).unwrap();
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
-        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get("journal_mode")).unwrap();
         assert_eq!(mode, "wal");
-        let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get("synchronous")).unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
         let names: Vec<String> =
             schema(&conn).into_iter().filter(|(t, _, _)| t == "table").map(|(_, n, _)| n).collect();
@@ -147,7 +147,7 @@ mod tests {
         let conn = open(&path).unwrap();
         assert_eq!(schema(&conn), before);
         assert_eq!(user_version(&conn).unwrap(), SCHEMA_VERSION);
-        let n: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) AS n FROM tenants", [], |r| r.get("n")).unwrap();
         assert_eq!(n, 1);
     }
 
@@ -177,10 +177,10 @@ mod tests {
         let broken = [MIGRATIONS[0], "CREATE TABLE half_done (id TEXT); DROP TABLE tenants; THIS IS NOT SQL;"];
         assert!(matches!(migrate(&mut conn, &broken), Err(StoreError::Sqlite { .. })));
         assert_eq!(user_version(&conn).unwrap(), 1);
-        let n: i64 = conn.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) AS n FROM tenants", [], |r| r.get("n")).unwrap();
         assert_eq!(n, 1, "the failed step rolled back");
         let half_done: i64 =
-            conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'half_done'", [], |r| r.get(0)).unwrap();
+            conn.query_row("SELECT count(*) AS n FROM sqlite_schema WHERE name = 'half_done'", [], |r| r.get("n")).unwrap();
         assert_eq!(half_done, 0);
     }
 
@@ -205,7 +205,7 @@ mod tests {
             );
             assert_eq!(std::fs::read(&path).unwrap(), before, "the refused file is unchanged (wal = {wal})");
             let conn = Connection::open(&path).unwrap();
-            let x: i64 = conn.query_row("SELECT x FROM future", [], |r| r.get(0)).unwrap();
+            let x: i64 = conn.query_row("SELECT x FROM future", [], |r| r.get("x")).unwrap();
             assert_eq!(x, 42);
         }
     }

@@ -22,6 +22,10 @@
 //! both admit against the same budget), and a busy lock is waited for, never a stale snapshot.
 //! A tenant only ever sees its own rows: another tenant's id is `NotFound`, never "forbidden".
 //!
+//! Rows are read by column name, never by position (two REAL columns read in each other's place
+//! would pass every type check): each kind of row has one `*_COLUMNS` list that every SELECT of
+//! it uses and one `from_row` that reads those names, and computed columns are named with `AS`.
+//!
 //! What this module does not own: gRPC status codes (`api/status.rs`), scheduling, training.
 
 /// Defines a validated string id: the newtype (serde through `String`, validated), `as_str`,

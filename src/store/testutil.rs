@@ -57,5 +57,5 @@ pub(crate) fn new_job(dataset: &DatasetId, noise_multiplier: f64, sample_rate: f
 }
 
 pub(crate) fn count_rows(store: &Store, table: &str) -> i64 {
-    store.conn().query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    store.conn().query_row(&format!("SELECT count(*) AS n FROM {table}"), [], |r| r.get("n")).unwrap()
 }

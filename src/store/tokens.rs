@@ -99,13 +99,13 @@ pub struct TokenInfo {
 
 impl TokenInfo {
     fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
-        let hash: Vec<u8> = row.get(0)?;
+        let hash: Vec<u8> = row.get("sha256")?;
         Ok(TokenInfo {
             id: TokenId::of_hash(&hash),
             sha256: crate::digest::hex(&hash),
-            tenant: row.get(1)?,
-            created_at_ms: row.get(2)?,
-            revoked_at_ms: row.get(3)?,
+            tenant: row.get("tenant")?,
+            created_at_ms: row.get("created_at_ms")?,
+            revoked_at_ms: row.get("revoked_at_ms")?,
         })
     }
 }
@@ -119,6 +119,7 @@ pub enum Revocation {
     AlreadyRevoked(TokenInfo),
 }
 
+/// The columns [`TokenInfo::from_row`] reads, by name: every SELECT of a whole token lists these.
 const TOKEN_COLUMNS: &str = "sha256, tenant, created_at_ms, revoked_at_ms";
 
 impl Store {
@@ -152,7 +153,7 @@ impl Store {
         }
         Ok(self
             .reader()
-            .query_row("SELECT tenant FROM tokens WHERE sha256 = ?1 AND revoked_at_ms IS NULL", [token_hash(token)], |row| row.get(0))
+            .query_row("SELECT tenant FROM tokens WHERE sha256 = ?1 AND revoked_at_ms IS NULL", [token_hash(token)], |row| row.get("tenant"))
             .optional()?)
     }
 
@@ -241,7 +242,7 @@ mod tests {
         let hashes: Vec<Vec<u8>> = {
             let conn = fx.store.conn();
             let mut stmt = conn.prepare("SELECT sha256 FROM tokens ORDER BY rowid").unwrap();
-            stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+            stmt.query_map([], |r| r.get("sha256")).unwrap().collect::<rusqlite::Result<_>>().unwrap()
         };
         assert_eq!(hashes.len(), 3);
         assert_eq!(hashes[0], token_hash(&a));
@@ -271,7 +272,7 @@ mod tests {
         }
         fx.store.create_token(&"x".repeat(64)).unwrap();
         fx.store.create_token("A-z_0.9").unwrap();
-        let n: i64 = fx.store.conn().query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)).unwrap();
+        let n: i64 = fx.store.conn().query_row("SELECT count(*) AS n FROM tenants", [], |r| r.get("n")).unwrap();
         assert_eq!(n, 2);
     }
 

@@ -1,20 +1,12 @@
-//! `ewtune.v1.Datasets`: register (upload, validate every line, fix the budget), get, list.
-//!
-//! A registration is checked whole before anything is written: the fields first, then (on the
-//! CPU pool, under the client's deadline) every line parsed and the bytes hashed, then whether
-//! this tenant registered the same bytes before. Only then is the file written, through a unique
-//! temp file renamed into place, and the row inserted; a registration that fails after the write
-//! removes the file again unless another row uses it. Files are content-addressed
-//! (`datasets/<sha256>.jsonl`), so two tenants with the same bytes share one file; how its lines
-//! are grouped into privacy units is in each tenant's own row, never in a shared file.
+//! `ewtune.v1.Datasets`: register (the service checks, parses, hashes and writes it:
+//! `service/datasets.rs`), get, list.
 
 use super::auth::tenant;
-use super::convert::{self, dataset_file, invalid};
-use super::limits;
+use super::convert::{self, invalid};
 use super::pb;
-use crate::service::State;
-use crate::store::{NewDataset, PrivacyUnit, StoreError};
-use crate::train::data::{count_units, read_records, DataConfig};
+use crate::service::datasets::{self, Registration};
+use crate::service::{jobs, State};
+use crate::store::PrivacyUnit;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -23,80 +15,32 @@ pub struct DatasetsApi {
     pub(crate) state: Arc<State>,
 }
 
-/// The budget a dataset may be registered with.
-const BUDGET_EPSILON: (f64, f64) = (1e-3, 1000.0);
-const BUDGET_DELTA: (f64, f64) = (1e-15, 0.1);
-
 #[tonic::async_trait]
 impl pb::datasets_server::Datasets for DatasetsApi {
     async fn register(&self, req: Request<pb::RegisterDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
         let tenant = tenant(&req)?;
-        let deadline = crate::service::cpu_pool::deadline(req.metadata());
+        let deadline = super::deadline::of(req.metadata());
         let r = req.into_inner();
-        let name = limits::name("name", &r.name)?;
-        let unit = match pb::PrivacyUnit::try_from(r.privacy_unit) {
+        let privacy_unit = match pb::PrivacyUnit::try_from(r.privacy_unit) {
             Ok(pb::PrivacyUnit::User) => PrivacyUnit::User,
             Ok(_) => PrivacyUnit::Example,
             Err(_) => return Err(invalid("privacy_unit", format!("unknown value {}", r.privacy_unit))),
         };
-        let user_field = match unit {
-            PrivacyUnit::User if r.user_field.is_empty() => return Err(invalid("user_field", "required when privacy_unit is USER")),
-            PrivacyUnit::User => Some(limits::key("user_field", &r.user_field)?),
-            PrivacyUnit::Example if !r.user_field.is_empty() => return Err(invalid("user_field", "only for privacy_unit USER")),
-            PrivacyUnit::Example => None,
+        let registration = Registration {
+            name: r.name,
+            privacy_unit,
+            user_field: r.user_field,
+            budget_epsilon: r.budget_epsilon,
+            budget_delta: r.budget_delta,
+            content: r.content,
         };
-        let budget_epsilon = limits::in_range("budget_epsilon", r.budget_epsilon, BUDGET_EPSILON)?;
-        let budget_delta = limits::in_range("budget_delta", r.budget_delta, BUDGET_DELTA)?;
-        let content = r.content;
-        let cfg = DataConfig { user_field: user_field.clone(), ..DataConfig::default() };
-        let (content, sha, units) = self
-            .state
-            .cpu
-            .run(&tenant, deadline, move || {
-                let text = std::str::from_utf8(&content).map_err(|e| invalid("content", format!("not UTF-8 (at byte {})", e.valid_up_to())))?;
-                let records = read_records(std::path::Path::new("content"), text, &cfg).map_err(|e| invalid("content", e.without_paths()))?;
-                let units = count_units(&records) as u64;
-                let sha = crate::digest::sha256_hex(&content);
-                Ok::<_, Status>((content, sha, units))
-            })
-            .await??;
-        let id = crate::store::DatasetId::parse(&sha)?;
-        let path = dataset_file(&self.state, id.as_str());
-        let new = NewDataset { name, sha256: sha, path: path.display().to_string(), units, privacy_unit: unit, user_field, budget_epsilon, budget_delta };
-
-        // Write-and-record, one registration at a time (the parsing above runs in parallel). The
-        // guard moves into the blocking work: a client that hangs up cannot release it early.
-        let serial = self.state.dataset_writes.clone().lock_owned().await;
-        let t = tenant.clone();
-        let d = super::blocking(&self.state, move |state| {
-            let _serial = serial;
-            match state.store.get_dataset(&t, &id) {
-                Ok(_) => return Err(StoreError::AlreadyExists { kind: "dataset", id: id.to_string() }.into()),
-                Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let wrote = !path.exists();
-            if wrote {
-                crate::fs::write_atomic(&path, &content).map_err(|e| {
-                    tracing::error!(error = %e, "cannot store a dataset");
-                    Status::internal("the daemon cannot store the dataset; see its log")
-                })?;
-            }
-            drop(content);
-            state.store.register_dataset(&t, new).inspect_err(|_| {
-                if wrote && !state.store.dataset_file_in_use(&id).unwrap_or(true) {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }).map_err(Status::from)
-        })
-        .await?;
-        tracing::info!(tenant = %tenant.as_str(), dataset = %d.id.as_str(), units, "dataset registered");
+        let d = datasets::register(&self.state, &tenant, deadline, registration).await?;
         Ok(Response::new(convert::dataset(&d)))
     }
 
     async fn get(&self, req: Request<pb::GetDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
         let tenant = tenant(&req)?;
-        let d = convert::owned_dataset(&self.state, &tenant, &req.get_ref().dataset_id)?;
+        let d = jobs::owned_dataset(&self.state, &tenant, &req.get_ref().dataset_id)?;
         Ok(Response::new(convert::dataset(&d)))
     }
 

@@ -7,23 +7,18 @@ pub mod audits;
 pub mod auth;
 pub mod budget;
 pub mod convert;
+pub mod deadline;
 pub mod datasets;
 pub mod jobs;
-pub mod limits;
 pub mod pb;
 pub mod server;
 pub mod status;
 pub mod watch;
 
-/// Runs blocking store work (SQLite, the ledger's accounting, file writes) off the async
-/// workers. A panic there is logged whole and answered Internal without its text.
+/// [`crate::service::blocking`] for handlers, whose work answers with a gRPC status.
 pub(crate) async fn blocking<T: Send + 'static>(
     state: &std::sync::Arc<crate::service::State>,
     f: impl FnOnce(&crate::service::State) -> Result<T, tonic::Status> + Send + 'static,
 ) -> Result<T, tonic::Status> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| {
-        tracing::error!(error = %e, "blocking request work failed");
-        tonic::Status::internal("the request failed in the daemon; see its log")
-    })?
+    crate::service::blocking(state, f).await
 }

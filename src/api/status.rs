@@ -2,8 +2,30 @@
 //! FailedPrecondition, an unknown id NotFound, bad fields InvalidArgument; internal failures are
 //! logged whole and answered with a short message that holds no SQL, path or token.
 
+use crate::service::{Kind, ServiceError};
 use crate::store::StoreError;
-use tonic::Status;
+use tonic::{Code, Status};
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Refused { kind, message } => Status::new(
+                match kind {
+                    Kind::InvalidArgument => Code::InvalidArgument,
+                    Kind::NotFound => Code::NotFound,
+                    Kind::FailedPrecondition => Code::FailedPrecondition,
+                    Kind::ResourceExhausted => Code::ResourceExhausted,
+                    Kind::DeadlineExceeded => Code::DeadlineExceeded,
+                    Kind::DataLoss => Code::DataLoss,
+                    Kind::Unavailable => Code::Unavailable,
+                    Kind::Internal => Code::Internal,
+                },
+                message,
+            ),
+            ServiceError::Store(e) => e.into(),
+        }
+    }
+}
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {

@@ -107,6 +107,68 @@ pub struct DataMia {
     pub scores: BTreeMap<String, ScoreMetrics>,
 }
 
+/// What a reader of an audit report needs at a glance: the one-run canary audit's bound against
+/// the job's claim. Read from a fresh report ([`AuditReport::canary_verdict`]) or from the stored,
+/// signed JSON ([`CanaryVerdict::of_json`]) through typed fields: a report whose canary audit
+/// lacks one of them is an error, never a silent "no violation".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryVerdict {
+    /// The one-run epsilon lower bound at 95 % (`best.eps_lb`).
+    pub eps_lb: f64,
+    /// The certified epsilon the job claimed (0 when unknown).
+    pub eps_claimed: f64,
+    /// The bound exceeds the claim: the DP claim is refuted.
+    pub violation: bool,
+    /// AUC of the primary score on the canaries (0 when not computed).
+    pub primary_auc: f64,
+}
+
+impl AuditReport {
+    /// The canary verdict, when the job inserted canaries.
+    pub fn canary_verdict(&self) -> Option<CanaryVerdict> {
+        self.canary_audit.as_ref().map(|c| CanaryVerdict {
+            eps_lb: c.best.eps_lb,
+            eps_claimed: c.eps_claimed.unwrap_or(0.0),
+            violation: c.violation,
+            primary_auc: c.metrics.get(&c.primary_score).map_or(0.0, |m| m.auc),
+        })
+    }
+}
+
+impl CanaryVerdict {
+    /// The verdict of a stored report (`None`: no canary audit). The fields are read as
+    /// [`AuditReport`] and [`CanaryAudit`] serialise them (a test ties the two together).
+    pub fn of_json(report_json: &str) -> Result<Option<CanaryVerdict>, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Report {
+            canary_audit: Option<Canary>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Canary {
+            best: Best,
+            eps_claimed: Option<f64>,
+            violation: bool,
+            primary_score: String,
+            metrics: BTreeMap<String, Metrics>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Best {
+            eps_lb: f64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Metrics {
+            auc: Option<f64>,
+        }
+        let report: Report = serde_json::from_str(report_json)?;
+        Ok(report.canary_audit.map(|c| CanaryVerdict {
+            eps_lb: c.best.eps_lb,
+            eps_claimed: c.eps_claimed.unwrap_or(0.0),
+            violation: c.violation,
+            primary_auc: c.metrics.get(&c.primary_score).and_then(|m| m.auc).unwrap_or(0.0),
+        }))
+    }
+}
+
 /// What to audit.
 pub struct AuditInputs<'a> {
     /// The job, for daemon audits.
@@ -220,4 +282,62 @@ pub fn dir_sha256(path: &Path) -> Result<String, AuditError> {
         ctx.update(&bytes);
     }
     Ok(crate::digest::hex(ctx.finish().as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::bounds::OneRunRow;
+    use crate::audit::texts::ScoreMetrics;
+
+    fn metrics(auc: f64) -> ScoreMetrics {
+        ScoreMetrics { auc, auc_ci95: [auc - 0.1, auc + 0.1], tpr_at_1pct_fpr: 0.02, tpr_at_fpr: BTreeMap::new(), dropped_nan: 0 }
+    }
+
+    /// The verdict read back from a report's JSON is the verdict of the report itself, for every
+    /// field: renaming one in `CanaryAudit` or `AuditReport` fails here (or in `of_json`), never
+    /// silently turning a violation into none.
+    #[test]
+    fn verdict_of_the_signed_json_matches_the_report() {
+        let row = OneRunRow { k_plus: 20, k_minus: 0, r: 20, v: 19, eps_lb: 1.75 };
+        let canary = CanaryAudit {
+            m: 1000,
+            n_included: 497,
+            canary_type: "random_tokens".into(),
+            primary_score: "ref".into(),
+            manifest_sha256: "ab".repeat(32),
+            delta: 1e-5,
+            beta: 0.05,
+            correction: "bonferroni",
+            grid_size: 8,
+            best: row,
+            grid: vec![row],
+            eps_claimed: Some(1.25),
+            violation: true,
+            eps_ceiling_for_m: 3.5,
+            eps_classic_heuristic: 0.4,
+            metrics: [("ref".to_string(), metrics(0.93)), ("min_k_pp_20".to_string(), metrics(0.61))].into(),
+        };
+        let config = AuditConfig { max_tokens: 64, truncation: "right", prepend_bos: false, token_mask: "all", k_ratios: vec![0.2], bootstrap: BTreeMap::new() };
+        let models = ModelHashes { target_sha256: "t".into(), base_sha256: "b".into(), tokenizer_sha256: None, dtype: "f32" };
+        let mut report = AuditReport {
+            tenant: Some("acme".into()),
+            audit_id: None,
+            issued_at_unix_ms: 1,
+            job_id: None,
+            audit_version: AUDIT_VERSION,
+            software: BTreeMap::new(),
+            models,
+            config,
+            data_mia: None,
+            canary_audit: Some(canary),
+        };
+        let expected = CanaryVerdict { eps_lb: 1.75, eps_claimed: 1.25, violation: true, primary_auc: 0.93 };
+        assert_eq!(report.canary_verdict(), Some(expected));
+        assert_eq!(CanaryVerdict::of_json(&serde_json::to_string(&report).unwrap()).unwrap(), Some(expected));
+        report.canary_audit = None;
+        assert_eq!(CanaryVerdict::of_json(&serde_json::to_string(&report).unwrap()).unwrap(), None);
+        // A canary audit without its verdict is an error, not "no violation".
+        assert!(CanaryVerdict::of_json(r#"{"canary_audit": {"best": {"eps_lb": 2.0}, "eps_claimed": 1.0, "primary_score": "ref", "metrics": {}}}"#).is_err());
+    }
 }

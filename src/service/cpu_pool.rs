@@ -8,7 +8,8 @@
 //!   [`PER_TENANT`] per tenant: past either, the call is ResourceExhausted at once, naming the
 //!   limit. A tenant runs on at most all threads but one (one thread on a two-core machine), so
 //!   one tenant's long calibrations cannot keep everybody else's plans waiting.
-//! * The client's deadline (`grpc-timeout`, capped by the daemon's own [`MAX_WORK`]): waiting
+//! * The client's deadline (`grpc-timeout`, read by `api/deadline.rs`, capped by the daemon's
+//!   own [`MAX_WORK`]): waiting
 //!   for a slot stops at the deadline. When the caller goes (deadline passed, client hung up),
 //!   its admission is freed at once and its result dropped: a task not yet started is skipped,
 //!   one already running finishes (every input was range-checked first, so it is bounded) but
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tonic::Status;
+use super::error::{Kind, ServiceError};
 
 /// Tasks one tenant may have admitted at once.
 pub const PER_TENANT: usize = 4;
@@ -29,8 +30,6 @@ pub const PER_TENANT: usize = 4;
 const ADMITTED_PER_THREAD: usize = 8;
 /// The longest a request may wait for and run CPU work when its client sets no deadline.
 pub const MAX_WORK: Duration = Duration::from_secs(120);
-/// Answered before the client's own deadline, so the client reads our status, not its timeout.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// Nice value of the pool's threads (the runtime's workers run at 0, training at 10).
 const POOL_NICENESS: i32 = 5;
 
@@ -90,9 +89,9 @@ impl CpuPool {
     /// Runs `work` for `tenant` on the pool before `deadline`. ResourceExhausted when the pool
     /// or the tenant's share is full, DeadlineExceeded when the deadline passes first; a panic
     /// in `work` is Internal (logged).
-    pub async fn run<T: Send + 'static>(&self, tenant: &TenantId, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    pub async fn run<T: Send + 'static>(&self, tenant: &TenantId, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ServiceError> {
         let tenant_slot = self.admitted_per_tenant.try_open(tenant).ok_or_else(|| {
-            Status::resource_exhausted(format!("this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"))
+            ServiceError::new(Kind::ResourceExhausted, format!("this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"))
         })?;
         let running = {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -101,16 +100,16 @@ impl CpuPool {
         let permit = match self.admitted.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                return Err(Status::resource_exhausted(format!(
+                return Err(ServiceError::new(Kind::ResourceExhausted, format!(
                     "the daemon is computing {} plans or uploads already; retry shortly",
                     self.capacity
                 )))
             }
         };
-        let deadline_passed = || Status::deadline_exceeded("the deadline passed before the computation could start");
+        let deadline_passed = || ServiceError::new(Kind::DeadlineExceeded, "the deadline passed before the computation could start");
         let run_permit = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), running.acquire_owned()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(Status::internal("the CPU pool is closed")),
+            Ok(Err(_)) => return Err(ServiceError::new(Kind::Internal, "the CPU pool is closed")),
             Err(_) => return Err(deadline_passed()),
         };
         let abandoned = Arc::new(AtomicBool::new(false));
@@ -133,56 +132,17 @@ impl CpuPool {
             Ok(Ok(Err(panic))) => {
                 let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                 tracing::error!(panic = %msg, "request work panicked");
-                Err(Status::internal("the daemon failed while computing this request; see its log"))
+                Err(ServiceError::new(Kind::Internal, "the daemon failed while computing this request; see its log"))
             }
-            Ok(Err(_)) => Err(Status::internal("the computation ended without a result")),
-            Err(_) => Err(Status::deadline_exceeded("the deadline passed before the computation finished")),
+            Ok(Err(_)) => Err(ServiceError::new(Kind::Internal, "the computation ended without a result")),
+            Err(_) => Err(ServiceError::new(Kind::DeadlineExceeded, "the deadline passed before the computation finished")),
         }
     }
-}
-
-/// The deadline of a request: its client's `grpc-timeout` less a margin (so our answer arrives
-/// first), at most [`MAX_WORK`] from now.
-pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Instant {
-    let now = Instant::now();
-    let cap = now + MAX_WORK;
-    match metadata.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout) {
-        Some(t) => (now + t.saturating_sub(DEADLINE_MARGIN)).min(cap),
-        None => cap,
-    }
-}
-
-/// gRPC's `TimeoutValue TimeoutUnit`: up to 8 digits and one of H M S m u n.
-fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        for bad in ["", "5", "m", "123456789S", "-1S", "1x"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tenant_share_and_deadlines_are_enforced() {
@@ -199,10 +159,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let e = pool.run(&a, far, || ()).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert_eq!(e.kind(), Some(Kind::ResourceExhausted), "{e:?}");
         // Another tenant is admitted, but the one thread is busy: its deadline passes.
         let e = pool.run(&b, Instant::now() + Duration::from_millis(100), || ()).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert_eq!(e.kind(), Some(Kind::DeadlineExceeded), "{e:?}");
         // Its admission was freed at the deadline, though its task still waits in the queue.
         assert_eq!(pool.admitted_per_tenant.open_for(&b), 0);
         assert_eq!(pool.admitted.available_permits(), pool.capacity - PER_TENANT);
@@ -225,10 +185,10 @@ mod tests {
         let release = Arc::new(AtomicBool::new(false));
         let r = release.clone();
         let e = pool.run(&a, Instant::now() + Duration::from_millis(100), move || while !r.load(Ordering::Relaxed) { std::thread::sleep(Duration::from_millis(1)) }).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(e.kind(), Some(Kind::DeadlineExceeded));
         assert_eq!(pool.admitted_per_tenant.open_for(&a), 0, "its admission was freed");
         let e = pool.run(&a, Instant::now() + Duration::from_millis(200), || ()).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+        assert_eq!(e.kind(), Some(Kind::DeadlineExceeded), "{e:?}");
         release.store(true, Ordering::Relaxed);
         assert_eq!(pool.run(&a, Instant::now() + Duration::from_secs(5), || 7).await.unwrap(), 7);
     }

@@ -4,13 +4,22 @@
 //! scheduler that runs jobs, the auditor that runs audits, job settlement and dataset
 //! registration. It knows nothing of gRPC; `api` converts requests in and errors out.
 
+pub mod artifacts;
 pub mod auditor;
+pub mod audits;
+pub mod budget;
 pub mod config;
 pub mod cpu_pool;
 pub mod data_dir;
+pub mod datasets;
+pub mod error;
+pub mod jobs;
+pub mod limits;
 pub mod scheduler;
 pub mod signing;
 pub mod tenant_slots;
+
+pub use error::{Kind, ServiceError};
 
 use crate::store::Store;
 use config::DaemonConfig;
@@ -210,4 +219,17 @@ fn lower_thread_priority(niceness: i32) {
     if rc != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch thread's priority");
     }
+}
+
+/// Runs blocking work (SQLite, the ledger's accounting, file writes) off the async workers. A
+/// panic there is logged whole and answered Internal without its text.
+pub async fn blocking<T: Send + 'static, E: From<ServiceError> + Send + 'static>(
+    state: &Arc<State>,
+    f: impl FnOnce(&State) -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| {
+        tracing::error!(error = %e, "blocking request work failed");
+        E::from(ServiceError::new(Kind::Internal, "the request failed in the daemon; see its log"))
+    })?
 }

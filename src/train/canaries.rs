@@ -22,8 +22,11 @@ pub struct CanarySpec {
     pub length: usize,
 }
 
+/// Tokens per canary when none is given.
+pub const DEFAULT_LENGTH: usize = 32;
+
 fn default_length() -> usize {
-    32
+    DEFAULT_LENGTH
 }
 
 /// The audit plan, committed to before training.

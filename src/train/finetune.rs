@@ -124,9 +124,14 @@ impl TryFrom<FineTuneTable> for FineTune {
     }
 }
 
+/// LoRA rank when none is given.
+pub const DEFAULT_LORA_RANK: i64 = 8;
+/// LoRA alpha when none is given (the update is scaled by alpha / rank).
+pub const DEFAULT_LORA_ALPHA: f64 = 16.0;
+
 impl Default for FineTune {
     fn default() -> Self {
-        FineTune::lora(8, 16.0, Vec::new())
+        FineTune::lora(DEFAULT_LORA_RANK, DEFAULT_LORA_ALPHA, Vec::new())
     }
 }
 

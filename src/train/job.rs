@@ -36,8 +36,11 @@ pub struct PrivacySpec {
     pub clip_norm: f64,
 }
 
+/// Per-unit clipping norm C when none is given.
+pub const DEFAULT_CLIP_NORM: f64 = 1.0;
+
 fn default_clip() -> f64 {
-    1.0
+    DEFAULT_CLIP_NORM
 }
 
 /// Hyper-parameters of the optimisation.

@@ -6,7 +6,7 @@
 //! narrow enough that nothing a client sends can make the accountant, the trainer or the store
 //! allocate or compute without bound.
 
-use tonic::Status;
+use super::error::ServiceError;
 
 /// Noise multiplier sigma, when given instead of a target epsilon.
 pub const NOISE_MULTIPLIER: (f64, f64) = (0.1, 1000.0);
@@ -42,12 +42,12 @@ pub const QUOTE_CHARS: usize = 40;
 pub const PAGE_SIZE: (u32, u32) = (50, 1000);
 
 /// InvalidArgument naming `field`.
-pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
+pub fn invalid(field: &str, reason: impl std::fmt::Display) -> ServiceError {
+    ServiceError::invalid(field, reason)
 }
 
 /// `value` if finite and in `[lo, hi]`, InvalidArgument naming `field` and the range otherwise.
-pub fn in_range(field: &str, value: f64, (lo, hi): (f64, f64)) -> Result<f64, Status> {
+pub fn in_range(field: &str, value: f64, (lo, hi): (f64, f64)) -> Result<f64, ServiceError> {
     if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(value)
     } else {
@@ -56,7 +56,7 @@ pub fn in_range(field: &str, value: f64, (lo, hi): (f64, f64)) -> Result<f64, St
 }
 
 /// `value` if in `[lo, hi]`, InvalidArgument naming `field` and the range otherwise.
-pub fn count_in_range(field: &str, value: u64, lo: u64, hi: u64) -> Result<u64, Status> {
+pub fn count_in_range(field: &str, value: u64, lo: u64, hi: u64) -> Result<u64, ServiceError> {
     if (lo..=hi).contains(&value) {
         Ok(value)
     } else {
@@ -82,7 +82,7 @@ pub fn quote(input: &str) -> String {
 
 /// A name for people: trimmed of nothing, 1 to [`MAX_NAME_BYTES`] bytes, no control characters
 /// (so it cannot move a terminal's cursor or forge a line in a listing).
-pub fn name(field: &str, value: &str) -> Result<String, Status> {
+pub fn name(field: &str, value: &str) -> Result<String, ServiceError> {
     if value.trim().is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -96,7 +96,7 @@ pub fn name(field: &str, value: &str) -> Result<String, Status> {
 }
 
 /// A key (a JSON field name, a module name): 1 to [`MAX_KEY_BYTES`] bytes, no control characters.
-pub fn key(field: &str, value: &str) -> Result<String, Status> {
+pub fn key(field: &str, value: &str) -> Result<String, ServiceError> {
     if value.is_empty() || value.len() > MAX_KEY_BYTES || value.chars().any(unprintable) {
         return Err(invalid(field, format!("must be 1 to {MAX_KEY_BYTES} bytes of printable text, got {}", quote(value))));
     }
@@ -111,7 +111,7 @@ mod tests {
     fn ranges_refuse_non_finite_and_outside() {
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -1.0, 0.099, 1000.5, f64::MAX, f64::MIN_POSITIVE] {
             let e = in_range("noise_multiplier", v, NOISE_MULTIPLIER).unwrap_err();
-            assert!(e.message().starts_with("noise_multiplier: must be a finite number in [0.1, 1000]"), "{}", e.message());
+            assert!(e.to_string().starts_with("noise_multiplier: must be a finite number in [0.1, 1000]"), "{}", e.to_string());
         }
         assert_eq!(in_range("noise_multiplier", 0.1, NOISE_MULTIPLIER).unwrap(), 0.1);
         assert!(count_in_range("steps", MAX_STEPS + 1, 1, MAX_STEPS).is_err());
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(name("name", "clinic notes 2026").unwrap(), "clinic notes 2026");
         assert!(name("name", "").is_err() && name("name", "   ").is_err());
         assert!(name("name", &"n".repeat(MAX_NAME_BYTES + 1)).is_err());
-        assert!(name("name", "evil\x1b[31mred").unwrap_err().message().contains("\\u{1b}"));
+        assert!(name("name", "evil\x1b[31mred").unwrap_err().to_string().contains("\\u{1b}"));
         assert!(name("name", "two\nlines").is_err());
         assert!(name("name", "invoice\u{202e}fdp.exe").is_err());
         assert_eq!(name("name", &"é".repeat(128)).unwrap().len(), 256);

@@ -1,5 +1,5 @@
 //! HF parity: every family's forward reproduces transformers' per-token log-probs on checkpoints
-//! transformers itself saved (tests/fixtures/models, made by scripts/make_model_fixtures.py), and
+//! transformers itself saved (tests/fixtures/models, made by scripts/reference/make_model_fixtures.py), and
 //! the tokenizer reproduces its ids; checkpoints and configs ewtune cannot compute exactly are
 //! refused by name.
 

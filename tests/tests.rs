@@ -12,6 +12,7 @@ mod hf_roundtrip;
 mod models;
 mod outputs;
 mod python_client;
+mod reference_generators;
 mod reports;
 mod server_limits;
 mod train;

@@ -1,4 +1,5 @@
-//! Every row of the reference grid in tests/data/accountant_reference.csv (dp_accounting 0.6.0 PLD
+//! Every row of the reference grid in tests/data/accountant_reference.csv (made by
+//! scripts/reference/accountant_reference.py at the repository root; dp_accounting 0.6.0 PLD
 //! at value_discretization_interval 1e-4, prv_accountant 0.2.0, and an independent Python
 //! Edgeworth implementation; docs/accounting.md, "How it was checked"), checked against this crate's three accountants with the issue's
 //! tolerances.
@@ -130,8 +131,8 @@ fn rdp_matches_dp_accounting() {
 }
 
 /// Points beyond the shared file, computed here with dp_accounting 0.6.0 by
-/// tests/data/dp_accounting_extra.py: the delta = 1e-6 half of the grid (less the rows that take
-/// dp_accounting minutes) and two heterogeneous histories.
+/// scripts/reference/dp_accounting_extra.py at the repository root: the delta = 1e-6 half of the
+/// grid (less the rows that take dp_accounting minutes) and two heterogeneous histories.
 fn extra_rows() -> Vec<(History, f64, f64, f64)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dp_accounting_extra.csv");
     let mut reader = csv::Reader::from_path(path).unwrap();

@@ -1,6 +1,7 @@
 //! The certified accountant at tiny delta and on long histories (issue 11, item 1): against the
 //! closed form of the composed Gaussian mechanism (an independent, exact route), against
-//! dp_accounting's PLD on single jobs and ledger-shaped histories (`tests/data/tails_reference.*`),
+//! dp_accounting's PLD on single jobs and ledger-shaped histories (`tests/data/tails_reference.csv`, made by
+//! scripts/reference/tails_reference.py at the repository root),
 //! and `epsilon` and `delta` agreeing with each other on the same point.
 
 use ewtune_accountant::pld::PldAccountant;

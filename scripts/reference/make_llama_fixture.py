@@ -24,12 +24,15 @@ What it writes:
       logits_first_row  the first 8 float32 logits at position 0, for debugging
   fixture_meta.json           library versions, seed, sha256 of the training text
 
-Usage (outside the repo's Python, e.g. a throwaway venv):
-  python3 -m venv /tmp/fixture-venv
-  /tmp/fixture-venv/bin/pip install torch==2.11.0 transformers safetensors tokenizers
-  /tmp/fixture-venv/bin/python scripts/make_llama_fixture.py [OUT_DIR]
-It was generated with torch 2.11.0, transformers 5.24.0, tokenizers 0.23.3,
-safetensors 0.8.0 (CPU).
+Run it with the CI venv (requirements-ci.txt pins torch 2.11.0 and transformers 5.24.0, which
+bring tokenizers 0.23.3 and safetensors 0.8.0), from the repository root; a few seconds:
+  .venv/bin/python scripts/reference/make_llama_fixture.py [OUT_DIR]
+OUT_DIR defaults to tests/fixtures/tiny-llama. It was generated with those versions (CPU).
+Run again on this machine kind, it writes tokenizer.json, config.json, model.safetensors and
+fixture_meta.json byte for byte; reference_logprobs.jsonl comes out within 1.5e-6 of the
+committed one (float32 kernels: those of the machine that made it differ in the last bits). The tokenizer
+is also the input of make_model_fixtures.py beside this file, which writes every other model
+fixture; it stays a separate script so that the fixtures built on it keep their bytes.
 """
 
 import hashlib
@@ -48,7 +51,7 @@ SEED = 0
 VOCAB_SIZE = 300
 SPECIAL = "<|endoftext|>"
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT_DIR = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO_ROOT, "tests", "fixtures", "tiny-llama")
 
 # Training text for the tokenizer: a fixed, ordered list of local files, first
@@ -175,7 +178,7 @@ def main():
             f.write(json.dumps(row) + "\n")
 
     meta = {
-        "generator": "scripts/make_llama_fixture.py",
+        "generator": "scripts/reference/make_llama_fixture.py",
         "seed": SEED,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -48,8 +48,12 @@ and recreated, so running the script twice gives the same bytes (on the same
 CPU kind; float32 results may differ in the last bits on another one).
 
 Generated with torch 2.11.0, transformers 5.24.0, peft 0.21.2, tokenizers
-0.23.3, safetensors 0.8.0 (CPU). Run it with the CI venv (requirements-ci.txt):
-  .venv/bin/python scripts/make_model_fixtures.py
+0.23.3, safetensors 0.8.0 (CPU). Run it with the CI venv (requirements-ci.txt),
+from the repository root (under a minute):
+  .venv/bin/python scripts/reference/make_model_fixtures.py [DIR]
+It writes tests/fixtures/models and tests/fixtures/adapters, or DIR/models and
+DIR/adapters (to compare with the committed ones); the input tokenizer is always
+the committed tests/fixtures/tiny-llama/tokenizer.json (make_llama_fixture.py).
 The fixture files are committed; the Rust tests never need Python. Run this
 script only to regenerate them.
 """
@@ -92,11 +96,13 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The input tokenizer is always the committed one (made by make_llama_fixture.py); the output goes
+# to tests/fixtures/{models,adapters} or, with an argument, to DIR/{models,adapters} (to compare).
+TOKENIZER_JSON = os.path.join(REPO_ROOT, "tests", "fixtures", "tiny-llama", "tokenizer.json")
+FIXTURES = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(REPO_ROOT, "tests", "fixtures")
 MODELS_DIR = os.path.join(FIXTURES, "models")
 ADAPTERS_DIR = os.path.join(FIXTURES, "adapters")
-TOKENIZER_JSON = os.path.join(FIXTURES, "tiny-llama", "tokenizer.json")
 
 SPECIAL = "<|endoftext|>"  # id 0 in the tokenizer
 EOT_ID = 0
@@ -1064,7 +1070,7 @@ def adapters(run):
             with open(readme) as f:
                 text = f.read()
             text = text.replace(os.path.abspath(base_path), BASE_REL).replace(base_path, BASE_REL)
-            assert REPO_ROOT not in text
+            assert REPO_ROOT not in text and FIXTURES not in text
             with open(readme, "w") as f:
                 f.write(text)
         assert not any(f.startswith("tokenizer") for f in os.listdir(path))
@@ -1182,7 +1188,7 @@ def main():
     adapter_index = adapters(run)
 
     meta = {
-        "generator": "scripts/make_model_fixtures.py",
+        "generator": "scripts/reference/make_model_fixtures.py",
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
         "peft": peft.__version__,

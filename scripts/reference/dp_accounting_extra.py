@@ -1,5 +1,13 @@
-# dp_accounting 0.6.0 PLD (vdi 1e-4) and RDP for the delta=1e-6 half of the reference grid, and
-# two heterogeneous histories; same settings as the grid in accountant_reference.csv.
+# Writes accountant/tests/data/dp_accounting_extra.csv (read by accountant/tests/reference.rs):
+# dp_accounting 0.6.0 PLD (PLDAccountant, add-or-remove, vdi 1e-4) and RDP for the delta=1e-6
+# half of the reference grid (accountant_reference.py writes the delta=1e-5 half, with more
+# columns) less the four 10000-step rows at q >= 0.05, sigma <= 0.8 that take minutes each, and
+# two heterogeneous histories at delta=1e-5. Numbers printed with 6 significant digits.
+#
+# Command (from the repository root; the venv of requirements-accountant.txt, not the CI one):
+#   /tmp/dpvenv/bin/python scripts/reference/dp_accounting_extra.py > accountant/tests/data/dp_accounting_extra.csv
+# Takes about a minute on one core. Pins: scripts/reference/requirements-accountant.txt
+# (Python 3.11.7, dp-accounting 0.6.0, numpy 2.4.6, scipy 1.17.1). Deterministic.
 import sys, time, math
 import dp_accounting
 from dp_accounting import pld, rdp

@@ -2,10 +2,13 @@
 # (Poisson-subsampled Gaussian, add-or-remove-one adjacency, each job = PoissonSampledDpEvent(q,
 # GaussianDpEvent(sigma)) composed `steps` times, jobs composed one after another).
 #
+# Writes accountant/tests/data/tails_reference.csv (read by accountant/tests/tails.rs).
 # Regenerate (took 28 min 44 s wall on 2 cores for the committed CSV; 56 core-minutes):
 #   python3 -m venv /tmp/dpvenv
-#   /tmp/dpvenv/bin/pip install -r accountant/tests/data/requirements-reference.txt
-#   /tmp/dpvenv/bin/python accountant/tests/data/tails_reference.py > accountant/tests/data/tails_reference.csv
+#   /tmp/dpvenv/bin/pip install -r scripts/reference/requirements-accountant.txt
+#   /tmp/dpvenv/bin/python scripts/reference/tails_reference.py > accountant/tests/data/tails_reference.csv
+# `tails_reference.py A B` computes only the histories [A, B) of tasks() (the header, then their
+# rows); e.g. `... tails_reference.py 24 30` checks the six 10000-step histories (12 rows).
 # Versions used: Python 3.11.7, dp-accounting 0.6.0, prv-accountant 0.2.0, numpy 2.4.6,
 # scipy 1.17.1, mpmath 1.4.1 (x86-64, where numpy's longdouble is 80-bit extended precision).
 # Everything but `seconds` is deterministic.

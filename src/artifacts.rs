@@ -9,7 +9,7 @@
 //! ([`check_path`]): a stream cannot name a file outside the directory it is written into.
 //!
 //! What this module does not own: which files a model consists of (`train/output.rs`), where
-//! the daemon keeps them (`daemon/scheduler.rs`) and the gRPC messages (`api/artifacts.rs`).
+//! the daemon keeps them (`service/scheduler.rs`), streaming them (`service/artifacts.rs`) and the gRPC messages (`api/artifacts.rs`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

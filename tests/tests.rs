@@ -9,6 +9,7 @@ mod daemon;
 mod dp_oracle;
 mod hardening;
 mod hf_roundtrip;
+mod layers;
 mod models;
 mod outputs;
 mod python_client;

@@ -1,7 +1,7 @@
 //! The audit report (docs/audit.md, The report), one per audit: which models (by SHA-256) and
 //! settings were audited, membership metrics on labelled texts (`data_mia`, aggregates only: no
 //! text leaves in a report) and the one-run canary audit with its violation alarm. The daemon
-//! signs its exact JSON bytes (`daemon/signing.rs`), as it signs budget reports. Every report
+//! signs its exact JSON bytes (`service/signing.rs`), as it signs budget reports. Every report
 //! says when it was assembled (`issued_at_unix_ms`, unix milliseconds UTC); the daemon also
 //! names the tenant and the audit it is issued for, so a signed report cannot be passed off as
 //! another tenant's or another audit's.

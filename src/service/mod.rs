@@ -208,17 +208,23 @@ pub async fn run_batch<T: Send + 'static>(name: &str, work: impl FnOnce() -> T +
     }
 }
 
-/// Lowers the calling thread's priority to `niceness` (on Linux the nice value is per thread). A
-/// failure only costs latency, so it is logged and ignored.
+/// Lowers the calling thread's priority to `niceness` (on Linux the nice value is per thread;
+/// elsewhere threads share the process's, so nothing is changed and batch work runs at the
+/// API's priority). A failure only costs latency, so it is logged and ignored.
 fn lower_thread_priority(niceness: i32) {
-    // SAFETY: gettid and setpriority take no pointers; they act on the calling thread only.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, niceness)
-    };
-    if rc != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch thread's priority");
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; they act on the calling thread only.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, niceness)
+        };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower a batch thread's priority");
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    tracing::debug!(niceness, "per-thread priority is Linux-only; batch work runs at normal priority");
 }
 
 /// Runs blocking work (SQLite, the ledger's accounting, file writes) off the async workers. A

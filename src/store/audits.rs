@@ -2,7 +2,7 @@
 //! job, and ends once, either `Succeeded` with its report and the daemon's signature over the
 //! report's exact bytes, or `Failed` with a reason. Audits are never deleted and a finished one
 //! never changes (SQL triggers in `0002_audits.sql`). What this module does not own: running
-//! the audit (`daemon/auditor.rs`) and the report's content (`audit/report.rs`).
+//! the audit (`service/auditor.rs`) and the report's content (`audit/report.rs`).
 
 use super::error::{Result, StoreError};
 use super::jobs::{self, JobId, JobState};

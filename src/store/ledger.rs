@@ -29,7 +29,7 @@
 //! blocks, unique but not in time order between them.
 //!
 //! What this module does not own: the math (crate `ewtune-accountant`), the job state
-//! machine (`jobs.rs`) and the signature (`daemon/signing.rs`).
+//! machine (`jobs.rs`) and the signature (`service/signing.rs`).
 
 use super::datasets::{self, Dataset, DatasetId, PrivacyUnit};
 use crate::artifacts::OutputFile;

@@ -4,6 +4,7 @@ mod audit;
 mod bench_memory;
 mod chat;
 mod citations;
+mod config;
 mod crash;
 mod daemon;
 mod dp_oracle;

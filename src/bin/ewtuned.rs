@@ -1,74 +1,20 @@
-//! `ewtuned`: the daemon. Parses flags, resolves the configuration, and either manages tenant
-//! tokens (create, list, revoke), prints the public key that signs its reports, or serves until
-//! SIGTERM/SIGINT (running jobs checkpoint and go back to the queue).
+//! `ewtuned`: the daemon. Parses flags and the environment, resolves the configuration (both in
+//! `ewtune::service::config`), and either prints it, manages tenant tokens (create, list,
+//! revoke), prints the public key that signs its reports, or serves until SIGTERM/SIGINT
+//! (running jobs checkpoint and go back to the queue).
 //! Files it creates are private (umask 0o077).
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use ewtune::service::config::{Cli, Command, KeyCommand, TokenCommand};
 use ewtune::service::signing::{self, rfc3339_utc, Signer};
-use ewtune::service::{self, config::DaemonConfig, State};
+use ewtune::service::{self, State};
 use ewtune::store::{Revocation, TenantId, TokenId, TokenInfo};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// ewtune's daemon: DP fine-tuning jobs over gRPC, with a durable privacy-budget ledger.
-#[derive(Parser, Debug)]
-#[command(name = "ewtuned", version, args_conflicts_with_subcommands = true)]
-struct Args {
-    /// Data directory: ewtune.db, datasets/, jobs/, models/, the signing key.
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
-    /// Address to serve gRPC on (default 127.0.0.1:50051; env EWTUNED_LISTEN).
-    #[arg(long)]
-    listen: Option<String>,
-    /// TOML config file (models_dir, concurrency, tls_cert, tls_key, server limits; see README).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Tenant tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-    /// The daemon's report-signing key.
-    #[command(subcommand)]
-    Key(KeyCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum TokenCommand {
-    /// Print a new bearer token for a tenant on stdout, and its id on stderr (only the token's
-    /// hash is stored: it cannot be shown again).
-    Create {
-        /// Tenant name: 1-64 of [A-Za-z0-9_.-].
-        #[arg(long)]
-        tenant: String,
-    },
-    /// List token ids, tenants, and when each was created and revoked (never the tokens).
-    List {
-        /// Only this tenant's tokens.
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// Revoke a token: it authenticates nothing from the next request on, also for a running
-    /// daemon. Final.
-    Revoke {
-        /// The token's id as `token list` shows it (or a longer prefix of its SHA-256).
-        id: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum KeyCommand {
-    /// Print the Ed25519 public key (hex) that signs this daemon's reports, for
-    /// `ewtune verify --public-key`. Does not start the server, and never creates a key.
-    Show,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Flags and their EWTUNED_* variables (clap's `env`); the file and the defaults come in
+    // `daemon_config`.
+    let args = Cli::parse();
     // Everything the daemon writes (store, datasets, outputs, key) is its user's only.
     service::data_dir::private_umask();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
@@ -81,9 +27,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let data_dir = args.data_dir.ok_or("--data-dir is required")?;
-    let config = DaemonConfig::resolve(&data_dir, args.listen.as_deref(), args.config.as_deref())?;
+fn run(args: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.daemon_config()?;
+    if args.print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
     match args.command {
         Some(Command::Key(KeyCommand::Show)) => {
             println!("{}", Signer::load(&signing::key_path(&config.data_dir))?.public_key_hex());

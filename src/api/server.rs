@@ -34,9 +34,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(super::admission::RequestLimitLayer::new(limits.max_concurrent_uploads));
-    if let Some((cert, key)) = &state.config.tls {
-        let cert = std::fs::read(cert)?;
-        let key = std::fs::read(key)?;
+    if let Some((cert, key)) = state.config.tls_pem()? {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
     }
     const MAX_MESSAGE: usize = 256 << 20; // datasets and audit texts are uploaded in one message

@@ -355,6 +355,13 @@ fn bounded(key: &'static str, given: &Option<String>, file: Option<u64>, file_na
 }
 
 impl DaemonConfig {
+    /// The TLS certificate chain and private key, PEM, when TLS is configured: read when the
+    /// server starts, so a renewed certificate takes effect on restart.
+    pub fn tls_pem(&self) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.tls.as_ref().map(|(cert, key)| Ok((std::fs::read(cert)?, std::fs::read(key)?))).transpose()
+    }
+
+
     /// The file (when given) under `listen` (when given), then the defaults. The environment is
     /// not read: only [`Cli`] reads it. For tests and embedders.
     pub fn resolve(data_dir: &Path, listen: Option<&str>, file: Option<&Path>) -> Result<Self, ConfigError> {

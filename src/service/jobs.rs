@@ -116,10 +116,10 @@ pub struct CheckedSpec {
     pub model: ConfigLimits,
 }
 
-/// Builds the training spec `req` asks for, over `dataset`. Every number is checked
-/// against its range in [`limits`] before any math; the first failure is InvalidArgument naming
-/// the field and the range, an unknown model NotFound. Reads only the model's config.json. Defaults are the trainer's own
-/// (`TrainingSpec::default()` and the like), except [`CHECKPOINT_EVERY`].
+/// Builds the training spec `req` asks for, over `dataset`. Every number is checked against its
+/// range in [`limits`] before any math; the first failure is InvalidArgument naming the field
+/// and the range, an unknown model NotFound. Reads only the model's config.json. Defaults are
+/// the trainer's own (`TrainingSpec::default()` and the like), except [`CHECKPOINT_EVERY`].
 pub fn job_spec(state: &State, dataset: &Dataset, req: &JobRequest) -> Result<CheckedSpec, ServiceError> {
     let name = limits::key("base_model", &req.base_model)?;
     if name.starts_with('.') || name.contains(['/', '\\']) {

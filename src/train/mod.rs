@@ -22,6 +22,7 @@ pub mod py_json;
 pub mod sampler;
 pub mod synthetic;
 pub mod tape;
+pub mod units;
 pub mod weights;
 
 use std::path::PathBuf;

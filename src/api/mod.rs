@@ -1,6 +1,6 @@
-//! The gRPC API: tonic services over the store, the scheduler and the accountant. Requests are
-//! validated and converted to domain types at the edge (`convert`), domain errors become the
-//! right status in one place (`status`); handlers do no math.
+//! The gRPC API: thin tonic handlers over the service layer. Requests are copied into the
+//! service's types (`convert`), the service does the checks and the work, and its errors become
+//! the right status in one place (`status`); handlers do no math and no file I/O.
 pub mod admission;
 pub mod artifacts;
 pub mod audits;

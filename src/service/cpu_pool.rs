@@ -9,11 +9,11 @@
 //!   limit. A tenant runs on at most all threads but one (one thread on a two-core machine), so
 //!   one tenant's long calibrations cannot keep everybody else's plans waiting.
 //! * The client's deadline (`grpc-timeout`, read by `api/deadline.rs`, capped by the daemon's
-//!   own [`MAX_WORK`]): waiting for a slot stops at the deadline. When the caller goes (deadline passed, client hung up),
-//!   its admission is freed at once and its result dropped: a task not yet started is skipped,
-//!   one already running finishes (every input was range-checked first, so it is bounded) but
-//!   keeps only its thread and its tenant's running share, so one tenant's abandoned work never
-//!   holds more of the pool than its own running share.
+//!   own [`MAX_WORK`]): waiting for a slot stops at the deadline. When the caller goes
+//!   (deadline passed, client hung up), its admission is freed at once and its result
+//!   dropped: a task not yet started is skipped, one already running finishes (every input was
+//!   range-checked first, so it is bounded) but keeps only its thread and its tenant's running
+//!   share, so one tenant's abandoned work never holds more of the pool than its own share.
 
 use super::error::{Kind, ServiceError};
 use super::tenant_slots::{TenantSlot, TenantSlots};

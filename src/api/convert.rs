@@ -3,13 +3,13 @@
 
 use super::pb;
 use crate::service::jobs::{CanaryRequest, FineTuneRequest, JobRequest, JobView, LoraRequest};
-use crate::service::{limits, ServiceError};
+use crate::service::limits;
 use crate::store::{Dataset, JobState, Page, PrivacyUnit};
 use tonic::Status;
 
 /// InvalidArgument naming `field`.
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    ServiceError::invalid(field, reason).into()
+    limits::invalid(field, reason).into()
 }
 
 /// The service's request for a proto job spec: a field-for-field copy (zero or empty means the

@@ -61,7 +61,7 @@ fn report_json(state: &State, job: &Job, tenant: &TenantId, id: &AuditId, reques
     // The claim the canary audit tests: the certified epsilon of the steps that ran, at the
     // job's own delta (the manifest's).
     let claimed = job.certified_epsilon_spent(spec.privacy.delta).map_err(|e| input("accounting the job", &e))?;
-    let target = state.config.data_dir.join("jobs").join(job.id.as_str()).join("model");
+    let target = super::jobs::output_dir(state, &job.id);
     let mut report = build_report(&AuditInputs {
         job_id: Some(job.id.as_str().to_string()),
         target_dir: &target,
@@ -76,7 +76,7 @@ fn report_json(state: &State, job: &Job, tenant: &TenantId, id: &AuditId, reques
     })?;
     report.tenant = Some(tenant.to_string());
     report.audit_id = Some(id.to_string());
-    if report.canary_audit.as_ref().is_some_and(|c| c.violation) {
+    if report.canary_verdict().is_some_and(|v| v.violation) {
         tracing::error!(job = %job.id, "ALARM: the canary audit's lower bound exceeds the certified epsilon: accounting or training is wrong");
     }
     Ok(serde_json::to_string(&report).expect("reports serialize"))

@@ -47,11 +47,6 @@ impl ServiceError {
         ServiceError::Refused { kind, message: message.into() }
     }
 
-    /// InvalidArgument naming `field`.
-    pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Self {
-        Self::new(Kind::InvalidArgument, format!("{field}: {reason}"))
-    }
-
     /// The kind of a refusal (`None` for a store error).
     pub fn kind(&self) -> Option<Kind> {
         match self {

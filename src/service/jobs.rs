@@ -96,9 +96,14 @@ pub fn dataset_file(state: &State, id: &DatasetId) -> PathBuf {
     state.config.data_dir.join("datasets").join(format!("{id}.jsonl"))
 }
 
+/// Job `id`'s directory: its checkpoints, canary manifest and output model.
+pub fn job_dir(state: &State, id: &crate::store::JobId) -> PathBuf {
+    state.config.data_dir.join("jobs").join(id.as_str())
+}
+
 /// The directory of job `id`'s output model.
 pub fn output_dir(state: &State, id: &crate::store::JobId) -> PathBuf {
-    state.config.data_dir.join("jobs").join(id.as_str()).join("model")
+    job_dir(state, id).join("model")
 }
 
 /// The tenant's dataset, NotFound otherwise.

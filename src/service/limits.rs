@@ -6,7 +6,7 @@
 //! narrow enough that nothing a client sends can make the accountant, the trainer or the store
 //! allocate or compute without bound.
 
-use super::error::ServiceError;
+use super::error::{Kind, ServiceError};
 
 /// Noise multiplier sigma, when given instead of a target epsilon.
 pub const NOISE_MULTIPLIER: (f64, f64) = (0.1, 1000.0);
@@ -43,7 +43,7 @@ pub const PAGE_SIZE: (u32, u32) = (50, 1000);
 
 /// InvalidArgument naming `field`.
 pub fn invalid(field: &str, reason: impl std::fmt::Display) -> ServiceError {
-    ServiceError::invalid(field, reason)
+    ServiceError::new(Kind::InvalidArgument, format!("{field}: {reason}"))
 }
 
 /// `value` if finite and in `[lo, hi]`, InvalidArgument naming `field` and the range otherwise.

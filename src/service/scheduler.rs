@@ -70,7 +70,7 @@ const EPSILON_BLOCK: u64 = 10;
 
 fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, TrainError> {
     let mut spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| TrainError::BadSpec { field: "spec_json", reason: e.to_string() })?;
-    spec.output = state.config.data_dir.join("jobs").join(job.id.as_str());
+    spec.output = super::jobs::job_dir(state, &job.id);
     place_canary_manifest(state, job, &spec.output)?;
     let delta = spec.privacy.delta;
     let cancel = AtomicBool::new(false);

@@ -24,6 +24,14 @@ pub(crate) fn at(path: &Path) -> impl FnOnce(io::Error) -> PathError + '_ {
 /// Prefix of every temp file and staged directory written beside its target.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
+/// The directory `path` is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
     write_atomic_with(path, |file, _| file.write_all(bytes))
@@ -32,10 +40,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
 /// Writes `path` atomically through `write`, which fills the temp file (given open and by its
 /// path, for writers that take a path).
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File, &Path) -> io::Result<()>) -> Result<(), PathError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     // A unique name (`.tmp-XXXXXX`), mode 0600: two writers never share one.
     let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir).map_err(at(dir))?;
     let tmp_path = tmp.path().to_path_buf();
@@ -43,7 +48,6 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut std::fs::File, &Pa
     tmp.persist(path).map_err(|e| PathError { path: path.to_path_buf(), source: e.error })?;
     sync_dir(dir)
 }
-
 
 /// A directory being filled beside its target, `.tmp-<target name>-<16 hex>` in the target's
 /// parent, that becomes the target in one rename ([`StagedDir::commit`]): readers see the old
@@ -69,10 +73,7 @@ impl StagedDir {
     /// and directories in it get the process umask's modes, as the target would.
     pub fn new(target: &Path) -> Result<Self, PathError> {
         let name = target.file_name().ok_or_else(|| PathError { path: target.to_path_buf(), source: io::Error::other("names no directory") })?;
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = parent_dir(target).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(at(&parent))?;
         for _ in 0..16 {
             let path = parent.join(format!("{TEMP_PREFIX}{}-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
@@ -110,8 +111,7 @@ impl StagedDir {
             },
             Err(e) => return Err(PathError { path: self.target.clone(), source: e }),
         }
-        let parent = self.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        sync_dir(&parent)
+        sync_dir(parent_dir(&self.path))
     }
 }
 

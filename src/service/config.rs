@@ -184,8 +184,8 @@ impl Cli {
     /// The configuration this command line, the environment it was parsed under and its
     /// `--config` file give.
     pub fn daemon_config(&self) -> Result<DaemonConfig, ConfigError> {
-        let data_dir = self.data_dir.as_deref().filter(|p| !p.as_os_str().is_empty()).ok_or(ConfigError::Missing { key: "data_dir" })?;
-        let file = self.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+        let data_dir = given_path(&self.data_dir).ok_or(ConfigError::Missing { key: "data_dir" })?;
+        let file = given_path(&self.config);
         DaemonConfig::from_settings(data_dir, file, &self.settings)
     }
 }
@@ -360,7 +360,6 @@ impl DaemonConfig {
     pub fn tls_pem(&self) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.tls.as_ref().map(|(cert, key)| Ok((std::fs::read(cert)?, std::fs::read(key)?))).transpose()
     }
-
 
     /// The file (when given) under `listen` (when given), then the defaults. The environment is
     /// not read: only [`Cli`] reads it. For tests and embedders.

@@ -1,7 +1,11 @@
 //! Lower-case hex and SHA-256 (ring): the one spelling of dataset identities, random ids,
-//! manifest and model hashes, job fingerprints, token ids and Ed25519 keys and signatures.
+//! manifest and model hashes, job fingerprints, privacy units' keyed identities, token ids and Ed25519 keys and signatures.
 //! Hex goes through the `hex` crate both ways, so text that is not hex (odd length, a
 //! non-hex or non-ASCII character) is an error, never a panic.
+
+/// A privacy unit's identity inside its tenant: HMAC-SHA256 of the unit's canonical form under
+/// the tenant's secret (computed by `train::units`, kept by the store's unit classes).
+pub type UnitId = [u8; 32];
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

@@ -27,6 +27,18 @@ impl pb::budget_server::Budget for BudgetApi {
             committed_epsilon: report.committed_epsilon,
             remaining_epsilon: report.remaining_epsilon,
             spent_edgeworth_epsilon: report.spent_epsilon_edgeworth_estimate.unwrap_or(f64::NAN),
+            classes: report
+                .classes
+                .iter()
+                .map(|c| pb::UnitClass {
+                    units: c.units,
+                    dataset_ids: c.datasets.iter().map(|d| d.as_str().to_string()).collect(),
+                    spent_epsilon: c.spent_epsilon,
+                    committed_epsilon: c.committed_epsilon,
+                    remaining_epsilon: c.remaining_epsilon,
+                    binding_dataset_id: c.binding_dataset.as_str().to_string(),
+                })
+                .collect(),
         }))
     }
 }

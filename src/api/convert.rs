@@ -4,7 +4,7 @@
 use super::pb;
 use crate::service::jobs::{CanaryRequest, FineTuneRequest, JobRequest, JobView, LoraRequest};
 use crate::service::limits;
-use crate::store::{Dataset, JobState, Page, PrivacyUnit};
+use crate::store::{Dataset, JobState, Page, PrivacyUnit, SharedUnits};
 use tonic::Status;
 
 /// InvalidArgument naming `field`.
@@ -66,7 +66,9 @@ pub fn page_token(cursor: i64) -> String {
 }
 
 /// A dataset as the API shows it.
-pub fn dataset(d: &Dataset) -> pb::Dataset {
+/// A dataset as the API shows it; `shared` (Register and Get) says how many of its units other
+/// datasets of the tenant share and what they have left.
+pub fn dataset(d: &Dataset, shared: Option<SharedUnits>) -> pb::Dataset {
     pb::Dataset {
         dataset_id: d.id.as_str().to_string(),
         name: d.name.clone(),
@@ -78,6 +80,9 @@ pub fn dataset(d: &Dataset) -> pb::Dataset {
         budget_epsilon: d.budget_epsilon,
         budget_delta: d.budget_delta,
         created_unix_ms: d.created_at_unix_ms,
+        units_shared: shared.map_or(0, |s| s.units),
+        shared_units_remaining_epsilon: shared.and_then(|s| s.least_remaining_epsilon).unwrap_or(0.0),
+        unit_identities: d.unit_identities.as_str().to_string(),
     }
 }
 

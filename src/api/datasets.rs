@@ -34,14 +34,20 @@ impl pb::datasets_server::Datasets for DatasetsApi {
             budget_delta: r.budget_delta,
             content: r.content,
         };
-        let d = datasets::register(&self.state, &tenant, deadline, registration).await?;
-        Ok(Response::new(convert::dataset(&d)))
+        let (d, shared) = datasets::register(&self.state, &tenant, deadline, registration).await?;
+        Ok(Response::new(convert::dataset(&d, Some(shared))))
     }
 
     async fn get(&self, req: Request<pb::GetDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
         let tenant = tenant(&req)?;
-        let d = jobs::owned_dataset(&self.state, &tenant, &req.get_ref().dataset_id)?;
-        Ok(Response::new(convert::dataset(&d)))
+        let id = req.get_ref().dataset_id.clone();
+        let (d, shared) = crate::api::blocking(&self.state, move |state| {
+            let d = jobs::owned_dataset(state, &tenant, &id)?;
+            let shared = state.store.shared_units(&tenant, &d.id)?;
+            Ok((d, shared))
+        })
+        .await?;
+        Ok(Response::new(convert::dataset(&d, Some(shared))))
     }
 
     async fn list(&self, req: Request<pb::ListDatasetsRequest>) -> Result<Response<pb::ListDatasetsResponse>, Status> {
@@ -50,7 +56,7 @@ impl pb::datasets_server::Datasets for DatasetsApi {
         let page = convert::page_request(r.page_size, &r.page_token)?;
         let listed = self.state.store.list_datasets(&tenant, page)?;
         Ok(Response::new(pb::ListDatasetsResponse {
-            datasets: listed.items.iter().map(convert::dataset).collect(),
+            datasets: listed.items.iter().map(|d| convert::dataset(d, None)).collect(),
             next_page_token: listed.next.map(convert::page_token).unwrap_or_default(),
         }))
     }

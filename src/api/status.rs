@@ -35,12 +35,7 @@ impl From<StoreError> for Status {
             StoreError::AlreadyExists { kind, id } => Status::already_exists(format!("{kind} {id} already exists")),
             e @ (StoreError::FailedPrecondition { .. } | StoreError::DatasetUnusable { .. }) => Status::failed_precondition(e.to_string()),
             StoreError::Busy(reason) => Status::resource_exhausted(reason),
-            StoreError::BudgetExceeded { dataset, requested_epsilon, committed_epsilon, budget_epsilon } => Status::failed_precondition(format!(
-                "privacy budget exceeded on dataset {}: this job would bring the certified epsilon to {requested_epsilon:.4}, \
-                 above the budget {budget_epsilon}; {committed_epsilon:.4} is already spent or reserved, {:.4} is left",
-                dataset.as_str(),
-                (budget_epsilon - committed_epsilon).max(0.0)
-            )),
+            e @ StoreError::BudgetExceeded(_) => Status::failed_precondition(e.to_string()),
             // The ledger with this job cannot be certified (too long or too large for the
             // accountant's ranges): the job is refused, nothing was written.
             StoreError::Accountant {

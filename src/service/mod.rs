@@ -117,6 +117,7 @@ impl State {
         std::fs::create_dir_all(&config.models_dir).map_err(|e| DaemonError::Io { what: format!("create {}", config.models_dir.display()), reason: e.to_string() })?;
         let store = Store::open(config.data_dir.join("ewtune.db"))?;
         adopt_legacy_sidecars(&store, &config.data_dir.join("datasets"))?;
+        datasets::identify_old_datasets(&store, &config.data_dir.join("datasets"))?;
         let signer = Signer::load_or_create(&signing::key_path(&config.data_dir))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpu = cpu_pool::CpuPool::new(threads).map_err(|e| DaemonError::Io { what: "start the CPU pool".into(), reason: e.to_string() })?;

@@ -8,7 +8,9 @@
 
 use super::error::{Result, StoreError};
 use super::tokens::TenantId;
+use super::units::{self, UnitIdentities};
 use super::{list_page, now_ms, to_sql_count, Listed, Page, Store};
+use crate::digest::UnitId;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +61,9 @@ pub struct NewDataset {
     pub budget_epsilon: f64,
     /// The delta at which the budget's epsilon is stated.
     pub budget_delta: f64,
+    /// The keyed identity of each privacy unit (`units` of them), sorted and distinct.
+    #[serde(skip)]
+    pub unit_ids: Vec<UnitId>,
 }
 
 /// A registered dataset.
@@ -86,6 +91,9 @@ pub struct Dataset {
     pub budget_delta: f64,
     /// When it was registered.
     pub created_at_unix_ms: i64,
+    /// Whether its units' identities are known (always, for a dataset registered since they
+    /// exist).
+    pub unit_identities: UnitIdentities,
 }
 
 /// Longest user field name (the schema's CHECK says the same).
@@ -97,11 +105,11 @@ fn user_field_fits(f: &str) -> bool {
 }
 
 /// The columns [`Dataset::from_row`] reads, by name: every SELECT of a whole dataset lists these.
-const DATASET_COLUMNS: &str =
-    "sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms";
+pub(crate) const DATASET_COLUMNS: &str =
+    "sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms, unit_identities";
 
 impl Dataset {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Dataset> {
+    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<Dataset> {
         Ok(Dataset {
             id: row.get("sha256")?,
             tenant: row.get("tenant")?,
@@ -113,13 +121,21 @@ impl Dataset {
             budget_epsilon: row.get("budget_epsilon")?,
             budget_delta: row.get("budget_delta")?,
             created_at_unix_ms: row.get("created_at_ms")?,
+            unit_identities: row.get("unit_identities")?,
         })
     }
 
     /// How the dataset's lines are grouped into privacy units: `None` for one unit per line,
     /// the user field for a user-level dataset. A user-level dataset whose field is unknown is
-    /// `FailedPrecondition`: training it per line would state a guarantee about the wrong unit.
+    /// `FailedPrecondition`: training it per line would state a guarantee about the wrong unit;
+    /// so is a dataset whose units' identities are unknown or repeated ([`UnitIdentities`]).
     pub fn data_user_field(&self) -> Result<Option<&str>> {
+        self.check_identities()?;
+        self.data_user_field_unchecked()
+    }
+
+    /// [`Dataset::data_user_field`] whatever its units' identities (to assign them).
+    pub fn data_user_field_unchecked(&self) -> Result<Option<&str>> {
         match (self.privacy_unit, self.user_field.as_deref()) {
             (PrivacyUnit::Example, _) => Ok(None),
             (PrivacyUnit::User, Some(f)) => Ok(Some(f)),
@@ -130,6 +146,24 @@ impl Dataset {
                          privacy unit",
             }),
         }
+    }
+}
+
+impl Dataset {
+    /// `DatasetUnusable` unless every unit of the dataset has its identity and appears once.
+    pub fn check_identities(&self) -> Result<()> {
+        let reason = match self.unit_identities {
+            UnitIdentities::Identified => return Ok(()),
+            UnitIdentities::Pending => "its units have no identities yet (it was registered before the daemon kept them, which it \
+                                       does at start-up); restart ewtuned to assign them",
+            UnitIdentities::Unidentified => "its file was gone or unreadable when the daemon assigned identities to the units of \
+                                             older datasets, so whose data it holds is unknown; put the file back under \
+                                             datasets/<sha256>.jsonl and restart ewtuned. Until then its jobs and budget count \
+                                             against every unit of this tenant",
+            UnitIdentities::RepeatedRecords => "its file repeats a record, so that record's person would be trained on more than \
+                                                once per pass; register the data again without repeats, or with user-level units",
+        };
+        Err(StoreError::DatasetUnusable { dataset: self.id.clone(), reason })
     }
 }
 
@@ -162,13 +196,18 @@ impl NewDataset {
         if !(self.budget_delta > 0.0 && self.budget_delta < 1.0) {
             return Err(StoreError::invalid("budget_delta", format!("must lie in (0, 1), got {}", self.budget_delta)));
         }
+        units::check_distinct(&self.unit_ids)?;
+        if self.unit_ids.len() as u64 != self.units {
+            return Err(StoreError::invalid("unit identities", format!("{} identities for {} units", self.unit_ids.len(), self.units)));
+        }
         Ok(id)
     }
 }
 
 impl Store {
-    /// Registers a dataset for `tenant`. The same SHA-256 twice for one tenant is
-    /// `AlreadyExists` (its budget stays as first registered).
+    /// Registers a dataset for `tenant`, and its units join their classes in the same
+    /// transaction (`units.rs`). The same SHA-256 twice for one tenant is `AlreadyExists` (its
+    /// budget stays as first registered).
     pub fn register_dataset(&self, tenant: &TenantId, d: NewDataset) -> Result<Dataset> {
         let id = d.validate()?;
         let dataset = Dataset {
@@ -182,6 +221,7 @@ impl Store {
             budget_epsilon: d.budget_epsilon,
             budget_delta: d.budget_delta,
             created_at_unix_ms: now_ms(),
+            unit_identities: UnitIdentities::Identified,
         };
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -191,8 +231,8 @@ impl Store {
             return Err(StoreError::not_found("tenant", tenant.as_str()));
         }
         let inserted = tx.execute(
-            "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms, unit_identities)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (tenant, sha256) DO NOTHING",
             params![
                 dataset.id,
@@ -205,11 +245,13 @@ impl Store {
                 dataset.budget_epsilon,
                 dataset.budget_delta,
                 dataset.created_at_unix_ms,
+                dataset.unit_identities,
             ],
         )?;
         if inserted == 0 {
             return Err(StoreError::AlreadyExists { kind: "dataset", id: dataset.id.to_string() });
         }
+        units::join(&tx, tenant, &dataset.id, &d.unit_ids)?;
         tx.commit()?;
         Ok(dataset)
     }
@@ -264,6 +306,13 @@ impl Store {
         tx.commit()?;
         Ok((adopted, unusable))
     }
+}
+
+/// The ids of every dataset of the tenant, sorted.
+pub(crate) fn ids_of_tenant(conn: &Connection, tenant: &TenantId) -> Result<Vec<DatasetId>> {
+    let mut stmt = conn.prepare_cached("SELECT sha256 FROM datasets WHERE tenant = ?1 ORDER BY sha256")?;
+    let rows = stmt.query_map([tenant], |r| r.get("sha256"))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The tenant's dataset `id` on an open connection or transaction (`NotFound` otherwise).

@@ -6,6 +6,7 @@
 
 use super::datasets::DatasetId;
 use super::jobs::{JobId, JobState};
+use super::ledger::BudgetRefusal;
 use std::path::PathBuf;
 
 /// Result alias of the store.
@@ -61,22 +62,10 @@ pub enum StoreError {
     /// The tenant already has as much work of this kind in flight as it may (one running audit).
     #[error("{0}")]
     Busy(String),
-    /// Admitting the job would let the certified epsilon of the dataset exceed its budget.
-    /// Nothing was written.
-    #[error(
-        "dataset {dataset}: the job would bring the certified epsilon to {requested_epsilon} \
-         (committed so far {committed_epsilon}), above the budget {budget_epsilon}"
-    )]
-    BudgetExceeded {
-        /// The dataset whose budget would be exceeded.
-        dataset: DatasetId,
-        /// Certified epsilon of everything spent and reserved plus the new job's full plan.
-        requested_epsilon: f64,
-        /// Certified epsilon of everything spent and reserved before this job (0 if nothing).
-        committed_epsilon: f64,
-        /// The dataset's epsilon budget.
-        budget_epsilon: f64,
-    },
+    /// Admitting the job would let the certified epsilon of some of its dataset's units exceed
+    /// a budget they are under (see [`BudgetRefusal`]). Nothing was written.
+    #[error("{0}")]
+    BudgetExceeded(Box<BudgetRefusal>),
     /// The database file was written by a newer ewtune; it is left untouched.
     #[error("the database has schema version {found}, this ewtune supports up to {supported}; it was left untouched")]
     IncompatibleSchema {

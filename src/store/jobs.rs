@@ -231,7 +231,14 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let dataset = datasets::load(&tx, tenant, &job.dataset)?;
-        let committed_epsilon = ledger::admit(&tx, &dataset, plan)?;
+        let committed_epsilon = match ledger::admit(&tx, &dataset, plan)? {
+            ledger::Admission::Admitted(epsilon) => epsilon,
+            ledger::Admission::Refused(refused) => {
+                drop(tx);
+                drop(conn);
+                return Err(refused.into_error());
+            }
+        };
         tx.execute(
             "INSERT INTO jobs (id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, state, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -555,23 +562,6 @@ pub(crate) fn outputs_of(conn: &Connection, job: &JobId) -> Result<Vec<OutputFil
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// The recorded outputs of every job of one dataset, by job, each sorted by path.
-pub(crate) fn outputs_for_dataset(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<std::collections::HashMap<JobId, Vec<OutputFile>>> {
-    let mut stmt = conn.prepare(
-        "SELECT o.job AS job, o.path AS path, o.size AS size, o.sha256 AS sha256 FROM job_outputs o JOIN jobs j ON j.id = o.job
-         WHERE j.tenant = ?1 AND j.dataset = ?2 ORDER BY o.job, o.path",
-    )?;
-    let rows = stmt.query_map(params![tenant, dataset], |row| {
-        Ok((row.get::<_, JobId>("job")?, output_from_row(row)?))
-    })?;
-    let mut by_job: std::collections::HashMap<JobId, Vec<OutputFile>> = std::collections::HashMap::new();
-    for row in rows {
-        let (job, file) = row?;
-        by_job.entry(job).or_default().push(file);
-    }
-    Ok(by_job)
-}
-
 /// Moves `job` (queued or running) to the terminal `state`, with its event.
 fn finish(conn: &Connection, job: &Job, state: JobState, reason: Option<&str>, now: i64) -> Result<()> {
     conn.execute(
@@ -615,10 +605,10 @@ pub(super) fn load_owned(conn: &Connection, tenant: &TenantId, id: &JobId) -> Re
 }
 
 /// The jobs of one dataset, oldest first (the ledger's rows).
-pub(crate) fn for_dataset(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<Vec<Job>> {
-    let mut stmt =
-        conn.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND dataset = ?2 ORDER BY seq"))?;
-    let rows = stmt.query_map(params![tenant, dataset], Job::from_row)?;
+/// Every job of the tenant, in admission order.
+pub(crate) fn for_tenant(conn: &Connection, tenant: &TenantId) -> Result<Vec<Job>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq"))?;
+    let rows = stmt.query_map(params![tenant], Job::from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

@@ -1,17 +1,24 @@
-//! The privacy-budget ledger of each dataset: admission control and the budget report.
+//! The privacy-budget ledger, kept per person: admission control and the budget report.
 //!
-//! The ledger is not a table of its own: it is derived from the dataset's jobs, whose plans are
-//! fixed and whose progress only grows (the schema enforces both, see `0001_init.sql`).
+//! The ledger is not a table of its own: it is derived from the jobs, whose plans are fixed and
+//! whose progress only grows (the schema enforces both, see `0001_init.sql`), and from the
+//! classes of privacy units (`units.rs`): the units found in exactly one set of the tenant's
+//! datasets. A class's budget is every one of those datasets' budgets (the tighter binds), and
+//! its history is every job on any of them:
 //!
-//! * spent — every job's `(noise_multiplier, sample_rate, steps_done)`, whatever its state;
+//! * spent — each such job's `(noise_multiplier, sample_rate, steps_done)`, whatever its state;
 //! * reserved — `(noise_multiplier, sample_rate, steps_planned - steps_done)` of each queued or
-//!   running job; a finished job releases its reservation and keeps only its spend;
+//!   running one; a finished job releases its reservation and keeps only its spend;
 //! * committed — spent plus reserved, composed into one heterogeneous [`History`].
 //!
-//! Every number stated as a guarantee is the certified PLD accountant's `bounds.upper` at the
-//! dataset's `budget_delta` (docs/accounting.md). Admission composes the committed
-//! history with the new job's full plan and refuses it when that epsilon exceeds the budget. The
-//! Edgeworth accountant appears only in the report, labelled as an estimate.
+//! Every number stated as a guarantee is the certified PLD accountant's `bounds.upper`
+//! (docs/accounting.md). Admission composes each class's committed history with the new job's
+//! full plan and refuses the job if any class of its dataset's units would exceed any of its
+//! budgets (each at its own delta); the refusal counts those units and finds the largest target
+//! epsilon that would fit. The report lists the dataset's classes, worst first, and states the
+//! worst as the dataset's. The accountant memoises per history, so classes with the same jobs
+//! cost one composition. The Edgeworth accountant appears only in the report, labelled as an
+//! estimate.
 //!
 //! A report is also a statement the daemon signs, so that an old one cannot pass for the
 //! current one: it names the tenant and dataset, the time it was issued (`issued_at_unix_ms`,
@@ -32,11 +39,12 @@
 //! machine (`jobs.rs`) and the signature (`service/signing.rs`).
 
 use super::datasets::{self, Dataset, DatasetId, PrivacyUnit};
-use crate::artifacts::OutputFile;
 use super::error::{Result, StoreError};
 use super::jobs::{self, Job, JobId, JobState};
 use super::tokens::TenantId;
+use super::units::{self, UnitClass, UnitIdentities};
 use super::{now_ms, Store};
+use crate::artifacts::OutputFile;
 use ewtune_accountant::edgeworth::{self, Order};
 use ewtune_accountant::pld::PldAccountant;
 use ewtune_accountant::{History, StepGroup};
@@ -61,6 +69,8 @@ pub struct BudgetReport {
     pub privacy_unit: PrivacyUnit,
     /// Number of privacy units N.
     pub units: u64,
+    /// Whether the units' identities are known (the classes below need them).
+    pub unit_identities: UnitIdentities,
     /// The epsilon budget.
     pub budget_epsilon: f64,
     /// The delta at which every epsilon of this report is stated.
@@ -76,9 +86,15 @@ pub struct BudgetReport {
     /// ESTIMATE ONLY, never a guarantee: the Edgeworth accountant's epsilon of the spent
     /// history (0 if nothing is spent; `None` where the expansion gives no finite value).
     pub spent_epsilon_edgeworth_estimate: Option<f64>,
-    /// Every step done, as `(noise_multiplier, sample_rate, steps)` groups in job order.
+    /// Every step done on the worst class's units, as `(noise_multiplier, sample_rate, steps)`
+    /// groups in job order.
     pub spent_history: History,
-    /// One row per job, oldest first.
+    /// The dataset's units by the set of datasets they are in, worst first (least remaining).
+    /// The spent, committed and remaining epsilons above are the worst class's: every unit of
+    /// the dataset has at least that much left.
+    pub classes: Vec<ClassLedger>,
+    /// One row per job that spends any of the dataset's units' budget (jobs on this dataset,
+    /// and on the tenant's other datasets that share units with it), oldest first.
     pub jobs: Vec<JobLedgerRow>,
 }
 
@@ -87,6 +103,8 @@ pub struct BudgetReport {
 pub struct JobLedgerRow {
     /// The job.
     pub job: JobId,
+    /// The dataset it trains on.
+    pub dataset: DatasetId,
     /// Its state.
     pub state: JobState,
     /// Noise multiplier of its steps.
@@ -164,59 +182,198 @@ impl Store {
     /// taken under one lock; the accounting runs after it is released.
     pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<BudgetReport> {
         let mut numbers = self.report_numbers.lock().unwrap_or_else(PoisonError::into_inner);
-        let (dataset, jobs, outputs) = {
+        let (scope, outputs) = {
             let mut conn = self.reader();
             let tx = conn.transaction()?;
-            let dataset = datasets::load(&tx, tenant, dataset)?;
-            let jobs = jobs::for_dataset(&tx, tenant, &dataset.id)?;
-            let outputs = jobs::outputs_for_dataset(&tx, tenant, &dataset.id)?;
+            let scope = Scope::load(&tx, tenant, dataset)?;
+            let mut outputs = HashMap::new();
+            for job in scope.jobs.iter().filter(|j| j.state == JobState::Succeeded) {
+                outputs.insert(job.id.clone(), jobs::outputs_of(&tx, &job.id)?);
+            }
             tx.commit()?;
-            (dataset, jobs, outputs)
+            (scope, outputs)
         };
-        let issue = Issue { sequence: numbers.take(self, &dataset)?, issued_at_unix_ms: now_ms() };
+        let issue = Issue { sequence: numbers.take(self, &scope.dataset)?, issued_at_unix_ms: now_ms() };
         drop(numbers);
-        report(&dataset, &jobs, outputs, issue)
+        report(&scope, outputs, issue)
     }
 
-    /// The epsilon left in the tenant's dataset's budget, as its next budget report would
-    /// state it, without issuing a report (nothing is written).
+    /// The epsilon left to the tenant's dataset's people (its worst class), as its next budget
+    /// report would state it, without issuing a report (nothing is written).
     pub fn remaining_epsilon(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<f64> {
-        let (dataset, jobs) = self.ledger_snapshot(tenant, dataset)?;
-        let committed = certified_epsilon(&committed_history(&jobs)?, dataset.budget_delta)?;
-        Ok(remaining(&dataset, committed))
+        let scope = self.scope(tenant, dataset)?;
+        Ok(scope.ledgers()?.iter().map(|c| c.remaining_epsilon).fold(f64::INFINITY, f64::min).min(scope.dataset.budget_epsilon))
     }
 
-    /// The dataset and its jobs, read in one transaction of the read-only connection.
-    fn ledger_snapshot(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<(Dataset, Vec<Job>)> {
+    /// Of the tenant's dataset's units, how many are also in other datasets of the tenant, and
+    /// the least epsilon any of them has left (`None` when none is shared). Right after
+    /// registering, these are the units the tenant had registered before.
+    pub fn shared_units(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<SharedUnits> {
+        let scope = self.scope(tenant, dataset)?;
+        let shared: Vec<ClassLedger> = scope.ledgers()?.into_iter().filter(|c| c.datasets.len() > 1).collect();
+        Ok(SharedUnits {
+            units: shared.iter().map(|c| c.units).sum(),
+            least_remaining_epsilon: shared.iter().map(|c| c.remaining_epsilon).reduce(f64::min),
+        })
+    }
+
+    /// The dataset's scope, read in one transaction of the read-only connection.
+    fn scope(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<Scope> {
         let mut conn = self.reader();
         let tx = conn.transaction()?;
-        let dataset = datasets::load(&tx, tenant, dataset)?;
-        let jobs = jobs::for_dataset(&tx, tenant, &dataset.id)?;
+        let scope = Scope::load(&tx, tenant, dataset)?;
         tx.commit()?;
-        Ok((dataset, jobs))
+        Ok(scope)
     }
 }
 
-/// `budget_epsilon - committed_epsilon`, at least 0.
-fn remaining(dataset: &Dataset, committed_epsilon: f64) -> f64 {
-    (dataset.budget_epsilon - committed_epsilon).max(0.0)
+/// Units of a dataset that other datasets of its tenant share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharedUnits {
+    /// How many.
+    pub units: u64,
+    /// The least epsilon left to any of them (under the tightest of their budgets).
+    pub least_remaining_epsilon: Option<f64>,
 }
 
-fn report(dataset: &Dataset, jobs: &[Job], mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Issue) -> Result<BudgetReport> {
+/// Everything the ledger needs about one dataset's people, read in one transaction: the
+/// dataset, the classes of its units (each with every dataset it counts against), those
+/// datasets, and their jobs in admission order.
+struct Scope {
+    dataset: Dataset,
+    classes: Vec<UnitClass>,
+    datasets: HashMap<DatasetId, Dataset>,
+    jobs: Vec<Job>,
+}
+
+impl Scope {
+    /// The scope of the tenant's `dataset`. The tenant's unidentified datasets count in every
+    /// class; an unidentified dataset's own units may be anyone's, so its one class counts
+    /// against every dataset of the tenant.
+    fn load(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<Scope> {
+        let dataset = datasets::load(conn, tenant, dataset)?;
+        let all = jobs::for_tenant(conn, tenant)?;
+        let classes = if dataset.unit_identities.known() {
+            let unknown = units::unidentified(conn, tenant)?;
+            let mut classes = units::classes_of(conn, tenant, &dataset.id)?;
+            for class in &mut classes {
+                class.datasets.extend(unknown.iter().cloned());
+                class.datasets.sort();
+                class.datasets.dedup();
+            }
+            classes
+        } else {
+            vec![UnitClass { units: dataset.units, datasets: datasets::ids_of_tenant(conn, tenant)? }]
+        };
+        let mut datasets = HashMap::new();
+        for id in classes.iter().flat_map(|c| &c.datasets) {
+            if !datasets.contains_key(id) {
+                datasets.insert(id.clone(), datasets::load(conn, tenant, id)?);
+            }
+        }
+        let jobs = all.into_iter().filter(|j| datasets.contains_key(&j.dataset)).collect();
+        Ok(Scope { dataset, classes, datasets, jobs })
+    }
+
+    /// The jobs that spend a class's budget, in admission order.
+    fn jobs_of<'a>(&'a self, class: &'a UnitClass) -> impl Iterator<Item = &'a Job> {
+        self.jobs.iter().filter(move |j| class.datasets.binary_search(&j.dataset).is_ok())
+    }
+
+    /// The budgets a class must stay within: every one of its datasets'.
+    fn budgets_of<'a>(&'a self, class: &'a UnitClass) -> impl Iterator<Item = &'a Dataset> {
+        class.datasets.iter().map(|id| &self.datasets[id])
+    }
+
+    /// Every class's ledger at the dataset's delta, worst first (least remaining, then most
+    /// committed).
+    fn ledgers(&self) -> Result<Vec<ClassLedger>> {
+        let delta = self.dataset.budget_delta;
+        let mut out = Vec::with_capacity(self.classes.len());
+        for class in &self.classes {
+            let spent = spent_history(self.jobs_of(class))?;
+            let committed = committed_history(self.jobs_of(class))?;
+            let (remaining_epsilon, binding) = self.headroom(class, &committed)?;
+            out.push(ClassLedger {
+                units: class.units,
+                datasets: class.datasets.clone(),
+                spent_epsilon: certified_epsilon(&spent, delta)?,
+                committed_epsilon: certified_epsilon(&committed, delta)?,
+                remaining_epsilon,
+                binding_dataset: binding.clone(),
+                spent_history: spent,
+            });
+        }
+        out.sort_by(|a, b| a.remaining_epsilon.total_cmp(&b.remaining_epsilon).then(b.committed_epsilon.total_cmp(&a.committed_epsilon)));
+        Ok(out)
+    }
+
+    /// The least headroom of `history` under the class's budgets, each at its own delta (at
+    /// least 0), and whose budget that is.
+    fn headroom<'a>(&'a self, class: &'a UnitClass, history: &History) -> Result<(f64, &'a DatasetId)> {
+        let mut least = (f64::INFINITY, &self.dataset.id);
+        for budget in self.budgets_of(class) {
+            let left = (budget.budget_epsilon - certified_epsilon(history, budget.budget_delta)?).max(0.0);
+            if left < least.0 {
+                least = (left, &budget.id);
+            }
+        }
+        Ok(least)
+    }
+
+    /// The first budget of `class` that `history` exceeds, with its certified epsilon there.
+    fn exceeded<'a>(&'a self, class: &'a UnitClass, history: &History) -> Result<Option<(&'a Dataset, f64)>> {
+        for budget in self.budgets_of(class) {
+            let epsilon = certified_epsilon(history, budget.budget_delta)?;
+            if epsilon > budget.budget_epsilon {
+                return Ok(Some((budget, epsilon)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One class of a dataset's units in its budget report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassLedger {
+    /// How many of the dataset's units are in exactly these datasets.
+    pub units: u64,
+    /// The tenant's datasets these units are in (with any whose units are unknown), sorted:
+    /// every job on them spends these units' budget, and every budget of them binds.
+    pub datasets: Vec<DatasetId>,
+    /// Certified epsilon of every step done on these units, at the report's delta.
+    pub spent_epsilon: f64,
+    /// Certified epsilon of the steps done and reserved, at the report's delta.
+    pub committed_epsilon: f64,
+    /// The least headroom under these units' budgets (each at its own delta), at least 0.
+    pub remaining_epsilon: f64,
+    /// The dataset whose budget leaves that least headroom.
+    pub binding_dataset: DatasetId,
+    /// Every step done on these units, in job order.
+    pub spent_history: History,
+}
+
+fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Issue) -> Result<BudgetReport> {
+    let dataset = &scope.dataset;
     let delta = dataset.budget_delta;
-    let spent = spent_history(jobs)?;
-    let spent_epsilon = certified_epsilon(&spent, delta)?;
-    let committed_epsilon = certified_epsilon(&committed_history(jobs)?, delta)?;
+    let classes = scope.ledgers()?;
+    let worst = classes.first().cloned();
+    let (spent, spent_epsilon, committed_epsilon, remaining_epsilon) = match &worst {
+        Some(w) => (w.spent_history.clone(), w.spent_epsilon, w.committed_epsilon, w.remaining_epsilon),
+        None => (History::new(), 0.0, 0.0, dataset.budget_epsilon),
+    };
     let spent_epsilon_edgeworth_estimate = if spent.is_empty() {
         Some(0.0)
     } else {
         Some(edgeworth::epsilon(&spent, delta, Order::DEFAULT)?.estimate).filter(|e| e.is_finite())
     };
-    let rows = jobs
+    let rows = scope
+        .jobs
         .iter()
         .map(|job| {
             Ok(JobLedgerRow {
                 job: job.id.clone(),
+                dataset: job.dataset.clone(),
                 state: job.state,
                 noise_multiplier: job.noise_multiplier,
                 sample_rate: job.sample_rate,
@@ -235,45 +392,213 @@ fn report(dataset: &Dataset, jobs: &[Job], mut outputs: HashMap<JobId, Vec<Outpu
         issued_at_unix_ms: issue.issued_at_unix_ms,
         privacy_unit: dataset.privacy_unit,
         units: dataset.units,
+        unit_identities: dataset.unit_identities,
         budget_epsilon: dataset.budget_epsilon,
         budget_delta: delta,
         spent_epsilon,
         committed_epsilon,
-        remaining_epsilon: remaining(dataset, committed_epsilon),
+        remaining_epsilon,
         spent_epsilon_edgeworth_estimate,
         spent_history: spent,
+        classes,
         jobs: rows,
     })
 }
 
-/// Admission control, inside the caller's `BEGIN IMMEDIATE` transaction: composes the dataset's
-/// committed history with `plan` and returns its certified epsilon if it is within the budget,
-/// else [`StoreError::BudgetExceeded`].
-pub(crate) fn admit(conn: &Connection, dataset: &Dataset, plan: StepGroup) -> Result<f64> {
-    let jobs = jobs::for_dataset(conn, &dataset.tenant, &dataset.id)?;
-    let committed = committed_history(&jobs)?;
-    let mut requested = committed.clone();
-    requested.compose(plan.noise_multiplier, plan.sample_rate, plan.steps)?;
-    let requested_epsilon = certified_epsilon(&requested, dataset.budget_delta)?;
-    if requested_epsilon > dataset.budget_epsilon {
-        return Err(StoreError::BudgetExceeded {
-            dataset: dataset.id.clone(),
-            requested_epsilon,
-            committed_epsilon: certified_epsilon(&committed, dataset.budget_delta)?,
-            budget_epsilon: dataset.budget_epsilon,
-        });
+/// What admission decided, inside the caller's `BEGIN IMMEDIATE` transaction.
+pub(crate) enum Admission {
+    /// Every class of the dataset's units stays within its budgets; the largest certified
+    /// epsilon of a class with the job, at the dataset's delta.
+    Admitted(f64),
+    /// Some class would not; explain it with [`Refused::into_error`] after the transaction.
+    Refused(Box<Refused>),
+}
+
+/// A refused job and what it was refused against.
+pub(crate) struct Refused {
+    scope: Scope,
+    plan: StepGroup,
+    /// (class, its committed history) of each class the job would overspend.
+    over: Vec<(UnitClass, History)>,
+}
+
+/// Admission control: composes each class's committed history (spent and reserved by every
+/// job on any of the class's datasets) with `plan`, and admits the job only if every class
+/// stays within every one of its budgets. A dataset whose units are unknown or repeated is
+/// refused ([`Dataset::check_identities`]).
+pub(crate) fn admit(conn: &Connection, dataset: &Dataset, plan: StepGroup) -> Result<Admission> {
+    dataset.check_identities()?;
+    let scope = Scope::load(conn, &dataset.tenant, &dataset.id)?;
+    let mut over = Vec::new();
+    let mut largest: f64 = 0.0;
+    for class in &scope.classes {
+        let committed = committed_history(scope.jobs_of(class))?;
+        let mut requested = committed.clone();
+        requested.compose(plan.noise_multiplier, plan.sample_rate, plan.steps)?;
+        largest = largest.max(certified_epsilon(&requested, dataset.budget_delta)?);
+        if scope.exceeded(class, &requested)?.is_some() {
+            over.push((class.clone(), committed));
+        }
     }
-    Ok(requested_epsilon)
+    if over.is_empty() {
+        Ok(Admission::Admitted(largest))
+    } else {
+        Ok(Admission::Refused(Box::new(Refused { scope, plan, over })))
+    }
+}
+
+/// Doublings of the noise multiplier tried before a refusal says that nothing fits.
+const NOISE_DOUBLINGS: u32 = 10;
+
+/// Geometric bisection steps on the noise multiplier (a ratio of 2^(1/2^10) between the ends).
+const NOISE_BISECTIONS: u32 = 10;
+
+impl Refused {
+    /// The refusal as the client reads it: how many units would overspend, against whose
+    /// budget, and the largest target epsilon (the job's own certified epsilon at the dataset's
+    /// delta, same steps and sampling rate) that every class would admit. Runs outside the
+    /// write transaction: it composes many candidate plans.
+    pub(crate) fn into_error(self) -> StoreError {
+        match self.explain() {
+            Ok(refusal) => StoreError::BudgetExceeded(Box::new(refusal)),
+            Err(e) => e,
+        }
+    }
+
+    fn explain(&self) -> Result<BudgetRefusal> {
+        let Refused { scope, plan, over } = self;
+        let mut worst: Option<(f64, &Dataset, f64, f64)> = None;
+        let mut units_over = 0;
+        for (class, committed) in over {
+            units_over += class.units;
+            let mut requested = committed.clone();
+            requested.compose(plan.noise_multiplier, plan.sample_rate, plan.steps)?;
+            if let Some((budget, epsilon)) = scope.exceeded(class, &requested)? {
+                let excess = epsilon - budget.budget_epsilon;
+                if worst.as_ref().is_none_or(|(e, ..)| excess > *e) {
+                    worst = Some((excess, budget, epsilon, certified_epsilon(committed, budget.budget_delta)?));
+                }
+            }
+        }
+        let (_, budget, requested_epsilon, committed_epsilon) = worst.expect("a refused job exceeds some budget");
+        Ok(BudgetRefusal {
+            dataset: scope.dataset.id.clone(),
+            units: scope.dataset.units,
+            units_over,
+            requested_epsilon,
+            committed_epsilon,
+            budget_epsilon: budget.budget_epsilon,
+            budget_delta: budget.budget_delta,
+            budget_dataset: budget.id.clone(),
+            largest_target_epsilon: self.largest_target()?,
+            target_delta: scope.dataset.budget_delta,
+        })
+    }
+
+    /// The largest admissible target epsilon: the job alone at the smallest noise multiplier
+    /// (found by doubling, then geometric bisection) with which every overspent class fits;
+    /// `None` when even [`NOISE_DOUBLINGS`] doublings do not fit.
+    fn largest_target(&self) -> Result<Option<f64>> {
+        let fits = |sigma: f64| -> Result<bool> {
+            for (class, committed) in &self.over {
+                let mut requested = committed.clone();
+                requested.compose(sigma, self.plan.sample_rate, self.plan.steps)?;
+                if self.scope.exceeded(class, &requested)?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        let (mut lo, mut hi) = (self.plan.noise_multiplier, 2.0 * self.plan.noise_multiplier);
+        let mut doublings = 0;
+        while !fits(hi).unwrap_or(false) {
+            doublings += 1;
+            if doublings > NOISE_DOUBLINGS {
+                return Ok(None);
+            }
+            (lo, hi) = (hi, 2.0 * hi);
+        }
+        for _ in 0..NOISE_BISECTIONS {
+            let mid = (lo * hi).sqrt();
+            if fits(mid)? {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        let alone = History::homogeneous(hi, self.plan.sample_rate, self.plan.steps)?;
+        Ok(Some(certified_epsilon(&alone, self.scope.dataset.budget_delta)?))
+    }
+}
+
+/// Why a job was refused (see [`StoreError::BudgetExceeded`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRefusal {
+    /// The dataset the job would train on.
+    pub dataset: DatasetId,
+    /// Its number of privacy units.
+    pub units: u64,
+    /// How many of them the job would take over a budget.
+    pub units_over: u64,
+    /// Certified epsilon of the most overspent class with the job, at `budget_delta`.
+    pub requested_epsilon: f64,
+    /// The same class's certified epsilon before the job (spent and reserved).
+    pub committed_epsilon: f64,
+    /// The budget it would exceed.
+    pub budget_epsilon: f64,
+    /// That budget's delta.
+    pub budget_delta: f64,
+    /// Whose budget that is: this dataset, or another dataset of the tenant with the same units.
+    pub budget_dataset: DatasetId,
+    /// The largest target epsilon the job could have instead (same steps and sampling rate, at
+    /// `target_delta`); `None` when no job on this dataset fits.
+    pub largest_target_epsilon: Option<f64>,
+    /// The dataset's delta.
+    pub target_delta: f64,
+}
+
+impl std::fmt::Display for BudgetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whose = if self.budget_dataset == self.dataset {
+            "this dataset's budget".to_string()
+        } else {
+            format!("the budget of dataset {}, which holds the same units", self.budget_dataset)
+        };
+        write!(
+            f,
+            "privacy budget exceeded: this job would bring {} of the {} privacy units of dataset {} to a certified epsilon of \
+             {:.4} at delta {:e}, above {whose} of {}; {:.4} is already spent or reserved for them. ",
+            self.units_over, self.units, self.dataset, self.requested_epsilon, self.budget_delta, self.budget_epsilon, self.committed_epsilon
+        )?;
+        match self.largest_target_epsilon {
+            Some(e) => write!(
+                f,
+                "The largest target epsilon this job could have (same steps and sampling rate, at delta {:e}) is {}",
+                self.target_delta,
+                round_down(e)
+            ),
+            None => f.write_str("Nothing usable is left for them: no job on this dataset fits"),
+        }
+    }
+}
+
+/// `x` rounded down to 3 significant digits: a target quoted to a client must itself fit.
+fn round_down(x: f64) -> f64 {
+    if !(x.is_finite() && x > 0.0) {
+        return 0.0;
+    }
+    let scale = 10f64.powi(2 - x.log10().floor() as i32);
+    (x * scale).floor() / scale
 }
 
 /// Every job's steps done, in job order.
-fn spent_history(jobs: &[Job]) -> Result<History> {
-    compose(jobs.iter().map(|job| (job, job.steps_done)))
+fn spent_history<'a>(jobs: impl Iterator<Item = &'a Job>) -> Result<History> {
+    compose(jobs.map(|job| (job, job.steps_done)))
 }
 
 /// Every job's steps done plus, for queued and running jobs, the rest of their plan.
-fn committed_history(jobs: &[Job]) -> Result<History> {
-    compose(jobs.iter().map(|job| (job, job.steps_done + job.steps_reserved())))
+fn committed_history<'a>(jobs: impl Iterator<Item = &'a Job>) -> Result<History> {
+    compose(jobs.map(|job| (job, job.steps_done + job.steps_reserved())))
 }
 
 fn compose<'a>(parts: impl Iterator<Item = (&'a Job, u64)>) -> Result<History> {
@@ -323,22 +648,35 @@ mod tests {
         let fitted = pld(&History::homogeneous(sigma, q, n * steps).unwrap(), d.budget_delta);
         let one_more = pld(&History::homogeneous(sigma, q, (n + 1) * steps).unwrap(), d.budget_delta);
         assert!(fitted <= d.budget_epsilon && one_more > d.budget_epsilon, "{fitted} {one_more}");
-        match refusal {
-            StoreError::BudgetExceeded { dataset, requested_epsilon, committed_epsilon, budget_epsilon } => {
-                assert_eq!(dataset, d.id);
-                assert_eq!(requested_epsilon, one_more);
-                assert_eq!(committed_epsilon, fitted);
-                assert_eq!(budget_epsilon, d.budget_epsilon);
+        let quoted = match &refusal {
+            StoreError::BudgetExceeded(r) => {
+                assert_eq!((&r.dataset, &r.budget_dataset), (&d.id, &d.id));
+                assert_eq!((r.units_over, r.units), (10_000, 10_000));
+                assert_eq!(r.requested_epsilon, one_more);
+                assert_eq!(r.committed_epsilon, fitted);
+                assert_eq!((r.budget_epsilon, r.budget_delta), (d.budget_epsilon, d.budget_delta));
+                r.largest_target_epsilon.expect("some budget is left")
             }
             other => panic!("expected BudgetExceeded, got {other:?}"),
-        }
+        };
+        let message = refusal.to_string();
+        assert!(message.contains("10000 of the 10000 privacy units") && message.contains("largest target epsilon"), "{message}");
+        // The quoted target fits, calibrated by the accountant's own search, and is tight: 5 %
+        // more does not.
+        let rounded = message.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+        assert!(rounded <= quoted && rounded > 0.99 * quoted, "{rounded} {quoted}");
+        let calibrated = |target: f64| ewtune_accountant::calibrate::noise_multiplier(target, d.budget_delta, q, steps).unwrap().sigma;
+        let over = fx.store.create_job(&acme, new_job(&d.id, calibrated(1.05 * quoted), q, steps)).unwrap_err();
+        assert!(matches!(over, StoreError::BudgetExceeded(_)), "{over:?}");
+        let fits = fx.store.create_job(&acme, new_job(&d.id, calibrated(rounded), q, steps)).unwrap();
+        fx.store.request_cancel(&acme, &fits.id).unwrap(); // a queued job's cancel releases its plan at once
 
         // A refusal writes nothing: same rows before and after another refused attempt.
         let rows = |fx: &Fixture| (count_rows(&fx.store, "jobs"), count_rows(&fx.store, "job_events"));
         let before = rows(&fx);
-        assert_eq!(before, (n as i64, n as i64));
+        assert_eq!(before, (n as i64 + 1, n as i64 + 2), "the cancelled job has two events");
         let err = fx.store.create_job(&acme, new_job(&d.id, sigma, q, steps)).unwrap_err();
-        assert!(matches!(err, StoreError::BudgetExceeded { .. }), "{err:?}");
+        assert!(matches!(err, StoreError::BudgetExceeded(_)), "{err:?}");
         assert_eq!(rows(&fx), before);
 
         let report = fx.store.budget_report(&acme, &d.id).unwrap();
@@ -365,7 +703,7 @@ mod tests {
         let big = new_job(&d.id, 1.0, 0.02, 120);
         let a = fx.store.create_job(&acme, big.clone()).unwrap();
         let err = fx.store.create_job(&acme, big.clone()).unwrap_err();
-        assert!(matches!(err, StoreError::BudgetExceeded { .. }), "the full plan is reserved: {err:?}");
+        assert!(matches!(err, StoreError::BudgetExceeded(_)), "the full plan is reserved: {err:?}");
 
         fx.store.claim_next_queued().unwrap();
         fx.store.record_progress(&a.id, 17, 0.3).unwrap();
@@ -412,7 +750,7 @@ mod tests {
                         (0..capacity)
                             .filter(|_| match store.create_job(&acme, new_job(&id, sigma, q, steps)) {
                                 Ok(_) => true,
-                                Err(StoreError::BudgetExceeded { .. }) => false,
+                                Err(StoreError::BudgetExceeded(_)) => false,
                                 Err(e) => panic!("{e:?}"),
                             })
                             .count()

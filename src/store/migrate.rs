@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_audits.sql"),
     include_str!("migrations/0003_hardening.sql"),
     include_str!("migrations/0004_outputs.sql"),
+    include_str!("migrations/0005_units.sql"),
 ];
 
 /// The schema version this build writes and reads.
@@ -130,7 +131,24 @@ mod tests {
         assert_eq!(sync, 2, "synchronous=FULL");
         let names: Vec<String> =
             schema(&conn).into_iter().filter(|(t, _, _)| t == "table").map(|(_, n, _)| n).collect();
-        assert_eq!(names, ["audits", "canary_manifests", "datasets", "job_events", "job_outputs", "jobs", "report_sequences", "tenants", "tokens"]);
+        assert_eq!(
+            names,
+            [
+                "audits",
+                "canary_manifests",
+                "datasets",
+                "job_events",
+                "job_outputs",
+                "jobs",
+                "report_sequences",
+                "tenant_unit_secrets",
+                "tenants",
+                "tokens",
+                "unit_class_datasets",
+                "unit_classes",
+                "units"
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   numbered SQL migrations under `PRAGMA user_version`, a newer schema refused and untouched.
 //! * `tokens.rs` — tenants and bearer tokens (stored as SHA-256 only).
 //! * `datasets.rs` — datasets keyed by (tenant, SHA-256 of their bytes) with their budget.
+//! * `units.rs` — each tenant's secret, its privacy units' keyed identities and their classes
+//!   (the units found in exactly the same datasets), which the ledger composes per class.
 //! * `jobs.rs` — the job queue and state machine, and the append-only event log, with a
 //!   notice (the job's id, on a `tokio::sync::broadcast`) after every commit that appends to it.
 //! * `ledger.rs` — admission control and the budget report. The ledger is derived from the jobs'
@@ -139,6 +141,7 @@ mod jobs;
 mod ledger;
 mod migrate;
 mod tokens;
+mod units;
 
 #[cfg(test)]
 mod testutil;
@@ -147,8 +150,9 @@ pub use audits::{Audit, AuditId, AuditOutcome, AuditState};
 pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
 pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
-pub use ledger::{BudgetReport, JobLedgerRow};
+pub use ledger::{BudgetRefusal, BudgetReport, ClassLedger, JobLedgerRow, SharedUnits};
 pub use tokens::{Revocation, TenantId, TokenId, TokenInfo};
+pub use units::{FoundIdentities, UnitIdentities};
 
 use rusqlite::types::FromSqlError;
 use rusqlite::Connection;

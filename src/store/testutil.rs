@@ -42,7 +42,18 @@ pub(crate) fn new_dataset(seed: u8, budget_epsilon: f64) -> NewDataset {
         user_field: None,
         budget_epsilon,
         budget_delta: 1e-5,
+        unit_ids: unit_ids(seed, 0..10_000),
     }
+}
+
+/// Unit identities `range` of group `seed`: the same (seed, i) is the same person in every
+/// dataset of a tenant (sorted, distinct; derived by SHA-256, so reproducible).
+pub(crate) fn unit_ids(seed: u8, range: std::ops::Range<u32>) -> Vec<crate::digest::UnitId> {
+    let mut ids: Vec<crate::digest::UnitId> = range
+        .map(|i| ring::digest::digest(&ring::digest::SHA256, &[&[seed][..], &i.to_le_bytes()].concat()).as_ref().try_into().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 pub(crate) fn new_job(dataset: &DatasetId, noise_multiplier: f64, sample_rate: f64, steps: u64) -> NewJob {

@@ -9,14 +9,13 @@
 //! and trimmed. So reordering lines or fields, re-indenting, or adding other fields (ids,
 //! metadata) keeps a record's identity; editing one word makes it another record. Repeated data
 //! about one person in other words is what user-level units are for (docs/dpsgd.md, Privacy
-//! units and large users). Nothing uses these identities yet: they are the first part of a
-//! ledger kept per person (budgets and admission per class of units), which is not built.
+//! units and large users). The store keeps them with their classes, and the ledger composes
+//! per class (`store/units.rs`, `store/ledger.rs`).
 
 use super::data::{Body, RawExample};
-use std::collections::BTreeMap;
+use std::collections::hash_map::{Entry, HashMap};
 
-/// A unit's identity: HMAC-SHA256 of its canonical form under the tenant's key.
-pub type UnitId = [u8; 32];
+pub use crate::digest::UnitId;
 
 /// Domain separation of the hashed message, and the canonical form's version: a change to the
 /// canonical form must change this, or old and new identities of one record would differ.
@@ -112,19 +111,37 @@ pub fn canonical_record(body: &Body) -> String {
     out
 }
 
-/// The identities of `records`' privacy units under `key`, each with the number of records that
-/// carry it: per distinct user id when the records name users, else per record (a count above
-/// one is the same record repeated in the file).
-pub fn unit_identities(records: &[RawExample], key: &UnitKey) -> BTreeMap<UnitId, usize> {
-    let mut out = BTreeMap::new();
+/// The privacy units of a dataset's records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identities {
+    /// Each unit's identity, sorted and distinct.
+    pub units: Vec<UnitId>,
+    /// For example-level records, the first record that repeats an earlier one: (the earlier
+    /// line, its repeat's line). One person's record twice would be trained on twice per pass.
+    pub repeated: Option<(usize, usize)>,
+}
+
+/// The identities of `records`' privacy units under `key`: one per distinct user id when the
+/// records name users, else one per record.
+pub fn unit_identities(records: &[RawExample], key: &UnitKey) -> Identities {
+    let mut first_line = HashMap::with_capacity(records.len());
+    let mut repeated = None;
     for r in records {
         let id = match &r.user {
             Some(user) => key.identity("user", user),
             None => key.identity("example", &canonical_record(&r.body)),
         };
-        *out.entry(id).or_insert(0) += 1;
+        match first_line.entry(id) {
+            Entry::Vacant(e) => {
+                e.insert(r.line);
+            }
+            Entry::Occupied(e) if r.user.is_none() && repeated.is_none() => repeated = Some((*e.get(), r.line)),
+            Entry::Occupied(_) => {}
+        }
     }
-    out
+    let mut units: Vec<UnitId> = first_line.into_keys().collect();
+    units.sort_unstable();
+    Identities { units, repeated }
 }
 
 #[cfg(test)]
@@ -133,8 +150,12 @@ mod tests {
     use crate::train::data::{read_records, DataConfig};
     use std::path::Path;
 
-    fn ids(text: &str, cfg: &DataConfig, key: &UnitKey) -> BTreeMap<UnitId, usize> {
+    fn identities(text: &str, cfg: &DataConfig, key: &UnitKey) -> Identities {
         unit_identities(&read_records(Path::new("t"), text, cfg).unwrap(), key)
+    }
+
+    fn ids(text: &str, cfg: &DataConfig, key: &UnitKey) -> Vec<UnitId> {
+        identities(text, cfg, key).units
     }
 
     #[test]
@@ -157,22 +178,23 @@ mod tests {
         let b = "{\"completion\": \"A\",   \"prompt\": \"Q\", \"id\": 9}\n{\"text\": \"Bob  broke an arm.\\n\"}\n\n{\"note\": 1, \"text\": \" Alice has a fever.\"}\n\n";
         assert_eq!(ids(a, &cfg, &key), ids(b, &cfg, &key));
         let edited = "{\"text\": \"Alice has a cough.\"}\n{\"text\": \"Bob broke an arm.\"}\n{\"text\": \"Q A\"}";
-        assert_eq!(ids(a, &cfg, &key).keys().filter(|k| ids(edited, &cfg, &key).contains_key(*k)).count(), 1);
-        let repeated = "{\"text\": \"x\"}\n{\"text\": \"x \"}";
-        assert_eq!(ids(repeated, &cfg, &key).into_values().collect::<Vec<_>>(), [2], "one record, twice");
+        assert_eq!(ids(a, &cfg, &key).iter().filter(|k| ids(edited, &cfg, &key).contains(k)).count(), 1);
+        let repeated = identities("{\"text\": \"x\"}\n{\"text\": \"y\"}\n{\"text\": \"x \"}", &cfg, &key);
+        assert_eq!((repeated.units.len(), repeated.repeated), (2, Some((1, 3))), "one record, twice");
+        assert_eq!(identities(a, &cfg, &key).repeated, None);
     }
 
     #[test]
     fn user_units_are_identified_by_user_id_only() {
         let key = UnitKey::from_secret(&[7; 32]);
         let cfg = DataConfig { user_field: Some("patient".into()), ..DataConfig::default() };
-        let a = ids("{\"patient\": 42, \"text\": \"a\"}\n{\"patient\": \"7\", \"text\": \"b\"}\n{\"patient\": 42, \"text\": \"c\"}", &cfg, &key);
+        let both = identities("{\"patient\": 42, \"text\": \"a\"}\n{\"patient\": \"7\", \"text\": \"b\"}\n{\"patient\": 42, \"text\": \"a\"}", &cfg, &key);
+        assert_eq!((both.units.len(), both.repeated), (2, None), "a user's records are one unit, repeated or not");
+        let a = both.units;
         let b = ids("{\"patient\": \"42\", \"text\": \"other words\"}", &cfg, &key);
-        assert_eq!(a.len(), 2);
-        assert_eq!(a.values().copied().max(), Some(2));
-        assert!(b.keys().all(|k| a.contains_key(k)), "user 42 is one unit in both datasets");
+        assert!(b.iter().all(|k| a.contains(k)), "user 42 is one unit in both datasets");
         let example_level = ids("{\"text\": \"42\"}", &DataConfig::default(), &key);
-        assert!(example_level.keys().all(|k| !a.contains_key(k)), "user and example identities never collide");
+        assert!(example_level.iter().all(|k| !a.contains(k)), "user and example identities never collide");
     }
 
     #[test]
@@ -180,7 +202,7 @@ mod tests {
         let cfg = DataConfig::default();
         let text = "{\"text\": \"Alice has a fever.\"}";
         let (one, two) = (ids(text, &cfg, &UnitKey::from_secret(&[1; 32])), ids(text, &cfg, &UnitKey::from_secret(&[2; 32])));
-        assert!(one.keys().all(|k| !two.contains_key(k)));
+        assert!(one.iter().all(|k| !two.contains(k)));
     }
 
     /// The identity is HMAC-SHA256 over `ewtune-unit-v1 NUL kind NUL canonical form`, checked
@@ -190,7 +212,7 @@ mod tests {
     fn identity_matches_an_independent_hmac() {
         let key = UnitKey::from_secret(&(0u8..32).collect::<Vec<_>>());
         let got = ids("{\"text\": \"Alice has a fever.\"}", &DataConfig::default(), &key);
-        let hex: Vec<String> = got.keys().map(|k| crate::digest::hex(k)).collect();
+        let hex: Vec<String> = got.iter().map(|k| crate::digest::hex(k)).collect();
         assert_eq!(hex, [PYTHON_HMAC]);
     }
 

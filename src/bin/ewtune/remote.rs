@@ -277,6 +277,12 @@ pub async fn datasets(conn: &Connect, cmd: DatasetsCommand) -> Result<(), Box<dy
                 .into_inner();
             println!("{}", d.dataset_id);
             eprintln!("registered {} ({} privacy units, budget epsilon {} at delta {:e})", printable(&d.name), d.units, d.budget_epsilon, d.budget_delta);
+            if d.units_shared > 0 {
+                eprintln!(
+                    "{} of its units were registered before in other datasets: they keep the tightest budget they are under, and have epsilon {:.4} left",
+                    d.units_shared, d.shared_units_remaining_epsilon
+                );
+            }
         }
         DatasetsCommand::List { json } => {
             let ds = all_pages(|page_token| {
@@ -454,12 +460,29 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
     println!("  spent           epsilon {:.4}   (certified; Edgeworth estimate {:.4})", r.spent_epsilon, r.spent_edgeworth_epsilon);
     println!("  spent+reserved  epsilon {:.4}   (certified)", r.committed_epsilon);
     println!("  remaining       epsilon {:.4}", r.remaining_epsilon);
+    if r.classes.len() > 1 || r.classes.iter().any(|c| c.dataset_ids.len() > 1) {
+        println!("  (the worst case above; its units by the datasets they are in, worst first:)");
+        println!("  {:>8} {:>9} {:>15} {:>10}  {}", "units", "spent", "spent+reserved", "remaining", "in datasets (budget bound by)");
+        for class in &r.classes {
+            let short: Vec<&str> = class.dataset_ids.iter().map(|d| &d[..d.len().min(12)]).collect();
+            println!(
+                "  {:>8} {:>9.4} {:>15.4} {:>10.4}  {} ({})",
+                class.units,
+                class.spent_epsilon,
+                class.committed_epsilon,
+                class.remaining_epsilon,
+                short.join(" "),
+                &class.binding_dataset_id[..class.binding_dataset_id.len().min(12)]
+            );
+        }
+    }
     if let Some(rows) = report["jobs"].as_array() {
-        println!("  {:<32} {:<10} {:>14} {:>9} {:>10}", "job", "state", "steps", "sigma", "epsilon");
+        println!("  {:<32} {:<12} {:<10} {:>14} {:>9} {:>10}", "job", "dataset", "state", "steps", "sigma", "epsilon");
         for j in rows {
             println!(
-                "  {:<32} {:<10} {:>6}/{:<7} {:>9.4} {:>10.4}",
+                "  {:<32} {:<12} {:<10} {:>6}/{:<7} {:>9.4} {:>10.4}",
                 j["job"].as_str().unwrap_or(""),
+                j["dataset"].as_str().map_or("", |d| &d[..d.len().min(12)]),
                 j["state"].as_str().unwrap_or(""),
                 j["steps_done"],
                 j["steps_planned"],

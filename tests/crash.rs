@@ -165,3 +165,97 @@ fn sigkill(pid: u32) {
     let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }
+
+/// SIGKILL while a dataset that shares units with an earlier one registers, and while jobs on
+/// it are admitted, at several points: after each kill the registration is all or nothing
+/// (every shared unit moved to the shared class, or the dataset absent with none of its units
+/// stored), every admitted job on it counts against the earlier dataset's people, and their
+/// committed epsilon never goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_overlapping_registration_and_admission_loses_no_spend() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let shape = Shape { vocab: 400, d_model: 32, layers: 1, heads: 2, kv_heads: 2, positions: 64 };
+    write_model(&data.join("models/tiny"), Family::Gpt2, shape, 1, Some(&fixture("audit").join("tokenizer.json"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ewtuned")).args(["token", "create", "--data-dir", data.to_str().unwrap(), "--tenant", "ward"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let notes = root.path().join("notes.jsonl");
+    write_notes(&notes, 7000, 0, 11).unwrap();
+    let first_bytes = std::fs::read(&notes).unwrap();
+    let shared: Vec<&str> = std::str::from_utf8(&first_bytes).unwrap().lines().take(6000).collect();
+    let mut second: Vec<String> = shared.iter().rev().map(|l| l.to_string()).collect();
+    second.extend((0..1000).map(|i| serde_json::json!({ "text": format!("Visitor {i} has a sore throat.") }).to_string()));
+    let second_bytes = second.join("\n").into_bytes();
+    let second_id = ewtune::store::DatasetId::parse(&ewtune::digest::sha256_hex(&second_bytes)).unwrap();
+    let tenant = ewtune::store::TenantId::parse("ward").unwrap();
+    let register = |name: &str, content: Vec<u8>| pb::RegisterDatasetRequest { name: name.into(), content, budget_epsilon: 50.0, budget_delta: 1e-5, ..Default::default() };
+    let job_on = |dataset: &str| pb::JobSpec {
+        dataset_id: dataset.to_string(),
+        base_model: "tiny".into(),
+        finetune: Some(pb::job_spec::Finetune::Full(true)),
+        noise_multiplier: 4.0,
+        batch_size: 20,
+        steps: 5,
+        micro_batch: 20,
+        max_length: 32,
+        ..Default::default()
+    };
+
+    let port = free_port();
+    let mut daemon = start(&data, port);
+    let ch = connect(port).await;
+    let first = pb::datasets_client::DatasetsClient::new(ch.clone()).register(authed(&token, register("first", first_bytes.clone()))).await.unwrap().into_inner();
+    let first_id = ewtune::store::DatasetId::parse(&first.dataset_id).unwrap();
+    pb::jobs_client::JobsClient::new(ch.clone()).create(authed(&token, job_on(&first.dataset_id))).await.unwrap();
+
+    let mut ch = ch;
+    let mut committed_before = 0.0;
+    let mut registered_at_kill = Vec::new();
+    for kill_after_ms in [2u64, 30, 60, 90, 150, 250] {
+        let (c, t, b, second) = (ch.clone(), token.clone(), second_bytes.clone(), second_id.to_string());
+        let spec = job_on(&second);
+        let client = tokio::spawn(async move {
+            let _ = pb::datasets_client::DatasetsClient::new(c.clone()).register(authed(&t, pb::RegisterDatasetRequest { name: "second".into(), content: b, budget_epsilon: 50.0, budget_delta: 1e-5, ..Default::default() })).await;
+            loop {
+                if pb::jobs_client::JobsClient::new(c.clone()).create(authed(&t, spec.clone())).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        sigkill(daemon.id());
+        daemon.wait().unwrap();
+        client.abort();
+        {
+            let store = ewtune::store::Store::open(data.join("ewtune.db")).unwrap();
+            let db = rusqlite::Connection::open(data.join("ewtune.db")).unwrap();
+            let stored_units: i64 = db.query_row("SELECT count(*) FROM units", [], |r| r.get(0)).unwrap();
+            let in_classes: i64 = db.query_row("SELECT sum(units) FROM unit_classes", [], |r| r.get(0)).unwrap();
+            assert_eq!(stored_units, in_classes, "every unit in exactly one class");
+            let report = store.budget_report(&tenant, &first_id).unwrap();
+            match store.get_dataset(&tenant, &second_id) {
+                Ok(_) => {
+                    registered_at_kill.push(true);
+                    assert_eq!(stored_units, 8000, "all of the second dataset's units, once");
+                    assert_eq!(store.shared_units(&tenant, &second_id).unwrap().units, 6000);
+                    let jobs_on_second = store.list_jobs(&tenant, Default::default()).unwrap().items.iter().filter(|j| j.dataset == second_id).count();
+                    assert_eq!(report.jobs.iter().filter(|j| j.dataset == second_id).count(), jobs_on_second, "every admitted job counts against the shared people");
+                }
+                Err(ewtune::store::StoreError::NotFound { .. }) => {
+                    registered_at_kill.push(false);
+                    assert_eq!(stored_units, 7000, "none of an unregistered dataset's units");
+                }
+                Err(e) => panic!("{e}"),
+            }
+            assert!(report.committed_epsilon >= committed_before, "{} < {committed_before}", report.committed_epsilon);
+            committed_before = report.committed_epsilon;
+        }
+        let port = free_port();
+        daemon = start(&data, port);
+        ch = connect(port).await;
+    }
+    assert!(registered_at_kill.contains(&true), "the registration never finished: {registered_at_kill:?}");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}

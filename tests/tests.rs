@@ -18,4 +18,5 @@ mod reference_generators;
 mod reports;
 mod server_limits;
 mod train;
+mod units;
 mod util;

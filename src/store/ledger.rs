@@ -567,8 +567,16 @@ impl std::fmt::Display for BudgetRefusal {
         write!(
             f,
             "privacy budget exceeded: this job would bring {} of the {} privacy units of dataset {} to a certified epsilon of \
-             {:.4} at delta {:e}, above {whose} of {}; {:.4} is already spent or reserved for them. ",
-            self.units_over, self.units, self.dataset, self.requested_epsilon, self.budget_delta, self.budget_epsilon, self.committed_epsilon
+             {:.4} at delta {:e}, above {whose} of {}; {:.4} is already spent or reserved for them and {:.4} of it is left \
+             (epsilons compose rather than add up, so the largest job that fits is computed below). ",
+            self.units_over,
+            self.units,
+            self.dataset,
+            self.requested_epsilon,
+            self.budget_delta,
+            self.budget_epsilon,
+            self.committed_epsilon,
+            (self.budget_epsilon - self.committed_epsilon).max(0.0)
         )?;
         match self.largest_target_epsilon {
             Some(e) => write!(

@@ -132,22 +132,36 @@ const SYMPTOMS: &[&str] = &["a cough", "a fever", "back pain", "a rash", "headac
 const DRUGS: &[&str] = &["rest", "fluids", "ibuprofen", "a cream", "an inhaler", "sleep"];
 const DAYS: &[&str] = &["Monday", "Tuesday", "Friday", "Sunday"];
 
-/// Writes `n` synthetic clinical-note lines as JSONL (`{"text": ...}`, or with a `user` field
-/// when `users > 0`), with enough structure for a tiny model to learn. Seeded with `seed`
-/// (reproducible; not private, it is test data).
+/// Most distinct notes [`write_notes`] can write: every (name, initial, day, symptom).
+pub const MAX_NOTES: usize = NAMES.len() * 26 * DAYS.len() * SYMPTOMS.len();
+
+/// Writes `n` (at most [`MAX_NOTES`]) distinct synthetic clinical-note lines as JSONL
+/// (`{"text": ...}`, or with a `user` field when `users > 0`), with enough structure for a tiny
+/// model to learn. Distinct, because an example-level dataset may not repeat a record. Seeded
+/// with `seed` (reproducible; not private, it is test data).
 pub fn write_notes(path: &Path, n: usize, users: usize, seed: u64) -> Result<(), TrainError> {
+    if n > MAX_NOTES {
+        return Err(TrainError::BadSpec { field: "examples", reason: format!("at most {MAX_NOTES} distinct synthetic notes, got {n}") });
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = String::new();
+    let mut seen = std::collections::HashSet::with_capacity(n);
     for i in 0..n {
         let pick = |rng: &mut rand_chacha::ChaCha8Rng, xs: &[&'static str]| xs[rng.random_range(0..xs.len())];
-        let s = rng.random_range(0..SYMPTOMS.len());
-        let text = format!(
-            "Patient {} saw us on {} with {}; we advised {}.",
-            pick(&mut rng, NAMES),
-            pick(&mut rng, DAYS),
-            SYMPTOMS[s],
-            DRUGS[s]
-        );
+        let text = loop {
+            let s = rng.random_range(0..SYMPTOMS.len());
+            let initial = char::from(b'A' + rng.random_range(0..26u8));
+            let text = format!(
+                "Patient {} {initial}. saw us on {} with {}; we advised {}.",
+                pick(&mut rng, NAMES),
+                pick(&mut rng, DAYS),
+                SYMPTOMS[s],
+                DRUGS[s]
+            );
+            if seen.insert(text.clone()) {
+                break text;
+            }
+        };
         let line = if users > 0 {
             serde_json::json!({ "text": text, "user": format!("u{}", i % users) })
         } else {

@@ -75,6 +75,30 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The per-person ledger at scale, against a fresh daemon (benches/ledger_scale.sh):
+    /// registers `--datasets` example-level datasets of `--records` distinct records each, as
+    /// overlapping windows over `--units` people, then creates jobs and reads budget reports;
+    /// prints the time of each Register and Create and Budget.Get latencies.
+    Ledger {
+        /// People in all (each dataset is a window of them).
+        #[arg(long, default_value_t = 1_000_000)]
+        units: u64,
+        /// Datasets registered.
+        #[arg(long, default_value_t = 50)]
+        datasets: u64,
+        /// Records per dataset.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Jobs created, spread over the datasets (the last one refused for its budget).
+        #[arg(long, default_value_t = 10)]
+        creates: u64,
+        /// The model the jobs name (a directory in the daemon's models dir).
+        #[arg(long, default_value = "tiny-gpt2")]
+        model: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit scoring throughput (tokens/s) over plain forward throughput, same model and batches.
     Audit {
         #[command(flatten)]
@@ -187,6 +211,10 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
         BenchCommand::Audit { shape, texts, batch } => {
             shape.set_threads();
             audit_throughput(&shape, texts, batch)
+        }
+        BenchCommand::Ledger { units, datasets, records, creates, model, json } => {
+            let scale = LedgerScale { units, datasets, records, creates, model };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(ledger(connect, scale, json))
         }
         BenchCommand::Load { rate, seconds, dataset, plans, model, upload_mib, json } => {
             let hostile = Hostile { plans, model, upload_mib };
@@ -365,6 +393,107 @@ async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset
         if plans + uploads + refused > 0 {
             println!("meanwhile: {plans} uncached Plans answered, {uploads} uploads registered, {refused} refused (busy or deadline)");
         }
+    }
+    Ok(())
+}
+
+/// What `bench ledger` registers and creates.
+struct LedgerScale {
+    units: u64,
+    datasets: u64,
+    records: u64,
+    creates: u64,
+    model: String,
+}
+
+/// Percentile `p` of `v` in milliseconds (sorts `v`).
+fn percentile_ms(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3
+}
+
+async fn ledger(connect: &crate::client::Connect, scale: LedgerScale, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use ewtune::api::pb;
+    use std::time::Instant;
+    let LedgerScale { units, datasets, records, creates, model } = scale;
+    if datasets < 1 || records < 1 || records > units {
+        return Err("need --datasets >= 1 and 1 <= --records <= --units".into());
+    }
+    let mut c = connect.clients().await?;
+    let stride = units / datasets;
+    let (mut ids, mut register_s) = (Vec::new(), Vec::new());
+    let mut shared = Vec::new();
+    for i in 0..datasets {
+        // Dataset i: people i*stride .. i*stride + records (mod units), one distinct note each.
+        let mut content = String::with_capacity(records as usize * 64);
+        for k in 0..records {
+            let person = (i * stride + k) % units;
+            content.push_str(&format!("{{\"text\": \"Person {person} was seen for a routine check; all values normal.\"}}\n"));
+        }
+        let t = Instant::now();
+        let d = c
+            .datasets
+            .register(pb::RegisterDatasetRequest { name: format!("window {i}"), content: content.into_bytes(), budget_epsilon: 40.0, budget_delta: 1e-5, ..Default::default() })
+            .await?
+            .into_inner();
+        register_s.push(t.elapsed().as_secs_f64());
+        shared.push(d.units_shared);
+        ids.push(d.dataset_id);
+        if !json {
+            eprintln!("registered {} of {datasets}: {:.3} s, {} of its {} units already known", i + 1, register_s.last().unwrap(), d.units_shared, d.units);
+        }
+    }
+    let (mut create_s, mut refused_s) = (Vec::new(), None);
+    for k in 0..creates {
+        let dataset = ids[(k * datasets / creates.max(1)) as usize % ids.len()].clone();
+        let last = k + 1 == creates;
+        let spec = pb::JobSpec {
+            dataset_id: dataset,
+            base_model: model.clone(),
+            finetune: Some(pb::job_spec::Finetune::Full(true)),
+            noise_multiplier: if last { 0.5 } else { 1.0 },
+            batch_size: 1000,
+            steps: if last { 100_000 } else { 200 },
+            micro_batch: 50,
+            max_length: 32,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let created = c.jobs.create(spec).await;
+        let s = t.elapsed().as_secs_f64();
+        match (created, last) {
+            (Ok(_), _) => create_s.push(s),
+            (Err(e), true) if e.code() == tonic::Code::FailedPrecondition => refused_s = Some(s),
+            (Err(e), _) => return Err(format!("Create: {}", e.message()).into()),
+        }
+    }
+    let mut budget_s = Vec::new();
+    for k in 0..100 {
+        let t = Instant::now();
+        c.budget.get(pb::GetBudgetRequest { dataset_id: ids[k % ids.len()].clone() }).await?;
+        budget_s.push(t.elapsed().as_secs_f64());
+    }
+    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: ids[0].clone() }).await?.into_inner();
+    let last_register = *register_s.last().unwrap();
+    let (reg_p50, reg_max) = (percentile_ms(&mut register_s, 0.5), percentile_ms(&mut register_s, 1.0));
+    let (create_p50, create_max) = if create_s.is_empty() { (f64::NAN, f64::NAN) } else { (percentile_ms(&mut create_s, 0.5), percentile_ms(&mut create_s, 1.0)) };
+    let (get_p50, get_p99) = (percentile_ms(&mut budget_s, 0.5), percentile_ms(&mut budget_s, 0.99));
+    let figures = serde_json::json!({
+        "units": units, "datasets": datasets, "records_per_dataset": records,
+        "register_ms": {"p50": reg_p50, "max": reg_max, "last": last_register * 1e3},
+        "units_already_known_in_last": shared.last(),
+        "create_ms": {"p50": create_p50, "max": create_max, "admitted": create_s.len()},
+        "refused_create_ms": refused_s.map(|s| s * 1e3),
+        "budget_get_ms": {"p50": get_p50, "p99": get_p99},
+        "classes_of_first_dataset": report.classes.len(),
+    });
+    if json {
+        println!("{figures}");
+    } else {
+        println!("{units} people, {datasets} datasets of {records} records (each person in about {} datasets)", datasets * records / units.max(1));
+        println!("Register: p50 {reg_p50:.0} ms, max {reg_max:.0} ms (the last, with {} units already known: {:.0} ms)", shared.last().unwrap_or(&0), last_register * 1e3);
+        println!("Create (admitted): p50 {create_p50:.0} ms, max {create_max:.0} ms over {}; refused with the largest target quoted: {}", create_s.len(), refused_s.map_or("-".into(), |s| format!("{:.0} ms", s * 1e3)));
+        println!("Budget.Get: p50 {get_p50:.1} ms, p99 {get_p99:.1} ms; the first dataset's units form {} classes", report.classes.len());
     }
     Ok(())
 }

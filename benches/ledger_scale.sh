@@ -15,8 +15,9 @@ mkdir -p "$run/data/models" && cp -r "$run/assets/base" "$run/data/models/tiny-g
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export EWTUNE_ADDR="http://127.0.0.1:$port"
 export EWTUNE_TOKEN=$("$bin/ewtuned" token create --data-dir "$run/data" --tenant ledger 2>/dev/null)
-OMP_NUM_THREADS=1 "$bin/ewtuned" --data-dir "$run/data" --listen "127.0.0.1:$port" 2>"$run/ewtuned.log" &
+RUST_LOG=${RUST_LOG:-info,ewtune::service::datasets=debug} OMP_NUM_THREADS=1 "$bin/ewtuned" --data-dir "$run/data" --listen "127.0.0.1:$port" 2>"$run/ewtuned.log" &
 daemon=$!
 for _ in $(seq 1 200); do "$bin/ewtune" datasets list >/dev/null 2>&1 && break; sleep 0.1; done
 "$bin/ewtune" bench ledger "$@"
+grep -h "registration timings" "$run/ewtuned.log" | tail -3 || true
 echo "database: $(du -h "$run/data/ewtune.db" | cut -f1) (+ WAL $(du -h "$run/data/ewtune.db-wal" 2>/dev/null | cut -f1))"

@@ -52,6 +52,7 @@ pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, 
     let budget_delta = limits::in_range("budget_delta", r.budget_delta, BUDGET_DELTA)?;
     let content = r.content;
     let cfg = DataConfig { user_field: user_field.clone(), ..DataConfig::default() };
+    let started = Instant::now();
     let t = tenant.clone();
     let secret = super::blocking(state, move |state| Ok::<_, ServiceError>(state.store.unit_secret(&t)?)).await?;
     let (content, sha, units, unit_ids) = state
@@ -76,6 +77,7 @@ pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, 
             Ok::<_, ServiceError>((content, sha, units, identities.units))
         })
         .await??;
+    let parsed = started.elapsed();
     let id = DatasetId::parse(&sha)?;
     let path = dataset_file(state, &id);
     let new = NewDataset {
@@ -109,6 +111,7 @@ pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, 
             })?;
         }
         drop(content);
+        let written = started.elapsed();
         let d = state
             .store
             .register_dataset(&t, new)
@@ -118,7 +121,9 @@ pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, 
                 }
             })
             .map_err(ServiceError::from)?;
+        let recorded = started.elapsed();
         let shared = state.store.shared_units(&t, &id)?;
+        tracing::debug!(?parsed, ?written, ?recorded, total = ?started.elapsed(), "registration timings (parse and hash, file written, row and units recorded)");
         Ok::<_, ServiceError>((d, shared))
     })
     .await?;

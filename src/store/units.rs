@@ -6,7 +6,8 @@
 //! keeps each identity once per tenant with its class: the set of the tenant's datasets that
 //! contain the unit. Registering a dataset moves every unit it contains from its class `S` to
 //! `S + {dataset}` (new units start in `{dataset}`), in the transaction that inserts the
-//! dataset, so a crash leaves either both or neither. The ledger composes per class.
+//! dataset, so a crash leaves either both or neither. A class that moves whole is renamed in
+//! place, so registering the same people again rewrites no unit row. The ledger composes per class.
 //!
 //! A dataset registered before identities existed is assigned them at start-up from its stored
 //! file ([`Store::assign_identities`]); until then, or for good when the file is gone, it is
@@ -160,6 +161,10 @@ fn parse_signature(text: &str) -> Result<Vec<DatasetId>> {
 
 /// Moves `units` (sorted, distinct) into the classes that add `dataset` to their datasets,
 /// inside the caller's write transaction. Returns how many of them the tenant already had.
+///
+/// A class whose units all join is renamed in place (its datasets gain `dataset`): no unit row
+/// changes, so registering the same people again costs their lookups only. A class that joins
+/// in part gives the joining units a new class; new units start in the class `{dataset}`.
 pub(crate) fn join(tx: &Transaction<'_>, tenant: &TenantId, dataset: &DatasetId, units: &[UnitId]) -> Result<u64> {
     let mut by_class: BTreeMap<Option<i64>, Vec<&UnitId>> = BTreeMap::new();
     {
@@ -172,42 +177,47 @@ pub(crate) fn join(tx: &Transaction<'_>, tenant: &TenantId, dataset: &DatasetId,
     let mut known = 0;
     for (old, members) in by_class {
         let count = members.len() as i64;
-        let mut datasets = match old {
-            Some(id) => parse_signature(&tx.query_row("SELECT datasets FROM unit_classes WHERE id = ?1", [id], |r| r.get::<_, String>("datasets"))?)?,
-            None => Vec::new(),
+        let (mut datasets, old_size) = match old {
+            Some(id) => {
+                let (text, size): (String, i64) = tx.query_row("SELECT datasets, units FROM unit_classes WHERE id = ?1", [id], |r| Ok((r.get("datasets")?, r.get("units")?)))?;
+                (parse_signature(&text)?, size)
+            }
+            None => (Vec::new(), 0),
         };
         if let Err(at) = datasets.binary_search(dataset) {
             datasets.insert(at, dataset.clone());
         }
-        let class: i64 = tx.query_row(
-            "INSERT INTO unit_classes (tenant, datasets, units) VALUES (?1, ?2, ?3) RETURNING id",
-            params![tenant, signature(&datasets), count],
-            |r| r.get("id"),
-        )?;
-        {
-            let mut member = tx.prepare_cached("INSERT INTO unit_class_datasets (tenant, dataset, class) VALUES (?1, ?2, ?3)")?;
-            for d in &datasets {
-                member.execute(params![tenant, d, class])?;
+        let mut member = tx.prepare_cached("INSERT INTO unit_class_datasets (tenant, dataset, class) VALUES (?1, ?2, ?3)")?;
+        match old {
+            Some(old) if count == old_size => {
+                tx.execute("UPDATE unit_classes SET datasets = ?2 WHERE id = ?1", params![old, signature(&datasets)])?;
+                member.execute(params![tenant, dataset, old])?;
+            }
+            _ => {
+                let class: i64 = tx.query_row(
+                    "INSERT INTO unit_classes (tenant, datasets, units) VALUES (?1, ?2, ?3) RETURNING id",
+                    params![tenant, signature(&datasets), count],
+                    |r| r.get("id"),
+                )?;
+                for d in &datasets {
+                    member.execute(params![tenant, d, class])?;
+                }
+                if let Some(old) = old {
+                    let mut moved = tx.prepare_cached("UPDATE units SET class = ?3 WHERE tenant = ?1 AND unit = ?2")?;
+                    for unit in &members {
+                        moved.execute(params![tenant, &unit[..], class])?;
+                    }
+                    tx.execute("UPDATE unit_classes SET units = units - ?2 WHERE id = ?1", params![old, count])?;
+                } else {
+                    let mut added = tx.prepare_cached("INSERT INTO units (tenant, unit, class) VALUES (?1, ?2, ?3)")?;
+                    for unit in &members {
+                        added.execute(params![tenant, &unit[..], class])?;
+                    }
+                }
             }
         }
-        match old {
-            Some(old) => {
-                known += count as u64;
-                let mut moved = tx.prepare_cached("UPDATE units SET class = ?3 WHERE tenant = ?1 AND unit = ?2")?;
-                for unit in &members {
-                    moved.execute(params![tenant, &unit[..], class])?;
-                }
-                let left: i64 = tx.query_row("UPDATE unit_classes SET units = units - ?2 WHERE id = ?1 AND units > ?2 RETURNING units", params![old, count], |r| r.get("units")).optional()?.unwrap_or(0);
-                if left == 0 {
-                    tx.execute("DELETE FROM unit_classes WHERE id = ?1", [old])?;
-                }
-            }
-            None => {
-                let mut added = tx.prepare_cached("INSERT INTO units (tenant, unit, class) VALUES (?1, ?2, ?3)")?;
-                for unit in &members {
-                    added.execute(params![tenant, &unit[..], class])?;
-                }
-            }
+        if old.is_some() {
+            known += count as u64;
         }
     }
     Ok(known)

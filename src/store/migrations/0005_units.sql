@@ -7,8 +7,8 @@
 -- Units in exactly the same set of the tenant's datasets form one class. A class's history is
 -- every job on any of its datasets, and it must stay within every one of their budgets; the
 -- ledger composes per class (src/store/ledger.rs). A unit only ever joins more datasets: it
--- moves from its class to the class of its datasets plus the new one, never back, and no row
--- of these tables is ever deleted except a class left without units.
+-- moves from its class to the class of its datasets plus the new one, never back (a class
+-- whose units all join is renamed in place), and no row of these tables is ever deleted.
 --
 -- Datasets registered before this version get their identities from their stored files at the
 -- daemon's start-up (unit_identities 'pending' until then). A dataset whose file is gone or
@@ -34,6 +34,8 @@ BEGIN
 END;
 
 -- `datasets`: the class's datasets' sha256s, sorted, comma-separated (its signature).
+-- Classes never end empty: a class that joins a dataset whole is renamed, one that joins in part
+-- keeps the units that did not.
 CREATE TABLE unit_classes (
     id       INTEGER NOT NULL PRIMARY KEY,
     tenant   TEXT    NOT NULL REFERENCES tenants (name),
@@ -45,7 +47,7 @@ CREATE TABLE unit_classes (
 CREATE TABLE unit_class_datasets (
     tenant  TEXT    NOT NULL,
     dataset TEXT    NOT NULL,
-    class   INTEGER NOT NULL REFERENCES unit_classes (id) ON DELETE CASCADE,
+    class   INTEGER NOT NULL REFERENCES unit_classes (id),
     PRIMARY KEY (tenant, dataset, class),
     FOREIGN KEY (tenant, dataset) REFERENCES datasets (tenant, sha256)
 ) STRICT, WITHOUT ROWID;

@@ -26,7 +26,15 @@ impl Daemon {
 
     /// Starts a daemon whose TLS identity `tls(root)` writes (certificate and key paths).
     pub async fn start_with(tls: impl FnOnce(&std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)>) -> Daemon {
-        let root = tempfile::tempdir().unwrap();
+        Daemon::start_at(tempfile::tempdir().unwrap(), tls).await
+    }
+
+    /// Starts a daemon on the data directory `root/data` as a test left it.
+    pub async fn start_in(root: tempfile::TempDir) -> Daemon {
+        Daemon::start_at(root, |_| None).await
+    }
+
+    async fn start_at(root: tempfile::TempDir, tls: impl FnOnce(&std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)>) -> Daemon {
         let data_dir = root.path().join("data");
         let shape = Shape { vocab: 400, d_model: 32, layers: 2, heads: 2, kv_heads: 2, positions: 64 };
         write_model(&data_dir.join("models/tiny"), Family::Gpt2, shape, 1, Some(&fixture("audit").join("tokenizer.json"))).unwrap();

@@ -160,3 +160,69 @@ async fn user_level_units_match_by_user_id() {
     assert_eq!(e.units_shared, 0);
     d.stop().await;
 }
+
+/// A data directory from before identities (schema 4): at start-up the daemon gives the units of
+/// a dataset whose file is there their identities (and a later registration of the same people
+/// is linked to its spend); a dataset whose file is gone is refused, naming the fix, and its
+/// spend counts against every other dataset of the tenant until the file is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_identifies_old_datasets_from_their_files() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(data.join("datasets")).unwrap();
+    let kept = notes(300, 21);
+    let lost = jsonl(&other_people(300, "lost"));
+    let (kept_id, lost_id) = (ewtune::digest::sha256_hex(&kept), ewtune::digest::sha256_hex(&lost));
+    std::fs::write(data.join("datasets").join(format!("{kept_id}.jsonl")), &kept).unwrap();
+    {
+        // What a schema-4 daemon left: the tenant, both datasets and a finished job on each.
+        let db = rusqlite::Connection::open(data.join("ewtune.db")).unwrap();
+        for sql in [
+            include_str!("../src/store/migrations/0001_init.sql"),
+            include_str!("../src/store/migrations/0002_audits.sql"),
+            include_str!("../src/store/migrations/0003_hardening.sql"),
+            include_str!("../src/store/migrations/0004_outputs.sql"),
+        ] {
+            db.execute_batch(sql).unwrap();
+        }
+        db.pragma_update(None, "user_version", 4).unwrap();
+        db.execute("INSERT INTO tenants (name, created_at_ms) VALUES ('clinic', 0)", []).unwrap();
+        for (i, id) in [&kept_id, &lost_id].into_iter().enumerate() {
+            db.execute(
+                "INSERT INTO datasets (tenant, sha256, name, path, units, privacy_unit, budget_epsilon, budget_delta, created_at_ms) VALUES ('clinic', ?1, 'old', 'x', 300, 'example', 8.0, 1e-5, 0)",
+                [id],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO jobs (id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, steps_done, state, created_at_ms) VALUES (?1, 'clinic', ?2, '{}', 0.8, 0.1, 60, 60, 'succeeded', 0)",
+                rusqlite::params![format!("{i}").repeat(32), id],
+            )
+            .unwrap();
+        }
+    }
+    let d = Daemon::start_in(root).await;
+    let token = d.state.store.create_token("clinic").unwrap();
+    let mut c = client(&d.addr, &token).await;
+    let get = |id: &str| pb::GetDatasetRequest { dataset_id: id.to_string() };
+    let kept_now = c.datasets.get(get(&kept_id)).await.unwrap().into_inner();
+    let lost_now = c.datasets.get(get(&lost_id)).await.unwrap().into_inner();
+    assert_eq!((kept_now.unit_identities.as_str(), lost_now.unit_identities.as_str()), ("identified", "unidentified"));
+    let refused = create(&mut c, &lost_id, 1.0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("put the file back"), "{}", refused.message());
+
+    // The lost dataset's spend counts against the kept one's people (never assumed disjoint).
+    let both = c.budget.get(pb::GetBudgetRequest { dataset_id: kept_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(both.classes.len(), 1);
+    assert_eq!(both.classes[0].dataset_ids.len(), 2, "{:?}", both.classes);
+    // The kept notes again, as other bytes: linked to their old spend.
+    let again = register(&mut c, "kept again", jsonl(&reformatted(&lines(&kept))), 8.0).await.unwrap();
+    assert_eq!(again.units_shared, 300);
+    let kept_alone = ewtune::accountant::pld::PldAccountant::default()
+        .epsilon(&ewtune::accountant::History::homogeneous(0.8, 0.1, 60).unwrap(), 1e-5)
+        .unwrap()
+        .bounds
+        .upper;
+    assert!(both.spent_epsilon > kept_alone, "both old jobs count: {} vs one {kept_alone}", both.spent_epsilon);
+    d.stop().await;
+}

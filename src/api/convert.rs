@@ -65,7 +65,6 @@ pub fn page_token(cursor: i64) -> String {
     format!("{PAGE_TOKEN_PREFIX}{cursor}")
 }
 
-/// A dataset as the API shows it.
 /// A dataset as the API shows it; `shared` (Register and Get) says how many of its units other
 /// datasets of the tenant share and what they have left.
 pub fn dataset(d: &Dataset, shared: Option<SharedUnits>) -> pb::Dataset {

@@ -7,18 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-200}
 seconds=${2:-10}
-cargo build --release --locked -q --workspace --bins
-bin=target/release
-run=$(mktemp -d)
-trap 'kill -TERM ${daemon:-0} 2>/dev/null; wait ${daemon:-0} 2>/dev/null || true; rm -rf "$run"' EXIT
-"$bin/ewtune" synth --dir "$run/assets" --examples 2000 >/dev/null
-mkdir -p "$run/data/models" && cp -r "$run/assets/base" "$run/data/models/tiny-gpt2"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export EWTUNE_ADDR="http://127.0.0.1:$port"
-export EWTUNE_TOKEN=$("$bin/ewtuned" token create --data-dir "$run/data" --tenant load 2>/dev/null)
-OMP_NUM_THREADS=1 "$bin/ewtuned" --data-dir "$run/data" --listen "127.0.0.1:$port" 2>"$run/ewtuned.log" &
-daemon=$!
-for _ in $(seq 1 200); do "$bin/ewtune" datasets list >/dev/null 2>&1 && break; sleep 0.1; done
+TENANT=load EXAMPLES=2000 source benches/start_daemon.sh
 dataset=$("$bin/ewtune" datasets register --file "$run/assets/train.jsonl" --name load --budget-epsilon 1000 2>/dev/null)
 [ -n "${IDLE:-}" ] || "$bin/ewtune" jobs submit --dataset "$dataset" --model tiny-gpt2 --noise-multiplier 1.0 --batch-size 100 --steps 100000 --full --micro-batch 50 --max-length 48 >/dev/null
 sleep 2  # let the job start training

@@ -294,7 +294,7 @@ pub async fn datasets(conn: &Connect, cmd: DatasetsCommand) -> Result<(), Box<dy
             })
             .await?;
             if json {
-                let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta})).collect();
+                let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta, "unit_identities": d.unit_identities})).collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
                 println!("{:<64}  {:<16} {:>8} {:>8} {:>8}", "dataset", "name", "units", "epsilon", "delta");

@@ -226,3 +226,31 @@ async fn an_upgrade_identifies_old_datasets_from_their_files() {
     assert!(both.spent_epsilon > kept_alone, "both old jobs count: {} vs one {kept_alone}", both.spent_epsilon);
     d.stop().await;
 }
+
+/// Plan answers admit or refuse against the live ledger, and Create agrees on the same spec;
+/// an admitted plan says what it would leave and the largest target that would still fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_create_agree() {
+    let d = Daemon::start().await;
+    let token = d.state.store.create_token("clinic").unwrap();
+    let mut c = client(&d.addr, &token).await;
+    let ds = register(&mut c, "notes", notes(400, 3), 8.0).await.unwrap();
+    let mut decisions = Vec::new();
+    for target in [3.0, 5.0, 4.0, 6.0, 2.0, 1.0] {
+        let plan = c.jobs.plan(long_spec(&ds.dataset_id, target)).await.unwrap().into_inner();
+        let created = create(&mut c, &ds.dataset_id, target).await;
+        assert_eq!(plan.admitted, created.is_ok(), "target {target}: plan {plan:?}, create {created:?}");
+        if plan.admitted {
+            assert!(plan.largest_admissible_epsilon >= target * 0.99, "{plan:?}");
+            let after = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+            assert!((after.remaining_epsilon - plan.remaining_epsilon_after).abs() < 1e-9, "{} vs {}", after.remaining_epsilon, plan.remaining_epsilon_after);
+        } else {
+            assert_eq!(plan.remaining_epsilon_after, 0.0);
+            assert_eq!(plan.refusal, created.unwrap_err().message());
+            assert!(plan.largest_admissible_epsilon < target);
+        }
+        decisions.push(plan.admitted);
+    }
+    assert!(decisions.contains(&true) && decisions.contains(&false), "{decisions:?}");
+    d.stop().await;
+}

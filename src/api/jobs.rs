@@ -46,8 +46,9 @@ impl pb::jobs_server::Jobs for JobsApi {
             })
             .await??;
         let Settled { plan: p, dataset: d, warnings, .. } = settled;
-        let t = tenant.clone();
-        let remaining_epsilon_before = blocking(&self.state, move |s| Ok(s.store.remaining_epsilon(&t, &d.id)?)).await?;
+        let (t, group) = (tenant.clone(), ewtune_accountant::StepGroup { noise_multiplier: p.noise_multiplier, sample_rate: p.sample_rate, steps: p.steps });
+        let (remaining_epsilon_before, preview) =
+            blocking(&self.state, move |s| Ok((s.store.remaining_epsilon(&t, &d.id)?, s.store.preview_admission(&t, &d.id, group)?))).await?;
         Ok(Response::new(pb::PlanResponse {
             units: p.units as u64,
             sample_rate: p.sample_rate,
@@ -62,6 +63,10 @@ impl pb::jobs_server::Jobs for JobsApi {
             dataset_units: counts.units as u64,
             truncated_examples: counts.truncated_examples as u64,
             dropped_examples: counts.dropped_examples as u64,
+            admitted: preview.refusal.is_none(),
+            remaining_epsilon_after: preview.remaining_after,
+            largest_admissible_epsilon: preview.largest_target_epsilon.unwrap_or(0.0),
+            refusal: preview.refusal.map(|r| r.to_string()).unwrap_or_default(),
         }))
     }
 

@@ -422,32 +422,136 @@ pub(crate) struct Refused {
     over: Vec<(UnitClass, History)>,
 }
 
-/// Admission control: composes each class's committed history (spent and reserved by every
-/// job on any of the class's datasets) with `plan`, and admits the job only if every class
-/// stays within every one of its budgets. A dataset whose units are unknown or repeated is
-/// refused ([`Dataset::check_identities`]).
-pub(crate) fn admit(conn: &Connection, dataset: &Dataset, plan: StepGroup) -> Result<Admission> {
-    dataset.check_identities()?;
-    let scope = Scope::load(conn, &dataset.tenant, &dataset.id)?;
-    let mut over = Vec::new();
-    let mut largest: f64 = 0.0;
-    for class in &scope.classes {
-        let committed = committed_history(scope.jobs_of(class))?;
-        let mut requested = committed.clone();
-        requested.compose(plan.noise_multiplier, plan.sample_rate, plan.steps)?;
-        largest = largest.max(certified_epsilon(&requested, dataset.budget_delta)?);
-        if scope.exceeded(class, &requested)?.is_some() {
-            over.push((class.clone(), committed));
+/// A plan composed with every class of a scope.
+struct Composed {
+    /// (class, its committed history) of each class the plan would overspend.
+    over: Vec<(UnitClass, History)>,
+    /// The largest certified epsilon of a class with the plan, at the dataset's delta.
+    largest: f64,
+    /// The least headroom any class would have left under its budgets (0 when one overspends).
+    remaining_after: f64,
+}
+
+impl Scope {
+    /// Composes `plan` with each class's committed history (spent and reserved by every job on
+    /// any of the class's datasets) and checks it against each of the class's budgets.
+    fn compose_plan(&self, plan: StepGroup) -> Result<Composed> {
+        let mut composed = Composed { over: Vec::new(), largest: 0.0, remaining_after: f64::INFINITY };
+        for class in &self.classes {
+            let committed = committed_history(self.jobs_of(class))?;
+            let mut requested = committed.clone();
+            requested.compose(plan.noise_multiplier, plan.sample_rate, plan.steps)?;
+            composed.largest = composed.largest.max(certified_epsilon(&requested, self.dataset.budget_delta)?);
+            composed.remaining_after = composed.remaining_after.min(self.headroom(class, &requested)?.0);
+            if self.exceeded(class, &requested)?.is_some() {
+                composed.over.push((class.clone(), committed));
+            }
         }
+        Ok(composed)
     }
-    if over.is_empty() {
-        Ok(Admission::Admitted(largest))
-    } else {
-        Ok(Admission::Refused(Box::new(Refused { scope, plan, over })))
+
+    /// The largest target epsilon (the job alone at the dataset's delta) for `plan`'s sampling
+    /// rate and steps that every class in `classes` admits: the smallest fitting noise
+    /// multiplier, bracketed by doubling or halving from the plan's and narrowed by geometric
+    /// bisection. `None` when nothing fits within [`NOISE_DOUBLINGS`] doublings; when the
+    /// bracket search ends fitting after as many halvings, the target there (a lower bound).
+    fn largest_target(&self, plan: StepGroup, classes: &[(UnitClass, History)]) -> Result<Option<f64>> {
+        let fits = |sigma: f64| -> bool {
+            classes.iter().all(|(class, committed)| {
+                let mut requested = committed.clone();
+                requested.compose(sigma, plan.sample_rate, plan.steps).is_ok() && matches!(self.exceeded(class, &requested), Ok(None))
+            })
+        };
+        // A bracket: `unfit` does not fit, `fit` does.
+        let (mut unfit, mut fit);
+        if fits(plan.noise_multiplier) {
+            fit = plan.noise_multiplier;
+            let mut halvings = 0;
+            while fits(fit / 2.0) {
+                halvings += 1;
+                fit /= 2.0;
+                if halvings == NOISE_DOUBLINGS {
+                    return Ok(Some(self.target_of(fit, plan)?));
+                }
+            }
+            unfit = fit / 2.0;
+        } else {
+            unfit = plan.noise_multiplier;
+            let mut doublings = 0;
+            while !fits(2.0 * unfit) {
+                doublings += 1;
+                unfit *= 2.0;
+                if doublings == NOISE_DOUBLINGS {
+                    return Ok(None);
+                }
+            }
+            fit = 2.0 * unfit;
+        }
+        for _ in 0..NOISE_BISECTIONS {
+            let mid = (unfit * fit).sqrt();
+            if fits(mid) {
+                fit = mid;
+            } else {
+                unfit = mid;
+            }
+        }
+        Ok(Some(self.target_of(fit, plan)?))
+    }
+
+    /// The certified epsilon of `plan`'s steps and sampling rate alone at `sigma`.
+    fn target_of(&self, sigma: f64, plan: StepGroup) -> Result<f64> {
+        certified_epsilon(&History::homogeneous(sigma, plan.sample_rate, plan.steps)?, self.dataset.budget_delta)
     }
 }
 
-/// Doublings of the noise multiplier tried before a refusal says that nothing fits.
+/// Admission control: composes each class's committed history (spent and reserved by every job
+/// on any of the class's datasets) with `plan`, and admits the job only if every class stays
+/// within every one of its budgets. A dataset whose units are unknown or repeated is refused
+/// ([`Dataset::check_identities`]).
+pub(crate) fn admit(conn: &Connection, dataset: &Dataset, plan: StepGroup) -> Result<Admission> {
+    dataset.check_identities()?;
+    let scope = Scope::load(conn, &dataset.tenant, &dataset.id)?;
+    let composed = scope.compose_plan(plan)?;
+    if composed.over.is_empty() {
+        Ok(Admission::Admitted(composed.largest))
+    } else {
+        Ok(Admission::Refused(Box::new(Refused { scope, plan, over: composed.over })))
+    }
+}
+
+/// What admission would decide for a plan on the ledger as it stands ([`Store::preview_admission`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionPreview {
+    /// The least epsilon any of the dataset's units would have left after the job (0 when
+    /// refused).
+    pub remaining_after: f64,
+    /// The largest target epsilon with the plan's steps and sampling rate that would be
+    /// admitted, at the dataset's delta (`None`: none).
+    pub largest_target_epsilon: Option<f64>,
+    /// Why it would be refused; `None` when it would be admitted.
+    pub refusal: Option<BudgetRefusal>,
+}
+
+impl Store {
+    /// What `create_job` would decide for `plan` on the tenant's dataset now, writing nothing
+    /// (a job created later meets the ledger as it is then).
+    pub fn preview_admission(&self, tenant: &TenantId, dataset: &DatasetId, plan: StepGroup) -> Result<AdmissionPreview> {
+        let scope = self.scope(tenant, dataset)?;
+        scope.dataset.check_identities()?;
+        let composed = scope.compose_plan(plan)?;
+        if composed.over.is_empty() {
+            let every: Vec<(UnitClass, History)> =
+                scope.classes.iter().map(|c| Ok((c.clone(), committed_history(scope.jobs_of(c))?))).collect::<Result<_>>()?;
+            let largest_target_epsilon = scope.largest_target(plan, &every)?;
+            return Ok(AdmissionPreview { remaining_after: composed.remaining_after, largest_target_epsilon, refusal: None });
+        }
+        let refusal = Refused { scope, plan, over: composed.over }.explain()?;
+        Ok(AdmissionPreview { remaining_after: 0.0, largest_target_epsilon: refusal.largest_target_epsilon, refusal: Some(refusal) })
+    }
+}
+
+/// Doublings (or halvings) of the noise multiplier tried before the search for the largest
+/// admissible target stops.
 const NOISE_DOUBLINGS: u32 = 10;
 
 /// Geometric bisection steps on the noise multiplier (a ratio of 2^(1/2^10) between the ends).
@@ -490,44 +594,9 @@ impl Refused {
             budget_epsilon: budget.budget_epsilon,
             budget_delta: budget.budget_delta,
             budget_dataset: budget.id.clone(),
-            largest_target_epsilon: self.largest_target()?,
+            largest_target_epsilon: scope.largest_target(*plan, over)?,
             target_delta: scope.dataset.budget_delta,
         })
-    }
-
-    /// The largest admissible target epsilon: the job alone at the smallest noise multiplier
-    /// (found by doubling, then geometric bisection) with which every overspent class fits;
-    /// `None` when even [`NOISE_DOUBLINGS`] doublings do not fit.
-    fn largest_target(&self) -> Result<Option<f64>> {
-        let fits = |sigma: f64| -> Result<bool> {
-            for (class, committed) in &self.over {
-                let mut requested = committed.clone();
-                requested.compose(sigma, self.plan.sample_rate, self.plan.steps)?;
-                if self.scope.exceeded(class, &requested)?.is_some() {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        };
-        let (mut lo, mut hi) = (self.plan.noise_multiplier, 2.0 * self.plan.noise_multiplier);
-        let mut doublings = 0;
-        while !fits(hi).unwrap_or(false) {
-            doublings += 1;
-            if doublings > NOISE_DOUBLINGS {
-                return Ok(None);
-            }
-            (lo, hi) = (hi, 2.0 * hi);
-        }
-        for _ in 0..NOISE_BISECTIONS {
-            let mid = (lo * hi).sqrt();
-            if fits(mid)? {
-                hi = mid;
-            } else {
-                lo = mid;
-            }
-        }
-        let alone = History::homogeneous(hi, self.plan.sample_rate, self.plan.steps)?;
-        Ok(Some(certified_epsilon(&alone, self.scope.dataset.budget_delta)?))
     }
 }
 

@@ -313,12 +313,17 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
         JobsCommand::Plan { spec, json } => {
             let p = c.jobs.plan(spec.proto()?).await.map_err(explain)?.into_inner();
             if json {
-                println!("{}", serde_json::json!({"units": p.units, "sample_rate": p.sample_rate, "steps": p.steps, "noise_multiplier": p.noise_multiplier, "certified_epsilon": p.certified_epsilon, "edgeworth_epsilon": p.edgeworth_epsilon, "delta": p.delta, "remaining_epsilon_before": p.remaining_epsilon_before, "warnings": p.warnings, "examples": p.examples, "dataset_units": p.dataset_units, "truncated_examples": p.truncated_examples, "dropped_examples": p.dropped_examples}));
+                println!("{}", serde_json::json!({"units": p.units, "sample_rate": p.sample_rate, "steps": p.steps, "noise_multiplier": p.noise_multiplier, "certified_epsilon": p.certified_epsilon, "edgeworth_epsilon": p.edgeworth_epsilon, "delta": p.delta, "remaining_epsilon_before": p.remaining_epsilon_before, "warnings": p.warnings, "examples": p.examples, "dataset_units": p.dataset_units, "truncated_examples": p.truncated_examples, "dropped_examples": p.dropped_examples, "admitted": p.admitted, "remaining_epsilon_after": p.remaining_epsilon_after, "largest_admissible_epsilon": p.largest_admissible_epsilon, "refusal": p.refusal}));
             } else {
                 println!("data: {} examples, {} privacy units; {} truncated at max_length; {} dropped by a per-user cap", p.examples, p.dataset_units, p.truncated_examples, p.dropped_examples);
                 println!("N = {} units, q = {:.6}, steps = {}, sigma = {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier);
                 println!("certified epsilon {:.4} at delta {:e} (guarantee); Edgeworth {:.4} (estimate)", p.certified_epsilon, p.delta, p.edgeworth_epsilon);
                 println!("the dataset has {:.4} epsilon left before this job", p.remaining_epsilon_before);
+                if p.admitted {
+                    println!("admitted now: it would leave {:.4}; the largest target epsilon with these steps and batch is {:.4}", p.remaining_epsilon_after, p.largest_admissible_epsilon);
+                } else {
+                    println!("refused now: {}", printable(&p.refusal));
+                }
                 for w in &p.warnings {
                     println!("warning: {}", printable(w));
                 }

@@ -409,6 +409,12 @@ async fn get_artifacts_streams_exactly_the_recorded_files() {
     assert_eq!(names(root.path()), ["model"], "the refused download left nothing");
     let (ok, stdout, stderr) = cli(vec!["jobs".into(), "watch".into(), lora_done.job_id.clone()]).await.unwrap();
     assert!(ok, "{stderr}");
+    // On a pipe, one readable line per event, never a raw payload.
+    let steps = lora_done.steps_planned;
+    assert!(stderr.lines().next().is_some_and(|l| l.starts_with(&format!("admitted: {steps} steps at noise multiplier"))), "{stderr}");
+    assert!(stderr.contains("\nstarted\n") && stderr.contains(&format!("step 1/{steps}: certified epsilon spent")), "{stderr}");
+    assert!(stderr.contains(&format!("succeeded ({steps} steps done and spent, 0 planned steps released)")), "{stderr}");
+    assert!(!stderr.contains('{'), "no JSON: {stderr}");
     assert!(stdout.contains("PEFT LoRA adapter over base model `tiny`") && stdout.contains(&format!("ewtune jobs download {} --out DIR", lora_done.job_id)), "{stdout}");
     d.stop().await;
 }

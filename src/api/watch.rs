@@ -123,5 +123,35 @@ async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
 }
 
 fn event(e: JobEvent) -> pb::JobEvent {
-    pb::JobEvent { seq: e.seq, job_id: e.job.as_str().to_string(), kind: e.kind, payload_json: e.payload_json, at_unix_ms: e.at_unix_ms }
+    let detail = detail(&e.kind, &serde_json::from_str(&e.payload_json).unwrap_or_default());
+    pb::JobEvent { seq: e.seq, job_id: e.job.as_str().to_string(), kind: e.kind, payload_json: e.payload_json, at_unix_ms: e.at_unix_ms, detail }
+}
+
+/// The typed form of a stored event's payload (fields an older event lacks are 0 or empty).
+fn detail(kind: &str, p: &serde_json::Value) -> Option<pb::job_event::Detail> {
+    use pb::job_event::Detail;
+    let count = |field: &str| p[field].as_u64().unwrap_or(0);
+    let real = |field: &str| p[field].as_f64().unwrap_or(0.0);
+    let resumed = || pb::JobResumed { steps_done: count("steps_done") };
+    Some(match kind {
+        "created" => Detail::Created(pb::JobCreated {
+            dataset_id: p["dataset"].as_str().unwrap_or_default().to_string(),
+            noise_multiplier: real("noise_multiplier"),
+            sample_rate: real("sample_rate"),
+            steps_planned: count("steps_planned"),
+            committed_epsilon: real("committed_epsilon"),
+            budget_epsilon: real("budget_epsilon"),
+            budget_delta: real("budget_delta"),
+        }),
+        "started" => Detail::Started(resumed()),
+        "interrupted" => Detail::Interrupted(resumed()),
+        "cancel_requested" => Detail::CancelRequested(resumed()),
+        "progress" => Detail::Progress(pb::JobProgress { step: count("step"), total_steps: count("total_steps"), epsilon_spent: real("epsilon_spent") }),
+        "succeeded" | "failed" | "cancelled" => Detail::Ended(pb::JobEnded {
+            reason: p["reason"].as_str().unwrap_or_default().to_string(),
+            steps_done: count("steps_done"),
+            steps_released: count("steps_released"),
+        }),
+        _ => return None,
+    })
 }

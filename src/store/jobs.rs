@@ -391,7 +391,7 @@ impl Store {
             "UPDATE jobs SET steps_done = ?2, epsilon_spent = ?3 WHERE id = ?1",
             params![job, to_sql_count("steps_done", steps_done)?, epsilon_spent],
         )?;
-        append_event(&tx, job, "progress", json!({ "step": steps_done, "epsilon_spent": epsilon_spent }), now)?;
+        append_event(&tx, job, "progress", json!({ "step": steps_done, "total_steps": current.steps_planned, "epsilon_spent": epsilon_spent }), now)?;
         let updated = load_any(&tx, job)?;
         tx.commit()?;
         self.job_changed(job);

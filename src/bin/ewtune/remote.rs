@@ -392,6 +392,47 @@ async fn download(c: &mut super::client::Clients, job: &str, out: &std::path::Pa
     Ok(())
 }
 
+/// A job event in words (`jobs watch` without a terminal, and above the bar with one).
+fn describe_event(e: &pb::JobEvent) -> String {
+    use pb::job_event::Detail;
+    match &e.detail {
+        Some(Detail::Created(c)) => format!(
+            "admitted: {} steps at noise multiplier {:.4}, sampling rate {:.6}; with it, {:.4} of the budget's epsilon {} (delta {:e}) is spent or reserved (certified)",
+            c.steps_planned, c.noise_multiplier, c.sample_rate, c.committed_epsilon, c.budget_epsilon, c.budget_delta
+        ),
+        Some(Detail::Started(r)) if r.steps_done == 0 => "started".to_string(),
+        Some(Detail::Started(r)) => format!("restarted from its last checkpoint, {} steps already done", r.steps_done),
+        Some(Detail::Interrupted(r)) => format!("interrupted at step {} (the daemon stopped; the job resumes from its last checkpoint)", r.steps_done),
+        Some(Detail::CancelRequested(r)) => format!("cancel requested at step {}", r.steps_done),
+        Some(Detail::Progress(p)) => format!("step {}/{}: certified epsilon spent {:.4}", p.step, p.total_steps, p.epsilon_spent),
+        Some(Detail::Ended(end)) => {
+            let reason = if end.reason.is_empty() { String::new() } else { format!(": {}", printable(&end.reason)) };
+            format!("{}{reason} ({} steps done and spent, {} planned steps released)", printable(&e.kind), end.steps_done, end.steps_released)
+        }
+        None => format!("{} {}", printable(&e.kind), printable(&e.payload_json)),
+    }
+}
+
+/// Steps per second and the time left, from progress events' times (for lines without a bar).
+#[derive(Default)]
+struct Pace {
+    first: Option<(i64, u64)>,
+}
+
+impl Pace {
+    /// ", N steps/s, about T left" once two events are far enough apart, else empty.
+    fn observe(&mut self, at_unix_ms: i64, step: u64, total: u64) -> String {
+        let (t0, s0) = *self.first.get_or_insert((at_unix_ms, step));
+        let (seconds, steps) = ((at_unix_ms - t0) as f64 / 1e3, step.saturating_sub(s0) as f64);
+        if seconds < 1.0 || steps < 1.0 {
+            return String::new();
+        }
+        let rate = steps / seconds;
+        let left = total.saturating_sub(step) as f64 / rate;
+        format!(", {rate:.2} steps/s, about {} left", indicatif::HumanDuration(std::time::Duration::from_secs_f64(left)))
+    }
+}
+
 /// What a succeeded job's model is, from its artifacts and spec, in words.
 fn describe_model(j: &pb::Job) -> String {
     let bytes: u64 = j.artifacts.iter().map(|a| a.size).sum();
@@ -406,33 +447,36 @@ fn describe_model(j: &pb::Job) -> String {
 }
 
 async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use pb::job_event::Detail;
+    let planned = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner().steps_planned;
     let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: job.to_string(), after_seq: 0 }).await.map_err(explain)?.into_inner();
     let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}").expect("static template"));
+        let b = indicatif::ProgressBar::new(planned);
+        b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}").expect("static template"));
         b
     });
     let mut last_eps: Option<f64> = None;
+    let mut pace = Pace::default();
     while let Some(e) = stream.message().await.map_err(explain)? {
-        let payload: serde_json::Value = serde_json::from_str(&e.payload_json).unwrap_or_default();
-        match (&bar, e.kind.as_str()) {
-            (Some(b), "progress") => {
-                b.set_length(payload["total_steps"].as_u64().unwrap_or(0));
-                b.set_position(payload["step"].as_u64().unwrap_or(0));
-                if let Some(eps) = payload["epsilon_spent"].as_f64() {
-                    b.set_message(format!("epsilon spent {eps:.3} (certified)"));
+        match (&bar, &e.detail) {
+            (Some(b), Some(Detail::Progress(p))) => {
+                if p.total_steps > 0 {
+                    b.set_length(p.total_steps);
                 }
+                b.set_position(p.step);
+                b.set_message(format!("epsilon spent {:.3} (certified)", p.epsilon_spent));
             }
-            (Some(b), _) => b.println(format!("{} {}", e.kind, e.payload_json)),
-            (None, "progress") => {
+            (Some(b), _) => b.println(describe_event(&e)),
+            (None, Some(Detail::Progress(p))) => {
                 // Without a terminal, one line per change of the certified epsilon (every few steps).
-                let eps = payload["epsilon_spent"].as_f64();
-                if eps.is_some() && eps != last_eps {
-                    eprintln!("step {}: certified epsilon spent {:.4}", payload["step"], eps.unwrap_or(f64::NAN));
-                    last_eps = eps;
+                let total = if p.total_steps > 0 { p.total_steps } else { planned };
+                let eta = pace.observe(e.at_unix_ms, p.step, total);
+                if last_eps != Some(p.epsilon_spent) {
+                    eprintln!("step {}/{total}: certified epsilon spent {:.4}{eta}", p.step, p.epsilon_spent);
+                    last_eps = Some(p.epsilon_spent);
                 }
             }
-            (None, _) => eprintln!("{} {}", printable(&e.kind), printable(&e.payload_json)),
+            (None, _) => eprintln!("{}", describe_event(&e)),
         }
     }
     if let Some(b) = bar {

@@ -181,3 +181,31 @@ fn help_lists_every_variable() {
         assert!(out.contains(&format!("[env: {var}=]")), "{var} not in --help:\n{out}");
     }
 }
+
+/// The log on stderr: JSON lines when not on a terminal (the default `auto`, or `json`), text
+/// without colour codes with `--log-format text`.
+#[test]
+fn the_log_is_json_lines_off_a_terminal_and_never_coloured() {
+    use std::io::BufRead;
+    for (format, json) in [(None, true), (Some("json"), true), (Some("text"), false)] {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ewtuned"));
+        cmd.args(["--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"]).env("OMP_NUM_THREADS", "1").env_remove("EWTUNED_LOG_FORMAT").env_remove("RUST_LOG");
+        if let Some(f) = format {
+            cmd.args(["--log-format", f]);
+        }
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().expect("ewtuned logs at start-up").unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!first.contains('\u{1b}'), "{format:?}: colour codes in {first:?}");
+        let parsed = serde_json::from_str::<serde_json::Value>(&first);
+        assert_eq!(parsed.is_ok(), json, "{format:?}: {first}");
+        if json {
+            let line = parsed.unwrap();
+            assert!(line["level"].is_string() && line["fields"]["message"].is_string(), "{line}");
+        }
+    }
+}

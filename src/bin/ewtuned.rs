@@ -5,7 +5,7 @@
 //! Files it creates are private (umask 0o077).
 
 use clap::Parser;
-use ewtune::service::config::{Cli, Command, KeyCommand, TokenCommand};
+use ewtune::service::config::{Cli, Command, KeyCommand, LogFormat, TokenCommand};
 use ewtune::service::signing::{self, rfc3339_utc, Signer};
 use ewtune::service::{self, State};
 use ewtune::store::{Revocation, TenantId, TokenId, TokenInfo};
@@ -17,13 +17,27 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     // Everything the daemon writes (store, datasets, outputs, key) is its user's only.
     service::data_dir::private_umask();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    init_log(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The log on stderr, filtered by `RUST_LOG` (default `info`): JSON lines or text as `format`
+/// says, colour only on a terminal.
+fn init_log(format: LogFormat) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => log.json().init(),
+        LogFormat::Auto if !terminal => log.json().init(),
+        LogFormat::Auto | LogFormat::Text => log.with_ansi(terminal).init(),
     }
 }
 

@@ -74,12 +74,28 @@ pub struct Cli {
     /// opening the data directory.
     #[arg(long)]
     pub print_config: bool,
+    /// How the log on stderr is written: `json` (one JSON object per line, for collectors),
+    /// `text` (for people; coloured only on a terminal), or `auto`: text on a terminal, JSON lines
+    /// otherwise (a log file never holds colour codes).
+    #[arg(long, global = true, env = "EWTUNED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, value_name = "FORMAT")]
+    pub log_format: LogFormat,
     // The settings (a `//` comment: clap would take a doc comment for help).
     #[command(flatten)]
     pub settings: Settings,
     // None: serve.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// How `ewtuned` writes its log (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON lines otherwise.
+    Auto,
+    /// Text, coloured only on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `ewtuned`'s commands besides serving.

@@ -252,5 +252,20 @@ async fn plan_and_create_agree() {
         decisions.push(plan.admitted);
     }
     assert!(decisions.contains(&true) && decisions.contains(&false), "{decisions:?}");
+
+    // The CLI shows what is left on list and get, as Budget.Get states it, and gets a job.
+    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(args).args(["--addr", &d.addr, "--json"]).env("EWTUNE_TOKEN", &token).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let listed = cli(&["datasets", "list"]);
+    assert_eq!(listed[0]["remaining_epsilon"].as_f64(), Some(report.remaining_epsilon));
+    let got = cli(&["datasets", "get", &ds.dataset_id]);
+    assert_eq!((got["remaining_epsilon"].as_f64(), got["unit_identities"].as_str()), (Some(report.remaining_epsilon), Some("identified")));
+    let job = c.jobs.list(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs.remove(0);
+    let shown = cli(&["jobs", "get", &job.job_id]);
+    assert_eq!((shown["job_id"].as_str(), shown["steps_planned"].as_u64()), (Some(job.job_id.as_str()), Some(60)));
     d.stop().await;
 }

@@ -65,9 +65,9 @@ pub fn page_token(cursor: i64) -> String {
     format!("{PAGE_TOKEN_PREFIX}{cursor}")
 }
 
-/// A dataset as the API shows it; `shared` (Register and Get) says how many of its units other
-/// datasets of the tenant share and what they have left.
-pub fn dataset(d: &Dataset, shared: Option<SharedUnits>) -> pb::Dataset {
+/// A dataset as the API shows it, with the epsilon its units have left; `shared` (Register and
+/// Get) says how many of its units other datasets of the tenant share and what they have left.
+pub fn dataset(d: &Dataset, remaining_epsilon: f64, shared: Option<SharedUnits>) -> pb::Dataset {
     pb::Dataset {
         dataset_id: d.id.as_str().to_string(),
         name: d.name.clone(),
@@ -82,6 +82,7 @@ pub fn dataset(d: &Dataset, shared: Option<SharedUnits>) -> pb::Dataset {
         units_shared: shared.map_or(0, |s| s.units),
         shared_units_remaining_epsilon: shared.and_then(|s| s.least_remaining_epsilon).unwrap_or(0.0),
         unit_identities: d.unit_identities.as_str().to_string(),
+        remaining_epsilon,
     }
 }
 

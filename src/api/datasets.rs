@@ -35,29 +35,36 @@ impl pb::datasets_server::Datasets for DatasetsApi {
             content: r.content,
         };
         let (d, shared) = datasets::register(&self.state, &tenant, deadline, registration).await?;
-        Ok(Response::new(convert::dataset(&d, Some(shared))))
+        let id = d.id.clone();
+        let remaining = crate::api::blocking(&self.state, move |state| Ok(state.store.remaining_epsilon(&tenant, &id)?)).await?;
+        Ok(Response::new(convert::dataset(&d, remaining, Some(shared))))
     }
 
     async fn get(&self, req: Request<pb::GetDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
         let tenant = tenant(&req)?;
         let id = req.get_ref().dataset_id.clone();
-        let (d, shared) = crate::api::blocking(&self.state, move |state| {
+        let dataset = crate::api::blocking(&self.state, move |state| {
             let d = jobs::owned_dataset(state, &tenant, &id)?;
-            let shared = state.store.shared_units(&tenant, &d.id)?;
-            Ok((d, shared))
+            Ok(convert::dataset(&d, state.store.remaining_epsilon(&tenant, &d.id)?, Some(state.store.shared_units(&tenant, &d.id)?)))
         })
         .await?;
-        Ok(Response::new(convert::dataset(&d, Some(shared))))
+        Ok(Response::new(dataset))
     }
 
     async fn list(&self, req: Request<pb::ListDatasetsRequest>) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         let tenant = tenant(&req)?;
         let r = req.get_ref();
         let page = convert::page_request(r.page_size, &r.page_token)?;
-        let listed = self.state.store.list_datasets(&tenant, page)?;
-        Ok(Response::new(pb::ListDatasetsResponse {
-            datasets: listed.items.iter().map(|d| convert::dataset(d, None)).collect(),
-            next_page_token: listed.next.map(convert::page_token).unwrap_or_default(),
-        }))
+        let response = crate::api::blocking(&self.state, move |state| {
+            let listed = state.store.list_datasets(&tenant, page)?;
+            let datasets = listed
+                .items
+                .iter()
+                .map(|d| Ok(convert::dataset(d, state.store.remaining_epsilon(&tenant, &d.id)?, None)))
+                .collect::<Result<Vec<_>, Status>>()?;
+            Ok(pb::ListDatasetsResponse { datasets, next_page_token: listed.next.map(convert::page_token).unwrap_or_default() })
+        })
+        .await?;
+        Ok(Response::new(response))
     }
 }

@@ -30,9 +30,17 @@ pub enum DatasetsCommand {
         #[arg(long)]
         user_field: Option<String>,
     },
-    /// Your datasets.
+    /// Your datasets, with the epsilon each one's people have left.
     List {
         /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dataset: its budget, what is left, and the units it shares with your other datasets.
+    Get {
+        /// Dataset id (SHA-256).
+        dataset: String,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -135,6 +143,14 @@ pub enum JobsCommand {
     Plan {
         #[command(flatten)]
         spec: SpecArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: state, steps, certified epsilon spent, and its model once it succeeded.
+    Get {
+        /// Job id.
+        job: String,
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -294,13 +310,32 @@ pub async fn datasets(conn: &Connect, cmd: DatasetsCommand) -> Result<(), Box<dy
             })
             .await?;
             if json {
-                let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta, "unit_identities": d.unit_identities})).collect();
+                let v: Vec<_> = ds.iter().map(|d| serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta, "remaining_epsilon": d.remaining_epsilon, "unit_identities": d.unit_identities})).collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!("{:<64}  {:<16} {:>8} {:>8} {:>8}", "dataset", "name", "units", "epsilon", "delta");
+                println!("{:<64}  {:<16} {:>8} {:>8} {:>9} {:>8}", "dataset", "name", "units", "budget", "remaining", "delta");
                 for d in ds {
-                    println!("{:<64}  {:<16} {:>8} {:>8} {:>8.0e}", d.dataset_id, printable(&d.name), d.units, d.budget_epsilon, d.budget_delta);
+                    println!("{:<64}  {:<16} {:>8} {:>8} {:>9.4} {:>8.0e}", d.dataset_id, printable(&d.name), d.units, d.budget_epsilon, d.remaining_epsilon, d.budget_delta);
                 }
+            }
+        }
+        DatasetsCommand::Get { dataset, json } => {
+            let d = c.datasets.get(pb::GetDatasetRequest { dataset_id: dataset }).await.map_err(explain)?.into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dataset_id": d.dataset_id, "name": d.name, "units": d.units, "privacy_unit": if d.privacy_unit == pb::PrivacyUnit::User as i32 { "user" } else { "example" }, "budget_epsilon": d.budget_epsilon, "budget_delta": d.budget_delta, "remaining_epsilon": d.remaining_epsilon, "units_shared": d.units_shared, "shared_units_remaining_epsilon": d.shared_units_remaining_epsilon, "unit_identities": d.unit_identities, "created_unix_ms": d.created_unix_ms})
+                );
+            } else {
+                let unit = if d.privacy_unit == pb::PrivacyUnit::User as i32 { "users" } else { "examples" };
+                println!("dataset {} ({})", d.dataset_id, printable(&d.name));
+                println!("  privacy units   {} {unit} (identities {})", d.units, printable(&d.unit_identities));
+                println!("  budget          epsilon {} at delta {:e}", d.budget_epsilon, d.budget_delta);
+                println!("  remaining       epsilon {:.4} (certified; the least any of its units has left)", d.remaining_epsilon);
+                if d.units_shared > 0 {
+                    println!("  shared          {} units are also in your other datasets; they have epsilon {:.4} left", d.units_shared, d.shared_units_remaining_epsilon);
+                }
+                println!("  registered      {}", ewtune::service::signing::rfc3339_utc(d.created_unix_ms));
             }
         }
     }
@@ -353,6 +388,29 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
                 println!("{:<32}  {:<10} {:>12} {:>10}", "job", "state", "steps", "epsilon");
                 for j in js {
                     println!("{:<32}  {:<10} {:>5}/{:<6} {:>10.4}  {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, printable(&j.reason));
+                }
+            }
+        }
+        JobsCommand::Get { job, json } => {
+            let j = c.jobs.get(pb::GetJobRequest { job_id: job }).await.map_err(explain)?.into_inner();
+            if json {
+                let artifacts: Vec<_> = j.artifacts.iter().map(|a| serde_json::json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"job_id": j.job_id, "dataset_id": j.dataset_id, "state": state_name(j.state), "steps_done": j.steps_done, "steps_planned": j.steps_planned, "noise_multiplier": j.noise_multiplier, "sample_rate": j.sample_rate, "epsilon_spent": j.epsilon_spent, "reason": j.reason, "created_unix_ms": j.created_unix_ms, "artifacts": artifacts})
+                );
+            } else {
+                println!("job {} {}", j.job_id, state_name(j.state));
+                println!("  dataset         {}", j.dataset_id);
+                println!("  steps           {} done of {} planned (noise multiplier {:.4}, sampling rate {:.6})", j.steps_done, j.steps_planned, j.noise_multiplier, j.sample_rate);
+                println!("  epsilon spent   {:.4} (certified, steps done)", j.epsilon_spent);
+                println!("  created         {}", ewtune::service::signing::rfc3339_utc(j.created_unix_ms));
+                if !j.reason.is_empty() {
+                    println!("  reason          {}", printable(&j.reason));
+                }
+                if j.state == pb::JobState::Succeeded as i32 && !j.artifacts.is_empty() {
+                    println!("  model           {}", describe_model(&j));
+                    println!("  download it with: ewtune jobs download {} --out DIR", j.job_id);
                 }
             }
         }

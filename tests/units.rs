@@ -118,6 +118,17 @@ async fn the_budget_follows_the_person() {
     let got = c.datasets.get(pb::GetDatasetRequest { dataset_id: again.dataset_id.clone() }).await.unwrap().into_inner();
     assert_eq!(got.units_shared, 400);
 
+    // `budget show` prints labelled figures and aligned tables of the classes and the jobs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(["budget", "show", &again.dataset_id, "--addr", &d.addr]).env("EWTUNE_TOKEN", &token).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && text.contains(" issued 20") && text.contains("left for the worst-off"), "{text}");
+    let tables: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+    assert!(tables.iter().any(|l| l.contains("| units ")) && tables.iter().any(|l| l.contains("epsilon spent")), "{text}");
+    for width in [tables[0].chars().count(), tables[tables.len() - 1].chars().count()] {
+        let rows = tables.iter().filter(|l| l.chars().count() == width).count();
+        assert!(rows >= 3, "every row of a table is as wide as its header: {text}");
+    }
+
     // A record repeated in one example-level file is refused, naming both lines.
     let mut repeated = lines(&notes(30, 5));
     repeated.push(repeated[3].replace("\"text\":", "\"text\" :"));

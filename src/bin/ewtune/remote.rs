@@ -562,48 +562,69 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
         return Ok(());
     }
     let report: serde_json::Value = serde_json::from_str(&r.report_json)?;
-    println!("privacy budget of dataset {}", report["dataset"].as_str().unwrap_or(""));
-    println!("  budget          epsilon {:.4}", r.budget_epsilon);
-    println!("  spent           epsilon {:.4}   (certified; Edgeworth estimate {:.4})", r.spent_epsilon, r.spent_edgeworth_epsilon);
-    println!("  spent+reserved  epsilon {:.4}   (certified)", r.committed_epsilon);
-    println!("  remaining       epsilon {:.4}", r.remaining_epsilon);
+    let short = |id: &str| id[..id.len().min(12)].to_string();
+    let issued = report["issued_at_unix_ms"].as_i64().map_or_else(String::new, ewtune::service::signing::rfc3339_utc);
+    println!("privacy budget of dataset {} (report {} issued {issued})", report["dataset"].as_str().unwrap_or(""), report["sequence"]);
+    println!("  budget                     epsilon {:.4} at delta {:e}", r.budget_epsilon, report["budget_delta"].as_f64().unwrap_or(f64::NAN));
+    println!("  spent                      epsilon {:.4}   certified (Edgeworth estimate {:.4})", r.spent_epsilon, r.spent_edgeworth_epsilon);
+    println!("  spent + reserved           epsilon {:.4}   certified", r.committed_epsilon);
+    println!("  left for the worst-off     epsilon {:.4}   (not additive: `ewtune jobs plan` says what a job would leave)", r.remaining_epsilon);
     if r.classes.len() > 1 || r.classes.iter().any(|c| c.dataset_ids.len() > 1) {
-        println!("  (the worst case above; its units by the datasets they are in, worst first:)");
-        println!("  {:>8} {:>9} {:>15} {:>10}  {}", "units", "spent", "spent+reserved", "remaining", "in datasets (budget bound by)");
+        println!("its units by the datasets they are in, worst first (the figures above are the first row's):");
+        let mut table = aligned_table(&["units", "spent", "spent + reserved", "left", "in datasets", "bound by"], &[0, 1, 2, 3]);
         for class in &r.classes {
-            let short: Vec<&str> = class.dataset_ids.iter().map(|d| &d[..d.len().min(12)]).collect();
-            println!(
-                "  {:>8} {:>9.4} {:>15.4} {:>10.4}  {} ({})",
-                class.units,
-                class.spent_epsilon,
-                class.committed_epsilon,
-                class.remaining_epsilon,
-                short.join(" "),
-                &class.binding_dataset_id[..class.binding_dataset_id.len().min(12)]
-            );
+            let datasets: Vec<String> = class.dataset_ids.iter().map(|d| short(d)).collect();
+            table.add_row(vec![
+                class.units.to_string(),
+                format!("{:.4}", class.spent_epsilon),
+                format!("{:.4}", class.committed_epsilon),
+                format!("{:.4}", class.remaining_epsilon),
+                datasets.join(" "),
+                short(&class.binding_dataset_id),
+            ]);
         }
+        println!("{table}");
     }
-    if let Some(rows) = report["jobs"].as_array() {
-        println!("  {:<32} {:<12} {:<10} {:>14} {:>9} {:>10}", "job", "dataset", "state", "steps", "sigma", "epsilon");
+    if let Some(rows) = report["jobs"].as_array().filter(|rows| !rows.is_empty()) {
+        println!("jobs that spend its units (epsilon: each job's steps done alone, certified):");
+        let mut table = aligned_table(&["job", "dataset", "state", "steps done", "planned", "reserved", "sigma", "q", "epsilon spent"], &[3, 4, 5, 6, 7, 8]);
         for j in rows {
-            println!(
-                "  {:<32} {:<12} {:<10} {:>6}/{:<7} {:>9.4} {:>10.4}",
-                j["job"].as_str().unwrap_or(""),
-                j["dataset"].as_str().map_or("", |d| &d[..d.len().min(12)]),
-                j["state"].as_str().unwrap_or(""),
-                j["steps_done"],
-                j["steps_planned"],
-                j["noise_multiplier"].as_f64().unwrap_or(f64::NAN),
-                j["epsilon_alone"].as_f64().unwrap_or(f64::NAN)
-            );
-            // The output files, as `sha256sum -c` reads them (relative to a downloaded model).
+            table.add_row(vec![
+                j["job"].as_str().unwrap_or("").to_string(),
+                short(j["dataset"].as_str().unwrap_or("")),
+                j["state"].as_str().unwrap_or("").to_string(),
+                j["steps_done"].to_string(),
+                j["steps_planned"].to_string(),
+                j["steps_reserved"].to_string(),
+                format!("{:.4}", j["noise_multiplier"].as_f64().unwrap_or(f64::NAN)),
+                format!("{:.6}", j["sample_rate"].as_f64().unwrap_or(f64::NAN)),
+                format!("{:.4}", j["epsilon_alone"].as_f64().unwrap_or(f64::NAN)),
+            ]);
+        }
+        println!("{table}");
+        // The output files, as `sha256sum -c` reads them (relative to a downloaded model).
+        for j in rows.iter().filter(|j| j["outputs"].as_array().is_some_and(|o| !o.is_empty())) {
+            println!("model files of job {}:", j["job"].as_str().unwrap_or(""));
             for f in j["outputs"].as_array().into_iter().flatten() {
-                println!("      {}  {}", printable(f["sha256"].as_str().unwrap_or("")), printable(f["path"].as_str().unwrap_or("")));
+                println!("  {}  {}", printable(f["sha256"].as_str().unwrap_or("")), printable(f["path"].as_str().unwrap_or("")));
             }
         }
     }
-    println!("  signed by {} (verify offline with `ewtune budget show --json > r.json; ewtune verify r.json`)", hex(&r.public_key));
+    println!("signed by {} (verify offline: `ewtune budget show ID --json > r.json; ewtune verify r.json`)", hex(&r.public_key));
     Ok(())
+}
+
+/// A table with `header`, its columns `right` aligned right (numbers), in plain ASCII so that it
+/// reads the same on a terminal, in a pipe and pasted into Markdown.
+fn aligned_table(header: &[&str], right: &[usize]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN).set_header(header.to_vec());
+    for &i in right {
+        if let Some(column) = table.column_mut(i) {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    table
 }
 
 pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn std::error::Error>> {

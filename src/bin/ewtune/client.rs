@@ -6,8 +6,9 @@ use ewtune::api::pb;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// Connection flags shared by client subcommands.
+/// Connection flags shared by client subcommands (under their own heading in every --help).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Daemon connection (datasets, jobs, budget, audits, bench load)")]
 pub struct Connect {
     /// Daemon address.
     #[arg(long, env = "EWTUNE_ADDR", default_value = "http://127.0.0.1:50051", global = true)]

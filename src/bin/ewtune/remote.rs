@@ -62,7 +62,7 @@ pub struct SpecArgs {
     #[arg(long)]
     noise_multiplier: Option<f64>,
     /// Delta (default: the dataset's).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, hide_default_value = true)]
     delta: f64,
     /// Expected logical batch size.
     #[arg(long)]
@@ -71,7 +71,7 @@ pub struct SpecArgs {
     #[arg(long, default_value_t = 1.0)]
     epochs: f64,
     /// Steps (overrides --epochs).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     steps: u64,
     /// Full fine-tuning instead of LoRA.
     #[arg(long)]

@@ -671,7 +671,7 @@ mod tests {
         assert_eq!(kinds(&events), ["created", "started", "progress", "succeeded"]);
         assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
         let progress: serde_json::Value = serde_json::from_str(&events[2].payload_json).unwrap();
-        assert_eq!(progress, json!({ "step": 40, "epsilon_spent": 0.5 }));
+        assert_eq!(progress, json!({ "step": 40, "total_steps": 100, "epsilon_spent": 0.5 }));
         let end: serde_json::Value = serde_json::from_str(&events[3].payload_json).unwrap();
         assert_eq!(end["steps_released"], 60);
         let tail = fx.store.events_since(&acme, &job.id, events[1].seq, u32::MAX).unwrap();

@@ -713,7 +713,7 @@ mod tests {
         assert_eq!(spec.training.learning_rate, 3e-3);
         assert_eq!(spec.training.optimizer, OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 });
         assert_eq!(spec.finetune, FineTune::lora(8, 16.0, vec![]));
-        assert_eq!(spec.data_config.user_field.as_deref(), Some("user"));
+        assert_eq!(spec.data_config.user_field, None, "it runs on `ewtune synth`'s notes, which name no users");
         assert_eq!(spec.data_config.max_examples_per_user, None, "README documents the cap as off");
         assert_eq!(spec.model, dir.path().join("base"));
     }

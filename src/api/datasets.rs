@@ -34,10 +34,8 @@ impl pb::datasets_server::Datasets for DatasetsApi {
             budget_delta: r.budget_delta,
             content: r.content,
         };
-        let (d, shared) = datasets::register(&self.state, &tenant, deadline, registration).await?;
-        let id = d.id.clone();
-        let remaining = crate::api::blocking(&self.state, move |state| Ok(state.store.remaining_epsilon(&tenant, &id)?)).await?;
-        Ok(Response::new(convert::dataset(&d, remaining, Some(shared))))
+        let (d, left) = datasets::register(&self.state, &tenant, deadline, registration).await?;
+        Ok(Response::new(convert::dataset(&d, left.remaining_epsilon, Some(left.shared))))
     }
 
     async fn get(&self, req: Request<pb::GetDatasetRequest>) -> Result<Response<pb::Dataset>, Status> {
@@ -45,7 +43,8 @@ impl pb::datasets_server::Datasets for DatasetsApi {
         let id = req.get_ref().dataset_id.clone();
         let dataset = crate::api::blocking(&self.state, move |state| {
             let d = jobs::owned_dataset(state, &tenant, &id)?;
-            Ok(convert::dataset(&d, state.store.remaining_epsilon(&tenant, &d.id)?, Some(state.store.shared_units(&tenant, &d.id)?)))
+            let left = state.store.units_left(&tenant, &d.id)?;
+            Ok(convert::dataset(&d, left.remaining_epsilon, Some(left.shared)))
         })
         .await?;
         Ok(Response::new(dataset))

@@ -47,8 +47,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             .await??;
         let Settled { plan: p, dataset: d, warnings, .. } = settled;
         let (t, group) = (tenant.clone(), ewtune_accountant::StepGroup { noise_multiplier: p.noise_multiplier, sample_rate: p.sample_rate, steps: p.steps });
-        let (remaining_epsilon_before, preview) =
-            blocking(&self.state, move |s| Ok((s.store.remaining_epsilon(&t, &d.id)?, s.store.preview_admission(&t, &d.id, group)?))).await?;
+        let preview = blocking(&self.state, move |s| Ok(s.store.preview_admission(&t, &d.id, group)?)).await?;
         Ok(Response::new(pb::PlanResponse {
             units: p.units as u64,
             sample_rate: p.sample_rate,
@@ -57,7 +56,7 @@ impl pb::jobs_server::Jobs for JobsApi {
             certified_epsilon: p.certified_epsilon,
             edgeworth_epsilon: p.edgeworth_epsilon,
             delta: p.delta,
-            remaining_epsilon_before,
+            remaining_epsilon_before: preview.remaining_before,
             warnings,
             examples: counts.examples as u64,
             dataset_units: counts.units as u64,

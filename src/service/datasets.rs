@@ -11,7 +11,7 @@ use super::error::{Kind, ServiceError};
 use super::jobs::dataset_file;
 use super::limits::{self, invalid};
 use super::State;
-use crate::store::{Dataset, DatasetId, FoundIdentities, NewDataset, PrivacyUnit, SharedUnits, Store, StoreError, TenantId, UnitIdentities};
+use crate::store::{Dataset, DatasetId, FoundIdentities, NewDataset, PrivacyUnit, Store, StoreError, TenantId, UnitIdentities, UnitsLeft};
 use crate::train::data::{count_units, read_records, DataConfig};
 use crate::train::units::{unit_identities, UnitKey};
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub struct Registration {
 
 /// Registers `r` for `tenant`: checks, parses and hashes it on the CPU pool before `deadline`,
 /// then writes the file and records the row, one registration at a time.
-pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, r: Registration) -> Result<(Dataset, SharedUnits), ServiceError> {
+pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, r: Registration) -> Result<(Dataset, UnitsLeft), ServiceError> {
     let name = limits::name("name", &r.name)?;
     let unit = r.privacy_unit;
     let user_field = match unit {
@@ -96,7 +96,7 @@ pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, 
     // guard moves into the blocking work: a client that hangs up cannot release it early.
     let serial = state.dataset_writes.clone().lock_owned().await;
     let t = tenant.clone();
-    let (d, shared) = super::blocking(state, move |state| {
+    let (d, left) = super::blocking(state, move |state| {
         let _serial = serial;
         match state.store.get_dataset(&t, &id) {
             Ok(_) => return Err(StoreError::AlreadyExists { kind: "dataset", id: id.to_string() }.into()),
@@ -122,13 +122,13 @@ pub async fn register(state: &Arc<State>, tenant: &TenantId, deadline: Instant, 
             })
             .map_err(ServiceError::from)?;
         let recorded = started.elapsed();
-        let shared = state.store.shared_units(&t, &id)?;
+        let left = state.store.units_left(&t, &id)?;
         tracing::debug!(?parsed, ?written, ?recorded, total = ?started.elapsed(), "registration timings (parse and hash, file written, row and units recorded)");
-        Ok::<_, ServiceError>((d, shared))
+        Ok::<_, ServiceError>((d, left))
     })
     .await?;
     tracing::info!(tenant = %tenant.as_str(), dataset = %d.id.as_str(), units, "dataset registered");
-    Ok((d, shared))
+    Ok((d, left))
 }
 
 /// Gives the units of datasets registered before units had identities (or whose file was

@@ -198,23 +198,31 @@ impl Store {
         report(&scope, outputs, issue)
     }
 
-    /// The epsilon left to the tenant's dataset's people (its worst class), as its next budget
-    /// report would state it, without issuing a report (nothing is written).
-    pub fn remaining_epsilon(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<f64> {
+    /// What the tenant's dataset's people have left (its worst class, as its next budget report
+    /// would state it) and which of them other datasets share, from one reading of the ledger,
+    /// without issuing a report (nothing is written).
+    pub fn units_left(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<UnitsLeft> {
         let scope = self.scope(tenant, dataset)?;
-        Ok(scope.ledgers()?.iter().map(|c| c.remaining_epsilon).fold(f64::INFINITY, f64::min).min(scope.dataset.budget_epsilon))
+        let ledgers = scope.ledgers()?;
+        let shared: Vec<&ClassLedger> = ledgers.iter().filter(|c| c.datasets.len() > 1).collect();
+        Ok(UnitsLeft {
+            remaining_epsilon: ledgers.iter().map(|c| c.remaining_epsilon).fold(scope.dataset.budget_epsilon, f64::min),
+            shared: SharedUnits {
+                units: shared.iter().map(|c| c.units).sum(),
+                least_remaining_epsilon: shared.iter().map(|c| c.remaining_epsilon).reduce(f64::min),
+            },
+        })
     }
 
-    /// Of the tenant's dataset's units, how many are also in other datasets of the tenant, and
-    /// the least epsilon any of them has left (`None` when none is shared). Right after
-    /// registering, these are the units the tenant had registered before.
+    /// [`Store::units_left`]'s remaining epsilon.
+    pub fn remaining_epsilon(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<f64> {
+        Ok(self.units_left(tenant, dataset)?.remaining_epsilon)
+    }
+
+    /// [`Store::units_left`]'s shared units: right after registering, the units the tenant had
+    /// registered before.
     pub fn shared_units(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<SharedUnits> {
-        let scope = self.scope(tenant, dataset)?;
-        let shared: Vec<ClassLedger> = scope.ledgers()?.into_iter().filter(|c| c.datasets.len() > 1).collect();
-        Ok(SharedUnits {
-            units: shared.iter().map(|c| c.units).sum(),
-            least_remaining_epsilon: shared.iter().map(|c| c.remaining_epsilon).reduce(f64::min),
-        })
+        Ok(self.units_left(tenant, dataset)?.shared)
     }
 
     /// The dataset's scope, read in one transaction of the read-only connection.
@@ -225,6 +233,15 @@ impl Store {
         tx.commit()?;
         Ok(scope)
     }
+}
+
+/// What a dataset's people have left ([`Store::units_left`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitsLeft {
+    /// The least epsilon any of its units has left.
+    pub remaining_epsilon: f64,
+    /// Its units that other datasets of the tenant share.
+    pub shared: SharedUnits,
 }
 
 /// Units of a dataset that other datasets of its tenant share.
@@ -522,6 +539,8 @@ pub(crate) fn admit(conn: &Connection, dataset: &Dataset, plan: StepGroup) -> Re
 /// What admission would decide for a plan on the ledger as it stands ([`Store::preview_admission`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmissionPreview {
+    /// The least epsilon any of the dataset's units has left now ([`Store::remaining_epsilon`]).
+    pub remaining_before: f64,
     /// The least epsilon any of the dataset's units would have left after the job (0 when
     /// refused).
     pub remaining_after: f64,
@@ -539,14 +558,18 @@ impl Store {
         let scope = self.scope(tenant, dataset)?;
         scope.dataset.check_identities()?;
         let composed = scope.compose_plan(plan)?;
+        let every: Vec<(UnitClass, History)> =
+            scope.classes.iter().map(|c| Ok((c.clone(), committed_history(scope.jobs_of(c))?))).collect::<Result<_>>()?;
+        let mut remaining_before = scope.dataset.budget_epsilon;
+        for (class, committed) in &every {
+            remaining_before = remaining_before.min(scope.headroom(class, committed)?.0);
+        }
         if composed.over.is_empty() {
-            let every: Vec<(UnitClass, History)> =
-                scope.classes.iter().map(|c| Ok((c.clone(), committed_history(scope.jobs_of(c))?))).collect::<Result<_>>()?;
             let largest_target_epsilon = scope.largest_target(plan, &every)?;
-            return Ok(AdmissionPreview { remaining_after: composed.remaining_after, largest_target_epsilon, refusal: None });
+            return Ok(AdmissionPreview { remaining_before, remaining_after: composed.remaining_after, largest_target_epsilon, refusal: None });
         }
         let refusal = Refused { scope, plan, over: composed.over }.explain()?;
-        Ok(AdmissionPreview { remaining_after: 0.0, largest_target_epsilon: refusal.largest_target_epsilon, refusal: Some(refusal) })
+        Ok(AdmissionPreview { remaining_before, remaining_after: 0.0, largest_target_epsilon: refusal.largest_target_epsilon, refusal: Some(refusal) })
     }
 }
 

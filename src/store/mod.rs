@@ -150,7 +150,7 @@ pub use audits::{Audit, AuditId, AuditOutcome, AuditState};
 pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
 pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
-pub use ledger::{AdmissionPreview, BudgetRefusal, BudgetReport, ClassLedger, JobLedgerRow, SharedUnits};
+pub use ledger::{AdmissionPreview, BudgetRefusal, BudgetReport, ClassLedger, JobLedgerRow, SharedUnits, UnitsLeft};
 pub use tokens::{Revocation, TenantId, TokenId, TokenInfo};
 pub use units::{FoundIdentities, UnitIdentities};
 

@@ -43,11 +43,11 @@ job_id=$("$bin/ewtune" jobs submit "${job[@]}" --epsilon 4 --canaries 200)
 echo "== a second job that would overspend the budget is refused"
 "$bin/ewtune" jobs submit "${job[@]}" --epsilon 7.5 2>&1 | sed 's/^/   /' || true
 echo "== the budget report, signed by the daemon"
-"$bin/ewtune" budget show "$dataset"
+"$bin/ewtune" budget show "$dataset" --html "$run/budget-report.html"
 "$bin/ewtune" budget show "$dataset" --json > "$run/budget-report.json"
 "$bin/ewtune" verify "$run/budget-report.json"
 echo "== the membership audit of the trained model: canaries (one-run epsilon lower bound) and texts"
 audit=$("$bin/ewtune" audits create --job "$job_id" --texts "$run/assets/audit_texts.jsonl" --no-wait)
-"$bin/ewtune" audits get "$audit"
+"$bin/ewtune" audits get "$audit" --html "$run/audit-report.html"
 "$bin/ewtune" audits get "$audit" --json > "$run/audit-report.json"
 "$bin/ewtune" verify "$run/audit-report.json"

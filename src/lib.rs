@@ -10,6 +10,7 @@ pub mod audit;
 pub mod service;
 pub mod digest;
 pub mod fs;
+pub mod pages;
 pub mod store;
 pub mod strict_toml;
 pub mod train;

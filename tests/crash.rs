@@ -233,7 +233,7 @@ async fn sigkill_during_overlapping_registration_and_admission_loses_no_spend() 
             let stored_units: i64 = db.query_row("SELECT count(*) FROM units", [], |r| r.get(0)).unwrap();
             let in_classes: i64 = db.query_row("SELECT sum(units) FROM unit_classes", [], |r| r.get(0)).unwrap();
             assert_eq!(stored_units, in_classes, "every unit in exactly one class");
-            let report = store.budget_report(&tenant, &first_id).unwrap();
+            let report = store.budget_report(&tenant, &first_id, false).unwrap();
             match store.get_dataset(&tenant, &second_id) {
                 Ok(_) => {
                     registered_at_kill.push(true);

@@ -12,6 +12,10 @@ use tonic::Code;
 
 pub struct Daemon {
     pub addr: String,
+    /// Where it serves the report pages (HTTP, or HTTPS with TLS).
+    pub pages_addr: std::net::SocketAddr,
+    /// Where it serves /metrics.
+    pub metrics_addr: std::net::SocketAddr,
     pub state: Arc<State>,
     /// Keeps the data directory alive for the daemon's lifetime.
     _root: tempfile::TempDir,
@@ -43,16 +47,21 @@ impl Daemon {
         let state = State::open(config).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
+        // The report pages and the metrics, each on a port of its own.
+        let pages = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = (pages.local_addr().unwrap(), metrics.local_addr().unwrap());
+        let listeners = ewtune::api::server::Listeners { grpc: listener, pages: Some(pages), metrics: Some(metrics) };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
         let task = tokio::spawn(async move {
-            ewtune::api::server::run(s, listener, async move {
+            ewtune::api::server::run(s, listeners, async move {
                 let _ = rx.await;
             })
             .await
             .unwrap();
         });
-        Daemon { addr, state, _root: root, stop: Some(tx), task: Some(task) }
+        Daemon { addr, pages_addr: http.0, metrics_addr: http.1, state, _root: root, stop: Some(tx), task: Some(task) }
     }
 
     pub async fn stop(mut self) {
@@ -161,7 +170,7 @@ async fn lifecycle_budget_and_signed_report() {
     assert_eq!((done.state, done.steps_done), (pb::JobState::Succeeded as i32, 8));
     assert!((done.epsilon_spent - plan.certified_epsilon).abs() < 1e-9);
     // The budget report is signed and verifies offline; a tampered copy does not.
-    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
     assert!((r.spent_epsilon - plan.certified_epsilon).abs() < 1e-9 && r.remaining_epsilon < 3.0 - 0.5);
     let signed = signing::SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
     signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
@@ -173,7 +182,7 @@ async fn lifecycle_budget_and_signed_report() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("left"), "{}", err.message());
     assert_eq!(c.jobs.list(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs.len(), jobs_before);
-    let r2 = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    let r2 = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
     assert_eq!(r2.committed_epsilon, r.committed_epsilon);
     d.stop().await;
 }
@@ -193,7 +202,7 @@ async fn bad_input_gets_the_right_status_and_tenants_are_isolated() {
     // Bob sees nothing of Alice's.
     assert!(b.datasets.list(pb::ListDatasetsRequest::default()).await.unwrap().into_inner().datasets.is_empty());
     assert_eq!(b.datasets.get(pb::GetDatasetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(b.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(b.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap_err().code(), Code::NotFound);
     assert_eq!(b.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap_err().code(), Code::NotFound);
     let job = a.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
     assert_eq!(b.jobs.get(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap_err().code(), Code::NotFound);

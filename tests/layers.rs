@@ -13,7 +13,8 @@ fn layer(module: &str) -> Option<u8> {
         "train" | "store" => 1,
         "audit" => 2,
         "service" => 3,
-        "api" => 4,
+        "pages" => 4,
+        "api" => 5,
         _ => return None,
     })
 }

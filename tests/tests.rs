@@ -13,6 +13,7 @@ mod hf_roundtrip;
 mod layers;
 mod models;
 mod outputs;
+mod pages;
 mod python_client;
 mod reference_generators;
 mod reports;

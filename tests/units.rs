@@ -82,7 +82,7 @@ async fn the_budget_follows_the_person() {
     let target = quoted(&refused);
     assert!(target > 0.1 && target < 6.0, "{target}");
     create(&mut c, &again.dataset_id, target).await.unwrap();
-    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: again.dataset_id.clone() }).await.unwrap().into_inner();
+    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: again.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
     let classes: Vec<(u64, usize)> = report.classes.iter().map(|k| (k.units, k.dataset_ids.len())).collect();
     assert_eq!(classes, [(400, 2), (20, 1)]);
     assert!(report.remaining_epsilon < 0.1, "{}", report.remaining_epsilon);
@@ -104,7 +104,7 @@ async fn the_budget_follows_the_person() {
     assert!(refused.message().contains("40 of the 400 privacy units"), "{}", refused.message());
     let target = quoted(&refused);
     create(&mut c, &tenth.dataset_id, target).await.unwrap();
-    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: tenth.dataset_id.clone() }).await.unwrap().into_inner();
+    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: tenth.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
     assert_eq!(report.classes.iter().map(|k| k.units).collect::<Vec<_>>(), [40, 360]);
     assert!(report.classes[1].remaining_epsilon > 8.0 - target - 1e-9, "the 360 new people spent only this job");
 
@@ -223,7 +223,7 @@ async fn an_upgrade_identifies_old_datasets_from_their_files() {
     assert!(refused.message().contains("put the file back"), "{}", refused.message());
 
     // The lost dataset's spend counts against the kept one's people (never assumed disjoint).
-    let both = c.budget.get(pb::GetBudgetRequest { dataset_id: kept_id.clone() }).await.unwrap().into_inner();
+    let both = c.budget.get(pb::GetBudgetRequest { dataset_id: kept_id.clone(), charts: false }).await.unwrap().into_inner();
     assert_eq!(both.classes.len(), 1);
     assert_eq!(both.classes[0].dataset_ids.len(), 2, "{:?}", both.classes);
     // The kept notes again, as other bytes: linked to their old spend.
@@ -253,7 +253,7 @@ async fn plan_and_create_agree() {
         assert_eq!(plan.admitted, created.is_ok(), "target {target}: plan {plan:?}, create {created:?}");
         if plan.admitted {
             assert!(plan.largest_admissible_epsilon >= target * 0.99, "{plan:?}");
-            let after = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+            let after = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
             assert!((after.remaining_epsilon - plan.remaining_epsilon_after).abs() < 1e-9, "{} vs {}", after.remaining_epsilon, plan.remaining_epsilon_after);
         } else {
             assert_eq!(plan.remaining_epsilon_after, 0.0);
@@ -265,7 +265,7 @@ async fn plan_and_create_agree() {
     assert!(decisions.contains(&true) && decisions.contains(&false), "{decisions:?}");
 
     // The CLI shows what is left on list and get, as Budget.Get states it, and gets a job.
-    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone() }).await.unwrap().into_inner();
+    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
     let cli = |args: &[&str]| -> serde_json::Value {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(args).args(["--addr", &d.addr, "--json"]).env("EWTUNE_TOKEN", &token).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

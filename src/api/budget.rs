@@ -17,7 +17,7 @@ impl pb::budget_server::Budget for BudgetApi {
     async fn get(&self, req: Request<pb::GetBudgetRequest>) -> Result<Response<pb::BudgetReport>, Status> {
         let tenant = tenant(&req)?;
         // SQLite and the accountant block: let the runtime move other requests off this thread.
-        let SignedBudgetReport { report, json, signature, public_key } = tokio::task::block_in_place(|| budget::signed_report(&self.state, &tenant, &req.get_ref().dataset_id))?;
+        let SignedBudgetReport { report, json, signature, public_key } = tokio::task::block_in_place(|| budget::signed_report(&self.state, &tenant, &req.get_ref().dataset_id, req.get_ref().charts))?;
         Ok(Response::new(pb::BudgetReport {
             signature,
             public_key,

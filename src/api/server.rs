@@ -2,7 +2,8 @@
 //! server reflection (v1 and v1alpha) listing only `ewtune.v1.*` and the health service, on an
 //! already bound listener so the daemon and the tests run the same code. TLS when configured.
 //! The resource limits (`admission.rs`) wrap it: the connection cap and timeouts on the accepted
-//! sockets, the upload cap as a layer, HTTP/2 keepalive here.
+//! sockets, the upload cap as a layer, HTTP/2 keepalive here; every request is timed into the
+//! metrics (`latency.rs`). [`run`] also serves the HTTP side (`http.rs`) when configured.
 
 use super::auth::Authenticator;
 use super::pb;
@@ -33,6 +34,7 @@ pub async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(super::latency::LatencyLayer::new(state.clone()))
         .layer(super::admission::RequestLimitLayer::new(limits.max_concurrent_uploads));
     if let Some((cert, key)) = state.config.tls_pem()? {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))?;
@@ -59,10 +61,33 @@ pub async fn serve(
     Ok(())
 }
 
+/// The daemon's bound sockets: gRPC, and the HTTP side's when configured.
+pub struct Listeners {
+    /// The gRPC API (`listen`).
+    pub grpc: tokio::net::TcpListener,
+    /// The report pages (`http_listen`).
+    pub pages: Option<tokio::net::TcpListener>,
+    /// The metrics (`metrics_listen`).
+    pub metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address of `config`.
+    pub async fn bind(config: &crate::service::config::DaemonConfig) -> std::io::Result<Listeners> {
+        let optional = |addr: Option<std::net::SocketAddr>| async move {
+            match addr {
+                Some(a) => tokio::net::TcpListener::bind(a).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        Ok(Listeners { grpc: tokio::net::TcpListener::bind(config.listen).await?, pages: optional(config.http_listen).await?, metrics: optional(config.metrics_listen).await? })
+    }
+}
+
 /// `ewtuned`'s serving loop: requeues the jobs a crash left running (and ends their unfinished
-/// audits), then runs the scheduler and the gRPC server until `shutdown` resolves (SIGTERM/SIGINT
-/// in `ewtuned`); running jobs checkpoint and go back to the queue.
-pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), crate::service::DaemonError> {
+/// audits), then runs the scheduler, the gRPC server and the HTTP side until `shutdown` resolves
+/// (SIGTERM/SIGINT in `ewtuned`); running jobs checkpoint and go back to the queue.
+pub async fn run(state: Arc<State>, listeners: Listeners, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), crate::service::DaemonError> {
     let requeued = state.store.requeue_running()?;
     if !requeued.is_empty() {
         tracing::info!(requeued = requeued.len(), "jobs interrupted by the last stop go back to the queue");
@@ -74,7 +99,21 @@ pub async fn run(state: Arc<State>, listener: tokio::net::TcpListener, shutdown:
     let stop_rx = state.stopping.subscribe();
     let scheduler = tokio::spawn(crate::service::scheduler::run(state.clone(), stop_rx.clone()));
     let mut server_stop = stop_rx;
-    let server = serve(state.clone(), listener, async move {
+    let Listeners { grpc, pages, metrics } = listeners;
+    for (listener, what) in [(pages, "report pages"), (metrics, "metrics")] {
+        let Some(listener) = listener else { continue };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listen = %addr, "serving the {what} over HTTP");
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let served = if what == "metrics" { super::http::serve_metrics(state, listener).await } else { super::http::serve_pages(state, listener).await };
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the {what} server stopped");
+            }
+        });
+    }
+    let server = serve(state.clone(), grpc, async move {
         let _ = server_stop.changed().await;
     });
     let server = tokio::spawn(server);

@@ -49,7 +49,24 @@ pub struct CanaryAudit {
     /// Membership metrics on the canaries (inserted vs not): the primary score and Min-K%++ 20 %
     /// (secondary, not used by the bound).
     pub metrics: BTreeMap<String, ScoreMetrics>,
+    /// The canaries' scores, inserted and held out apart, per score of `metrics` (canaries are
+    /// random token strings ewtune drew, not training data).
+    pub histograms: BTreeMap<String, ScoreHistogram>,
 }
+
+/// Bins of the canaries' scores ([`super::metrics::histogram`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreHistogram {
+    /// `bins + 1` increasing edges; the last bin is closed.
+    pub edges: Vec<f64>,
+    /// Inserted canaries per bin.
+    pub inserted: Vec<u64>,
+    /// Held-out canaries per bin.
+    pub held_out: Vec<u64>,
+}
+
+/// Bins per canary histogram: about ten canaries per bin at the default m = 1000 (docs/audit.md).
+pub const HISTOGRAM_BINS: usize = 40;
 
 /// Scores every canary, whole, by the manifest's primary score `ref = loss_base - loss_target`
 /// on its tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit
@@ -84,8 +101,12 @@ pub fn audit_canaries(
     let ceiling = super::bounds::one_run_ceiling(manifest.canaries.len(), manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
     let classic = super::bounds::eps_classic_best(&primary, &manifest.included, manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
     let mut metrics = BTreeMap::new();
-    metrics.insert("ref".to_string(), score_metrics(&primary, &manifest.included, BOOTSTRAP_SEED)?);
-    metrics.insert("min_k_pp_20".to_string(), score_metrics(&secondary, &manifest.included, BOOTSTRAP_SEED)?);
+    let mut histograms = BTreeMap::new();
+    for (name, scores) in [("ref", &primary), ("min_k_pp_20", &secondary)] {
+        metrics.insert(name.to_string(), score_metrics(scores, &manifest.included, BOOTSTRAP_SEED)?);
+        let h = super::metrics::histogram(scores, &manifest.included, HISTOGRAM_BINS)?;
+        histograms.insert(name.to_string(), ScoreHistogram { edges: h.edges, inserted: h.members, held_out: h.nonmembers });
+    }
     Ok(CanaryAudit {
         m: manifest.canaries.len(),
         n_included: audit.n_included,
@@ -103,5 +124,6 @@ pub fn audit_canaries(
         eps_ceiling_for_m: ceiling.eps,
         eps_classic_heuristic: classic.eps_lb,
         metrics,
+        histograms,
     })
 }

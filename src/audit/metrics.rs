@@ -191,6 +191,88 @@ fn roc_clean(c: &Clean) -> Roc {
     Roc { points, n_pos: c.n_pos, n_neg: c.n_neg, dropped_nan: c.dropped_nan }
 }
 
+/// FPR values a drawn ROC keeps per factor of ten ([`roc_for_plot`]).
+pub const ROC_PLOT_POINTS_PER_DECADE: f64 = 80.0;
+
+/// The ROC thinned for a log-log plot: the points are grouped by their false-positive count
+/// (every count below [`ROC_PLOT_POINTS_PER_DECADE`] its own group, larger counts in groups of
+/// equal width on a log scale) and each group keeps its first and last point. Below that count
+/// only collinear points are dropped (those inside a vertical run), so the curve there, and the
+/// area under it, is the ROC's exactly. Nothing is interpolated: every point kept is a point of
+/// the ROC, the first (0, 0) and the last (N, P) among them. At most about `2 × 80 × (1 +
+/// log10(N / 80))` points.
+pub fn roc_for_plot(roc: &Roc) -> Vec<RocPoint> {
+    let group = |fp: usize| -> u64 {
+        let linear = ROC_PLOT_POINTS_PER_DECADE;
+        if (fp as f64) < linear {
+            fp as u64
+        } else {
+            linear as u64 + ((fp as f64 / linear).log10() * ROC_PLOT_POINTS_PER_DECADE) as u64
+        }
+    };
+    let mut kept: Vec<RocPoint> = Vec::new();
+    let mut run_start = 0; // index in `kept` of the current group's first point
+    for p in &roc.points {
+        match kept.get(run_start) {
+            Some(first) if group(first.fp) == group(p.fp) => {
+                if kept.len() == run_start + 2 {
+                    kept[run_start + 1] = *p;
+                } else {
+                    kept.push(*p);
+                }
+            }
+            _ => {
+                run_start = kept.len();
+                kept.push(*p);
+            }
+        }
+    }
+    kept
+}
+
+/// Counts of scores per bin, members and non-members apart, over the same bins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// `bins + 1` increasing edges: bin `i` is `[edges[i], edges[i + 1])`, the last one closed.
+    pub edges: Vec<f64>,
+    /// Members per bin.
+    pub members: Vec<u64>,
+    /// Non-members per bin.
+    pub nonmembers: Vec<u64>,
+}
+
+/// The histogram of the finite scores over `bins` equal bins from the smallest to the largest
+/// (one bin of width 1 around the value when they are all equal); NaN and infinite scores are
+/// left out (the metrics count NaNs).
+pub fn histogram(scores: &[f64], members: &[bool], bins: usize) -> Result<Histogram, MetricError> {
+    if scores.len() != members.len() {
+        return Err(MetricError::LengthMismatch { scores: scores.len(), labels: members.len() });
+    }
+    let bins = bins.max(1);
+    let finite = || scores.iter().copied().filter(|s| s.is_finite());
+    let lo = finite().fold(f64::INFINITY, f64::min);
+    let hi = finite().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if !lo.is_finite() {
+        (0.0, 1.0)
+    } else if lo == hi {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    };
+    let width = (hi - lo) / bins as f64;
+    let edges = (0..=bins).map(|i| if i == bins { hi } else { lo + width * i as f64 }).collect();
+    let mut out = Histogram { edges, members: vec![0; bins], nonmembers: vec![0; bins] };
+    for (&s, &m) in scores.iter().zip(members).filter(|(s, _)| s.is_finite()) {
+        let i = (((s - lo) / width) as usize).min(bins - 1);
+        if m {
+            out.members[i] += 1;
+        } else {
+            out.nonmembers[i] += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// How "TPR at FPR t" is read off the ROC (docs/audit.md, Metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FprMode {
@@ -473,6 +555,46 @@ mod tests {
 
     use super::super::testutil::{f, fs, labels, reference_rows, u, vectors};
     use super::*;
+
+    #[test]
+    fn the_plotted_roc_is_the_roc_exactly_at_low_false_positive_counts() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let n = 20_000;
+        let members: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+        let scores: Vec<f64> = members.iter().map(|&m| rng.random::<f64>() + if m { 0.3 } else { 0.0 }).collect();
+        let full = roc(&scores, &members).unwrap();
+        let plot = roc_for_plot(&full);
+        assert_eq!(plot.first(), full.points.first());
+        assert_eq!(plot.last(), full.points.last());
+        assert!(plot.len() <= 2 * 80 * (1 + 3) && plot.len() > 200, "{} points", plot.len());
+        assert!(plot.iter().all(|p| full.points.contains(p)));
+        assert!(plot.windows(2).all(|w| w[0].fp <= w[1].fp && w[0].tp <= w[1].tp));
+        // Below 80 false positives every count is kept, with its least and largest true-positive
+        // counts: the curve there is the ROC's, and so is the area under it.
+        for fp in 0..80 {
+            let tps = full.points.iter().filter(|p| p.fp == fp).map(|p| p.tp);
+            let (least, most) = (tps.clone().min().unwrap(), tps.max().unwrap());
+            assert!(plot.contains(&RocPoint { fp, tp: least }) && plot.contains(&RocPoint { fp, tp: most }), "fp {fp}");
+        }
+        let area = |pts: &[RocPoint]| pts.windows(2).map(|w| (w[1].fp - w[0].fp) as f64 * (w[0].tp + w[1].tp) as f64).sum::<f64>();
+        let small = roc(&scores[..100], &members[..100]).unwrap();
+        assert!(small.n_neg < 80);
+        assert_eq!(area(&roc_for_plot(&small)), area(&small.points));
+        assert_eq!(area(&small.points), auc(&scores[..100], &members[..100]).unwrap().two_u as f64, "twice the area is 2U");
+    }
+
+    #[test]
+    fn histograms_count_every_finite_score_once() {
+        let scores = [0.0, 1.0, 2.0, 3.0, 4.0, f64::NAN, f64::INFINITY, 4.0];
+        let members = [true, false, true, false, true, true, true, false];
+        let h = histogram(&scores, &members, 4).unwrap();
+        assert_eq!(h.edges, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(h.members, [1, 0, 1, 1]);
+        assert_eq!(h.nonmembers, [0, 1, 0, 2]);
+        let flat = histogram(&[2.0, 2.0], &[true, false], 3).unwrap();
+        assert_eq!((flat.edges[0], flat.edges[3], flat.members.iter().sum::<u64>(), flat.nonmembers.iter().sum::<u64>()), (1.5, 2.5, 1, 1));
+        assert!(histogram(&[1.0], &[true, false], 3).is_err());
+    }
 
     /// The O(PN) definition of the AUC, for cross-checks.
     fn auc_pairs(s: &[f64], y: &[bool]) -> (u64, u64) {

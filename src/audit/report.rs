@@ -291,7 +291,7 @@ mod tests {
     use crate::audit::texts::ScoreMetrics;
 
     fn metrics(auc: f64) -> ScoreMetrics {
-        ScoreMetrics { auc, auc_ci95: [auc - 0.1, auc + 0.1], tpr_at_1pct_fpr: 0.02, tpr_at_fpr: BTreeMap::new(), dropped_nan: 0 }
+        ScoreMetrics { auc, auc_ci95: [auc - 0.1, auc + 0.1], tpr_at_1pct_fpr: 0.02, tpr_at_fpr: BTreeMap::new(), dropped_nan: 0, roc: crate::audit::texts::RocCurve { members: 1, nonmembers: 1, points: vec![[0, 0], [1, 1]] } }
     }
 
     /// The verdict read back from a report's JSON is the verdict of the report itself, for every
@@ -317,6 +317,7 @@ mod tests {
             eps_ceiling_for_m: 3.5,
             eps_classic_heuristic: 0.4,
             metrics: [("ref".to_string(), metrics(0.93)), ("min_k_pp_20".to_string(), metrics(0.61))].into(),
+            histograms: BTreeMap::new(),
         };
         let config = AuditConfig { max_tokens: 64, truncation: "right", prepend_bos: false, token_mask: "all", k_ratios: vec![0.2], bootstrap: BTreeMap::new() };
         let models = ModelHashes { target_sha256: "t".into(), base_sha256: "b".into(), tokenizer_sha256: None, dtype: "f32" };

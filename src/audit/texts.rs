@@ -50,6 +50,20 @@ pub struct ScoreMetrics {
     pub tpr_at_fpr: BTreeMap<String, TprPoint>,
     /// NaN scores dropped before the metrics.
     pub dropped_nan: usize,
+    /// The ROC for drawing (log-log), thinned by [`metrics::roc_for_plot`]: `[false positives,
+    /// true positives]` counts, classifying "member" at or above falling thresholds.
+    pub roc: RocCurve,
+}
+
+/// A ROC as counts, with the class sizes that turn them into rates.
+#[derive(Debug, Clone, Serialize)]
+pub struct RocCurve {
+    /// Members P (after NaNs are dropped).
+    pub members: usize,
+    /// Non-members N (after NaNs are dropped).
+    pub nonmembers: usize,
+    /// `[fp, tp]` from `[0, 0]` to `[N, P]`.
+    pub points: Vec<[usize; 2]>,
 }
 
 /// A TPR at a target FPR.
@@ -152,5 +166,7 @@ pub fn score_metrics(values: &[f64], members: &[bool], seed: u64) -> Result<Scor
     }
     let config = metrics::BootstrapConfig { seed, ..metrics::BootstrapConfig::default() };
     let ci = metrics::bootstrap_ci(values, members, &config, |s, m| Ok(metrics::auc(s, m)?.auc))?;
-    Ok(ScoreMetrics { auc: auc.auc, auc_ci95: [ci.lo, ci.hi], tpr_at_1pct_fpr: tpr["0.01"].tpr, tpr_at_fpr: tpr, dropped_nan: auc.dropped_nan })
+    let full = metrics::roc(values, members)?;
+    let roc = RocCurve { members: full.n_pos, nonmembers: full.n_neg, points: metrics::roc_for_plot(&full).iter().map(|p| [p.fp, p.tp]).collect() };
+    Ok(ScoreMetrics { auc: auc.auc, auc_ci95: [ci.lo, ci.hi], tpr_at_1pct_fpr: tpr["0.01"].tpr, tpr_at_fpr: tpr, dropped_nan: auc.dropped_nan, roc })
 }

@@ -80,9 +80,9 @@ fn run(args: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let state = State::open(config.clone())?;
-                let listener = tokio::net::TcpListener::bind(config.listen).await?;
-                tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "ewtuned serving");
-                ewtune::api::server::run(state, listener, shutdown_signal()).await?;
+                let listeners = ewtune::api::server::Listeners::bind(&config).await?;
+                tracing::info!(listen = %listeners.grpc.local_addr()?, data_dir = %config.data_dir.display(), "ewtuned serving");
+                ewtune::api::server::run(state, listeners, shutdown_signal()).await?;
                 Ok(())
             })
         }

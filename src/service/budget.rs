@@ -19,11 +19,11 @@ pub struct SignedBudgetReport {
     pub public_key: Vec<u8>,
 }
 
-/// The signed budget report of the tenant's dataset `dataset_id` (blocking: the store and the
-/// accountant).
-pub fn signed_report(state: &State, tenant: &TenantId, dataset_id: &str) -> Result<SignedBudgetReport, ServiceError> {
+/// The signed budget report of the tenant's dataset `dataset_id`, with the charts' data when
+/// `with_charts` (blocking: the store and the accountant).
+pub fn signed_report(state: &State, tenant: &TenantId, dataset_id: &str, with_charts: bool) -> Result<SignedBudgetReport, ServiceError> {
     let d = owned_dataset(state, tenant, dataset_id)?;
-    let report = state.store.budget_report(tenant, &d.id)?;
+    let report = state.store.budget_report(tenant, &d.id, with_charts)?;
     let json = serde_json::to_string(&report).expect("reports serialize");
     Ok(SignedBudgetReport { signature: state.signer.sign(json.as_bytes()), public_key: state.signer.public_key(), json, report })
 }

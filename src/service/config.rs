@@ -152,6 +152,14 @@ pub struct Settings {
     /// Address to serve gRPC on [file: listen] [default: 127.0.0.1:50051]
     #[arg(long, env = "EWTUNED_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address to serve the report pages on, over HTTP(S) (TLS when tls_cert is set), behind
+    /// the same tokens [file: http_listen] [default: none, not served]
+    #[arg(long, env = "EWTUNED_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Address to serve Prometheus metrics on, at /metrics, plain HTTP without tokens: bind it to
+    /// the operators' network [file: metrics_listen] [default: none, not served]
+    #[arg(long, env = "EWTUNED_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Base models, one Hugging Face checkpoint directory per model name [file: models_dir]
     /// [default: DIR/models]
     #[arg(long, env = "EWTUNED_MODELS_DIR", value_parser = any_path(), value_name = "DIR")]
@@ -213,6 +221,12 @@ pub struct FileConfig {
     /// Address to serve gRPC on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Address to serve the report pages on (HTTP, or HTTPS with TLS), behind the tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
+    /// Address to serve Prometheus metrics on (`/metrics`, plain HTTP, no tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Directory of base models (one HF checkpoint directory per model name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models_dir: Option<PathBuf>,
@@ -295,6 +309,10 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// gRPC address.
     pub listen: SocketAddr,
+    /// The report pages' address, when served.
+    pub http_listen: Option<SocketAddr>,
+    /// The metrics' address, when served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Base models.
     pub models_dir: PathBuf,
     /// Concurrent jobs (default 1).
@@ -409,6 +427,17 @@ impl DaemonConfig {
             reason: format!("`{listen}`: {e}{}", from.map_or_else(String::new, |f| format!(" ({f})"))),
         })?;
 
+        let optional_addr = |key: &'static str, given: &Option<String>, file: Option<&str>| -> Result<Option<SocketAddr>, ConfigError> {
+            let (text, from) = match (given_text(given), file.filter(|v| !v.is_empty())) {
+                (Some(v), _) => (v, Origin::Given(key)),
+                (None, Some(v)) => (v, Origin::File(file_name)),
+                (None, None) => return Ok(None),
+            };
+            text.parse().map(Some).map_err(|e| ConfigError::Invalid { key, reason: format!("`{text}`: {e} ({from})") })
+        };
+        let http_listen = optional_addr("http_listen", &given.http_listen, fc.http_listen.as_deref())?;
+        let metrics_listen = optional_addr("metrics_listen", &given.metrics_listen, fc.metrics_listen.as_deref())?;
+
         let concurrency = bounded("concurrency", &given.concurrency, fc.concurrency.map(|n| n as u64), file_name, 1, usize::MAX as u64, |n| format!("{n} is too large"))? as usize;
 
         let secs = |key, given, file, default: Duration| {
@@ -438,7 +467,7 @@ impl DaemonConfig {
                 return Err(ConfigError::Invalid { key: "tls_cert", reason: format!("tls_cert and tls_key go together, and only {only} is set") });
             }
         };
-        Ok(DaemonConfig { data_dir, listen, models_dir, concurrency, tls, limits })
+        Ok(DaemonConfig { data_dir, listen, http_listen, metrics_listen, models_dir, concurrency, tls, limits })
     }
 
     /// This configuration as an `ewtuned.toml` that sets every key (the TLS keys only with TLS),
@@ -447,6 +476,8 @@ impl DaemonConfig {
         let l = &self.limits;
         let fc = FileConfig {
             listen: Some(self.listen.to_string()),
+            http_listen: self.http_listen.map(|a| a.to_string()),
+            metrics_listen: self.metrics_listen.map(|a| a.to_string()),
             models_dir: Some(self.models_dir.clone()),
             concurrency: Some(self.concurrency),
             tls_cert: self.tls.as_ref().map(|(c, _)| c.clone()),
@@ -623,6 +654,22 @@ mod tests {
     }
 
     #[test]
+    fn the_http_addresses_are_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DaemonConfig::from_settings(dir.path(), None, &Settings::default()).unwrap();
+        assert_eq!((c.http_listen, c.metrics_listen), (None, None), "nothing but gRPC is served unless asked");
+        let given = Settings { http_listen: Some("127.0.0.1:8080".into()), metrics_listen: Some("127.0.0.1:9090".into()), ..Settings::default() };
+        let c = DaemonConfig::from_settings(dir.path(), None, &given).unwrap();
+        assert_eq!((c.http_listen.unwrap().port(), c.metrics_listen.unwrap().port()), (8080, 9090));
+        match DaemonConfig::from_settings(dir.path(), None, &Settings { metrics_listen: Some("9090".into()), ..Settings::default() }) {
+            Err(e @ ConfigError::Invalid { key: "metrics_listen", .. }) => {
+                assert_eq!(e.to_string(), "invalid metrics_listen: `9090`: invalid socket address syntax (from --metrics-listen or EWTUNED_METRICS_LISTEN)")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn the_command_line_parses_as_before() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["ewtuned", "token", "create", "--data-dir", "/d", "--tenant", "ward"]).unwrap();
@@ -639,7 +686,7 @@ mod tests {
         let cmd = Cli::command();
         let help = Cli::command().render_long_help().to_string();
         let keys = serde_aux::serde_introspection::serde_introspect::<FileConfig>();
-        assert_eq!(keys.len(), 13);
+        assert_eq!(keys.len(), 15);
         for key in keys {
             let arg = cmd.get_arguments().find(|a| a.get_id() == *key).unwrap_or_else(|| panic!("no flag for file key {key}"));
             assert_eq!(arg.get_long(), Some(flag(key).as_str()), "{key}");

@@ -15,6 +15,7 @@ pub mod datasets;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod metrics;
 pub mod scheduler;
 pub mod signing;
 pub mod tenant_slots;
@@ -52,6 +53,8 @@ pub struct State {
     /// What Jobs.Plan found tokenising a dataset, per tenant, dataset, tokenizer and reading
     /// settings, so a tenant's later Plans do not tokenise it again (held in memory only).
     pub data_counts: DataCountsCache,
+    /// The operators' metrics (`metrics_listen`).
+    pub metrics: metrics::Metrics,
 }
 
 /// At most [`DataCountsCache::CAPACITY`] entries of data counts; when full it starts afresh.
@@ -135,6 +138,7 @@ impl State {
             downloads,
             stopping: tokio::sync::watch::Sender::new(false),
             data_counts: DataCountsCache::default(),
+            metrics: metrics::Metrics::new(),
         }))
     }
 }

@@ -33,6 +33,7 @@ pub async fn run(state: Arc<State>, mut shutdown: tokio::sync::watch::Receiver<b
                         let worker_state = state.clone();
                         let worker_job = job.clone();
                         let result = super::run_batch("ewtune-train", move || run_job(&worker_state, &worker_job, &stopping)).await;
+                        let _ = state.metrics.steps_per_second.remove_label_values(&[job.id.as_str()]);
                         settle(&state, &job, result);
                     });
                 }
@@ -76,6 +77,8 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
     let cancel = AtomicBool::new(false);
     let user_cancel = AtomicBool::new(false);
     let mut block_epsilon: Option<(u64, f64)> = None;
+    // Steps per second since this run of the job started (the first step it does).
+    let mut pace: Option<(u64, std::time::Instant)> = None;
     // An adapter names its base as the client did: no daemon path reaches a client.
     let base_name = spec.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let outcome = job::run_with_ledger(
@@ -94,7 +97,15 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
                     e
                 }
             };
-            state.store.record_progress(&job.id, step, eps).map(|_| ()).map_err(store_err)
+            state.store.record_progress(&job.id, step, eps).map_err(store_err)?;
+            state.metrics.steps.inc();
+            match pace {
+                None => pace = Some((step, std::time::Instant::now())),
+                Some((first, since)) => {
+                    state.metrics.steps_per_second.with_label_values(&[job.id.as_str()]).set((step - first) as f64 / since.elapsed().as_secs_f64().max(1e-9))
+                }
+            }
+            Ok(())
         },
         |_| {
             if let Ok(true) = state.store.is_cancel_requested(&job.id) {

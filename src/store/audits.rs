@@ -93,6 +93,12 @@ pub enum AuditOutcome {
 }
 
 impl Store {
+    /// How many audits are running, for the operators' metrics.
+    pub fn running_audits(&self) -> Result<u64> {
+        let n: i64 = self.reader().query_row("SELECT COUNT(*) AS n FROM audits WHERE state = 'running'", [], |row| row.get("n"))?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Creates a `Running` audit of the tenant's job: `NotFound` if the job is absent or
     /// another tenant's, `FailedPrecondition` unless it succeeded (only a succeeded job has a
     /// final model to audit), `Busy` while the tenant has another audit running (an audit holds

@@ -219,6 +219,14 @@ pub struct JobEvent {
 }
 
 impl Store {
+    /// How many jobs are in each state (states with none left out), for the operators' metrics.
+    pub fn job_counts(&self) -> Result<Vec<(JobState, u64)>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |row| Ok((row.get::<_, JobState>("state")?, row.get::<_, i64>("n")?)))?;
+        rows.map(|r| Ok(r.map(|(state, n)| (state, n.max(0) as u64))?)).collect()
+    }
+
     /// Admits a job: in one `BEGIN IMMEDIATE` transaction, composes everything already spent
     /// and reserved on the dataset with the job's full plan, and if the certified epsilon at the
     /// dataset's delta stays within its budget, inserts the job as `Queued` (its plan reserved)
@@ -716,7 +724,7 @@ mod tests {
         sorted.sort();
         assert_eq!(recorded, sorted);
         assert!(matches!(fx.store.job_outputs(&globex, &job.id), Err(StoreError::NotFound { .. })));
-        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
         assert_eq!(report.jobs[0].outputs, sorted);
         assert!(serde_json::to_string(&report).unwrap().contains(&"b".repeat(64)));
         // Below the Rust code, the schema refuses any change and any late addition.
@@ -742,7 +750,7 @@ mod tests {
         assert_eq!(reals(&fx.store.get_job(&acme, &job.id).unwrap()), expected);
         assert_eq!(reals(&fx.store.list_jobs(&acme, Page::default()).unwrap().items[0]), expected);
         assert_eq!(reals(&fx.store.requeue_running().unwrap()[0]), expected);
-        let row = &fx.store.budget_report(&acme, &d.id).unwrap().jobs[0];
+        let row = &fx.store.budget_report(&acme, &d.id, false).unwrap().jobs[0];
         assert_eq!((row.noise_multiplier, row.sample_rate), (1.25, 0.015));
         let stored = fx.store.get_dataset(&acme, &d.id).unwrap();
         assert_eq!((stored.budget_epsilon, stored.budget_delta), (10.0, 1e-5));
@@ -835,7 +843,7 @@ mod tests {
         fx.store.record_progress(&a.id, 25, 0.2).unwrap();
         fx.store.request_cancel(&acme, &b.id).unwrap();
         fx.store.finish_job(&c.id, JobState::Failed, Some("out of memory".into())).unwrap();
-        let report_before = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report_before = fx.store.budget_report(&acme, &d.id, false).unwrap();
 
         let fx = fx.reopen(); // the daemon died; a new one opens the same file
         let affected = fx.store.requeue_running().unwrap();
@@ -854,7 +862,7 @@ mod tests {
             ["created", "started", "cancel_requested", "interrupted", "cancelled"]
         );
         assert_eq!(fx.store.get_job(&acme, &c.id).unwrap().state, JobState::Failed);
-        let report_after = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report_after = fx.store.budget_report(&acme, &d.id, false).unwrap();
         assert_eq!(report_after.spent_history, report_before.spent_history, "the ledger never forgets spend");
         assert!(fx.store.requeue_running().unwrap().is_empty(), "idempotent");
 
@@ -899,7 +907,7 @@ mod tests {
             other => panic!("expected NotFound {kind}, got {other:?}"),
         };
         not_found(fx.store.get_dataset(&globex, &d.id).map(drop), "dataset");
-        not_found(fx.store.budget_report(&globex, &d.id).map(drop), "dataset");
+        not_found(fx.store.budget_report(&globex, &d.id, false).map(drop), "dataset");
         not_found(fx.store.create_job(&globex, new_job(&d.id, 1.0, 0.01, 10)).map(drop), "dataset");
         not_found(fx.store.get_job(&globex, &job.id).map(drop), "job");
         not_found(fx.store.events_since(&globex, &job.id, 0, u32::MAX).map(drop), "job");
@@ -910,7 +918,7 @@ mod tests {
 
         // The same bytes under globex are a separate dataset with its own, empty ledger.
         let theirs = fx.store.register_dataset(&globex, new_dataset(1, 10.0)).unwrap();
-        let report = fx.store.budget_report(&globex, &theirs.id).unwrap();
+        let report = fx.store.budget_report(&globex, &theirs.id, false).unwrap();
         assert!(report.jobs.is_empty());
         assert_eq!(report.committed_epsilon, 0.0);
     }

@@ -38,6 +38,7 @@
 //! What this module does not own: the math (crate `ewtune-accountant`), the job state
 //! machine (`jobs.rs`) and the signature (`service/signing.rs`).
 
+use super::charts::{self, BudgetCharts};
 use super::datasets::{self, Dataset, DatasetId, PrivacyUnit};
 use super::error::{Result, StoreError};
 use super::jobs::{self, Job, JobId, JobState};
@@ -96,6 +97,9 @@ pub struct BudgetReport {
     /// One row per job that spends any of the dataset's units' budget (jobs on this dataset,
     /// and on the tenant's other datasets that share units with it), oldest first.
     pub jobs: Vec<JobLedgerRow>,
+    /// The data behind the report's charts, when asked for ([`Store::budget_report`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charts: Option<BudgetCharts>,
 }
 
 /// One job's part of its dataset's ledger.
@@ -178,9 +182,11 @@ fn reserve_block(store: &Store, dataset: &Dataset) -> Result<u64> {
 
 impl Store {
     /// Issues the budget report of the tenant's dataset (`NotFound` if absent or another
-    /// tenant's), with the dataset's next sequence number. The snapshot and the number are
-    /// taken under one lock; the accounting runs after it is released.
-    pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<BudgetReport> {
+    /// tenant's), with the dataset's next sequence number, and with the charts' data when
+    /// `with_charts` (`charts.rs`: a composition per chart point, so only when asked). The
+    /// snapshot and the number are taken under one lock; the accounting runs after it is
+    /// released.
+    pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId, with_charts: bool) -> Result<BudgetReport> {
         let mut numbers = self.report_numbers.lock().unwrap_or_else(PoisonError::into_inner);
         let (scope, outputs) = {
             let mut conn = self.reader();
@@ -195,7 +201,7 @@ impl Store {
         };
         let issue = Issue { sequence: numbers.take(self, &scope.dataset)?, issued_at_unix_ms: now_ms() };
         drop(numbers);
-        report(&scope, outputs, issue)
+        report(&scope, outputs, issue, with_charts)
     }
 
     /// What the tenant's dataset's people have left (its worst class, as its next budget report
@@ -212,6 +218,32 @@ impl Store {
                 least_remaining_epsilon: shared.iter().map(|c| c.remaining_epsilon).reduce(f64::min),
             },
         })
+    }
+
+    /// Every dataset of every tenant with its worst class's certified spent and remaining
+    /// epsilon, as its next budget report would state them (for the operators' metrics; one
+    /// composition per class, memoised by the accountant while nothing changes).
+    pub fn dataset_spend(&self) -> Result<Vec<DatasetSpend>> {
+        let ids: Vec<(TenantId, DatasetId)> = {
+            let conn = self.reader();
+            let mut stmt = conn.prepare("SELECT tenant, sha256 FROM datasets ORDER BY tenant, created_at_ms")?;
+            let rows = stmt.query_map([], |row| Ok((row.get("tenant")?, row.get("sha256")?)))?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for (tenant, dataset) in ids {
+            let scope = self.scope(&tenant, &dataset)?;
+            let ledgers = scope.ledgers()?;
+            let worst = ledgers.first();
+            out.push(DatasetSpend {
+                spent_epsilon: worst.map_or(0.0, |w| w.spent_epsilon),
+                remaining_epsilon: worst.map_or(scope.dataset.budget_epsilon, |w| w.remaining_epsilon),
+                budget_epsilon: scope.dataset.budget_epsilon,
+                tenant,
+                dataset,
+            });
+        }
+        Ok(out)
     }
 
     /// [`Store::units_left`]'s remaining epsilon.
@@ -235,6 +267,21 @@ impl Store {
     }
 }
 
+/// One dataset's spend ([`Store::dataset_spend`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSpend {
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// The dataset.
+    pub dataset: DatasetId,
+    /// Its budget.
+    pub budget_epsilon: f64,
+    /// Certified epsilon spent on its worst-off units.
+    pub spent_epsilon: f64,
+    /// What its worst-off units have left.
+    pub remaining_epsilon: f64,
+}
+
 /// What a dataset's people have left ([`Store::units_left`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UnitsLeft {
@@ -256,11 +303,11 @@ pub struct SharedUnits {
 /// Everything the ledger needs about one dataset's people, read in one transaction: the
 /// dataset, the classes of its units (each with every dataset it counts against), those
 /// datasets, and their jobs in admission order.
-struct Scope {
-    dataset: Dataset,
+pub(super) struct Scope {
+    pub(super) dataset: Dataset,
     classes: Vec<UnitClass>,
     datasets: HashMap<DatasetId, Dataset>,
-    jobs: Vec<Job>,
+    pub(super) jobs: Vec<Job>,
 }
 
 impl Scope {
@@ -293,8 +340,13 @@ impl Scope {
     }
 
     /// The jobs that spend a class's budget, in admission order.
-    fn jobs_of<'a>(&'a self, class: &'a UnitClass) -> impl Iterator<Item = &'a Job> {
+    pub(super) fn jobs_of<'a>(&'a self, class: &'a UnitClass) -> impl Iterator<Item = &'a Job> {
         self.jobs.iter().filter(move |j| class.datasets.binary_search(&j.dataset).is_ok())
+    }
+
+    /// The class a ledger of [`Scope::ledgers`] is of.
+    pub(super) fn class_of(&self, ledger: &ClassLedger) -> &UnitClass {
+        self.classes.iter().find(|c| c.datasets == ledger.datasets && c.units == ledger.units).expect("a ledger of this scope")
     }
 
     /// The budgets a class must stay within: every one of its datasets'.
@@ -327,7 +379,7 @@ impl Scope {
 
     /// The least headroom of `history` under the class's budgets, each at its own delta (at
     /// least 0), and whose budget that is.
-    fn headroom<'a>(&'a self, class: &'a UnitClass, history: &History) -> Result<(f64, &'a DatasetId)> {
+    pub(super) fn headroom<'a>(&'a self, class: &'a UnitClass, history: &History) -> Result<(f64, &'a DatasetId)> {
         let mut least = (f64::INFINITY, &self.dataset.id);
         for budget in self.budgets_of(class) {
             let left = (budget.budget_epsilon - certified_epsilon(history, budget.budget_delta)?).max(0.0);
@@ -370,11 +422,12 @@ pub struct ClassLedger {
     pub spent_history: History,
 }
 
-fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Issue) -> Result<BudgetReport> {
+fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Issue, with_charts: bool) -> Result<BudgetReport> {
     let dataset = &scope.dataset;
     let delta = dataset.budget_delta;
     let classes = scope.ledgers()?;
     let worst = classes.first().cloned();
+    let charts = if with_charts { Some(charts::charts(scope, worst.as_ref(), issue.issued_at_unix_ms)?) } else { None };
     let (spent, spent_epsilon, committed_epsilon, remaining_epsilon) = match &worst {
         Some(w) => (w.spent_history.clone(), w.spent_epsilon, w.committed_epsilon, w.remaining_epsilon),
         None => (History::new(), 0.0, 0.0, dataset.budget_epsilon),
@@ -419,6 +472,7 @@ fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Is
         spent_history: spent,
         classes,
         jobs: rows,
+        charts,
     })
 }
 
@@ -710,7 +764,7 @@ fn compose<'a>(parts: impl Iterator<Item = (&'a Job, u64)>) -> Result<History> {
 }
 
 /// The certified epsilon (PLD upper bound) of `history` at `delta`; 0 for an empty history.
-fn certified_epsilon(history: &History, delta: f64) -> Result<f64> {
+pub(super) fn certified_epsilon(history: &History, delta: f64) -> Result<f64> {
     if history.is_empty() {
         return Ok(0.0);
     }
@@ -779,7 +833,7 @@ mod tests {
         assert!(matches!(err, StoreError::BudgetExceeded(_)), "{err:?}");
         assert_eq!(rows(&fx), before);
 
-        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
         assert_eq!(report.committed_epsilon, fitted);
         assert_eq!(report.spent_epsilon, 0.0);
         assert_eq!(report.remaining_epsilon, d.budget_epsilon - fitted);
@@ -809,7 +863,7 @@ mod tests {
         fx.store.record_progress(&a.id, 17, 0.3).unwrap();
         fx.store.finish_job(&a.id, JobState::Failed, Some("NaN loss".into())).unwrap();
 
-        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
         assert_eq!(report.spent_history.groups(), &[StepGroup { noise_multiplier: 1.0, sample_rate: 0.02, steps: 17 }]);
         let spent = pld(&History::homogeneous(1.0, 0.02, 17).unwrap(), delta);
         assert_eq!(report.spent_epsilon, spent);
@@ -819,7 +873,7 @@ mod tests {
 
         // The released reservation makes room for the same job again.
         let b = fx.store.create_job(&acme, big).unwrap();
-        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
         assert_eq!(report.spent_history.total_steps(), 17);
         assert_eq!(report.committed_epsilon, pld(&History::homogeneous(1.0, 0.02, 17 + 120).unwrap(), delta));
         assert_eq!(
@@ -861,7 +915,7 @@ mod tests {
         });
         assert_eq!(admitted, capacity);
         assert_eq!(count_rows(&fx.store, "jobs"), capacity as i64);
-        assert!(fx.store.budget_report(&acme, &d.id).unwrap().committed_epsilon <= d.budget_epsilon);
+        assert!(fx.store.budget_report(&acme, &d.id, false).unwrap().committed_epsilon <= d.budget_epsilon);
     }
 
     #[test]
@@ -873,7 +927,7 @@ mod tests {
         // The same bytes under another tenant: another dataset, its own numbers.
         let g1 = fx.store.register_dataset(&globex, new_dataset(1, 8.0)).unwrap();
         assert_eq!(a1.id, g1.id);
-        let seq = |store: &Store, t: &TenantId, d: &DatasetId| store.budget_report(t, d).unwrap().sequence;
+        let seq = |store: &Store, t: &TenantId, d: &DatasetId| store.budget_report(t, d, false).unwrap().sequence;
         assert_eq!([seq(&fx.store, &acme, &a1.id), seq(&fx.store, &acme, &a1.id), seq(&fx.store, &acme, &a1.id)], [1, 2, 3]);
         assert_eq!(seq(&fx.store, &acme, &a2.id), 1);
         assert_eq!(seq(&fx.store, &globex, &g1.id), 1);
@@ -881,13 +935,13 @@ mod tests {
         assert_eq!(seq(&fx.store, &globex, &g1.id), 2);
 
         // A refused read takes no number and writes nothing.
-        let err = fx.store.budget_report(&globex, &a2.id).unwrap_err();
+        let err = fx.store.budget_report(&globex, &a2.id, false).unwrap_err();
         assert!(matches!(err, StoreError::NotFound { kind: "dataset", .. }), "{err:?}");
         assert_eq!(count_rows(&fx.store, "report_sequences"), 3);
 
         // The report says whose, which and when.
         let before = super::super::now_ms();
-        let r = fx.store.budget_report(&acme, &a2.id).unwrap();
+        let r = fx.store.budget_report(&acme, &a2.id, false).unwrap();
         let after = super::super::now_ms();
         assert_eq!((&r.tenant, &r.dataset, r.sequence), (&acme, &a2.id, 2));
         assert!((before..=after).contains(&r.issued_at_unix_ms), "{before} <= {} <= {after}", r.issued_at_unix_ms);
@@ -942,7 +996,7 @@ mod tests {
         fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.02, 100)).unwrap();
         let remaining = fx.store.remaining_epsilon(&acme, &d.id).unwrap();
         assert_eq!(count_rows(&fx.store, "report_sequences"), 0);
-        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
         assert_eq!(remaining, report.remaining_epsilon);
         assert!(remaining < 3.0);
         assert!(matches!(fx.store.remaining_epsilon(&fx.tenant("globex"), &d.id), Err(StoreError::NotFound { .. })));
@@ -967,7 +1021,7 @@ mod tests {
         fx.store.request_cancel(&acme, &c.id).unwrap();
         fx.store.finish_job(&c.id, JobState::Cancelled, None).unwrap();
 
-        let report = fx.store.budget_report(&acme, &d.id).unwrap();
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
         let spent = History::from_groups([
             StepGroup { noise_multiplier: 1.1, sample_rate: 0.01, steps: 300 },
             StepGroup { noise_multiplier: 0.8, sample_rate: 0.05, steps: 20 },

@@ -14,6 +14,7 @@
 //!   (the units found in exactly the same datasets), which the ledger composes per class.
 //! * `jobs.rs` — the job queue and state machine, and the append-only event log, with a
 //!   notice (the job's id, on a `tokio::sync::broadcast`) after every commit that appends to it.
+//! * `charts.rs` — the data behind a budget report's charts (epsilon over steps, burn-down).
 //! * `ledger.rs` — admission control and the budget report. The ledger is derived from the jobs'
 //!   plans and progress: spent = every job's `steps_done`, reserved = the planned-but-unspent
 //!   steps of queued and running jobs. Every guarantee comes from the certified PLD
@@ -135,6 +136,7 @@ macro_rules! stored_names {
 }
 
 mod audits;
+mod charts;
 mod datasets;
 mod error;
 mod jobs;
@@ -144,13 +146,14 @@ mod tokens;
 mod units;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use audits::{Audit, AuditId, AuditOutcome, AuditState};
+pub use charts::{BudgetCharts, BurnDownPoint, EpsilonAtStep, JobCurve, CURVE_POINTS};
 pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
 pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
-pub use ledger::{AdmissionPreview, BudgetRefusal, BudgetReport, ClassLedger, JobLedgerRow, SharedUnits, UnitsLeft};
+pub use ledger::{AdmissionPreview, BudgetRefusal, BudgetReport, ClassLedger, DatasetSpend, JobLedgerRow, SharedUnits, UnitsLeft};
 pub use tokens::{Revocation, TenantId, TokenId, TokenInfo};
 pub use units::{FoundIdentities, UnitIdentities};
 
@@ -308,7 +311,7 @@ mod tests {
         let job = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 200)).unwrap();
         let claimed = fx.store.claim_next_queued().unwrap().unwrap();
         fx.store.record_progress(&claimed.id, 50, 0.4).unwrap();
-        let report = fx.store.budget_report(&tenant, &dataset.id).unwrap();
+        let report = fx.store.budget_report(&tenant, &dataset.id, false).unwrap();
         let events = fx.store.events_since(&tenant, &job.id, 0, u32::MAX).unwrap();
         let path = fx.store.path().to_owned();
         let Fixture { store, dir: _dir } = fx;
@@ -323,7 +326,7 @@ mod tests {
         assert_eq!(reopened.steps_done, 50);
         assert_eq!(reopened.epsilon_spent, 0.4);
         assert_eq!(store.events_since(&tenant, &job.id, 0, u32::MAX).unwrap(), events);
-        let again = store.budget_report(&tenant, &dataset.id).unwrap();
+        let again = store.budget_report(&tenant, &dataset.id, false).unwrap();
         assert!(again.sequence > report.sequence, "report numbers grow across a restart");
         assert_eq!(BudgetReport { sequence: report.sequence, issued_at_unix_ms: report.issued_at_unix_ms, ..again }, report);
     }

@@ -323,7 +323,7 @@ mod tests {
         assert!(job_at(&fx.store, &acme, &again.id, quoted * 0.999).is_err(), "now nothing is left for them");
 
         // The report: two classes, the shared one worst; every job that spends them is listed.
-        let report = fx.store.budget_report(&acme, &again.id).unwrap();
+        let report = fx.store.budget_report(&acme, &again.id, false).unwrap();
         assert_eq!(classes(&report), [(400, 2), (20, 1)]);
         assert_eq!(report.remaining_epsilon, report.classes[0].remaining_epsilon);
         assert!(report.remaining_epsilon < 0.05, "{}", report.remaining_epsilon);
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(report.jobs.len(), 2);
         assert_eq!(report.jobs[0].dataset, first.id);
         // The first dataset's people are the same 400: its report sees both jobs too.
-        let first_report = fx.store.budget_report(&acme, &first.id).unwrap();
+        let first_report = fx.store.budget_report(&acme, &first.id, false).unwrap();
         assert_eq!(classes(&first_report), [(400, 2)]);
         assert_eq!(first_report.committed_epsilon, report.committed_epsilon);
     }
@@ -355,7 +355,7 @@ mod tests {
         let quoted = r.largest_target_epsilon.unwrap();
         assert!(quoted < 3.0, "{quoted}");
         job_at(&fx.store, &acme, &tenth.id, quoted * 0.999).unwrap();
-        let report = fx.store.budget_report(&acme, &tenth.id).unwrap();
+        let report = fx.store.budget_report(&acme, &tenth.id, false).unwrap();
         assert_eq!(classes(&report), [(40, 2), (360, 1)]);
         let new_units = &report.classes[1];
         assert!(new_units.committed_epsilon <= quoted && new_units.committed_epsilon > 0.95 * quoted, "the 360 new units spent only the small job: {new_units:?}");
@@ -378,7 +378,7 @@ mod tests {
         let r = refusal(job_at(&fx.store, &acme, &a.id, 0.5).unwrap_err());
         assert_eq!((r.units_over, r.budget_dataset.clone(), r.largest_target_epsilon), (50, tight.id.clone(), None));
         assert!(r.to_string().contains("Nothing usable is left"), "{r}");
-        let report = fx.store.budget_report(&acme, &a.id).unwrap();
+        let report = fx.store.budget_report(&acme, &a.id, false).unwrap();
         assert_eq!(report.classes[0].binding_dataset, tight.id);
         assert_eq!(report.remaining_epsilon, 0.0);
     }
@@ -477,22 +477,22 @@ mod tests {
 
         // The lost dataset's spend counts against the old one's units, and against a new
         // dataset of other people: its people may be anyone's.
-        let lost_spend = store.budget_report(&acme, &lost).unwrap().committed_epsilon;
+        let lost_spend = store.budget_report(&acme, &lost, false).unwrap().committed_epsilon;
         assert!(lost_spend > 0.5, "{lost_spend}");
-        let report = store.budget_report(&acme, &old).unwrap();
+        let report = store.budget_report(&acme, &old, false).unwrap();
         assert_eq!(report.committed_epsilon, lost_spend);
         assert_eq!(report.classes[0].datasets, [old.clone(), lost.clone()]);
         let fresh = store.register_dataset(&acme, people("fresh", group(&[500..600]), 3.0)).unwrap();
-        assert_eq!(store.budget_report(&acme, &fresh.id).unwrap().committed_epsilon, lost_spend);
+        assert_eq!(store.budget_report(&acme, &fresh.id, false).unwrap().committed_epsilon, lost_spend);
 
         // The file is back: the next start-up identifies it (disjoint people), and the others
         // are free of its spend.
         assert_eq!(store.datasets_without_identities().unwrap().len(), 1);
         let back = FoundIdentities::Read { units: group(&[700..800]), repeated_records: false };
         assert_eq!(store.assign_identities(&acme, &lost, back).unwrap(), UnitIdentities::Identified);
-        assert_eq!(store.budget_report(&acme, &fresh.id).unwrap().committed_epsilon, 0.0);
+        assert_eq!(store.budget_report(&acme, &fresh.id, false).unwrap().committed_epsilon, 0.0);
         assert_eq!(store.assign_identities(&acme, &old, found).unwrap(), UnitIdentities::Identified, "assigned once");
-        assert_eq!(store.budget_report(&acme, &old).unwrap().classes.len(), 1);
+        assert_eq!(store.budget_report(&acme, &old, false).unwrap().classes.len(), 1);
         let j = store.create_job(&acme, new_job(&old, 5.0, Q, 10)).unwrap();
         assert_eq!(j.state, JobState::Queued);
         let repeated = store.register_dataset(&acme, people("r", group(&[0..10]), 3.0)).unwrap();

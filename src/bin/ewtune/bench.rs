@@ -352,7 +352,7 @@ async fn load(connect: &crate::client::Connect, rate: u32, seconds: u64, dataset
             let ok = match i % 4 {
                 0 => d.get(pb::GetDatasetRequest { dataset_id: ds }).await.is_ok(),
                 1 => j.list(pb::ListJobsRequest::default()).await.is_ok(),
-                2 => b.get(pb::GetBudgetRequest { dataset_id: ds }).await.is_ok(),
+                2 => b.get(pb::GetBudgetRequest { dataset_id: ds, charts: false }).await.is_ok(),
                 _ => h.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok(),
             };
             (i % 4, t.elapsed().as_secs_f64(), ok)
@@ -470,10 +470,10 @@ async fn ledger(connect: &crate::client::Connect, scale: LedgerScale, json: bool
     let mut budget_s = Vec::new();
     for k in 0..100 {
         let t = Instant::now();
-        c.budget.get(pb::GetBudgetRequest { dataset_id: ids[k % ids.len()].clone() }).await?;
+        c.budget.get(pb::GetBudgetRequest { dataset_id: ids[k % ids.len()].clone(), charts: false }).await?;
         budget_s.push(t.elapsed().as_secs_f64());
     }
-    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: ids[0].clone() }).await?.into_inner();
+    let report = c.budget.get(pb::GetBudgetRequest { dataset_id: ids[0].clone(), charts: false }).await?.into_inner();
     let last_register = *register_s.last().unwrap();
     let (reg_p50, reg_max) = (percentile_ms(&mut register_s, 0.5), percentile_ms(&mut register_s, 1.0));
     let (create_p50, create_max) = if create_s.is_empty() { (f64::NAN, f64::NAN) } else { (percentile_ms(&mut create_s, 0.5), percentile_ms(&mut create_s, 1.0)) };

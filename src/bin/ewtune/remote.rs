@@ -220,6 +220,10 @@ pub enum AuditsCommand {
         /// Print the signed report as JSON (what `ewtune verify` checks).
         #[arg(long)]
         json: bool,
+        /// Also write the report as a web page to FILE: ROC curves (log-log) and the canaries'
+        /// score histograms, the signed report embedded (`ewtune verify FILE` checks it).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Your audits (of one job with --job).
     List {
@@ -239,6 +243,10 @@ pub enum BudgetCommand {
         /// Print the signed report as JSON (what `ewtune verify` checks).
         #[arg(long)]
         json: bool,
+        /// Also write the report as a web page to FILE: the burn-down and each job's epsilon
+        /// over its steps as charts, the signed report embedded (`ewtune verify FILE` checks it).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -554,8 +562,12 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
 
 pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn std::error::Error>> {
     let mut c = conn.clients().await?;
-    let BudgetCommand::Show { dataset, json } = cmd;
-    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: dataset }).await.map_err(explain)?.into_inner();
+    let BudgetCommand::Show { dataset, json, html } = cmd;
+    let r = c.budget.get(pb::GetBudgetRequest { dataset_id: dataset, charts: html.is_some() }).await.map_err(explain)?.into_inner();
+    if let Some(path) = &html {
+        let signed = SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
+        write_page(path, &ewtune::pages::budget::budget_page(&signed)?)?;
+    }
     if json {
         let signed = SignedReport::new(r.report_json, &r.signature, &r.public_key);
         println!("{}", serde_json::to_string_pretty(&signed)?);
@@ -614,6 +626,13 @@ pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn st
     Ok(())
 }
 
+/// Writes a report page (whole or not at all) and says where, on stderr (stdout may be JSON).
+pub fn write_page(path: &std::path::Path, html: &str) -> Result<(), Box<dyn std::error::Error>> {
+    ewtune::fs::write_atomic(path, html.as_bytes())?;
+    eprintln!("wrote {} (open it in a browser)", path.display());
+    Ok(())
+}
+
 /// A table with `header`, its columns `right` aligned right (numbers), in plain ASCII so that it
 /// reads the same on a terminal, in a pipe and pasted into Markdown.
 fn aligned_table(header: &[&str], right: &[usize]) -> comfy_table::Table {
@@ -650,9 +669,15 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
             eprintln!("audit {} running", a.audit_id);
             show_audit(&finished(&mut c, a).await?, json)
         }
-        AuditsCommand::Get { audit, json } => {
+        AuditsCommand::Get { audit, json, html } => {
             let a = c.audits.get(pb::GetAuditRequest { audit_id: audit }).await.map_err(explain)?.into_inner();
-            show_audit(&finished(&mut c, a).await?, json)
+            let a = finished(&mut c, a).await?;
+            show_audit(&a, json)?;
+            if let Some(path) = &html {
+                let signed = SignedReport::new(a.report_json.clone(), &a.signature, &a.public_key);
+                write_page(path, &ewtune::pages::audit::audit_page(&signed)?)?;
+            }
+            Ok(())
         }
         AuditsCommand::List { job } => {
             let job_id = job.unwrap_or_default();

@@ -1,6 +1,7 @@
 //! `ewtune verify FILE`: checks a signed budget or audit report offline (no daemon needed),
 //! prints what it checked, and says with its exit code whether the signer was the pinned key.
 
+use ewtune::pages;
 use ewtune::service::signing::{rfc3339_utc, verify, SignedReport, Verified};
 use super::terminal::printable;
 use std::path::PathBuf;
@@ -23,19 +24,30 @@ const UNPINNED: u8 = 3;
 Pin the daemon's key as its operator prints it with `ewtuned key show --data-dir DIR`.")]
 pub struct VerifyArgs {
     /// A signed report, as `ewtune budget show --json`, `ewtune audits get --json` or
-    /// `ewtune audit --sign-key` print it.
+    /// `ewtune audit --sign-key` print it, or a report page (`--html` of those commands), whose
+    /// embedded report is checked.
     file: PathBuf,
     /// Require this signer: the daemon's public key, 64 hex digits (`ewtuned key show`).
     /// Without it only the report's integrity is checked.
     #[arg(long, env = "EWTUNE_PUBLIC_KEY")]
     public_key: Option<String>,
+    /// Once the report verified, draw it as a web page into FILE (a budget report needs its
+    /// charts' data: one saved from `ewtune budget show --html`'s page has it).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 /// Runs the check and prints its result; the exit code is [`PINNED`], [`UNPINNED`] or [`INVALID`].
 pub fn main(args: VerifyArgs) -> ExitCode {
     match run(&args) {
-        Ok(v) => {
+        Ok((v, report)) => {
             print(&v);
+            if let Some(path) = &args.html {
+                if let Err(e) = redraw(&report, path) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(INVALID);
+                }
+            }
             ExitCode::from(if v.pinned { PINNED } else { UNPINNED })
         }
         Err(e) => {
@@ -45,11 +57,21 @@ pub fn main(args: VerifyArgs) -> ExitCode {
     }
 }
 
-fn run(args: &VerifyArgs) -> Result<Verified, Box<dyn std::error::Error>> {
+fn run(args: &VerifyArgs) -> Result<(Verified, SignedReport), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let report: SignedReport = serde_json::from_str(&text).map_err(|e| format!("{} is not a signed report: {e}", args.file.display()))?;
+    let report: SignedReport = match pages::embedded_report(&text) {
+        Some(embedded) => embedded.map_err(|e| format!("the report embedded in {} is not a signed report: {e}", args.file.display()))?,
+        None => serde_json::from_str(&text).map_err(|e| format!("{} is neither a signed report nor a report page: {e}", args.file.display()))?,
+    };
     let pinned = args.public_key.as_deref().filter(|k| !k.trim().is_empty());
-    Ok(verify(&report, pinned)?)
+    Ok((verify(&report, pinned)?, report))
+}
+
+/// Draws a verified report as a page: a budget or an audit report, by what it holds.
+fn redraw(report: &SignedReport, path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let is_audit = serde_json::from_str::<serde_json::Value>(&report.report_json)?.get("audit_version").is_some();
+    let html = if is_audit { pages::audit::audit_page(report)? } else { pages::budget::budget_page(report)? };
+    super::remote::write_page(path, &html)
 }
 
 fn print(v: &Verified) {

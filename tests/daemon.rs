@@ -352,8 +352,8 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
 }
 
 /// With `tls_cert`/`tls_key` the daemon speaks TLS only: a client trusting the certificate is
-/// served (health and an authenticated call, and the `ewtune` CLI with `--ca-cert`), a plaintext
-/// client is not. The certificate is a fresh self-signed one for `localhost` (rcgen).
+/// served (health and an authenticated call, the `ewtune` CLI with `--ca-cert`, and the report
+/// pages over HTTPS), a plaintext client is not. The certificate is a fresh self-signed one for `localhost` (rcgen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_only_clients_that_trust_its_certificate() {
     let identity = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
@@ -395,5 +395,13 @@ async fn tls_serves_only_clients_that_trust_its_certificate() {
     assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "[]");
     let untrusted = std::process::Command::new(env!("CARGO_BIN_EXE_ewtune")).args(["datasets", "list", "--addr", &https]).env("EWTUNE_TOKEN", &token).output().unwrap();
     assert!(String::from_utf8_lossy(&untrusted.stderr).contains("--ca-cert"), "{}", String::from_utf8_lossy(&untrusted.stderr));
+    // The report pages are served over TLS with the same certificate (curl trusting it), and
+    // not in plaintext.
+    let pages = format!("https://localhost:{}/", d.pages_addr.port());
+    let curl = |args: &[&str]| tokio::task::block_in_place(|| std::process::Command::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output().unwrap());
+    let trusted = curl(&["--cacert", cert_file.path().to_str().unwrap(), "-u", &format!("me:{token}"), &pages]);
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout), "200", "{}", String::from_utf8_lossy(&trusted.stderr));
+    let plaintext = curl(&["-u", &format!("me:{token}"), &format!("http://localhost:{}/", d.pages_addr.port())]);
+    assert_ne!(String::from_utf8_lossy(&plaintext.stdout), "200");
     d.stop().await;
 }

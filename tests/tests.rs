@@ -18,6 +18,7 @@ mod python_client;
 mod reference_generators;
 mod reports;
 mod server_limits;
+mod terminal;
 mod train;
 mod units;
 mod util;

@@ -46,7 +46,7 @@ fn spec(root: &Path, finetune: FineTune, epsilon: f64, steps: Option<u64>) -> Jo
     }
 }
 
-fn setup(family: Family) -> tempfile::TempDir {
+pub fn setup(family: Family) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     tiny(&root.path().join("base"), family);
     write_notes(&root.path().join("train.jsonl"), 600, 0, 1).unwrap();
@@ -347,11 +347,12 @@ fn a_user_level_job_with_a_large_user_trains_and_reports_its_counts_first() {
         &AtomicBool::new(false),
         |_| Ok(()),
         |p, c| events.borrow_mut().push(format!("start {} {} {}", p.units, c.examples, c.units)),
+        |phase| events.borrow_mut().push(format!("{phase:?}")),
         |p| events.borrow_mut().push(format!("step {}", p.step)),
         job::Diagnostics::Public,
     )
     .unwrap();
-    assert_eq!(events.into_inner(), vec!["start 31 80 31", "step 1", "step 2", "step 3"]);
+    assert_eq!(events.into_inner(), vec!["Tokenising", "Calibrating", "start 31 80 31", "LoadingModel", "Training", "step 1", "step 2", "step 3", "Saving"]);
     assert_eq!((out.data.examples, out.data.units, out.data.dropped_examples), (80, 31, 0));
     assert!(out.output_model.join("model.safetensors").exists());
 }
@@ -393,7 +394,9 @@ fn train_prints_private_statistics_only_with_the_flag() {
     let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<_>>();
 
     let (stdout, stderr) = run("out-public", &["--json"]);
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (phases, lines): (Vec<serde_json::Value>, Vec<serde_json::Value>) = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).partition(|l: &serde_json::Value| l.get("phase").is_some());
+    let phases: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["tokenising", "calibrating", "loading_model", "evaluating", "training", "evaluating", "saving"], "{stdout}");
     assert_eq!(lines.len(), 4, "start, two steps, outcome: {stdout}");
     let top = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
     assert_eq!(top(&lines[0]), set(&["plan"]));
@@ -407,7 +410,7 @@ fn train_prints_private_statistics_only_with_the_flag() {
     assert!(!stderr.contains("print-private-diagnostics"), "{stderr}");
 
     let (stdout, stderr) = run("out-private", &["--json", "--print-private-diagnostics"]);
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|l| l.get("phase").is_none()).collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     assert_eq!(top(&lines[0]), set(&["plan", "data"]));
     assert_eq!(lines[0]["data"]["examples"], 600);
@@ -424,6 +427,11 @@ fn train_prints_private_statistics_only_with_the_flag() {
     let (stdout, stderr) = run("out-text", &[]);
     assert!(stdout.contains("plan: privacy units N = 600") && !stdout.contains("examples"), "{stdout}");
     assert!(!stderr.contains("(private)"), "{stderr}");
+    // Without a terminal: each phase on a line of its own, in order, and no escape codes.
+    let phases = ["reading and tokenising the data...", "calibrating the noise", "loading the model...", "training...", "saving..."];
+    let at: Vec<usize> = phases.iter().map(|p| stderr.find(p).unwrap_or_else(|| panic!("{p:?} in {stderr}"))).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{stderr}");
+    assert!(!stderr.contains('\x1b') && !stdout.contains('\x1b'), "escape codes in a pipe: {stderr}");
     let (stdout, stderr) = run("out-text-private", &["--print-private-diagnostics"]);
     assert!(stdout.contains("data (private): 600 examples"), "{stdout}");
     assert!(stderr.contains("step 1/2 (private): ") && stderr.contains("step 2/2 (private): "), "{stderr}");

@@ -206,6 +206,10 @@ pub struct Plan {
     pub edgeworth_epsilon: f64,
     /// Delta.
     pub delta: f64,
+    /// What the reader of the plan should know (the Edgeworth estimate straying from the
+    /// certified value); none is an error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Settles q, steps and sigma for `spec` over a dataset of `units` privacy units.
@@ -238,8 +242,9 @@ pub fn plan(spec: &JobSpec, units: usize) -> Result<Plan, TrainError> {
     };
     let history = History::homogeneous(sigma, q, steps)?;
     let certified = PldAccountant::default().epsilon(&history, p.delta)?.bounds.upper;
-    let ew = ewtune_accountant::edgeworth::epsilon(&history, p.delta, ewtune_accountant::edgeworth::Order::DEFAULT)?.estimate;
-    Ok(Plan { units, sample_rate: q, steps, noise_multiplier: sigma, certified_epsilon: certified, edgeworth_epsilon: ew, delta: p.delta })
+    let ew = ewtune_accountant::edgeworth::epsilon(&history, p.delta, ewtune_accountant::edgeworth::Order::DEFAULT)?;
+    let warnings = ewtune_accountant::report::divergence_warning(certified, &ew).into_iter().collect();
+    Ok(Plan { units, sample_rate: q, steps, noise_multiplier: sigma, certified_epsilon: certified, edgeworth_epsilon: ew.estimate, delta: p.delta, warnings })
 }
 
 /// What the loop reports after every logical step. By default only what does not depend on
@@ -471,12 +476,45 @@ pub fn run_with_ledger(
     before_step: impl FnMut(u64) -> Result<(), TrainError>,
     on_progress: impl FnMut(&Progress),
 ) -> Result<Outcome, TrainError> {
-    run_observed(spec, base_name, cancel, before_step, |_, _| {}, on_progress, Diagnostics::Public)
+    run_observed(spec, base_name, cancel, before_step, |_, _| {}, |_| {}, on_progress, Diagnostics::Public)
+}
+
+/// What a run is doing between its steps, for people watching (`ewtune train` prints each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Reading and tokenising the training data (and the eval data).
+    Tokenising,
+    /// Finding the noise multiplier for the target epsilon and certifying the plan.
+    Calibrating,
+    /// Reading the base model's weights (and a checkpoint to resume from).
+    LoadingModel,
+    /// The loss on the eval data, before or after training.
+    Evaluating,
+    /// The DP-SGD steps.
+    Training,
+    /// Writing the trained model and its privacy record (or, when stopped, a checkpoint).
+    Saving,
+}
+
+impl Phase {
+    /// For people: `tokenising the data`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Tokenising => "reading and tokenising the data",
+            Phase::Calibrating => "calibrating the noise and certifying the plan",
+            Phase::LoadingModel => "loading the model",
+            Phase::Evaluating => "computing the loss on the eval data",
+            Phase::Training => "training",
+            Phase::Saving => "saving",
+        }
+    }
 }
 
 /// [`run_with_ledger`], with `on_start(plan, counts)` called once the data is read and the plan
-/// settled, before the first step (or the first step of a resumed run), and each step's
-/// progress carrying its private statistics when `diagnostics` is [`Diagnostics::Private`]. The
+/// settled, before the model is loaded and the first step (or the first step of a resumed run)
+/// runs, `on_phase` at the start of each [`Phase`], and each step's progress carrying its
+/// private statistics when `diagnostics` is [`Diagnostics::Private`]. The
 /// counts (like [`Outcome::data`]) describe the private dataset exactly: `ewtune train` prints
 /// them only with `--print-private-diagnostics`.
 pub fn run_observed(
@@ -485,6 +523,7 @@ pub fn run_observed(
     cancel: &AtomicBool,
     mut before_step: impl FnMut(u64) -> Result<(), TrainError>,
     on_start: impl FnOnce(&Plan, &DataCounts),
+    mut on_phase: impl FnMut(Phase),
     mut on_progress: impl FnMut(&Progress),
     diagnostics: Diagnostics,
 ) -> Result<Outcome, TrainError> {
@@ -501,6 +540,7 @@ pub fn run_observed(
         data_cfg.max_length = data_cfg.max_length.min(max as usize);
     }
     let precision = spec.precision.unwrap_or_else(|| Precision::default_for(limits.is_bf16(), device));
+    on_phase(Phase::Tokenising);
     let mut data = Dataset::load(&spec.data, Encoder::for_model(&tokenizer, &spec.model), &data_cfg, vocab)?;
     let counts = data.counts();
     std::fs::create_dir_all(&spec.output).map_err(|e| TrainError::Io { path: spec.output.clone(), reason: e.to_string() })?;
@@ -524,13 +564,16 @@ pub fn run_observed(
             return Err(TrainError::BadSpec { field: "expected_units", reason: format!("the dataset holds {} privacy units, the plan assumed {n}", data.len()) });
         }
     }
+    on_phase(Phase::Calibrating);
     let plan = plan(spec, data.len())?;
+    on_start(&plan, &counts);
     let data_sha = sha256_file(&spec.data)?;
     // The canary manifest is part of the job's identity: checkpoints of one draw never resume another.
     let job_fingerprint = fingerprint(spec, &format!("{data_sha}/{}", manifest_sha.as_deref().unwrap_or("-")));
     let ckpt_root = spec.output.join("checkpoints");
     std::fs::create_dir_all(&ckpt_root).map_err(|e| TrainError::Io { path: ckpt_root.clone(), reason: e.to_string() })?;
 
+    on_phase(Phase::LoadingModel);
     tch::manual_seed(spec.training.init_seed);
     let resumed = checkpoint::load_latest(&ckpt_root, device)?;
     if let Some(r) = &resumed {
@@ -557,7 +600,9 @@ pub fn run_observed(
         history = r.state.history.clone();
     }
     let start = optimizer.step;
-    on_start(&plan, &counts);
+    if eval.is_some() {
+        on_phase(Phase::Evaluating);
+    }
     let eval_before = eval.as_ref().map(|e| evaluate(&model, e, spec.training.micro_batch, device));
 
     // Fresh OS randomness on every (re)start: a resumed job never replays its noise or samples.
@@ -574,6 +619,7 @@ pub fn run_observed(
 
     let mut step = start;
     let mut cancelled = false;
+    on_phase(Phase::Training);
     while step < plan.steps {
         if cancel.load(Ordering::Relaxed) {
             cancelled = true;
@@ -601,13 +647,18 @@ pub fn run_observed(
         on_progress(&Progress { step, total_steps: plan.steps, expected_batch_size: expected_batch, epsilon_spent, private_diagnostics });
     }
     if cancelled && step > start {
+        on_phase(Phase::Saving);
         let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone() };
         checkpoint::save(&ckpt_root, &state, &model.trainable(), &optimizer.state(&names))?;
     }
     let epsilon_spent = if history.is_empty() { 0.0 } else { accountant.epsilon(&history, plan.delta)?.bounds.upper };
+    if eval.is_some() {
+        on_phase(Phase::Evaluating);
+    }
     let eval_loss = eval.as_ref().map(|e| (eval_before.unwrap_or(f64::NAN), evaluate(&model, e, spec.training.micro_batch, device)));
     let output_model = spec.output.join("model");
     if !cancelled {
+        on_phase(Phase::Saving);
         let adapter = match &spec.finetune {
             FineTune::Lora { rank, alpha, target_modules, use_rslora, rank_pattern, alpha_pattern } => Some(AdapterConfig {
                 r: *rank,

@@ -545,8 +545,9 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
             (None, _) => eprintln!("{}", describe_event(&e)),
         }
     }
+    // Left on the screen, full (or where the job stopped), as cargo and pip leave theirs.
     if let Some(b) = bar {
-        b.finish_and_clear();
+        b.finish();
     }
     let j = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner();
     println!("job {} {}: {}/{} steps, certified epsilon spent {:.4} {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, printable(&j.reason));

@@ -40,10 +40,12 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         let cancel = cancel.clone();
         ctrlc::set_handler(move || cancel.store(true, Ordering::Relaxed))?;
     }
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
+    // The bar appears when training starts (on a terminal); each phase before is one line.
+    let on_terminal = !args.json && std::io::stderr().is_terminal();
+    let bar = on_terminal.then(|| {
+        let b = indicatif::ProgressBar::hidden();
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  eta {eta}  {msg}")
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
                 .expect("static template"),
         );
         b
@@ -69,7 +71,27 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
             };
             println!("data (private): {} examples, {} privacy units; {} truncated at max_length; {dropped}", d.examples, d.units, d.truncated_examples);
         }
-        println!("plan: privacy units N = {}, q = {:.6}, steps = {}, sigma = {:.4}, certified epsilon {:.4}", p.units, p.sample_rate, p.steps, p.noise_multiplier, p.certified_epsilon);
+        println!(
+            "plan: privacy units N = {}, q = {:.6}, steps = {}, sigma = {:.4}, certified epsilon {:.4} at delta {:e} (Edgeworth estimate {:.4}, not a guarantee)",
+            p.units, p.sample_rate, p.steps, p.noise_multiplier, p.certified_epsilon, p.delta, p.edgeworth_epsilon
+        );
+        for w in &p.warnings {
+            println!("warning: {w}");
+        }
+    };
+    let on_phase = |phase: job::Phase| {
+        if args.json {
+            println!("{}", serde_json::json!({ "phase": phase }));
+            return;
+        }
+        if let (Some(b), job::Phase::Training) = (&bar, phase) {
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            return;
+        }
+        match &bar {
+            Some(b) if !b.is_hidden() => b.println(format!("{}...", phase.describe())),
+            _ => eprintln!("{}...", phase.describe()),
+        }
     };
     let on_progress = |p: &job::Progress| {
         if p.epsilon_spent.is_some() {
@@ -103,9 +125,10 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("step {}/{}  epsilon spent {}", p.step, p.total_steps, last_eps.map(|e| format!("{e:.4}")).unwrap_or("-".into()));
         }
     };
-    let outcome = job::run_observed(&spec, &job::BaseName::CanonicalPath, &cancel, |_| Ok(()), on_start, on_progress, diagnostics)?;
+    let outcome = job::run_observed(&spec, &job::BaseName::CanonicalPath, &cancel, |_| Ok(()), on_start, on_phase, on_progress, diagnostics)?;
+    // Left on the screen where training ended.
     if let Some(b) = bar {
-        b.finish_and_clear();
+        b.finish();
     }
     if args.json {
         let mut line = serde_json::to_value(&outcome).expect("outcome serializes");

@@ -54,7 +54,7 @@ fn fixture_scores_and_aucs_match_reference() {
     let base = Model::load_output(&dir.join("base"), Device::Cpu).unwrap();
     let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let texts: Vec<LabeledText> = std::fs::read_to_string(dir.join("texts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let audit = audit_texts(&target, Some(&base), &tok, &texts, 64, Device::Cpu).unwrap();
+    let audit = audit_texts(&target, Some(&base), &tok, &texts, 64, Device::Cpu, &ewtune::audit::logprobs::Scoring::silent()).unwrap();
     let refs: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("reference_scores.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for (got, want) in audit.texts.iter().zip(&refs) {
         for (ours, theirs) in [("loss", "score_loss"), ("zlib", "score_zlib"), ("lowercase", "score_lowercase"), ("ref", "score_ref"),
@@ -92,7 +92,7 @@ fn nonprivate_training_leaks_canaries() {
         }
     }
     let base = Model::load(&base_dir, &FineTune::Full, None, Device::Cpu).unwrap();
-    let audit = audit_canaries(&manifest, "(seeded test draw)", &model, &base, None, Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, "(seeded test draw)", &model, &base, None, Device::Cpu, &ewtune::audit::logprobs::Scoring::silent()).unwrap();
     let auc = audit.metrics["ref"].auc;
     eprintln!("non-private: canary AUC {auc:.4}, eps_lb {:.4} (k+ {}, {}/{}), ceiling {:.3}, classic (heuristic) {:.3}", audit.best.eps_lb, audit.best.k_plus, audit.best.v, audit.best.r, audit.eps_ceiling_for_m, audit.eps_classic_heuristic);
     assert!(auc > 0.9, "{audit:?}");
@@ -133,7 +133,7 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
     assert_eq!(out.plan.units, 400 + inserted, "canaries count in N");
     let target = Model::load_output(&out.output_model, Device::Cpu).unwrap();
     let base = Model::load_output(&base_dir, Device::Cpu).unwrap();
-    let audit = audit_canaries(&manifest, &ewtune::digest::sha256_hex(&bytes), &target, &base, Some(out.epsilon_spent), Device::Cpu).unwrap();
+    let audit = audit_canaries(&manifest, &ewtune::digest::sha256_hex(&bytes), &target, &base, Some(out.epsilon_spent), Device::Cpu, &ewtune::audit::logprobs::Scoring::silent()).unwrap();
     eprintln!("DP eps {:.4}: canary AUC {:.4}, eps_lb {:.4}", out.epsilon_spent, audit.metrics["ref"].auc, audit.best.eps_lb);
     assert!(out.epsilon_spent <= 1.0);
     assert!(audit.best.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");
@@ -212,7 +212,7 @@ fn multi_run_classic_bound_matches_its_parts() {
     let target = Model::load_output(&dir, Device::Cpu).unwrap();
     let base = Model::load_output(&dir.join("base"), Device::Cpu).unwrap();
     let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-    let batched = audit_texts(&target, Some(&base), &tok, &texts, 64, Device::Cpu).unwrap();
+    let batched = audit_texts(&target, Some(&base), &tok, &texts, 64, Device::Cpu, &ewtune::audit::logprobs::Scoring::silent()).unwrap();
     for (s, t) in audit.scores.iter().zip(batched.texts.iter().cycle()) {
         assert!((s - t.scores["ref"]).abs() < 1e-5, "{s} vs {}", t.scores["ref"]);
     }

@@ -322,6 +322,8 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     assert_eq!(started.state, pb::AuditState::Running as i32);
     let a = wait_for_audit(&mut c, &started.audit_id).await;
     assert_eq!(a.state, pb::AuditState::Succeeded as i32, "{}", a.reason);
+    // Its progress: every text scored three times (fine-tuned, lowercase, base), every canary twice.
+    assert_eq!((a.texts, a.scored, a.to_score), (80, 80 * 3 + 200 * 2, 80 * 3 + 200 * 2));
     // Signed by the daemon; a tampered copy fails.
     let signed = signing::SignedReport::new(a.report_json.clone(), &a.signature, &a.public_key);
     signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();

@@ -1,9 +1,10 @@
 //! What people see on a terminal, on a real pseudo-terminal (tests/python/pty_run.py): `ewtune
 //! train` states its plan, then each phase, then a bar with the step count; `ewtune jobs watch`
-//! draws a bar with the job's total, rate and time left, and leaves it full at the end. The same
-//! commands in a pipe print lines and no escape code (tests/train.rs, tests/outputs.rs).
+//! draws a bar with the job's total, rate and time left, and leaves it full at the end; `ewtune
+//! audits create` shows how far the scoring has got. The same commands in a pipe print lines and
+//! no escape code (here, tests/train.rs, tests/outputs.rs).
 
-use crate::daemon::{client, register, spec, Daemon};
+use crate::daemon::{client, notes, register, spec, Daemon};
 use ewtune::api::pb;
 use std::path::Path;
 use std::process::Command;
@@ -65,5 +66,37 @@ async fn watch_on_a_terminal_draws_the_jobs_bar_with_its_total() {
     let text = format!("{}{}", String::from_utf8_lossy(&pipe.stdout), String::from_utf8_lossy(&pipe.stderr));
     assert!(pipe.status.success() && text.contains("/12: certified epsilon spent") && !text.contains('\x1b'), "{text}");
     assert!(!text.contains("{\""), "no raw payloads: {text}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_show_how_far_their_scoring_has_got() {
+    let d = Daemon::start().await;
+    let token = d.state.store.create_token("clinic").unwrap();
+    let mut c = client(&d.addr, &token).await;
+    let ds = register(&mut c, 8.0).await;
+    let mut s = spec(&ds.dataset_id, 2.0);
+    s.canaries = Some(pb::CanaryConfig { count: 200, length: 16 });
+    let job = c.jobs.create(s).await.unwrap().into_inner();
+    let mut stream = c.jobs.watch(pb::WatchJobRequest { job_id: job.job_id.clone(), after_seq: 0 }).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    // Enough texts that the scoring lasts a few of the CLI's polls.
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts.jsonl");
+    let line = |t: &str, label: u8| format!("{}\n", serde_json::json!({ "input": t, "label": label }));
+    let members: String = String::from_utf8(notes(400, 1)).unwrap().lines().map(|t| line(t, 1)).collect();
+    let others: String = String::from_utf8(notes(2600, 9)).unwrap().lines().map(|t| line(t, 0)).collect();
+    std::fs::write(&texts, members + &others).unwrap();
+    let env = [("EWTUNE_ADDR", d.addr.as_str()), ("EWTUNE_TOKEN", token.as_str())];
+    let args = ["audits", "create", "--job", &job.job_id, "--texts", texts.to_str().unwrap()];
+    let (screen, ok) = on_a_terminal(&args, &env);
+    assert!(ok, "{screen}");
+    assert!(screen.contains("(sequence, model) pairs") && screen.contains("/9400"), "3000 texts x 3 + 200 canaries x 2 scorings: {screen}");
+    assert!(screen.contains("3000 texts, 3 scorings each, and 200 canaries, 2 each"), "{screen}");
+    assert!(screen.contains("empirical epsilon lower bound"), "the report follows: {screen}");
+    // On a pipe: a line at every tenth, no escape code.
+    let pipe = tokio::task::block_in_place(|| Command::new(env!("CARGO_BIN_EXE_ewtune")).args(args).envs(env).output().unwrap());
+    let err = String::from_utf8_lossy(&pipe.stderr);
+    assert!(pipe.status.success() && err.contains("scorings done (3000 texts") && !err.contains('\x1b'), "{err}");
     d.stop().await;
 }

@@ -60,6 +60,9 @@ fn shown(view: AuditView) -> pb::Audit {
         violation: canary.is_some_and(|c| c.violation),
         canary_auc: canary.map_or(0.0, |c| c.primary_auc),
         created_unix_ms: a.created_at_unix_ms,
+        scored: a.scored,
+        to_score: a.to_score,
+        texts: serde_json::from_str::<serde_json::Value>(&a.request_json).ok().and_then(|r| r["texts"].as_u64()).unwrap_or(0) as u32,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct ScoreHistogram {
 /// Bins per canary histogram: about ten canaries per bin at the default m = 1000 (docs/audit.md).
 pub const HISTOGRAM_BINS: usize = 40;
 
+/// Scorings per canary: under the target and under the base.
+pub const SCORINGS_PER_CANARY: u64 = 2;
+
 /// Scores every canary, whole, by the manifest's primary score `ref = loss_base - loss_target`
 /// on its tokens (and Min-K%++ 20 % as a secondary metric) and runs the one-run audit
 /// with the manifest's grid, beta and delta. Nothing here is a knob: the audit was fixed before
@@ -79,8 +82,9 @@ pub fn audit_canaries(
     base: &crate::train::model::Model,
     eps_claimed: Option<f64>,
     device: tch::Device,
+    scoring: &super::logprobs::Scoring<'_>,
 ) -> Result<CanaryAudit, AuditError> {
-    use super::logprobs::token_stats;
+    use super::logprobs::token_stats_counted;
     use super::scores::{min_k_pp, score_ref};
     if manifest.primary_score != "ref" {
         return Err(AuditError::Input(format!("unsupported primary score `{}`", manifest.primary_score)));
@@ -92,8 +96,8 @@ pub fn audit_canaries(
     if let Some(limit) = target.max_positions().filter(|&p| longest as i64 > p) {
         return Err(AuditError::Input(format!("canaries of {longest} tokens exceed the model's context of {limit}")));
     }
-    let t = token_stats(target, &manifest.canaries, longest, 64, device);
-    let b = token_stats(base, &manifest.canaries, longest, 64, device);
+    let t = token_stats_counted(target, &manifest.canaries, longest, 64, device, scoring);
+    let b = token_stats_counted(base, &manifest.canaries, longest, 64, device, scoring);
     let primary: Vec<f64> = t.iter().zip(&b).map(|(t, b)| score_ref(&t.logprobs, &b.logprobs)).collect();
     let secondary: Vec<f64> = t.iter().map(|t| min_k_pp(&t.logprobs, &t.mu, &t.sigma2, 0.2)).collect::<Result<_, _>>()?;
     let audit = super::bounds::one_run_audit(&primary, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])

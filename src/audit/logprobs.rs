@@ -33,6 +33,38 @@ const MAX_LOGITS_ELEMENTS: i64 = 1 << 28;
 /// Scores token sequences with `model`, up to `batch` sequences per forward pass (fewer when
 /// their logits would exceed [`MAX_LOGITS_ELEMENTS`]), truncating each to `max_tokens`.
 pub fn token_stats(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, batch: usize, device: Device) -> Vec<TokenStats> {
+    token_stats_counted(model, sequences, max_tokens, batch, device, &Scoring::silent())
+}
+
+/// How far an audit's scoring has got, for people waiting on it: every (sequence, model) pair
+/// scored counts once, so a text scored under the fine-tuned model, in lowercase and under the
+/// base model counts three times. `report(done, total)` is called after every batch.
+pub struct Scoring<'a> {
+    total: u64,
+    done: std::cell::Cell<u64>,
+    report: &'a dyn Fn(u64, u64),
+}
+
+impl<'a> Scoring<'a> {
+    /// `total` scorings to come, each batch reported to `report`.
+    pub fn new(total: u64, report: &'a dyn Fn(u64, u64)) -> Self {
+        report(0, total);
+        Scoring { total, done: std::cell::Cell::new(0), report }
+    }
+
+    /// Counts nothing anyone reads.
+    pub fn silent() -> Scoring<'static> {
+        Scoring { total: 0, done: std::cell::Cell::new(0), report: &|_, _| {} }
+    }
+
+    fn add(&self, n: usize) {
+        self.done.set(self.done.get() + n as u64);
+        (self.report)(self.done.get(), self.total.max(self.done.get()));
+    }
+}
+
+/// [`token_stats`], counting each batch's sequences into `scoring`.
+pub fn token_stats_counted(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, batch: usize, device: Device, scoring: &Scoring<'_>) -> Vec<TokenStats> {
     let _guard = tch::no_grad_guard();
     let vocab = model.vocab_size().max(1);
     let mut out = Vec::with_capacity(sequences.len());
@@ -42,6 +74,7 @@ pub fn token_stats(model: &Model, sequences: &[Vec<i64>], max_tokens: usize, bat
         let fit = (MAX_LOGITS_ELEMENTS / (longest * vocab)).max(1) as usize;
         let end = (start + batch.max(1).min(fit)).min(sequences.len());
         out.extend(score_batch(model, &sequences[start..end], max_tokens, device));
+        scoring.add(end - start);
         start = end;
     }
     out

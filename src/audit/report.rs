@@ -191,6 +191,8 @@ pub struct AuditInputs<'a> {
     pub max_tokens: Option<usize>,
     /// Where to score.
     pub device: Device,
+    /// Told `(done, total)` scorings as they happen ([`super::logprobs::Scoring`]).
+    pub progress: &'a dyn Fn(u64, u64),
 }
 
 /// Runs every part of the audit `inputs` asks for and assembles the report.
@@ -209,6 +211,9 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     if max_tokens < 2 {
         return Err(AuditError::Input("max_tokens must be >= 2 (one scored token)".into()));
     }
+    let total = inputs.texts.len() as u64 * super::texts::SCORINGS_PER_TEXT
+        + inputs.manifest.map_or(0, |(m, _)| m.canaries.len() as u64 * super::canary::SCORINGS_PER_CANARY);
+    let scoring = super::logprobs::Scoring::new(total, inputs.progress);
     let tokenizer_path = crate::train::peft_adapter::tokenizer_path(&inputs.base_dir, crate::train::peft_adapter::AdapterBase::Recorded)?;
     let mut tokenizer_sha256 = None;
     let data_mia = if inputs.texts.is_empty() {
@@ -217,7 +222,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
         let bytes = std::fs::read(&tokenizer_path).map_err(|e| AuditError::Input(format!("cannot read {}: {e}", tokenizer_path.display())))?;
         tokenizer_sha256 = Some(crate::digest::sha256_hex(&bytes));
         let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| AuditError::Input(format!("{}: {e}", tokenizer_path.display())))?;
-        let audit = audit_texts(&target, Some(&base), &tokenizer, inputs.texts, max_tokens, inputs.device)?;
+        let audit = audit_texts(&target, Some(&base), &tokenizer, inputs.texts, max_tokens, inputs.device, &scoring)?;
         let n_members = inputs.texts.iter().filter(|t| t.label == 1).count();
         Some(DataMia {
             n_members,
@@ -227,7 +232,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
             scores: audit.metrics,
         })
     };
-    let canary_audit = inputs.manifest.map(|(m, sha)| audit_canaries(m, sha, &target, &base, inputs.eps_claimed, inputs.device)).transpose()?;
+    let canary_audit = inputs.manifest.map(|(m, sha)| audit_canaries(m, sha, &target, &base, inputs.eps_claimed, inputs.device, &scoring)).transpose()?;
     let mut software = BTreeMap::new();
     software.insert("crate", format!("ewtune {}", env!("CARGO_PKG_VERSION")));
     software.insert("zlib", "flate2 (zlib backend)".to_string());

@@ -3,7 +3,7 @@
 //! metrics (AUC with a seeded stratified bootstrap CI, TPR at 0.1 / 1 / 5 % FPR, strict, realised
 //! FPR reported), NaNs dropped and counted.
 
-use super::logprobs::token_stats;
+use super::logprobs::{token_stats_counted, Scoring};
 use super::metrics::{self, FprMode};
 use super::report::AuditError;
 use super::scores::{TextInput, TextScores, REPORTED_RATIOS};
@@ -11,6 +11,9 @@ use crate::train::model::Model;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tch::Device;
+
+/// Scorings per text: under the target, its lowercase form under the target, under the base.
+pub const SCORINGS_PER_TEXT: u64 = 3;
 
 /// One labelled text (`{"input": ..., "label": 1|0}`, 1 = member).
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -94,7 +97,8 @@ fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<i64>, AuditErro
     Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
 }
 
-/// Scores `texts` with `target` (and `base` for `ref`) and computes the metrics.
+/// Scores `texts` with `target` (and `base` for `ref`) and computes the metrics, counting
+/// [`SCORINGS_PER_TEXT`] (one fewer without a base) scorings per text into `scoring`.
 pub fn audit_texts(
     target: &Model,
     base: Option<&Model>,
@@ -102,6 +106,7 @@ pub fn audit_texts(
     texts: &[LabeledText],
     max_tokens: usize,
     device: Device,
+    scoring: &Scoring<'_>,
 ) -> Result<TextAudit, AuditError> {
     if texts.iter().any(|t| t.label != 0 && t.label != 1) {
         return Err(AuditError::Input("every label must be 1 (member) or 0 (non-member)".into()));
@@ -109,9 +114,9 @@ pub fn audit_texts(
     let ids: Vec<Vec<i64>> = texts.iter().map(|t| encode(tokenizer, &t.input)).collect::<Result<_, _>>()?;
     let lower_ids: Vec<Vec<i64>> = texts.iter().map(|t| encode(tokenizer, &t.input.to_lowercase())).collect::<Result<_, _>>()?;
     let batch = 16;
-    let stats = token_stats(target, &ids, max_tokens, batch, device);
-    let lower = token_stats(target, &lower_ids, max_tokens, batch, device);
-    let base_stats = base.map(|b| token_stats(b, &ids, max_tokens, batch, device));
+    let stats = token_stats_counted(target, &ids, max_tokens, batch, device, scoring);
+    let lower = token_stats_counted(target, &lower_ids, max_tokens, batch, device, scoring);
+    let base_stats = base.map(|b| token_stats_counted(b, &ids, max_tokens, batch, device, scoring));
     let mut results = Vec::with_capacity(texts.len());
     for (i, t) in texts.iter().enumerate() {
         let s = &stats[i];

@@ -62,6 +62,17 @@ fn report_json(state: &State, job: &Job, tenant: &TenantId, id: &AuditId, reques
     // job's own delta (the manifest's).
     let claimed = job.certified_epsilon_spent(spec.privacy.delta).map_err(|e| input("accounting the job", &e))?;
     let target = super::jobs::output_dir(state, &job.id);
+    // How far it has got, for Audits.Get: at most one write a second (and the last one).
+    let last_write = std::cell::Cell::new(None::<std::time::Instant>);
+    let progress = |done: u64, total: u64| {
+        let due = last_write.get().is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) || done == total;
+        if due {
+            last_write.set(Some(std::time::Instant::now()));
+            if let Err(e) = state.store.record_audit_progress(id, done, total) {
+                tracing::warn!(audit = %id, error = %e, "cannot record the audit's progress");
+            }
+        }
+    };
     let mut report = build_report(&AuditInputs {
         job_id: Some(job.id.as_str().to_string()),
         target_dir: &target,
@@ -73,6 +84,7 @@ fn report_json(state: &State, job: &Job, tenant: &TenantId, id: &AuditId, reques
         eps_claimed: Some(claimed),
         max_tokens: request.max_tokens,
         device: spec.device.resolve()?,
+        progress: &progress,
     })?;
     report.tenant = Some(tenant.to_string());
     report.audit_id = Some(id.to_string());

@@ -53,13 +53,17 @@ pub struct Audit {
     pub created_at_unix_ms: i64,
     /// When it ended.
     pub finished_at_unix_ms: Option<i64>,
+    /// Scorings done: every (sequence, model) pair scored counts once.
+    pub scored: u64,
+    /// Scorings the audit will do (0 until it has counted them).
+    pub to_score: u64,
 }
 
 /// Running audits one tenant may have.
 const MAX_RUNNING_PER_TENANT: i64 = 1;
 
 /// The columns [`Audit::from_row`] reads, by name: every SELECT of a whole audit lists these.
-const AUDIT_COLUMNS: &str = "id, tenant, job, state, request_json, report_json, signature, reason, created_at_ms, finished_at_ms";
+const AUDIT_COLUMNS: &str = "id, tenant, job, state, request_json, report_json, signature, reason, created_at_ms, finished_at_ms, scored, to_score";
 
 impl Audit {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Audit> {
@@ -74,6 +78,8 @@ impl Audit {
             reason: row.get("reason")?,
             created_at_unix_ms: row.get("created_at_ms")?,
             finished_at_unix_ms: row.get("finished_at_ms")?,
+            scored: row.get::<_, i64>("scored")?.max(0) as u64,
+            to_score: row.get::<_, i64>("to_score")?.max(0) as u64,
         })
     }
 }
@@ -124,6 +130,13 @@ impl Store {
         let created = load(&tx, &id)?;
         tx.commit()?;
         Ok(created)
+    }
+
+    /// Records how far a running audit's scoring has got (nothing for a finished one).
+    pub fn record_audit_progress(&self, id: &AuditId, scored: u64, to_score: u64) -> Result<()> {
+        let (scored, to_score) = (super::to_sql_count("scored", scored)?, super::to_sql_count("to_score", to_score)?);
+        self.conn().execute("UPDATE audits SET scored = ?2, to_score = ?3 WHERE id = ?1 AND state = 'running'", params![id, scored, to_score])?;
+        Ok(())
     }
 
     /// Ends a running audit; ending a finished one is `InvalidArgument` (it never changes).
@@ -207,10 +220,17 @@ mod tests {
         let fx = Fixture::new();
         let (tenant, job) = succeeded_job(&fx);
         let a = fx.store.create_audit(&tenant, &job, r#"{"texts": 0}"#).unwrap();
-        assert_eq!(a.state, AuditState::Running);
+        assert_eq!((a.state, a.scored, a.to_score), (AuditState::Running, 0, 0));
+        fx.store.record_audit_progress(&a.id, 64, 400).unwrap();
+        let running = fx.store.get_audit(&tenant, &a.id).unwrap();
+        assert_eq!((running.scored, running.to_score), (64, 400));
+        fx.store.record_audit_progress(&a.id, 400, 400).unwrap();
         let done = fx.store.finish_audit(&a.id, AuditOutcome::Report { report_json: "{}".into(), signature: vec![7; 64] }).unwrap();
         assert_eq!((done.state, done.report_json.as_deref(), done.signature.as_deref()), (AuditState::Succeeded, Some("{}"), Some(&[7u8; 64][..])));
         assert!(matches!(fx.store.finish_audit(&a.id, AuditOutcome::Failed("late".into())), Err(StoreError::InvalidArgument { .. })));
+        // Progress after the end changes nothing (and is no error: the scorer may lag the end).
+        fx.store.record_audit_progress(&a.id, 1, 1).unwrap();
+        assert_eq!((fx.store.get_audit(&tenant, &a.id).unwrap().scored, done.scored), (400, 400));
         // Below the Rust code, SQL refuses to change or delete a finished audit.
         let conn = fx.store.conn();
         assert!(conn.execute("UPDATE audits SET report_json = '{\"forged\": 1}' WHERE id = ?1", [&a.id]).is_err());

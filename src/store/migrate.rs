@@ -28,6 +28,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_hardening.sql"),
     include_str!("migrations/0004_outputs.sql"),
     include_str!("migrations/0005_units.sql"),
+    include_str!("migrations/0006_audit_progress.sql"),
 ];
 
 /// The schema version this build writes and reads.

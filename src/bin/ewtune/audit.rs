@@ -130,6 +130,7 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .and_then(|v| v["epsilon_spent"].as_f64()),
         };
         let base = args.base.as_ref().ok_or("--manifest needs --base")?;
+        let bar = scoring_bar();
         let report = build_report(&AuditInputs {
             job_id: None,
             target_dir: model,
@@ -140,7 +141,11 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
             eps_claimed: claimed,
             max_tokens: args.max_tokens,
             device,
+            progress: &|done, total| show_scoring(&bar, done, total),
         })?;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
         if json {
             return emit(serde_json::to_string(&report)?, args.sign_key.as_ref());
         }
@@ -159,7 +164,14 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer_path = ewtune::train::peft_adapter::tokenizer_path(model, args.base.as_deref().map_or(AdapterBase::Recorded, AdapterBase::RecordedOr))?;
     let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot load {}: {e}", tokenizer_path.display()))?;
     let texts: Vec<LabeledText> = read_jsonl(texts_path)?;
-    let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device)?;
+    let bar = scoring_bar();
+    let per_text = if base.is_some() { ewtune::audit::texts::SCORINGS_PER_TEXT } else { ewtune::audit::texts::SCORINGS_PER_TEXT - 1 };
+    let show = |done, total| show_scoring(&bar, done, total);
+    let scoring = ewtune::audit::logprobs::Scoring::new(texts.len() as u64 * per_text, &show);
+    let audit = audit_texts(&target, base.as_ref(), &tokenizer, &texts, max_tokens, device, &scoring)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
     if json {
         return emit(serde_json::to_string(&audit)?, args.sign_key.as_ref());
     }
@@ -172,4 +184,21 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// A bar of the scorings done, on a terminal only (stdout may be JSON).
+fn scoring_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} (sequence, model) pairs  ETA {eta}").expect("static template"));
+        b
+    })
+}
+
+fn show_scoring(bar: &Option<indicatif::ProgressBar>, done: u64, total: u64) {
+    if let Some(b) = bar {
+        b.set_length(total);
+        b.set_position(done);
+    }
 }

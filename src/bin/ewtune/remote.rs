@@ -699,13 +699,50 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
     }
 }
 
-/// Polls a running audit until it ends.
+/// Polls a running audit until it ends, showing how far its scoring has got: a bar on a
+/// terminal, a line at every tenth otherwise.
 async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb::Audit, Box<dyn std::error::Error>> {
+    let bar = (a.state == pb::AuditState::Running as i32 && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} (sequence, model) pairs  ETA {eta}  {msg}").expect("static template"));
+        b
+    });
+    let mut tenths_shown = None;
     while a.state == pb::AuditState::Running as i32 {
+        let what = audit_work(&a);
+        match &bar {
+            Some(b) => {
+                b.set_length(a.to_score);
+                b.set_position(a.scored);
+                b.set_message(what);
+            }
+            None if a.to_score > 0 => {
+                let tenths = a.scored * 10 / a.to_score;
+                if tenths_shown != Some(tenths) {
+                    eprintln!("audit {}: {} of {} scorings done ({what})", a.audit_id, a.scored, a.to_score);
+                    tenths_shown = Some(tenths);
+                }
+            }
+            None => {}
+        }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         a = c.audits.get(pb::GetAuditRequest { audit_id: a.audit_id.clone() }).await.map_err(explain)?.into_inner();
     }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     Ok(a)
+}
+
+/// What an audit scores, in words: `400 texts (3 scorings each), the job's canaries (2 each)`.
+fn audit_work(a: &pb::Audit) -> String {
+    let texts = u64::from(a.texts) * ewtune::audit::texts::SCORINGS_PER_TEXT;
+    let canaries = a.to_score.saturating_sub(texts) / ewtune::audit::canary::SCORINGS_PER_CANARY;
+    match (a.texts, canaries) {
+        (0, c) => format!("{c} canaries, 2 scorings each"),
+        (t, 0) => format!("{t} texts, 3 scorings each"),
+        (t, c) => format!("{t} texts, 3 scorings each, and {c} canaries, 2 each"),
+    }
 }
 
 fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error>> {

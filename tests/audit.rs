@@ -139,7 +139,7 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
     assert!(audit.best.eps_lb <= out.epsilon_spent && !audit.violation, "{audit:?}");
 }
 
-/// `ewtune audit` as an operator runs it: the JSON shape, the report signed with
+/// `ewtune score` as an operator runs it: the JSON shape, the report signed with
 /// `--sign-key` verifies with `ewtune verify` and a tampered copy does not, and a missing model
 /// is a named error with exit code 2.
 #[test]
@@ -149,7 +149,7 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
     let tmp = tempfile::tempdir().unwrap();
     let ewtune = env!("CARGO_BIN_EXE_ewtune");
     let (base, texts) = (dir.join("base"), dir.join("texts.jsonl"));
-    let args = ["audit", "--model", dir.to_str().unwrap(), "--base", base.to_str().unwrap(), "--texts", texts.to_str().unwrap(), "--device", "cpu"];
+    let args = ["score", "--model", dir.to_str().unwrap(), "--base", base.to_str().unwrap(), "--texts", texts.to_str().unwrap(), "--device", "cpu"];
     let key = tmp.path().join("operator.pk8");
     let out = Command::new(ewtune).args(args).args(["--sign-key", key.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -184,7 +184,7 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
         v.to_string()
     }).collect();
     std::fs::write(&runs, lines.join("\n")).unwrap();
-    let out = Command::new(ewtune).args(["audit", "--runs", runs.to_str().unwrap(), "--base", base.to_str().unwrap(), "--device", "cpu", "--json"]).output().unwrap();
+    let out = Command::new(ewtune).args(["score", "--runs", runs.to_str().unwrap(), "--base", base.to_str().unwrap(), "--device", "cpu", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let multi: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(multi["n_runs"].as_u64(), Some(lines.len() as u64));
@@ -194,6 +194,8 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
     let missing = Command::new(ewtune).args(["audit", "--model", nope.to_str().unwrap(), "--texts", texts.to_str().unwrap()]).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"), "{}", String::from_utf8_lossy(&missing.stderr));
+    // The old name still runs, saying the new one (`audit` was one letter from `audits`).
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("`ewtune audit` is now `ewtune score`"), "{}", String::from_utf8_lossy(&missing.stderr));
 }
 
 /// The multi-run audit (docs/audit.md, The one-run lower bound): each "run" scores its own target once; the scores equal the batched

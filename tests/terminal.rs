@@ -100,3 +100,22 @@ async fn audits_show_how_far_their_scoring_has_got() {
     assert!(pipe.status.success() && err.contains("scorings done (3000 texts") && !err.contains('\x1b'), "{err}");
     d.stop().await;
 }
+
+/// The command names people type: `score` (local) and `audits` (the daemon's) cannot be confused,
+/// `audit` is a hidden alias, and the shells' completions know every command.
+#[test]
+fn commands_have_distinct_names_and_shell_completions() {
+    let ewtune = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ewtune")).args(args).output().unwrap();
+    let help = String::from_utf8(ewtune(&["--help"]).stdout).unwrap();
+    let commands: Vec<&str> = help.lines().filter_map(|l| l.strip_prefix("  ")).filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(commands.contains(&"score") && commands.contains(&"audits") && !commands.contains(&"audit"), "{help}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ewtune(&["completions", shell]);
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success() && ["score", "audits", "verify", "--html", "completions"].iter().all(|w| script.contains(w)), "{shell}: {script}");
+    }
+    let bash = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bash.path(), ewtune(&["completions", "bash"]).stdout).unwrap();
+    let checked = Command::new("bash").arg("-n").arg(bash.path()).output().unwrap();
+    assert!(checked.status.success(), "bash -n: {}", String::from_utf8_lossy(&checked.stderr));
+}

@@ -1,4 +1,4 @@
-//! An audit of labelled texts (`ewtune audit --texts`, and the `data_mia` part of a job's audit
+//! An audit of labelled texts (`ewtune score --texts`, and the `data_mia` part of a job's audit
 //! report): per-text token log-probs and every score of docs/audit.md, Scores, and per-score
 //! metrics (AUC with a seeded stratified bootstrap CI, TPR at 0.1 / 1 / 5 % FPR, strict, realised
 //! FPR reported), NaNs dropped and counted.

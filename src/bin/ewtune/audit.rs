@@ -1,4 +1,4 @@
-//! `ewtune audit`: the membership audit of a trained model, locally. With `--texts`, scores
+//! `ewtune score` (formerly `ewtune audit`): the membership audit of a trained model, locally. With `--texts`, scores
 //! labelled texts (1 = member) and prints per-score AUC / TPR at low FPR; with `--manifest`,
 //! runs the one-run canary audit of a job that inserted canaries and compares the empirical
 //! epsilon lower bound with the certified epsilon it claimed (docs/audit.md, "The report").
@@ -15,7 +15,7 @@ use ewtune::train::model::Model;
 use ewtune::train::peft_adapter::{load_trained, AdapterBase};
 use std::path::PathBuf;
 
-/// Arguments of `ewtune audit`.
+/// Arguments of `ewtune score`.
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {
     /// The audited (fine-tuned) model: an HF directory, or a PEFT adapter directory.

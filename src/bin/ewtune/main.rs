@@ -45,10 +45,17 @@ enum Command {
     /// Membership audits of jobs on the daemon, signed.
     #[command(subcommand)]
     Audits(remote::AuditsCommand),
-    /// Check a signed budget or audit report offline.
+    /// Check a signed budget or audit report (JSON or page) offline.
     Verify(verify::VerifyArgs),
-    /// Membership audit of a trained model (texts, or a job's canaries).
-    Audit(audit::AuditArgs),
+    /// Score a trained model you hold for membership leakage, locally (texts, or a job's
+    /// canaries); `ewtune audits` asks the daemon for a signed audit of its jobs.
+    #[command(alias = "audit")]
+    Score(audit::AuditArgs),
+    /// Print the shell completions of ewtune, e.g. `ewtune completions bash > ~/.local/share/bash-completion/completions/ewtune`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,7 +65,16 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => bench::run(cmd, &cli.connect),
         Command::Synth(args) => synth::run(args),
         Command::Verify(args) => return verify::main(args),
-        Command::Audit(args) => audit::run(args),
+        Command::Score(args) => {
+            if std::env::args().skip(1).find(|a| a == "audit" || a == "score").as_deref() == Some("audit") {
+                eprintln!("note: `ewtune audit` is now `ewtune score` (so that it is not mistaken for `ewtune audits`, the daemon's); the old name goes in the next release");
+            }
+            audit::run(args)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ewtune", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Datasets(cmd) => remote_call(remote::datasets(&cli.connect, cmd)),
         Command::Jobs(cmd) => remote_call(remote::jobs(&cli.connect, cmd)),
         Command::Budget(cmd) => remote_call(remote::budget(&cli.connect, cmd)),

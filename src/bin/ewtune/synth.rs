@@ -63,7 +63,7 @@ max_length = 48
 }
 
 /// `audit_texts.jsonl`: `n` training lines (label 1) and `n` held-out lines (label 0), the
-/// `{"input", "label"}` lines `ewtune audit --texts` and `ewtune audits create --texts` read.
+/// `{"input", "label"}` lines `ewtune score --texts` and `ewtune audits create --texts` read.
 fn write_audit_texts(dir: &std::path::Path, n: usize) -> Result<(), Box<dyn std::error::Error>> {
     let mut out = String::new();
     for (file, label) in [("train.jsonl", 1), ("eval.jsonl", 0)] {

@@ -151,7 +151,7 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         let path = spec.output.join("audit_manifest.json");
         let manifest: Option<ewtune::train::canaries::Manifest> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let inserted = manifest.map_or(0, |m| m.included.iter().filter(|&&s| s).count());
-        println!("canaries: {} drawn, {inserted} inserted (counted in N); manifest {} (audit with `ewtune audit --manifest`)", c.count, path.display());
+        println!("canaries: {} drawn, {inserted} inserted (counted in N); manifest {} (audit with `ewtune score --manifest`)", c.count, path.display());
         for w in c.warnings(p.units - inserted) {
             println!("warning: {w}");
         }

@@ -24,7 +24,7 @@ const UNPINNED: u8 = 3;
 Pin the daemon's key as its operator prints it with `ewtuned key show --data-dir DIR`.")]
 pub struct VerifyArgs {
     /// A signed report, as `ewtune budget show --json`, `ewtune audits get --json` or
-    /// `ewtune audit --sign-key` print it, or a report page (`--html` of those commands), whose
+    /// `ewtune score --sign-key` print it, or a report page (`--html` of those commands), whose
     /// embedded report is checked.
     file: PathBuf,
     /// Require this signer: the daemon's public key, 64 hex digits (`ewtuned key show`).

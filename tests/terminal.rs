@@ -66,6 +66,10 @@ async fn watch_on_a_terminal_draws_the_jobs_bar_with_its_total() {
     let text = format!("{}{}", String::from_utf8_lossy(&pipe.stdout), String::from_utf8_lossy(&pipe.stderr));
     assert!(pipe.status.success() && text.contains("/12: certified epsilon spent") && !text.contains('\x1b'), "{text}");
     assert!(!text.contains("{\""), "no raw payloads: {text}");
+    // Refusals in words, not gRPC code names.
+    let missing = tokio::task::block_in_place(|| Command::new(env!("CARGO_BIN_EXE_ewtune")).args(["jobs", "get", &"0".repeat(32)]).envs(env).output().unwrap());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(missing.status.code() == Some(2) && err.starts_with("error: not found: "), "{err}");
     d.stop().await;
 }
 

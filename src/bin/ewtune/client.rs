@@ -67,7 +67,23 @@ impl Connect {
     }
 }
 
-/// A status as a person reads it.
+/// A status as a person reads it: what kind of refusal, in words, then the daemon's message.
 pub fn explain(s: tonic::Status) -> Box<dyn std::error::Error> {
-    format!("{:?}: {}", s.code(), crate::terminal::printable(s.message())).into()
+    use tonic::Code;
+    let kind = match s.code() {
+        Code::InvalidArgument | Code::OutOfRange => "invalid request",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::FailedPrecondition => "refused",
+        Code::ResourceExhausted => "the daemon is busy (retry shortly)",
+        Code::Unauthenticated => "not authenticated (is EWTUNE_TOKEN a valid token?)",
+        Code::PermissionDenied => "not allowed",
+        Code::DeadlineExceeded => "timed out",
+        Code::Unavailable => "the daemon is unavailable (stopping, or not reachable)",
+        Code::DataLoss => "data loss on the daemon",
+        Code::Cancelled | Code::Aborted => "interrupted",
+        Code::Unimplemented => "not supported by this daemon",
+        Code::Ok | Code::Unknown | Code::Internal => "the daemon failed",
+    };
+    format!("{kind}: {}", crate::terminal::printable(s.message())).into()
 }

@@ -15,6 +15,7 @@ mod models;
 mod outputs;
 mod pages;
 mod python_client;
+mod readme;
 mod reference_generators;
 mod reports;
 mod server_limits;

@@ -13,7 +13,8 @@ use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, Int
 /// Every metric, registered in one registry.
 pub struct Metrics {
     registry: Registry,
-    /// DP-SGD steps done by every job (each step's spend is on the ledger before it runs).
+    /// DP-SGD steps of every job, counted as each step's spend is recorded (before it runs; a
+    /// step re-run after a crash counts again).
     pub steps: IntCounter,
     /// Each running job's steps per second since it started or resumed (removed when it stops).
     pub steps_per_second: GaugeVec,

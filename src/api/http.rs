@@ -12,7 +12,8 @@
 //!
 //! Each connection is HTTP/1.1, served by hyper; at most `max_connections` at once (past it a new
 //! one is closed at accept) and none longer than `idle_timeout`. Work that reads the store runs
-//! on the blocking pool.
+//! on the blocking pool; drawing a page (a composition per chart point) on the CPU pool, within
+//! the tenant's share, as plans do.
 
 use crate::pages;
 use crate::service::signing::SignedReport;
@@ -117,12 +118,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, site: Site) -> Reply 
     }
     let started = std::time::Instant::now();
     let (path, headers) = (req.uri().path().to_string(), req.headers().clone());
-    let reply = tokio::task::spawn_blocking(move || match site {
-        Site::Metrics => metrics(&state, &path),
-        Site::Pages => page(&state, &path, &headers),
-    })
-    .await
-    .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "the page failed; see the daemon's log\n".into()));
+    let internal = || text(StatusCode::INTERNAL_SERVER_ERROR, "the page failed; see the daemon's log\n".into());
+    let st = state.clone();
+    let reply = match site {
+        Site::Metrics => tokio::task::spawn_blocking(move || metrics(&st, &path)).await.unwrap_or_else(|_| internal()),
+        Site::Pages => match tokio::task::spawn_blocking(move || authenticate(&st, &headers)).await {
+            // A page composes its charts: on the CPU pool, within the tenant's share.
+            Ok(Ok(tenant)) => {
+                let (st, t) = (state.clone(), tenant.clone());
+                let deadline = std::time::Instant::now() + PAGE_DEADLINE;
+                state.cpu.run(&tenant, deadline, move || page(&st, &t, &path)).await.unwrap_or_else(|e| failed(e.into()))
+            }
+            Ok(Err(refused)) => refused,
+            Err(_) => internal(),
+        },
+    };
     tracing::debug!(status = reply.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "HTTP request");
     reply
 }
@@ -159,22 +169,30 @@ fn token(headers: &hyper::HeaderMap) -> Option<String> {
     }
 }
 
-fn page(state: &State, path: &str, headers: &hyper::HeaderMap) -> Reply {
-    let tenant = match token(headers).map(|t| state.store.authenticate(&t)) {
-        Some(Ok(Some(tenant))) => tenant,
-        Some(Err(e)) => return failed(e.into()),
+/// How long a page may take to be drawn.
+const PAGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The tenant of a request's token, or the reply that asks for one.
+fn authenticate(state: &State, headers: &hyper::HeaderMap) -> Result<TenantId, Reply> {
+    match token(headers).map(|t| state.store.authenticate(&t)) {
+        Some(Ok(Some(tenant))) => Ok(tenant),
+        Some(Err(e)) => Err(failed(e.into())),
         _ => {
             let mut r = text(StatusCode::UNAUTHORIZED, "a token is needed: send it as the password (any user name), or as `Authorization: Bearer TOKEN`\n".into());
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"ewtune\", charset=\"UTF-8\""));
-            return r;
+            Err(r)
         }
-    };
+    }
+}
+
+/// The tenant's page at `path`.
+fn page(state: &State, tenant: &TenantId, path: &str) -> Reply {
     let result = match path.trim_end_matches('/').split('/').collect::<Vec<_>>()[..] {
-        [""] => index(state, &tenant),
-        ["", "budget", id] => crate::service::budget::signed_report(state, &tenant, id, true)
+        [""] => index(state, tenant),
+        ["", "budget", id] => crate::service::budget::signed_report(state, tenant, id, true)
             .map_err(tonic::Status::from)
             .and_then(|r| pages::budget::budget_page(&SignedReport::new(r.json, &r.signature, &r.public_key)).map_err(|e| tonic::Status::internal(e.to_string()))),
-        ["", "audits", id] => audit(state, &tenant, id),
+        ["", "audits", id] => audit(state, tenant, id),
         _ => Err(tonic::Status::not_found(format!("no page at {path}: see / for the pages of your datasets and audits"))),
     };
     match result {

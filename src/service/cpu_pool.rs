@@ -90,7 +90,7 @@ impl CpuPool {
     /// in `work` is Internal (logged).
     pub async fn run<T: Send + 'static>(&self, tenant: &TenantId, deadline: Instant, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ServiceError> {
         let tenant_slot = self.admitted_per_tenant.try_open(tenant).ok_or_else(|| {
-            ServiceError::new(Kind::ResourceExhausted, format!("this tenant already has {PER_TENANT} plans or uploads being computed; retry when one finishes"))
+            ServiceError::new(Kind::ResourceExhausted, format!("this tenant already has {PER_TENANT} plans, uploads or report pages being computed; retry when one finishes"))
         })?;
         let running = {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -100,7 +100,7 @@ impl CpuPool {
             Ok(p) => p,
             Err(_) => {
                 return Err(ServiceError::new(Kind::ResourceExhausted, format!(
-                    "the daemon is computing {} plans or uploads already; retry shortly",
+                    "the daemon is computing {} plans, uploads or report pages already; retry shortly",
                     self.capacity
                 )))
             }

@@ -1,5 +1,5 @@
 //! The daemon's metrics for operators, in Prometheus' text format (served on `metrics_listen`
-//! at `/metrics` by `api/http.rs`; docs/operations.md, Metrics). Counters and the API latency
+//! at `/metrics` by `api/http.rs`; docs/reports.md, Metrics for operators). Counters and the API latency
 //! histogram are updated as things happen; the job, audit and budget figures are read from the
 //! store when scraped, so they are never stale and survive restarts.
 //!
@@ -38,7 +38,7 @@ impl Metrics {
         let registry = Registry::new();
         let dataset_labels = ["tenant", "dataset"];
         let metrics = Metrics {
-            steps: IntCounter::new("ewtune_training_steps_total", "DP-SGD steps done by every job since the daemon started").expect("valid metric"),
+            steps: IntCounter::new("ewtune_training_steps_total", "DP-SGD steps of every job since the daemon started, counted as each step's spend is recorded").expect("valid metric"),
             steps_per_second: GaugeVec::new(Opts::new("ewtune_job_steps_per_second", "A running job's DP-SGD steps per second since it started or resumed"), &["job"]).expect("valid metric"),
             api_latency: HistogramVec::new(
                 HistogramOpts::new("ewtune_api_request_duration_seconds", "Time to answer a gRPC request (for a stream: until it starts), by method").buckets(LATENCY_BUCKETS.to_vec()),

@@ -734,14 +734,14 @@ async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb
     Ok(a)
 }
 
-/// What an audit scores, in words: `400 texts (3 scorings each), the job's canaries (2 each)`.
+/// What an audit scores, in words: `400 texts, 3 scorings each, and 200 canaries, 2 each`.
 fn audit_work(a: &pb::Audit) -> String {
-    let texts = u64::from(a.texts) * ewtune::audit::texts::SCORINGS_PER_TEXT;
-    let canaries = a.to_score.saturating_sub(texts) / ewtune::audit::canary::SCORINGS_PER_CANARY;
+    use ewtune::audit::{canary::SCORINGS_PER_CANARY as PER_CANARY, texts::SCORINGS_PER_TEXT as PER_TEXT};
+    let canaries = a.to_score.saturating_sub(u64::from(a.texts) * PER_TEXT) / PER_CANARY;
     match (a.texts, canaries) {
-        (0, c) => format!("{c} canaries, 2 scorings each"),
-        (t, 0) => format!("{t} texts, 3 scorings each"),
-        (t, c) => format!("{t} texts, 3 scorings each, and {c} canaries, 2 each"),
+        (0, c) => format!("{c} canaries, {PER_CANARY} scorings each"),
+        (t, 0) => format!("{t} texts, {PER_TEXT} scorings each"),
+        (t, c) => format!("{t} texts, {PER_TEXT} scorings each, and {c} canaries, {PER_CANARY} each"),
     }
 }
 

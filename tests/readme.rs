@@ -44,8 +44,9 @@ fn the_readmes_runnable_blocks_run_as_pasted() {
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     for block in blocks {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("bash")
-            .args(["-c", &format!("set -euo pipefail\n{block}")])
+        // Bounded: a block that hangs fails (coreutils' timeout).
+        let out = Command::new("timeout")
+            .args(["600", "bash", "-c", &format!("set -euo pipefail\n{block}")])
             .current_dir(dir.path())
             .env("PATH", &path)
             .env_remove("EWTUNE_ADDR")

@@ -98,7 +98,9 @@ async fn serve(state: Arc<State>, listener: TcpListener, tls: Option<TlsAcceptor
                 async move { Ok::<_, std::convert::Infallible>(handle(state, req, site).await) }
             });
             let connection = async {
-                let http = hyper::server::conn::http1::Builder::new();
+                // A client must send its request's headers within the handshake timeout.
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.handshake_timeout);
                 match tls {
                     None => http.serve_connection(TokioIo::new(tcp), service).await.is_ok(),
                     Some(tls) => match tokio::time::timeout(limits.handshake_timeout, tls.accept(tcp)).await {

@@ -62,10 +62,10 @@ pub fn audit_page(signed: &SignedReport) -> Result<String, PageError> {
         body.push_str(&verdict);
         body.push_str(&format!(
             "\n<p>{} canaries, {} inserted; Bonferroni over {} guesses; the largest bound {} canaries can give here is {}. The classic Clopper-Pearson bound on the same scores, {} (heuristic: it assumes independent training runs), is never compared with the claim.</p>\n",
-            canary["m"],
-            canary["n_included"],
-            canary["grid_size"],
-            canary["m"],
+            count(&canary["m"]),
+            count(&canary["n_included"]),
+            count(&canary["grid_size"]),
+            count(&canary["m"]),
             num(canary["eps_ceiling_for_m"].as_f64().unwrap_or(f64::NAN), 3),
             num(canary["eps_classic_heuristic"].as_f64().unwrap_or(f64::NAN), 4),
         ));
@@ -93,11 +93,16 @@ pub fn audit_page(signed: &SignedReport) -> Result<String, PageError> {
     }
     let mia = &report["data_mia"];
     if mia.is_object() {
-        body.push_str(&format!("<h2>Labelled texts</h2>\n<p>{} members, {} non-members, {} cut at the token limit.</p>\n", mia["n_members"], mia["n_nonmembers"], mia["n_truncated"]));
+        body.push_str(&format!("<h2>Labelled texts</h2>\n<p>{} members, {} non-members, {} cut at the token limit.</p>\n", count(&mia["n_members"]), count(&mia["n_nonmembers"]), count(&mia["n_truncated"])));
         body.push_str(&roc_figure("ROC of the labelled texts (members vs non-members)", &mia["scores"])?);
         body.push_str(&metric_table(&mia["scores"]));
     }
     Ok(page(&format!("Audit {}", report["audit_id"].as_str().unwrap_or("")), &body, signed))
+}
+
+/// A count from the report, or a dash: never the JSON value itself, which could be text.
+fn count(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "—".to_string(), |n| n.to_string())
 }
 
 /// The ROC curves of every score in `metrics` (a map name -> ScoreMetrics), log-log, with the
@@ -109,7 +114,8 @@ fn roc_figure(title: &str, metrics: &Value) -> Result<String, PageError> {
         let roc = &m["roc"];
         let (p, n) = (roc["members"].as_f64().unwrap_or(0.0), roc["nonmembers"].as_f64().unwrap_or(0.0));
         if p == 0.0 || n == 0.0 {
-            return Err(PageError::Missing(format!("score `{name}` has no ROC")));
+            // Reports signed before they carried ROC points (or a class with no member): no curve.
+            continue;
         }
         smallest = smallest.min(1.0 / n).min(1.0 / p);
         let points: Vec<(f64, f64)> = roc["points"]
@@ -123,7 +129,7 @@ fn roc_figure(title: &str, metrics: &Value) -> Result<String, PageError> {
         series.push(Series { label: format!("{name} (AUC {auc:.3})"), color: PALETTE[i % PALETTE.len()], line: Line::Solid, points });
     }
     if series.is_empty() {
-        return Ok(String::new());
+        return Ok("<p>This report carries no ROC points (reports issued before ewtune recorded them do not); its metrics are in the table.</p>\n".to_string());
     }
     series.push(Series { label: "chance".into(), color: CHANCE, line: Line::Dotted, points: vec![(smallest, smallest), (1.0, 1.0)] });
     let svg = line_chart(&LineChart {
@@ -157,7 +163,7 @@ fn metric_table(metrics: &Value) -> String {
             f(&m["tpr_at_fpr"]["0.001"]["tpr"]),
             f(&m["tpr_at_fpr"]["0.01"]["tpr"]),
             f(&m["tpr_at_fpr"]["0.05"]["tpr"]),
-            m["dropped_nan"]
+            count(&m["dropped_nan"])
         ));
     }
     t.push_str("</table>\n");

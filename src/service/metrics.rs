@@ -97,15 +97,35 @@ impl Default for Metrics {
     }
 }
 
-/// The label of a gRPC path: `ewtune.v1.Jobs/Create`, or `other` for a path of no service the
-/// daemon serves (so a client cannot grow the label set).
-pub fn method_label(path: &str) -> &str {
+/// Every method the daemon serves, as `package.Service/Method` (a test checks the protos').
+const METHODS: [&str; 19] = [
+    "ewtune.v1.Datasets/Register",
+    "ewtune.v1.Datasets/Get",
+    "ewtune.v1.Datasets/List",
+    "ewtune.v1.Jobs/Plan",
+    "ewtune.v1.Jobs/Create",
+    "ewtune.v1.Jobs/Get",
+    "ewtune.v1.Jobs/List",
+    "ewtune.v1.Jobs/Watch",
+    "ewtune.v1.Jobs/Cancel",
+    "ewtune.v1.Jobs/GetArtifacts",
+    "ewtune.v1.Budget/Get",
+    "ewtune.v1.Audits/Create",
+    "ewtune.v1.Audits/Get",
+    "ewtune.v1.Audits/List",
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.health.v1.Health/List",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The label of a gRPC path: `ewtune.v1.Jobs/Create` for a method the daemon serves, `other`
+/// for any other path (requests are timed before they are authenticated: a client must not be
+/// able to grow the label set).
+pub fn method_label(path: &str) -> &'static str {
     let path = path.strip_prefix('/').unwrap_or(path);
-    if path.starts_with("ewtune.v1.") || path.starts_with("grpc.health.v1.") || path.starts_with("grpc.reflection.") {
-        path
-    } else {
-        "other"
-    }
+    METHODS.iter().find(|m| **m == path).copied().unwrap_or("other")
 }
 
 #[cfg(test)]
@@ -138,5 +158,19 @@ mod tests {
         }
         assert!(text.contains("ewtune_api_request_duration_seconds_bucket{method=\"ewtune.v1.Jobs/Create\",le=\"0.0025\"} 1"), "{text}");
         assert_eq!(method_label("/evil/../x"), "other");
+        assert_eq!(method_label("/ewtune.v1.Jobs/Made-up-123"), "other", "only served methods are labels");
+        // Every rpc of the protos is a label of its own.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/ewtune/v1");
+        let mut rpcs = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let service = text.lines().find_map(|l| l.trim().strip_prefix("service ")).unwrap().split_whitespace().next().unwrap().to_string();
+            for rpc in text.lines().filter_map(|l| l.trim().strip_prefix("rpc ")) {
+                let method = rpc.split('(').next().unwrap().trim();
+                assert_eq!(method_label(&format!("/ewtune.v1.{service}/{method}")), format!("ewtune.v1.{service}/{method}"));
+                rpcs += 1;
+            }
+        }
+        assert_eq!(rpcs, METHODS.iter().filter(|m| m.starts_with("ewtune.v1.")).count());
     }
 }

@@ -25,9 +25,9 @@ pub const CURVE_POINTS: u64 = 24;
 pub struct BudgetCharts {
     /// One curve per job of the report, in the report's job order.
     pub jobs: Vec<JobCurve>,
-    /// The worst class's burn-down: its first point is the dataset's registration (nothing
-    /// spent), then one per job with spent steps, in the order their spending ended (a running
-    /// job's at the report's time).
+    /// The worst class's burn-down: its first point is the registration of the first dataset its
+    /// units are in (nothing spent), then one per job with spent steps, in the order their
+    /// spending ended (a running job's at the report's time).
     pub burn_down: Vec<BurnDownPoint>,
 }
 
@@ -81,6 +81,9 @@ pub(super) fn charts(scope: &Scope, worst: Option<&ClassLedger>, now: i64) -> Re
     }];
     if let Some(worst) = worst {
         let class = scope.class_of(worst);
+        // Its units may be in older datasets whose jobs spent before this one was registered:
+        // the history starts with the class's first dataset.
+        burn_down[0].at_unix_ms = scope.budgets_of(class).map(|d| d.created_at_unix_ms).min().unwrap_or(scope.dataset.created_at_unix_ms);
         let mut spending: Vec<(&Job, i64)> =
             scope.jobs_of(class).filter(|j| j.steps_done > 0).map(|j| (j, j.finished_at_unix_ms.unwrap_or(now))).collect();
         spending.sort_by_key(|&(_, at)| at);
@@ -115,4 +118,39 @@ fn job_curve(job: &Job, delta: f64) -> Result<JobCurve> {
         });
     }
     Ok(JobCurve { job: job.id.clone(), steps_done: job.steps_done, points })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::jobs::JobState;
+    use super::super::testutil::{new_dataset, new_job, unit_ids, Fixture};
+
+    /// B's people were A's first: B's burn-down starts at A's registration, runs forward in
+    /// time, and ends at B's report's spend and headroom (under both budgets).
+    #[test]
+    fn the_burn_down_starts_with_the_first_dataset_of_the_units_and_runs_forward() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let a = fx.store.register_dataset(&acme, new_dataset(1, 8.0)).unwrap();
+        let job = fx.store.create_job(&acme, new_job(&a.id, 1.0, 0.01, 100)).unwrap();
+        fx.store.claim_next_queued().unwrap();
+        fx.store.record_progress(&job.id, 100, 0.5).unwrap();
+        fx.store.finish_job(&job.id, JobState::Succeeded, None).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = fx.store.register_dataset(&acme, super::super::NewDataset { unit_ids: unit_ids(1, 0..10_000), ..new_dataset(2, 6.0) }).unwrap();
+        assert!(b.created_at_unix_ms > a.created_at_unix_ms);
+        let report = fx.store.budget_report(&acme, &b.id, true).unwrap();
+        let charts = report.charts.as_ref().unwrap();
+        let burn = &charts.burn_down;
+        assert_eq!(burn.len(), 2);
+        assert_eq!((burn[0].at_unix_ms, burn[0].spent_epsilon, burn[0].remaining_epsilon), (a.created_at_unix_ms, 0.0, 6.0));
+        assert!(burn[0].at_unix_ms <= burn[1].at_unix_ms, "{burn:?}");
+        assert_eq!((burn[1].spent_epsilon, burn[1].remaining_epsilon), (report.spent_epsilon, report.remaining_epsilon));
+        assert_eq!(report.remaining_epsilon, 6.0 - report.spent_epsilon, "B's tighter budget binds");
+        // The job's curve ends at its plan, at the epsilon it spent alone.
+        let curve = &charts.jobs[0];
+        assert_eq!((curve.points.len() as u64, curve.points.last().unwrap().step), (super::CURVE_POINTS, 100));
+        assert_eq!(curve.points.last().unwrap().certified_upper, report.jobs[0].epsilon_alone);
+        assert!(fx.store.budget_report(&acme, &b.id, false).unwrap().charts.is_none(), "charts only when asked");
+    }
 }

@@ -350,7 +350,7 @@ impl Scope {
     }
 
     /// The budgets a class must stay within: every one of its datasets'.
-    fn budgets_of<'a>(&'a self, class: &'a UnitClass) -> impl Iterator<Item = &'a Dataset> {
+    pub(super) fn budgets_of<'a>(&'a self, class: &'a UnitClass) -> impl Iterator<Item = &'a Dataset> {
         class.datasets.iter().map(|id| &self.datasets[id])
     }
 

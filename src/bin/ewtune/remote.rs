@@ -700,7 +700,7 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
 }
 
 /// Polls a running audit until it ends, showing how far its scoring has got: a bar on a
-/// terminal, a line at every tenth otherwise.
+/// terminal (left full at the end), a line at every tenth otherwise (and at the end).
 async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb::Audit, Box<dyn std::error::Error>> {
     let bar = (a.state == pb::AuditState::Running as i32 && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -708,28 +708,32 @@ async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb
         b
     });
     let mut tenths_shown = None;
-    while a.state == pb::AuditState::Running as i32 {
-        let what = audit_work(&a);
-        match &bar {
-            Some(b) => {
-                b.set_length(a.to_score);
-                b.set_position(a.scored);
-                b.set_message(what);
-            }
-            None if a.to_score > 0 => {
-                let tenths = a.scored * 10 / a.to_score;
-                if tenths_shown != Some(tenths) {
-                    eprintln!("audit {}: {} of {} scorings done ({what})", a.audit_id, a.scored, a.to_score);
-                    tenths_shown = Some(tenths);
-                }
-            }
-            None => {}
+    let mut show = |a: &pb::Audit| match &bar {
+        Some(b) => {
+            b.set_length(a.to_score);
+            b.set_position(a.scored);
+            b.set_message(audit_work(a));
         }
+        None if a.to_score > 0 => {
+            let tenths = a.scored * 10 / a.to_score;
+            if tenths_shown != Some(tenths) {
+                eprintln!("audit {}: {} of {} scorings done ({})", a.audit_id, a.scored, a.to_score, audit_work(a));
+                tenths_shown = Some(tenths);
+            }
+        }
+        None => {}
+    };
+    let was_running = a.state == pb::AuditState::Running as i32;
+    while a.state == pb::AuditState::Running as i32 {
+        show(&a);
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         a = c.audits.get(pb::GetAuditRequest { audit_id: a.audit_id.clone() }).await.map_err(explain)?.into_inner();
     }
+    if was_running {
+        show(&a);
+    }
     if let Some(b) = bar {
-        b.finish_and_clear();
+        b.finish();
     }
     Ok(a)
 }

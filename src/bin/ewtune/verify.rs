@@ -44,7 +44,7 @@ pub fn main(args: VerifyArgs) -> ExitCode {
             print(&v);
             if let Some(path) = &args.html {
                 if let Err(e) = redraw(&report, path) {
-                    eprintln!("error: {e}");
+                    eprintln!("error: the report checked as above, but drawing it failed: {e}");
                     return ExitCode::from(INVALID);
                 }
             }

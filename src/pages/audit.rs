@@ -4,7 +4,7 @@
 //! tables. The report is read as JSON (docs/audit.md, The report), field by field.
 
 use super::charts::{histogram_chart, line_chart, Axis, Bars, Line, LineChart, Series};
-use super::{escape, num, page, time_utc, PageError};
+use super::{escape, figure, num, page, time_utc, PageError};
 use crate::service::signing::SignedReport;
 use plotters::style::RGBColor;
 use serde_json::Value;
@@ -82,10 +82,7 @@ pub fn audit_page(signed: &SignedReport) -> Result<String, PageError> {
                 &[Bars { label: "inserted", color: PALETTE[3], counts: &inserted }, Bars { label: "held out", color: PALETTE[0], counts: &held_out }],
             )
             .map_err(PageError::Chart)?;
-            body.push_str(&format!(
-                "<figure>\n{svg}\n<figcaption>Score <code>{}</code> of each canary. A model that kept no trace of its canaries scores both groups alike.</figcaption>\n</figure>\n",
-                escape(name)
-            ));
+            body.push_str(&figure(&svg, &format!("Score <code>{}</code> of each canary. A model that kept no trace of its canaries scores both groups alike.", escape(name))));
         }
         body.push_str(&metric_table(&canary["metrics"]));
     } else {
@@ -144,9 +141,7 @@ fn roc_figure(title: &str, metrics: &Value) -> Result<String, PageError> {
         series,
     })
     .map_err(PageError::Chart)?;
-    Ok(format!(
-        "<figure>\n{svg}\n<figcaption>Log-log, so that the rates at low false positives, where membership inference matters, can be read. Above the dotted line, a score tells members apart.</figcaption>\n</figure>\n"
-    ))
+    Ok(figure(&svg, "Log-log, so that the rates at low false positives, where membership inference matters, can be read. Above the dotted line, a score tells members apart."))
 }
 
 /// A table of each score's metrics.

@@ -4,7 +4,7 @@
 //! (`Budget.Get` with `charts`).
 
 use super::charts::{line_chart, Axis, Line, LineChart, Series};
-use super::{escape, num, page, time_utc, PageError};
+use super::{escape, figure, num, page, time_utc, PageError};
 use crate::service::signing::SignedReport;
 use crate::store::{BudgetReport, JobCurve};
 use plotters::style::RGBColor;
@@ -59,23 +59,9 @@ pub fn budget_page(signed: &SignedReport) -> Result<String, PageError> {
     ));
 
     body.push_str("<h2>Burn-down</h2>\n");
-    let mut remaining = Vec::new();
-    let mut spent = Vec::new();
-    for (i, p) in charts.burn_down.iter().enumerate() {
-        let t = p.at_unix_ms as f64;
-        if i > 0 {
-            // A step: the level holds until the next job's spending ends.
-            remaining.push((t, remaining.last().map_or(p.remaining_epsilon, |&(_, r)| r)));
-            spent.push((t, spent.last().map_or(p.spent_epsilon, |&(_, s)| s)));
-        }
-        remaining.push((t, p.remaining_epsilon));
-        spent.push((t, p.spent_epsilon));
-    }
     let now = report.issued_at_unix_ms as f64;
-    if let (Some(&(_, r)), Some(&(_, s))) = (remaining.last(), spent.last()) {
-        remaining.push((now, r));
-        spent.push((now, s));
-    }
+    let remaining = steps(charts.burn_down.iter().map(|p| (p.at_unix_ms as f64, p.remaining_epsilon)), now);
+    let spent = steps(charts.burn_down.iter().map(|p| (p.at_unix_ms as f64, p.spent_epsilon)), now);
     let start = charts.burn_down.first().map_or(now, |p| p.at_unix_ms as f64);
     // Minutes, or seconds when the whole history is shorter than two hours.
     let span = now - start;
@@ -164,6 +150,22 @@ pub fn budget_page(signed: &SignedReport) -> Result<String, PageError> {
     Ok(page(&format!("Privacy budget of {}", report.dataset), &body, signed))
 }
 
+/// `(time, level)` points drawn as steps: each level holds until the next point's time, the
+/// last one until `until`.
+fn steps(points: impl Iterator<Item = (f64, f64)>, until: f64) -> Vec<(f64, f64)> {
+    let mut line: Vec<(f64, f64)> = Vec::new();
+    for (t, level) in points {
+        if let Some(&(_, held)) = line.last() {
+            line.push((t, held));
+        }
+        line.push((t, level));
+    }
+    if let Some(&(_, last)) = line.last() {
+        line.push((until, last));
+    }
+    line
+}
+
 /// One job's curves, with a marker at its steps done.
 fn job_chart(curve: &JobCurve, plan: Option<(f64, f64)>) -> Result<String, String> {
     let pts = |f: &dyn Fn(&crate::store::EpsilonAtStep) -> Option<f64>| -> Vec<(f64, f64)> {
@@ -193,9 +195,4 @@ fn job_chart(curve: &JobCurve, plan: Option<(f64, f64)>) -> Result<String, Strin
             Series { label: format!("steps done ({})", curve.steps_done), color: MARK, line: Line::Dashed, points: vec![(done, 0.0), (done, top * 1.08)] },
         ],
     })
-}
-
-/// A chart with its caption.
-fn figure(svg: &str, caption: &str) -> String {
-    format!("<figure>\n{svg}\n<figcaption>{caption}</figcaption>\n</figure>\n")
 }

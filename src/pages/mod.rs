@@ -120,6 +120,11 @@ pub fn embedded_report(html: &str) -> Option<Result<SignedReport, serde_json::Er
     Some(serde_json::from_str(&html[start..end]))
 }
 
+/// A chart with its caption (HTML).
+fn figure(svg: &str, caption: &str) -> String {
+    format!("<figure>\n{svg}\n<figcaption>{caption}</figcaption>\n</figure>\n")
+}
+
 /// Numbers as the pages print them.
 fn num(x: f64, digits: usize) -> String {
     if x.is_finite() {

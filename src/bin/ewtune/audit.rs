@@ -186,12 +186,13 @@ pub fn run(args: AuditArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A bar of the scorings done, on a terminal only (stdout may be JSON).
-fn scoring_bar() -> Option<indicatif::ProgressBar> {
+/// A bar of an audit's scorings done, on a terminal only (stdout may be JSON); also the
+/// daemon's audits' (`remote.rs`), which set its message.
+pub fn scoring_bar() -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
-        b.set_style(indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} (sequence, model) pairs  ETA {eta}").expect("static template"));
+        b.set_style(indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} (sequence, model) pairs  ETA {eta}  {msg}").expect("static template"));
         b
     })
 }

@@ -702,11 +702,7 @@ pub async fn audits(conn: &Connect, cmd: AuditsCommand) -> Result<(), Box<dyn st
 /// Polls a running audit until it ends, showing how far its scoring has got: a bar on a
 /// terminal (left full at the end), a line at every tenth otherwise (and at the end).
 async fn finished(c: &mut super::client::Clients, mut a: pb::Audit) -> Result<pb::Audit, Box<dyn std::error::Error>> {
-    let bar = (a.state == pb::AuditState::Running as i32 && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(indicatif::ProgressStyle::with_template("scoring {bar:40} {pos}/{len} (sequence, model) pairs  ETA {eta}  {msg}").expect("static template"));
-        b
-    });
+    let bar = if a.state == pb::AuditState::Running as i32 { super::audit::scoring_bar() } else { None };
     let mut tenths_shown = None;
     let mut show = |a: &pb::Audit| match &bar {
         Some(b) => {

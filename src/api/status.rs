@@ -44,13 +44,19 @@ impl From<StoreError> for Status {
                     | ewtune_accountant::Error::OutOfRange { .. }
                     | ewtune_accountant::Error::TooLarge { .. }),
             } => Status::failed_precondition(format!("the privacy ledger of this dataset cannot be certified with this job: {source}")),
+            e @ StoreError::LeaseLost { .. } => Status::aborted(e.to_string()),
+            StoreError::Unavailable { reason } => {
+                tracing::warn!(%reason, "the ledger's database cannot be reached");
+                Status::unavailable("the daemon cannot reach its ledger database; try again")
+            }
             e @ (StoreError::IncompatibleSchema { .. }
             | StoreError::Pragma { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Random
             | StoreError::Open { .. }
             | StoreError::Accountant { .. }
-            | StoreError::Sqlite { .. }) => {
+            | StoreError::Sqlite { .. }
+            | StoreError::Postgres { .. }) => {
                 tracing::error!(error = ?e, "store failure");
                 Status::internal("the daemon's store failed; see its log")
             }

@@ -8,7 +8,7 @@ use super::error::{Result, StoreError};
 use super::jobs::{self, JobId, JobState};
 use super::tokens::TenantId;
 use super::{list_page, now_ms, Listed, Page, Store};
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use super::db::{args, Row, Tx};
 use serde::{Deserialize, Serialize};
 
 random_id! {
@@ -66,7 +66,7 @@ const MAX_RUNNING_PER_TENANT: i64 = 1;
 const AUDIT_COLUMNS: &str = "id, tenant, job, state, request_json, report_json, signature, reason, created_at_ms, finished_at_ms, scored, to_score";
 
 impl Audit {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Audit> {
+    fn from_row(row: &Row) -> Result<Audit> {
         Ok(Audit {
             id: row.get("id")?,
             tenant: row.get("tenant")?,
@@ -78,8 +78,8 @@ impl Audit {
             reason: row.get("reason")?,
             created_at_unix_ms: row.get("created_at_ms")?,
             finished_at_unix_ms: row.get("finished_at_ms")?,
-            scored: row.get::<_, i64>("scored")?.max(0) as u64,
-            to_score: row.get::<_, i64>("to_score")?.max(0) as u64,
+            scored: row.get("scored")?,
+            to_score: row.get("to_score")?,
         })
     }
 }
@@ -101,8 +101,7 @@ pub enum AuditOutcome {
 impl Store {
     /// How many audits are running, for the operators' metrics.
     pub fn running_audits(&self) -> Result<u64> {
-        let n: i64 = self.reader().query_row("SELECT COUNT(*) AS n FROM audits WHERE state = 'running'", [], |row| row.get("n"))?;
-        Ok(n.max(0) as u64)
+        self.read(|tx| tx.query_one("SELECT COUNT(*) AS n FROM audits WHERE state = 'running'", args![], |row| row.get("n")))
     }
 
     /// Creates a `Running` audit of the tenant's job: `NotFound` if the job is absent or
@@ -113,89 +112,98 @@ impl Store {
         serde_json::from_str::<serde::de::IgnoredAny>(request_json)
             .map_err(|e| StoreError::invalid("request_json", format!("is not JSON: {e}")))?;
         let id = AuditId::random()?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let j = jobs::load_owned(&tx, tenant, job)?;
-        if j.state != JobState::Succeeded {
-            return Err(StoreError::FailedPrecondition { job: job.clone(), state: j.state, action: "audit (only a succeeded job has a final model)" });
-        }
-        let running: i64 = tx.query_row("SELECT count(*) AS running FROM audits WHERE tenant = ?1 AND state = ?2", params![tenant, AuditState::Running], |row| row.get("running"))?;
-        if running >= MAX_RUNNING_PER_TENANT {
-            return Err(StoreError::Busy(format!("an audit of yours is still running (at most {MAX_RUNNING_PER_TENANT} at a time); wait for it to end")));
-        }
-        tx.execute(
-            "INSERT INTO audits (id, tenant, job, state, request_json, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, tenant, job, AuditState::Running, request_json, now_ms()],
-        )?;
-        let created = load(&tx, &id)?;
-        tx.commit()?;
-        Ok(created)
+        self.write(|tx| {
+            // The tenant's lock: two daemons cannot both start the tenant's one running audit.
+            super::ledger::lock(tx, tenant)?;
+            let j = jobs::load_owned(tx, tenant, job)?;
+            if j.state != JobState::Succeeded {
+                return Err(StoreError::FailedPrecondition { job: job.clone(), state: j.state, action: "audit (only a succeeded job has a final model)" });
+            }
+            let running: i64 = tx.query_one("SELECT count(*) AS running FROM audits WHERE tenant = ?1 AND state = ?2", args![tenant, AuditState::Running], |row| row.get("running"))?;
+            if running >= MAX_RUNNING_PER_TENANT {
+                return Err(StoreError::Busy(format!("an audit of yours is still running (at most {MAX_RUNNING_PER_TENANT} at a time); wait for it to end")));
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO audits (id, tenant, job, state, request_json, created_at_ms, owner, lease_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                args![id, tenant, job, AuditState::Running, request_json, now, self.worker.id, now + self.worker.lease_ms],
+            )?;
+            load(tx, &id)
+        })
     }
 
     /// Records how far a running audit's scoring has got (nothing for a finished one).
     pub fn record_audit_progress(&self, id: &AuditId, scored: u64, to_score: u64) -> Result<()> {
         let (scored, to_score) = (super::to_sql_count("scored", scored)?, super::to_sql_count("to_score", to_score)?);
-        self.conn().execute("UPDATE audits SET scored = ?2, to_score = ?3 WHERE id = ?1 AND state = 'running'", params![id, scored, to_score])?;
+        self.write(|tx| tx.execute("UPDATE audits SET scored = ?2, to_score = ?3 WHERE id = ?1 AND state = 'running'", args![id, scored, to_score]))?;
         Ok(())
     }
 
     /// Ends a running audit; ending a finished one is `InvalidArgument` (it never changes).
     pub fn finish_audit(&self, id: &AuditId, outcome: AuditOutcome) -> Result<Audit> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = load(&tx, id)?;
-        if current.state != AuditState::Running {
-            return Err(StoreError::invalid("audit", format!("{} is {} and never changes", id, current.state.as_str())));
-        }
-        match outcome {
-            AuditOutcome::Report { report_json, signature } => tx.execute(
-                "UPDATE audits SET state = ?2, report_json = ?3, signature = ?4, finished_at_ms = ?5 WHERE id = ?1",
-                params![id, AuditState::Succeeded, report_json, signature, now_ms()],
-            )?,
-            AuditOutcome::Failed(reason) => tx.execute(
-                "UPDATE audits SET state = ?2, reason = ?3, finished_at_ms = ?4 WHERE id = ?1",
-                params![id, AuditState::Failed, reason, now_ms()],
-            )?,
-        };
-        let done = load(&tx, id)?;
-        tx.commit()?;
-        Ok(done)
+        self.write(|tx| {
+            let current = load(tx, id)?;
+            if current.state != AuditState::Running {
+                return Err(StoreError::invalid("audit", format!("{} is {} and never changes", id, current.state.as_str())));
+            }
+            match &outcome {
+                AuditOutcome::Report { report_json, signature } => tx.execute(
+                    "UPDATE audits SET state = ?2, report_json = ?3, signature = ?4, finished_at_ms = ?5, owner = NULL, lease_until_ms = NULL WHERE id = ?1",
+                    args![id, AuditState::Succeeded, report_json, signature, now_ms()],
+                )?,
+                AuditOutcome::Failed(reason) => tx.execute(
+                    "UPDATE audits SET state = ?2, reason = ?3, finished_at_ms = ?4, owner = NULL, lease_until_ms = NULL WHERE id = ?1",
+                    args![id, AuditState::Failed, reason, now_ms()],
+                )?,
+            };
+            load(tx, id)
+        })
     }
 
     /// The tenant's audit `id`; `NotFound` if absent or another tenant's.
     pub fn get_audit(&self, tenant: &TenantId, id: &AuditId) -> Result<Audit> {
-        self.reader()
-            .query_row(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?1 AND tenant = ?2"), params![id, tenant], Audit::from_row)
-            .optional()?
+        self.read(|tx| tx.query_first(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?1 AND tenant = ?2"), args![id, tenant], Audit::from_row))?
             .ok_or_else(|| StoreError::not_found("audit", id.as_str()))
     }
 
     /// One page of the tenant's audits of `job` (all its jobs when `None`), oldest first.
     pub fn list_audits(&self, tenant: &TenantId, job: Option<&JobId>, page: Page) -> Result<Listed<Audit>> {
-        list_page(
-            &self.reader(),
-            &format!("SELECT {AUDIT_COLUMNS}, seq AS cursor FROM audits WHERE tenant = ?3 AND (?4 IS NULL OR job = ?4) AND seq > ?1 ORDER BY seq LIMIT ?2"),
-            page,
-            &[tenant, &job],
-            Audit::from_row,
-        )
+        self.read(|tx| {
+            list_page(
+                tx,
+                &format!("SELECT {AUDIT_COLUMNS}, seq AS cursor FROM audits WHERE tenant = ?3 AND (?4 IS NULL OR job = ?4) AND seq > ?1 ORDER BY seq LIMIT ?2"),
+                page,
+                args![tenant, job],
+                Audit::from_row,
+            )
+        })
     }
 
-    /// Daemon start-up: audits a previous process left running end `Failed` (their texts were
-    /// never stored, so they cannot be resumed; creating the audit again is safe, audits spend
-    /// no privacy budget). Returns how many.
-    pub fn fail_running_audits(&self) -> Result<usize> {
-        let n = self.conn().execute(
-            "UPDATE audits SET state = ?1, reason = ?2, finished_at_ms = ?3 WHERE state = ?4",
-            params![AuditState::Failed, "the daemon stopped during the audit; create it again", now_ms(), AuditState::Running],
-        )?;
-        Ok(n)
+    /// Daemon start-up: audits this daemon (or one older than leases) left running, and any
+    /// whose daemon stopped renewing its lease, end `Failed` (their texts were never stored, so
+    /// they cannot be resumed; creating the audit again is safe, audits spend no privacy
+    /// budget). Returns how many.
+    pub fn fail_running_audits(&self) -> Result<u64> {
+        self.fail_audits_where("(owner = ?5 OR owner IS NULL OR lease_until_ms < ?3)")
+    }
+
+    /// Heartbeat: audits whose daemon stopped renewing its lease end `Failed`. Returns how many.
+    pub fn fail_abandoned_audits(&self) -> Result<u64> {
+        self.fail_audits_where("lease_until_ms < ?3 AND ?5 IS NOT NULL")
+    }
+
+    fn fail_audits_where(&self, which: &str) -> Result<u64> {
+        self.write(|tx| {
+            tx.execute(
+                &format!("UPDATE audits SET state = ?1, reason = ?2, finished_at_ms = ?3, owner = NULL, lease_until_ms = NULL WHERE state = ?4 AND {which}"),
+                args![AuditState::Failed, "the daemon running the audit stopped; create it again", now_ms(), AuditState::Running, self.worker.id],
+            )
+        })
     }
 }
 
-fn load(conn: &Connection, id: &AuditId) -> Result<Audit> {
-    conn.query_row(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?1"), [id], Audit::from_row)
-        .optional()?
+fn load(tx: &mut Tx<'_>, id: &AuditId) -> Result<Audit> {
+    tx.query_first(&format!("SELECT {AUDIT_COLUMNS} FROM audits WHERE id = ?1"), args![id], Audit::from_row)?
         .ok_or_else(|| StoreError::not_found("audit", id.as_str()))
 }
 
@@ -232,10 +240,8 @@ mod tests {
         fx.store.record_audit_progress(&a.id, 1, 1).unwrap();
         assert_eq!((fx.store.get_audit(&tenant, &a.id).unwrap().scored, done.scored), (400, 400));
         // Below the Rust code, SQL refuses to change or delete a finished audit.
-        let conn = fx.store.conn();
-        assert!(conn.execute("UPDATE audits SET report_json = '{\"forged\": 1}' WHERE id = ?1", [&a.id]).is_err());
-        assert!(conn.execute("DELETE FROM audits", []).is_err());
-        drop(conn);
+        assert!(fx.raw("UPDATE audits SET report_json = '{\"forged\": 1}' WHERE id = ?1", args![a.id]).is_err());
+        assert!(fx.raw("DELETE FROM audits", args![]).is_err());
         assert_eq!(fx.store.get_audit(&tenant, &a.id).unwrap(), done);
         assert_eq!(fx.store.list_audits(&tenant, Some(&job), Page::default()).unwrap().items, vec![done]);
     }
@@ -285,10 +291,8 @@ mod tests {
         assert_eq!(json, r#"{"included": [true, false]}"#);
         assert_eq!(sha, crate::digest::sha256_hex(json.as_bytes()));
         assert_eq!(fx.store.canary_manifest_sha256(&job.id).unwrap(), Some(sha.clone()));
-        let conn = fx.store.conn();
-        assert!(conn.execute("UPDATE canary_manifests SET manifest_json = '{\"included\": [true, true]}'", []).is_err());
-        assert!(conn.execute("DELETE FROM canary_manifests", []).is_err());
-        drop(conn);
+        assert!(fx.raw("UPDATE canary_manifests SET manifest_json = '{\"included\": [true, true]}'", args![]).is_err());
+        assert!(fx.raw("DELETE FROM canary_manifests", args![]).is_err());
         let plain = fx.store.create_job(&tenant, testutil::new_job(&dataset.id, 1.0, 0.01, 20)).unwrap();
         assert_eq!(fx.store.canary_manifest(&plain.id).unwrap(), None);
         assert_eq!(fx.store.canary_manifest_sha256(&plain.id).unwrap(), None);

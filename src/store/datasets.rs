@@ -9,9 +9,9 @@
 use super::error::{Result, StoreError};
 use super::tokens::TenantId;
 use super::units::{self, UnitIdentities};
-use super::{list_page, now_ms, to_sql_count, Listed, Page, Store};
+use super::db::{args, Row, Tx};
+use super::{ledger, list_page, now_ms, to_sql_count, Listed, Page, Store};
 use crate::digest::UnitId;
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 text_id! {
@@ -109,7 +109,7 @@ pub(crate) const DATASET_COLUMNS: &str =
     "sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms, unit_identities";
 
 impl Dataset {
-    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<Dataset> {
+    pub(crate) fn from_row(row: &Row) -> Result<Dataset> {
         Ok(Dataset {
             id: row.get("sha256")?,
             tenant: row.get("tenant")?,
@@ -223,58 +223,61 @@ impl Store {
             created_at_unix_ms: now_ms(),
             unit_identities: UnitIdentities::Identified,
         };
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let known_tenant =
-            tx.query_row("SELECT 1 FROM tenants WHERE name = ?1", [tenant], |_| Ok(())).optional()?.is_some();
-        if !known_tenant {
-            return Err(StoreError::not_found("tenant", tenant.as_str()));
-        }
-        let inserted = tx.execute(
-            "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms, unit_identities)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (tenant, sha256) DO NOTHING",
-            params![
-                dataset.id,
-                tenant,
-                dataset.name,
-                dataset.path,
-                to_sql_count("units", dataset.units)?,
-                dataset.privacy_unit.as_str(),
-                dataset.user_field,
-                dataset.budget_epsilon,
-                dataset.budget_delta,
-                dataset.created_at_unix_ms,
-                dataset.unit_identities,
-            ],
-        )?;
-        if inserted == 0 {
-            return Err(StoreError::AlreadyExists { kind: "dataset", id: dataset.id.to_string() });
-        }
-        units::join(&tx, tenant, &dataset.id, &d.unit_ids)?;
-        tx.commit()?;
+        self.write(|tx| {
+            // The tenant's ledger lock: its units' classes change, and with them what admission
+            // composes (a tighter budget may now bind units of older datasets).
+            if ledger::lock_if_known(tx, tenant)?.is_none() {
+                return Err(StoreError::not_found("tenant", tenant.as_str()));
+            }
+            let inserted = tx.execute(
+                "INSERT INTO datasets (sha256, tenant, name, path, units, privacy_unit, user_field, budget_epsilon, budget_delta, created_at_ms, unit_identities)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (tenant, sha256) DO NOTHING",
+                args![
+                    dataset.id,
+                    tenant,
+                    dataset.name,
+                    dataset.path,
+                    to_sql_count("units", dataset.units)?,
+                    dataset.privacy_unit.as_str(),
+                    dataset.user_field,
+                    dataset.budget_epsilon,
+                    dataset.budget_delta,
+                    dataset.created_at_unix_ms,
+                    dataset.unit_identities,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists { kind: "dataset", id: dataset.id.to_string() });
+            }
+            units::join(tx, tenant, &dataset.id, &d.unit_ids)?;
+            ledger::bump(tx, tenant)?;
+            Ok(())
+        })?;
         Ok(dataset)
     }
 
     /// The tenant's dataset `id`; `NotFound` if absent or another tenant's.
     pub fn get_dataset(&self, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
-        load(&self.reader(), tenant, id)
+        self.read(|tx| load(tx, tenant, id))
     }
 
     /// One page of the tenant's datasets, oldest first.
     pub fn list_datasets(&self, tenant: &TenantId, page: Page) -> Result<Listed<Dataset>> {
-        list_page(
-            &self.reader(),
-            &format!("SELECT {DATASET_COLUMNS}, rowid AS cursor FROM datasets WHERE tenant = ?3 AND rowid > ?1 ORDER BY rowid LIMIT ?2"),
-            page,
-            &[tenant],
-            Dataset::from_row,
-        )
+        self.read(|tx| {
+            list_page(
+                tx,
+                &format!("SELECT {DATASET_COLUMNS}, rowid AS cursor FROM datasets WHERE tenant = ?3 AND rowid > ?1 ORDER BY rowid LIMIT ?2"),
+                page,
+                args![tenant],
+                Dataset::from_row,
+            )
+        })
     }
 
     /// True when some tenant's dataset has these bytes (so their file must stay).
     pub fn dataset_file_in_use(&self, id: &DatasetId) -> Result<bool> {
-        Ok(self.reader().query_row("SELECT 1 FROM datasets WHERE sha256 = ?1 LIMIT 1", [id], |_| Ok(())).optional()?.is_some())
+        Ok(self.read(|tx| tx.query_first("SELECT 1 AS found FROM datasets WHERE sha256 = ?1 LIMIT 1", args![id], |_| Ok(())))?.is_some())
     }
 }
 
@@ -286,44 +289,34 @@ impl Store {
     /// set once; a dataset without one keeps `NULL` and [`Dataset::data_user_field`] refuses it.
     /// Returns (adopted, left unusable).
     pub fn adopt_legacy_user_fields(&self, legacy_field: impl Fn(&DatasetId, u64) -> Option<String>) -> Result<(usize, Vec<DatasetId>)> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pending: Vec<(TenantId, DatasetId, u64)> = {
-            let mut stmt = tx.prepare("SELECT tenant, sha256, units FROM datasets WHERE privacy_unit = 'user' AND user_field IS NULL")?;
-            let rows = stmt.query_map([], |r| Ok((r.get("tenant")?, r.get("sha256")?, r.get("units")?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let (mut adopted, mut unusable) = (0, Vec::new());
-        for (tenant, id, units) in pending {
-            match legacy_field(&id, units).filter(|f| user_field_fits(f)) {
-                Some(field) => {
-                    tx.execute("UPDATE datasets SET user_field = ?1 WHERE tenant = ?2 AND sha256 = ?3", params![field, tenant, id])?;
-                    adopted += 1;
+        self.write(|tx| {
+            let pending = tx.query_map("SELECT tenant, sha256, units FROM datasets WHERE privacy_unit = 'user' AND user_field IS NULL", args![], |r| {
+                Ok((r.get::<TenantId>("tenant")?, r.get::<DatasetId>("sha256")?, r.get::<u64>("units")?))
+            })?;
+            let (mut adopted, mut unusable) = (0, Vec::new());
+            for (tenant, id, units) in pending {
+                match legacy_field(&id, units).filter(|f| user_field_fits(f)) {
+                    Some(field) => {
+                        tx.execute("UPDATE datasets SET user_field = ?1 WHERE tenant = ?2 AND sha256 = ?3", args![field, tenant, id])?;
+                        adopted += 1;
+                    }
+                    None => unusable.push(id),
                 }
-                None => unusable.push(id),
             }
-        }
-        tx.commit()?;
-        Ok((adopted, unusable))
+            Ok((adopted, unusable))
+        })
     }
 }
 
 /// The ids of every dataset of the tenant, sorted.
-pub(crate) fn ids_of_tenant(conn: &Connection, tenant: &TenantId) -> Result<Vec<DatasetId>> {
-    let mut stmt = conn.prepare_cached("SELECT sha256 FROM datasets WHERE tenant = ?1 ORDER BY sha256")?;
-    let rows = stmt.query_map([tenant], |r| r.get("sha256"))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub(crate) fn ids_of_tenant(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<Vec<DatasetId>> {
+    tx.query_map("SELECT sha256 FROM datasets WHERE tenant = ?1 ORDER BY sha256", args![tenant], |r| r.get("sha256"))
 }
 
 /// The tenant's dataset `id` on an open connection or transaction (`NotFound` otherwise).
-pub(crate) fn load(conn: &Connection, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
-    conn.query_row(
-        &format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"),
-        params![tenant, id],
-        Dataset::from_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::not_found("dataset", id.as_str()))
+pub(crate) fn load(tx: &mut Tx<'_>, tenant: &TenantId, id: &DatasetId) -> Result<Dataset> {
+    tx.query_first(&format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE tenant = ?1 AND sha256 = ?2"), args![tenant, id], Dataset::from_row)?
+        .ok_or_else(|| StoreError::not_found("dataset", id.as_str()))
 }
 
 #[cfg(test)]

@@ -40,6 +40,15 @@ pub enum StoreError {
         /// Its id.
         id: String,
     },
+    /// Another daemon holds the running job (it took the job over after this daemon's lease
+    /// ran out): this daemon must stop working on it and record nothing.
+    #[error("job {job} is now run by daemon {owner}")]
+    LeaseLost {
+        /// The job.
+        job: JobId,
+        /// The daemon that holds it.
+        owner: String,
+    },
     /// The job's state does not allow the action (finishing or cancelling a finished job, ...).
     #[error("job {job} is {state}: cannot {action}")]
     FailedPrecondition {
@@ -66,10 +75,10 @@ pub enum StoreError {
     /// a budget they are under (see [`BudgetRefusal`]). Nothing was written.
     #[error("{0}")]
     BudgetExceeded(Box<BudgetRefusal>),
-    /// The database file was written by a newer ewtune; it is left untouched.
+    /// The database was written by a newer ewtune; it is left untouched.
     #[error("the database has schema version {found}, this ewtune supports up to {supported}; it was left untouched")]
     IncompatibleSchema {
-        /// `PRAGMA user_version` of the file.
+        /// `PRAGMA user_version` of the file, or the version row of the PostgreSQL schema.
         found: i64,
         /// The newest schema this build knows.
         supported: i64,
@@ -119,6 +128,19 @@ pub enum StoreError {
         /// SQLite's error.
         #[from]
         source: rusqlite::Error,
+    },
+    /// PostgreSQL refused a statement (a constraint, a trigger, a bug in the store's SQL).
+    #[error("PostgreSQL failed")]
+    Postgres {
+        /// The server's error.
+        source: postgres::Error,
+    },
+    /// The database cannot be reached now (PostgreSQL down, the network, a refused login):
+    /// nothing was written; the call may be tried again.
+    #[error("the ledger's database cannot be reached: {reason}")]
+    Unavailable {
+        /// The client's error, in words (holds no password).
+        reason: String,
     },
 }
 

@@ -18,11 +18,11 @@ use super::datasets::{self, DatasetId};
 use super::error::{Result, StoreError};
 use super::ledger;
 use super::tokens::TenantId;
+use super::db::{args, Dialect, Row, Tx};
 use super::{list_page, now_ms, to_sql_count, Listed, Page, Store};
 use crate::artifacts::{self, OutputFile};
 use crate::digest::sha256_hex;
 use ewtune_accountant::StepGroup;
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::fmt;
@@ -30,6 +30,42 @@ use std::fmt;
 random_id! {
     /// A job's id: 128 random bits from ring's `SystemRandom`, as 32 lower-case hex digits.
     JobId, "job"
+}
+
+text_id! {
+    /// The id of a daemon as the owner of the jobs it runs: printable ASCII without spaces,
+    /// 1 to 128 characters (`ewtuned` defaults it to its host name and gRPC port).
+    DaemonId, "daemon_id"
+}
+
+impl DaemonId {
+    /// Validates the id.
+    pub fn parse(id: &str) -> Result<DaemonId> {
+        if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(StoreError::invalid("daemon_id", "must be 1 to 128 printable ASCII characters without spaces"));
+        }
+        Ok(DaemonId(id.to_owned()))
+    }
+}
+
+/// A daemon as a claimer of work: its id, and how long its claim on a running job holds
+/// without a heartbeat before another daemon may take the job over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Its id (stable across its restarts, so that it requeues its own jobs at once).
+    pub id: DaemonId,
+    /// The lease, in milliseconds.
+    pub lease_ms: i64,
+}
+
+impl Worker {
+    /// The default lease: a daemon that stops heartbeating loses its jobs after this long.
+    pub const DEFAULT_LEASE_MS: i64 = 30_000;
+
+    /// The one daemon of a SQLite store.
+    pub fn local() -> Worker {
+        Worker { id: DaemonId("local".into()), lease_ms: Worker::DEFAULT_LEASE_MS }
+    }
 }
 
 /// Where a job is in its life. The stored name of a final state is also the kind of the event
@@ -177,7 +213,7 @@ impl Job {
         }
     }
 
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    fn from_row(row: &Row) -> Result<Job> {
         Ok(Job {
             id: row.get("id")?,
             tenant: row.get("tenant")?,
@@ -221,153 +257,154 @@ pub struct JobEvent {
 impl Store {
     /// How many jobs are in each state (states with none left out), for the operators' metrics.
     pub fn job_counts(&self) -> Result<Vec<(JobState, u64)>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")?;
-        let rows = stmt.query_map([], |row| Ok((row.get::<_, JobState>("state")?, row.get::<_, i64>("n")?)))?;
-        rows.map(|r| Ok(r.map(|(state, n)| (state, n.max(0) as u64))?)).collect()
+        self.read(|tx| tx.query_map("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state", args![], |row| Ok((row.get("state")?, row.get("n")?))))
     }
 
-    /// Admits a job: in one `BEGIN IMMEDIATE` transaction, composes everything already spent
-    /// and reserved on the dataset with the job's full plan, and if the certified epsilon at the
-    /// dataset's delta stays within its budget, inserts the job as `Queued` (its plan reserved)
-    /// with a `created` event. Otherwise [`StoreError::BudgetExceeded`], and nothing is written.
+    /// Admits a job: composes everything already spent and reserved on the units of the
+    /// dataset with the job's full plan, and if the certified epsilon at every budget those
+    /// units are under stays within it, inserts the job as `Queued` (its plan reserved) with a
+    /// `created` event. Otherwise [`StoreError::BudgetExceeded`], and nothing is written.
+    ///
+    /// The composition (the slow part) runs on a snapshot, outside any lock; the write then
+    /// locks the tenant's ledger row and inserts only if the ledger's version is still the one
+    /// the decision read, else decides again. After [`ADMISSION_ATTEMPTS`] lost races it decides
+    /// inside the lock, so a busy budget cannot starve an admission.
     pub fn create_job(&self, tenant: &TenantId, job: NewJob) -> Result<Job> {
         job.validate()?;
         let id = JobId::random()?;
-        let now = now_ms();
         let plan = StepGroup { noise_multiplier: job.noise_multiplier, sample_rate: job.sample_rate, steps: job.steps };
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let dataset = datasets::load(&tx, tenant, &job.dataset)?;
-        let committed_epsilon = match ledger::admit(&tx, &dataset, plan)? {
-            ledger::Admission::Admitted(epsilon) => epsilon,
-            ledger::Admission::Refused(refused) => {
-                drop(tx);
-                drop(conn);
+        for attempt in 1..=ADMISSION_ATTEMPTS {
+            let decided = if attempt < ADMISSION_ATTEMPTS {
+                Some(self.read(|tx| {
+                    let version = ledger::version(tx, tenant)?;
+                    let dataset = datasets::load(tx, tenant, &job.dataset)?;
+                    Ok((version, ledger::admit(tx, &dataset, plan)?))
+                })?)
+            } else {
+                None
+            };
+            if let Some((_, ledger::Admission::Refused(refused))) = decided {
                 return Err(refused.into_error());
             }
-        };
-        tx.execute(
-            "INSERT INTO jobs (id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, state, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                id,
-                tenant,
-                dataset.id,
-                job.spec_json,
-                job.noise_multiplier,
-                job.sample_rate,
-                to_sql_count("steps", job.steps)?,
-                JobState::Queued,
-                now
-            ],
-        )?;
-        if let Some(manifest) = &job.canary_manifest_json {
-            tx.execute(
-                "INSERT INTO canary_manifests (job, sha256, manifest_json) VALUES (?1, ?2, ?3)",
-                params![id, sha256_hex(manifest.as_bytes()), manifest],
-            )?;
+            let created = self.write(|tx| {
+                let version = ledger::lock(tx, tenant)?;
+                let dataset = datasets::load(tx, tenant, &job.dataset)?;
+                let committed_epsilon = match &decided {
+                    Some((read, ledger::Admission::Admitted(epsilon))) if *read == version => *epsilon,
+                    Some(_) => return Ok(None),
+                    None => match ledger::admit(tx, &dataset, plan)? {
+                        ledger::Admission::Admitted(epsilon) => epsilon,
+                        ledger::Admission::Refused(refused) => return Err(refused.into_error()),
+                    },
+                };
+                insert(tx, &id, tenant, &dataset, &job, committed_epsilon).map(Some)
+            })?;
+            if let Some(created) = created {
+                self.job_changed(&id);
+                return Ok(created);
+            }
         }
-        append_event(
-            &tx,
-            &id,
-            "created",
-            json!({
-                "dataset": dataset.id,
-                "noise_multiplier": job.noise_multiplier,
-                "sample_rate": job.sample_rate,
-                "steps_planned": job.steps,
-                "committed_epsilon": committed_epsilon,
-                "budget_epsilon": dataset.budget_epsilon,
-                "budget_delta": dataset.budget_delta,
-            }),
-            now,
-        )?;
-        let created = load_any(&tx, &id)?;
-        tx.commit()?;
-        self.job_changed(&id);
-        Ok(created)
+        unreachable!("the last attempt decides inside the lock")
     }
 
     /// The canary manifest committed with job `id` and its SHA-256, or `None` when the job
     /// inserts no canaries (scheduler and auditor paths: no tenant check).
     pub fn canary_manifest(&self, id: &JobId) -> Result<Option<(String, String)>> {
-        Ok(self
-            .reader()
-            .query_row("SELECT sha256, manifest_json FROM canary_manifests WHERE job = ?1", [id], |row| Ok((row.get("sha256")?, row.get("manifest_json")?)))
-            .optional()?)
+        self.read(|tx| tx.query_first("SELECT sha256, manifest_json FROM canary_manifests WHERE job = ?1", args![id], |row| Ok((row.get("sha256")?, row.get("manifest_json")?))))
     }
 
     /// The SHA-256 of the canary manifest committed with job `id`, without reading the manifest.
     pub fn canary_manifest_sha256(&self, id: &JobId) -> Result<Option<String>> {
-        Ok(self.reader().query_row("SELECT sha256 FROM canary_manifests WHERE job = ?1", [id], |row| row.get("sha256")).optional()?)
+        self.read(|tx| tx.query_first("SELECT sha256 FROM canary_manifests WHERE job = ?1", args![id], |row| row.get("sha256")))
     }
 
     /// The tenant's job `id`; `NotFound` if absent or another tenant's.
     pub fn get_job(&self, tenant: &TenantId, id: &JobId) -> Result<Job> {
-        load_owned(&self.reader(), tenant, id)
+        self.read(|tx| load_owned(tx, tenant, id))
     }
 
     /// One page of the tenant's jobs, oldest first.
     pub fn list_jobs(&self, tenant: &TenantId, page: Page) -> Result<Listed<Job>> {
-        list_page(
-            &self.reader(),
-            &format!("SELECT {JOB_COLUMNS}, seq AS cursor FROM jobs WHERE tenant = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2"),
-            page,
-            &[tenant],
-            Job::from_row,
-        )
+        self.read(|tx| {
+            list_page(
+                tx,
+                &format!("SELECT {JOB_COLUMNS}, seq AS cursor FROM jobs WHERE tenant = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2"),
+                page,
+                args![tenant],
+                Job::from_row,
+            )
+        })
     }
 
     /// At most `limit` of the tenant's job events with `seq > after_seq`, in order (`after_seq =
     /// 0` from the first).
     pub fn events_since(&self, tenant: &TenantId, job: &JobId, after_seq: i64, limit: u32) -> Result<Vec<JobEvent>> {
-        let conn = self.reader();
-        load_owned(&conn, tenant, job)?;
-        let mut stmt = conn.prepare(
-            "SELECT seq, job, kind, payload_json, at_ms FROM job_events WHERE job = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![job, after_seq, limit], |row| {
-            Ok(JobEvent {
-                seq: row.get("seq")?,
-                job: row.get("job")?,
-                kind: row.get("kind")?,
-                payload_json: row.get("payload_json")?,
-                at_unix_ms: row.get("at_ms")?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|tx| {
+            load_owned(tx, tenant, job)?;
+            tx.query_map(
+                "SELECT seq, job, kind, payload_json, at_ms FROM job_events WHERE job = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                args![job, after_seq, limit],
+                |row| {
+                    Ok(JobEvent {
+                        seq: row.get("seq")?,
+                        job: row.get("job")?,
+                        kind: row.get("kind")?,
+                        payload_json: row.get("payload_json")?,
+                        at_unix_ms: row.get("at_ms")?,
+                    })
+                },
+            )
+        })
     }
 
-    /// Scheduler: atomically turns the oldest `Queued` job into `Running` (with a `started`
-    /// event) and returns it; `None` when the queue is empty.
+    /// Scheduler: atomically turns the oldest claimable job into `Running` under this store's
+    /// [`Worker`] (owner and lease, with a `started` event) and returns it; `None` when there
+    /// is none. Claimable: `Queued`, or `Running` under a lease that expired (its daemon stopped
+    /// heartbeating): that one gets an `interrupted` event naming the daemon first, and resumes
+    /// from its last checkpoint with its `steps_done` (the spend) as recorded. On PostgreSQL
+    /// rows another daemon is claiming are skipped (`SKIP LOCKED`), never waited for.
     pub fn claim_next_queued(&self) -> Result<Option<Job>> {
-        let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let next: Option<JobId> = tx
-            .query_row("SELECT id FROM jobs WHERE state = ?1 ORDER BY seq LIMIT 1", [JobState::Queued], |row| {
-                row.get("id")
-            })
-            .optional()?;
-        let Some(id) = next else {
-            return Ok(None);
-        };
-        tx.execute(
-            "UPDATE jobs SET state = ?2, started_at_ms = ?3 WHERE id = ?1",
-            params![id, JobState::Running, now],
-        )?;
-        let job = load_any(&tx, &id)?;
-        append_event(&tx, &id, "started", json!({ "steps_done": job.steps_done }), now)?;
-        tx.commit()?;
-        self.job_changed(&id);
-        Ok(Some(job))
+        let worker = &self.worker;
+        let mut notify = Vec::new();
+        let claimed = self.write(|tx| {
+            notify.clear();
+            let now = now_ms();
+            loop {
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS}, owner FROM jobs WHERE state = ?1 OR (state = ?2 AND lease_until_ms < ?3) ORDER BY seq LIMIT 1{}",
+                    tx.dialect().skip_locked()
+                );
+                let Some((job, owner)) = tx.query_first(&sql, args![JobState::Queued, JobState::Running, now], |r| Ok((Job::from_row(r)?, r.get::<Option<String>>("owner")?)))? else {
+                    return Ok(None);
+                };
+                notify.push(job.id.clone());
+                if job.state == JobState::Running {
+                    append_event(tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done, "lease_expired": owner }), now)?;
+                    if job.cancel_requested {
+                        finish(tx, &job, JobState::Cancelled, Some("cancel requested before its daemon stopped"), now)?;
+                        continue;
+                    }
+                }
+                tx.execute(
+                    "UPDATE jobs SET state = ?2, started_at_ms = ?3, owner = ?4, lease_until_ms = ?5 WHERE id = ?1",
+                    args![job.id, JobState::Running, now, worker.id, now + worker.lease_ms],
+                )?;
+                append_event(tx, &job.id, "started", json!({ "steps_done": job.steps_done }), now)?;
+                return load_any(tx, &job.id).map(Some);
+            }
+        })?;
+        for id in &notify {
+            self.job_changed(id);
+        }
+        Ok(claimed)
     }
 
     /// Scheduler: records that a running job has completed `steps_done` steps (the spend the
-    /// ledger counts) and the trainer's epsilon at that point, with a `progress` event. A value
-    /// at or below the stored one is ignored (progress never decreases); one above the plan is
-    /// `InvalidArgument`; a job that is not running is `FailedPrecondition`.
+    /// ledger counts) and the trainer's epsilon at that point, with a `progress` event, and
+    /// renews this daemon's lease on it. A value at or below the stored one is ignored
+    /// (progress never decreases); one above the plan is `InvalidArgument`; a job that is not
+    /// running is `FailedPrecondition`; one another daemon has taken over is `LeaseLost` (the
+    /// step must not run).
     pub fn record_progress(&self, job: &JobId, steps_done: u64, epsilon_spent: f64) -> Result<Job> {
         if !(epsilon_spent.is_finite() && epsilon_spent >= 0.0) {
             return Err(StoreError::invalid(
@@ -375,40 +412,56 @@ impl Store {
                 format!("must be a finite number >= 0, got {epsilon_spent}"),
             ));
         }
-        let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = load_any(&tx, job)?;
-        if current.state != JobState::Running {
-            return Err(StoreError::FailedPrecondition {
-                job: job.clone(),
-                state: current.state,
-                action: "record progress",
-            });
+        let updated = self.write(|tx| {
+            let now = now_ms();
+            let current = self.load_held(tx, job, "record progress")?;
+            if steps_done > current.steps_planned {
+                return Err(StoreError::invalid(
+                    "steps_done",
+                    format!("{steps_done} is more than the {} steps planned (and reserved)", current.steps_planned),
+                ));
+            }
+            if steps_done <= current.steps_done {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE jobs SET steps_done = ?2, epsilon_spent = ?3, lease_until_ms = ?4 WHERE id = ?1",
+                args![job, to_sql_count("steps_done", steps_done)?, epsilon_spent, now + self.worker.lease_ms],
+            )?;
+            append_event(tx, job, "progress", json!({ "step": steps_done, "total_steps": current.steps_planned, "epsilon_spent": epsilon_spent }), now)?;
+            load_any(tx, job).map(Some)
+        })?;
+        match updated {
+            Some(job) => {
+                self.job_changed(&job.id);
+                Ok(job)
+            }
+            None => self.read(|tx| load_any(tx, job)),
         }
-        if steps_done > current.steps_planned {
-            return Err(StoreError::invalid(
-                "steps_done",
-                format!("{steps_done} is more than the {} steps planned (and reserved)", current.steps_planned),
-            ));
-        }
-        if steps_done <= current.steps_done {
-            return Ok(current);
-        }
-        tx.execute(
-            "UPDATE jobs SET steps_done = ?2, epsilon_spent = ?3 WHERE id = ?1",
-            params![job, to_sql_count("steps_done", steps_done)?, epsilon_spent],
-        )?;
-        append_event(&tx, job, "progress", json!({ "step": steps_done, "total_steps": current.steps_planned, "epsilon_spent": epsilon_spent }), now)?;
-        let updated = load_any(&tx, job)?;
-        tx.commit()?;
-        self.job_changed(job);
-        Ok(updated)
+    }
+
+    /// Heartbeat: renews this daemon's lease on each of `jobs` it is running. Returns the jobs
+    /// whose lease it no longer holds (taken over after it expired, or finished elsewhere):
+    /// their workers must stop without recording anything.
+    pub fn renew_leases(&self, jobs: &[JobId]) -> Result<Vec<JobId>> {
+        self.write(|tx| {
+            let until = now_ms() + self.worker.lease_ms;
+            let mut lost = Vec::new();
+            for job in jobs {
+                let n = tx.execute("UPDATE jobs SET lease_until_ms = ?3 WHERE id = ?1 AND owner = ?2 AND state = 'running'", args![job, self.worker.id, until])?;
+                if n == 0 {
+                    lost.push(job.clone());
+                }
+            }
+            tx.execute("UPDATE audits SET lease_until_ms = ?2 WHERE owner = ?1 AND state = 'running'", args![self.worker.id, until])?;
+            Ok(lost)
+        })
     }
 
     /// Scheduler: ends a queued or running job in `state` (Succeeded, Failed or Cancelled) with
     /// an event of that kind. The unspent part of its reservation is released: from now on it
-    /// contributes only its `steps_done`. Finishing a finished job is `FailedPrecondition`.
+    /// contributes only its `steps_done`. Finishing a finished job is `FailedPrecondition`; a
+    /// running job only its daemon may finish (`LeaseLost` otherwise).
     pub fn finish_job(&self, job: &JobId, state: JobState, reason: Option<String>) -> Result<Job> {
         if !state.is_terminal() {
             return Err(StoreError::invalid(
@@ -416,16 +469,17 @@ impl Store {
                 format!("{state} is not a final state (succeeded, failed, cancelled)"),
             ));
         }
-        let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = load_any(&tx, job)?;
-        if current.state.is_terminal() {
-            return Err(StoreError::FailedPrecondition { job: job.clone(), state: current.state, action: "finish" });
-        }
-        finish(&tx, &current, state, reason.as_deref(), now)?;
-        let finished = load_any(&tx, job)?;
-        tx.commit()?;
+        let finished = self.write(|tx| {
+            let current = load_for_update(tx, job)?;
+            if current.0.state.is_terminal() {
+                return Err(StoreError::FailedPrecondition { job: job.clone(), state: current.0.state, action: "finish" });
+            }
+            if current.0.state == JobState::Running {
+                self.check_held(job, current.1.as_deref())?;
+            }
+            finish(tx, &current.0, state, reason.as_deref(), now_ms())?;
+            load_any(tx, job)
+        })?;
         self.job_changed(job);
         Ok(finished)
     }
@@ -445,25 +499,20 @@ impl Store {
                 return Err(StoreError::invalid("outputs.sha256", "must be 64 lower-case hex digits"));
             }
         }
-        let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = load_any(&tx, job)?;
-        if current.state != JobState::Running {
-            return Err(StoreError::FailedPrecondition { job: job.clone(), state: current.state, action: "succeed" });
-        }
-        for f in outputs {
-            let inserted = tx.execute(
-                "INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![job, f.path, to_sql_count("outputs.size", f.size)?, f.sha256],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::invalid("outputs.path", format!("{} is listed twice", f.path)));
+        let finished = self.write(|tx| {
+            let current = self.load_held(tx, job, "succeed")?;
+            for f in outputs {
+                let inserted = tx.execute(
+                    "INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    args![job, f.path, to_sql_count("outputs.size", f.size)?, f.sha256],
+                )?;
+                if inserted == 0 {
+                    return Err(StoreError::invalid("outputs.path", format!("{} is listed twice", f.path)));
+                }
             }
-        }
-        finish(&tx, &current, JobState::Succeeded, None, now)?;
-        let finished = load_any(&tx, job)?;
-        tx.commit()?;
+            finish(tx, &current, JobState::Succeeded, None, now_ms())?;
+            load_any(tx, job)
+        })?;
         self.job_changed(job);
         Ok(finished)
     }
@@ -472,47 +521,46 @@ impl Store {
     /// sorted by path: empty unless it succeeded (and for jobs that succeeded before this
     /// daemon version recorded outputs).
     pub fn job_outputs(&self, tenant: &TenantId, job: &JobId) -> Result<(Job, Vec<OutputFile>)> {
-        let mut conn = self.reader();
-        let tx = conn.transaction()?;
-        let found = load_owned(&tx, tenant, job)?;
-        let files = outputs_of(&tx, job)?;
-        tx.commit()?;
-        Ok((found, files))
+        self.read(|tx| Ok((load_owned(tx, tenant, job)?, outputs_of(tx, job)?)))
     }
 
     /// Tenant: cancels a job. A queued job becomes `Cancelled` at once (its reservation
-    /// released); a running one gets `cancel_requested` (the scheduler polls
-    /// [`Store::is_cancel_requested`] and finishes it); a finished one is `FailedPrecondition`.
+    /// released); a running one gets `cancel_requested` (the scheduler of the daemon running it
+    /// polls [`Store::is_cancel_requested`] and finishes it); a finished one is
+    /// `FailedPrecondition`.
     pub fn request_cancel(&self, tenant: &TenantId, job: &JobId) -> Result<Job> {
-        let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = load_owned(&tx, tenant, job)?;
-        match current.state {
-            JobState::Queued => finish(&tx, &current, JobState::Cancelled, Some("cancelled before it started"), now)?,
-            JobState::Running if current.cancel_requested => {}
-            JobState::Running => {
-                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [job])?;
-                append_event(&tx, job, "cancel_requested", json!({ "steps_done": current.steps_done }), now)?;
+        let updated = self.write(|tx| {
+            let now = now_ms();
+            let (current, _) = load_for_update(tx, job)?;
+            if &current.tenant != tenant {
+                return Err(StoreError::not_found("job", job.as_str()));
             }
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
-                return Err(StoreError::FailedPrecondition {
-                    job: job.clone(),
-                    state: current.state,
-                    action: "cancel",
-                });
+            match current.state {
+                JobState::Queued => finish(tx, &current, JobState::Cancelled, Some("cancelled before it started"), now)?,
+                JobState::Running if current.cancel_requested => {}
+                JobState::Running => {
+                    tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", args![job])?;
+                    append_event(tx, job, "cancel_requested", json!({ "steps_done": current.steps_done }), now)?;
+                }
+                JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+                    return Err(StoreError::FailedPrecondition {
+                        job: job.clone(),
+                        state: current.state,
+                        action: "cancel",
+                    });
+                }
             }
-        }
-        let updated = load_any(&tx, job)?;
-        tx.commit()?;
+            load_any(tx, job)
+        })?;
         self.job_changed(job);
         Ok(updated)
     }
 
     /// Notices of job events: the id of a job each time a commit has appended to its event log
-    /// (sent after the commit, so a reader that then calls [`Store::events_since`] sees them).
-    /// Subscribe before reading, so nothing falls between the read and the subscription. A
-    /// receiver that falls more than 1024 notices behind gets `Lagged` and should re-read.
+    /// (sent after the commit, so a reader that then calls [`Store::events_since`] sees them;
+    /// on PostgreSQL also the commits of every other daemon on the database). Subscribe before
+    /// reading, so nothing falls between the read and the subscription. A receiver that falls
+    /// more than 1024 notices behind gets `Lagged` and should re-read.
     pub fn subscribe_job_events(&self) -> tokio::sync::broadcast::Receiver<JobId> {
         self.job_events.subscribe()
     }
@@ -524,61 +572,125 @@ impl Store {
 
     /// Scheduler: whether the tenant asked to cancel this job.
     pub fn is_cancel_requested(&self, job: &JobId) -> Result<bool> {
-        Ok(load_any(&self.reader(), job)?.cancel_requested)
+        Ok(self.read(|tx| load_any(tx, job))?.cancel_requested)
     }
 
-    /// Daemon start-up: every job left `Running` by a previous process gets an `interrupted`
-    /// event and goes back to `Queued` (its `steps_done` and reservation kept, so the ledger
-    /// still covers it), or, when a cancel had been requested, to `Cancelled`. Returns the
-    /// affected jobs in their new state, oldest first.
+    /// Daemon start-up, and a worker that stopped at a checkpoint: every job this daemon (its
+    /// [`Worker`] id) left `Running`, and any left by a daemon older than leases, gets an
+    /// `interrupted` event and goes back to `Queued` (its `steps_done` and reservation kept, so
+    /// the ledger still covers it; any daemon may resume it), or, when a cancel had been
+    /// requested, to `Cancelled`. Returns the affected jobs in their new state, oldest first.
     pub fn requeue_running(&self) -> Result<Vec<Job>> {
-        let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let running: Vec<Job> = {
-            let mut stmt = tx.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY seq"))?;
-            let rows = stmt.query_map([JobState::Running], Job::from_row)?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let mut affected = Vec::with_capacity(running.len());
-        for job in running {
-            append_event(&tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done }), now)?;
-            if job.cancel_requested {
-                finish(&tx, &job, JobState::Cancelled, Some("cancel requested before the daemon stopped"), now)?;
-            } else {
-                tx.execute("UPDATE jobs SET state = ?2 WHERE id = ?1", params![job.id, JobState::Queued])?;
+        self.requeue_where("(owner = ?2 OR owner IS NULL)", None)
+    }
+
+    /// A worker of this daemon stopped at a checkpoint (shutdown): hands its job back to the
+    /// queue at once, as [`Store::requeue_running`] does at start-up, so that another daemon
+    /// resumes it without waiting for the lease to run out. `None` when this daemon no longer
+    /// holds it.
+    pub fn requeue_job(&self, job: &JobId) -> Result<Option<Job>> {
+        Ok(self.requeue_where("owner = ?2 AND id = ?3", Some(job))?.pop())
+    }
+
+    fn requeue_where(&self, held: &str, job: Option<&JobId>) -> Result<Vec<Job>> {
+        let affected = self.write(|tx| {
+            let now = now_ms();
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 AND {held} AND (?3 IS NULL OR id = ?3) ORDER BY seq{}", tx.dialect().for_update());
+            let running = tx.query_map(&sql, args![JobState::Running, self.worker.id, job], Job::from_row)?;
+            let mut affected = Vec::with_capacity(running.len());
+            for job in running {
+                append_event(tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done }), now)?;
+                if job.cancel_requested {
+                    finish(tx, &job, JobState::Cancelled, Some("cancel requested before the daemon stopped"), now)?;
+                } else {
+                    tx.execute("UPDATE jobs SET state = ?2, owner = NULL, lease_until_ms = NULL WHERE id = ?1", args![job.id, JobState::Queued])?;
+                }
+                affected.push(load_any(tx, &job.id)?);
             }
-            affected.push(load_any(&tx, &job.id)?);
-        }
-        tx.commit()?;
+            Ok(affected)
+        })?;
         for job in &affected {
             self.job_changed(&job.id);
         }
         Ok(affected)
     }
+
+    /// Job `id`, locked for this write, which must be running under this daemon's lease.
+    fn load_held(&self, tx: &mut Tx<'_>, id: &JobId, action: &'static str) -> Result<Job> {
+        let (job, owner) = load_for_update(tx, id)?;
+        if job.state != JobState::Running {
+            return Err(StoreError::FailedPrecondition { job: id.clone(), state: job.state, action });
+        }
+        self.check_held(id, owner.as_deref())?;
+        Ok(job)
+    }
+
+    /// A running job with owner `owner` may be changed by this daemon only when it holds it
+    /// (or it predates leases).
+    fn check_held(&self, id: &JobId, owner: Option<&str>) -> Result<()> {
+        match owner {
+            Some(owner) if owner != self.worker.id.as_str() => Err(StoreError::LeaseLost { job: id.clone(), owner: owner.to_owned() }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Admissions that decide on a snapshot before the last one decides inside the lock.
+const ADMISSION_ATTEMPTS: u32 = 4;
+
+/// Inserts an admitted job, its canary manifest and its `created` event, and bumps the
+/// tenant's ledger version (the caller holds the ledger lock).
+fn insert(tx: &mut Tx<'_>, id: &JobId, tenant: &TenantId, dataset: &datasets::Dataset, job: &NewJob, committed_epsilon: f64) -> Result<Job> {
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO jobs (id, tenant, dataset, spec_json, noise_multiplier, sample_rate, steps_planned, state, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        args![id, tenant, dataset.id, job.spec_json, job.noise_multiplier, job.sample_rate, to_sql_count("steps", job.steps)?, JobState::Queued, now],
+    )?;
+    if let Some(manifest) = &job.canary_manifest_json {
+        tx.execute(
+            "INSERT INTO canary_manifests (job, sha256, manifest_json) VALUES (?1, ?2, ?3)",
+            args![id, sha256_hex(manifest.as_bytes()), manifest],
+        )?;
+    }
+    ledger::bump(tx, tenant)?;
+    append_event(
+        tx,
+        id,
+        "created",
+        json!({
+            "dataset": dataset.id,
+            "noise_multiplier": job.noise_multiplier,
+            "sample_rate": job.sample_rate,
+            "steps_planned": job.steps,
+            "committed_epsilon": committed_epsilon,
+            "budget_epsilon": dataset.budget_epsilon,
+            "budget_delta": dataset.budget_delta,
+        }),
+        now,
+    )?;
+    load_any(tx, id)
 }
 
 /// One recorded output file from a row with the columns `path`, `size` and `sha256`.
-fn output_from_row(row: &Row<'_>) -> rusqlite::Result<OutputFile> {
-    Ok(OutputFile { path: row.get("path")?, size: row.get::<_, i64>("size")?.max(0) as u64, sha256: row.get("sha256")? })
+fn output_from_row(row: &Row) -> Result<OutputFile> {
+    Ok(OutputFile { path: row.get("path")?, size: row.get("size")?, sha256: row.get("sha256")? })
 }
 
 /// The recorded outputs of `job`, sorted by path.
-pub(crate) fn outputs_of(conn: &Connection, job: &JobId) -> Result<Vec<OutputFile>> {
-    let mut stmt = conn.prepare("SELECT path, size, sha256 FROM job_outputs WHERE job = ?1 ORDER BY path")?;
-    let rows = stmt.query_map([job], output_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub(crate) fn outputs_of(tx: &mut Tx<'_>, job: &JobId) -> Result<Vec<OutputFile>> {
+    tx.query_map("SELECT path, size, sha256 FROM job_outputs WHERE job = ?1 ORDER BY path", args![job], output_from_row)
 }
 
-/// Moves `job` (queued or running) to the terminal `state`, with its event.
-fn finish(conn: &Connection, job: &Job, state: JobState, reason: Option<&str>, now: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE jobs SET state = ?2, reason = ?3, finished_at_ms = ?4 WHERE id = ?1",
-        params![job.id, state, reason, now],
+/// Moves `job` (queued or running) to the terminal `state`, with its event; its claim ends.
+fn finish(tx: &mut Tx<'_>, job: &Job, state: JobState, reason: Option<&str>, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = ?2, reason = ?3, finished_at_ms = ?4, owner = NULL, lease_until_ms = NULL WHERE id = ?1",
+        args![job.id, state, reason, now],
     )?;
     let released = job.steps_planned.saturating_sub(job.steps_done);
     append_event(
-        conn,
+        tx,
         &job.id,
         state.as_str(),
         json!({ "reason": reason, "steps_done": job.steps_done, "steps_released": released }),
@@ -586,43 +698,45 @@ fn finish(conn: &Connection, job: &Job, state: JobState, reason: Option<&str>, n
     )
 }
 
-fn append_event(conn: &Connection, job: &JobId, kind: &str, payload: serde_json::Value, now: i64) -> Result<()> {
-    conn.execute(
+/// Appends one event to `job`'s log; on PostgreSQL also notifies every daemon's listener,
+/// delivered when (and only if) this transaction commits.
+fn append_event(tx: &mut Tx<'_>, job: &JobId, kind: &str, payload: serde_json::Value, now: i64) -> Result<()> {
+    tx.execute(
         "INSERT INTO job_events (job, kind, payload_json, at_ms) VALUES (?1, ?2, ?3, ?4)",
-        params![job, kind, payload.to_string(), now],
+        args![job, kind, payload.to_string(), now],
     )?;
+    if tx.dialect() == Dialect::Postgres {
+        tx.query_one("SELECT pg_notify(?1, ?2) IS NULL AS sent", args![super::notices::CHANNEL, job], |_| Ok(()))?;
+    }
     Ok(())
 }
 
 /// Job `id` whoever owns it (scheduler paths); `NotFound` if absent.
-fn load_any(conn: &Connection, id: &JobId) -> Result<Job> {
-    conn.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], Job::from_row)
-        .optional()?
+fn load_any(tx: &mut Tx<'_>, id: &JobId) -> Result<Job> {
+    tx.query_first(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), args![id], Job::from_row)?
         .ok_or_else(|| StoreError::not_found("job", id.as_str()))
 }
 
-/// The tenant's job `id`; `NotFound` if absent or another tenant's.
-pub(super) fn load_owned(conn: &Connection, tenant: &TenantId, id: &JobId) -> Result<Job> {
-    conn.query_row(
-        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2"),
-        params![id, tenant],
-        Job::from_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::not_found("job", id.as_str()))
+/// Job `id` and the daemon holding it, locked until the write commits; `NotFound` if absent.
+fn load_for_update(tx: &mut Tx<'_>, id: &JobId) -> Result<(Job, Option<String>)> {
+    let sql = format!("SELECT {JOB_COLUMNS}, owner FROM jobs WHERE id = ?1{}", tx.dialect().for_update());
+    tx.query_first(&sql, args![id], |r| Ok((Job::from_row(r)?, r.get("owner")?)))?.ok_or_else(|| StoreError::not_found("job", id.as_str()))
 }
 
-/// The jobs of one dataset, oldest first (the ledger's rows).
+/// The tenant's job `id`; `NotFound` if absent or another tenant's.
+pub(super) fn load_owned(tx: &mut Tx<'_>, tenant: &TenantId, id: &JobId) -> Result<Job> {
+    tx.query_first(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2"), args![id, tenant], Job::from_row)?
+        .ok_or_else(|| StoreError::not_found("job", id.as_str()))
+}
+
 /// Every job of the tenant, in admission order.
-pub(crate) fn for_tenant(conn: &Connection, tenant: &TenantId) -> Result<Vec<Job>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq"))?;
-    let rows = stmt.query_map(params![tenant], Job::from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub(crate) fn for_tenant(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<Vec<Job>> {
+    tx.query_map(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq"), args![tenant], Job::from_row)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{count_rows, new_dataset, new_job, Fixture};
+    use super::super::testutil::{chain, count_rows, new_dataset, new_job, Fixture};
     use super::*;
 
     fn kinds(events: &[JobEvent]) -> Vec<&str> {
@@ -728,10 +842,9 @@ mod tests {
         assert_eq!(report.jobs[0].outputs, sorted);
         assert!(serde_json::to_string(&report).unwrap().contains(&"b".repeat(64)));
         // Below the Rust code, the schema refuses any change and any late addition.
-        let conn = fx.store.conn();
-        assert!(conn.execute("UPDATE job_outputs SET sha256 = ?1", [&"c".repeat(64)]).is_err());
-        assert!(conn.execute("DELETE FROM job_outputs", []).is_err());
-        assert!(conn.execute("INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, 'late', 1, ?2)", params![job.id, "d".repeat(64)]).is_err());
+        assert!(fx.raw("UPDATE job_outputs SET sha256 = ?1", args!["c".repeat(64)]).is_err());
+        assert!(fx.raw("DELETE FROM job_outputs", args![]).is_err());
+        assert!(fx.raw("INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, 'late', 1, ?2)", args![job.id, "d".repeat(64)]).is_err());
     }
 
     /// Each REAL column is read back into its own field on every read path: a job's three REALs
@@ -795,10 +908,10 @@ mod tests {
         assert_eq!(progress, 2, "ignored updates append no event");
 
         // Below the Rust code, the schema refuses a decrease too.
-        let err = fx.store.conn().execute("UPDATE jobs SET steps_done = 5 WHERE id = ?1", [&job.id]).unwrap_err();
-        assert!(err.to_string().contains("never decreases"), "{err}");
-        let err = fx.store.conn().execute("DELETE FROM jobs", []).unwrap_err();
-        assert!(err.to_string().contains("never deleted"), "{err}");
+        let err = chain(&fx.raw("UPDATE jobs SET steps_done = 5 WHERE id = ?1", args![job.id]).unwrap_err());
+        assert!(err.contains("never decreases"), "{err}");
+        let err = chain(&fx.raw("DELETE FROM jobs", args![]).unwrap_err());
+        assert!(err.contains("never deleted"), "{err}");
     }
 
     #[test]

@@ -44,12 +44,12 @@ use super::error::{Result, StoreError};
 use super::jobs::{self, Job, JobId, JobState};
 use super::tokens::TenantId;
 use super::units::{self, UnitClass, UnitIdentities};
+use super::db::{args, Tx};
 use super::{now_ms, Store};
 use crate::artifacts::OutputFile;
 use ewtune_accountant::edgeworth::{self, Order};
 use ewtune_accountant::pld::PldAccountant;
 use ewtune_accountant::{History, StepGroup};
-use rusqlite::{params, Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::PoisonError;
@@ -163,21 +163,47 @@ impl ReportNumbers {
     }
 }
 
-/// Raises the dataset's `last_seq` by [`SEQUENCE_BLOCK`] in one `BEGIN IMMEDIATE` transaction
-/// and returns the new value: the numbers `last - SEQUENCE_BLOCK + 1 ..= last` are this store's.
+/// Raises the dataset's `last_seq` by [`SEQUENCE_BLOCK`] in one write (one statement: atomic on
+/// both engines, so two daemons never get the same block) and returns the new value: the
+/// numbers `last - SEQUENCE_BLOCK + 1 ..= last` are this store's.
 fn reserve_block(store: &Store, dataset: &Dataset) -> Result<u64> {
-    let mut conn = store.conn();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let block = super::to_sql_count("sequence", SEQUENCE_BLOCK)?;
-    let last: u64 = tx.query_row(
-        "INSERT INTO report_sequences (tenant, dataset, last_seq) VALUES (?1, ?2, ?3)
-         ON CONFLICT (tenant, dataset) DO UPDATE SET last_seq = last_seq + ?3
-         RETURNING last_seq",
-        params![dataset.tenant, dataset.id, block],
-        |row| row.get("last_seq"),
-    )?;
-    tx.commit()?;
-    Ok(last)
+    store.write(|tx| {
+        tx.query_one(
+            "INSERT INTO report_sequences (tenant, dataset, last_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant, dataset) DO UPDATE SET last_seq = report_sequences.last_seq + ?3
+             RETURNING last_seq",
+            args![dataset.tenant, dataset.id, block],
+            |row| row.get("last_seq"),
+        )
+    })
+}
+
+/// The tenant's ledger version: it grows with every write that can raise what admission
+/// composes (a job admitted, a dataset registered, units identified), so a decision made on a
+/// snapshot still holds when the version is unchanged. 0 for an unknown tenant.
+pub(crate) fn version(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<i64> {
+    Ok(tx.query_first("SELECT ledger_version FROM tenants WHERE name = ?1", args![tenant], |r| r.get("ledger_version"))?.unwrap_or(0))
+}
+
+/// Locks the tenant's ledger for the rest of this write and returns its version (`None`: no
+/// such tenant). On SQLite the write already holds the file's lock; on PostgreSQL this locks
+/// the tenant's row, so admissions and registrations of one tenant, from any daemon, take
+/// turns, and other tenants never wait.
+pub(crate) fn lock_if_known(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<Option<i64>> {
+    let sql = format!("SELECT ledger_version FROM tenants WHERE name = ?1{}", tx.dialect().for_update());
+    tx.query_first(&sql, args![tenant], |r| r.get("ledger_version"))
+}
+
+/// [`lock_if_known`] for a tenant that has rows (0 when it has none: nothing to lock).
+pub(crate) fn lock(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<i64> {
+    Ok(lock_if_known(tx, tenant)?.unwrap_or(0))
+}
+
+/// Raises the tenant's ledger version (the caller holds the lock).
+pub(crate) fn bump(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<()> {
+    tx.execute("UPDATE tenants SET ledger_version = ledger_version + 1 WHERE name = ?1", args![tenant])?;
+    Ok(())
 }
 
 impl Store {
@@ -188,17 +214,14 @@ impl Store {
     /// released.
     pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId, with_charts: bool) -> Result<BudgetReport> {
         let mut numbers = self.report_numbers.lock().unwrap_or_else(PoisonError::into_inner);
-        let (scope, outputs) = {
-            let mut conn = self.reader();
-            let tx = conn.transaction()?;
-            let scope = Scope::load(&tx, tenant, dataset)?;
+        let (scope, outputs) = self.read(|tx| {
+            let scope = Scope::load(tx, tenant, dataset)?;
             let mut outputs = HashMap::new();
             for job in scope.jobs.iter().filter(|j| j.state == JobState::Succeeded) {
-                outputs.insert(job.id.clone(), jobs::outputs_of(&tx, &job.id)?);
+                outputs.insert(job.id.clone(), jobs::outputs_of(tx, &job.id)?);
             }
-            tx.commit()?;
-            (scope, outputs)
-        };
+            Ok((scope, outputs))
+        })?;
         let issue = Issue { sequence: numbers.take(self, &scope.dataset)?, issued_at_unix_ms: now_ms() };
         drop(numbers);
         report(&scope, outputs, issue, with_charts)
@@ -224,12 +247,8 @@ impl Store {
     /// epsilon, as its next budget report would state them (for the operators' metrics; one
     /// composition per class, memoised by the accountant while nothing changes).
     pub fn dataset_spend(&self) -> Result<Vec<DatasetSpend>> {
-        let ids: Vec<(TenantId, DatasetId)> = {
-            let conn = self.reader();
-            let mut stmt = conn.prepare("SELECT tenant, sha256 FROM datasets ORDER BY tenant, created_at_ms")?;
-            let rows = stmt.query_map([], |row| Ok((row.get("tenant")?, row.get("sha256")?)))?;
-            rows.collect::<std::result::Result<_, _>>()?
-        };
+        let ids: Vec<(TenantId, DatasetId)> =
+            self.read(|tx| tx.query_map("SELECT tenant, sha256 FROM datasets ORDER BY tenant, created_at_ms", args![], |row| Ok((row.get("tenant")?, row.get("sha256")?))))?;
         let mut out = Vec::with_capacity(ids.len());
         for (tenant, dataset) in ids {
             let scope = self.scope(&tenant, &dataset)?;
@@ -259,11 +278,7 @@ impl Store {
 
     /// The dataset's scope, read in one transaction of the read-only connection.
     fn scope(&self, tenant: &TenantId, dataset: &DatasetId) -> Result<Scope> {
-        let mut conn = self.reader();
-        let tx = conn.transaction()?;
-        let scope = Scope::load(&tx, tenant, dataset)?;
-        tx.commit()?;
-        Ok(scope)
+        self.read(|tx| Scope::load(tx, tenant, dataset))
     }
 }
 
@@ -314,12 +329,12 @@ impl Scope {
     /// The scope of the tenant's `dataset`. The tenant's unidentified datasets count in every
     /// class; an unidentified dataset's own units may be anyone's, so its one class counts
     /// against every dataset of the tenant.
-    fn load(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<Scope> {
-        let dataset = datasets::load(conn, tenant, dataset)?;
-        let all = jobs::for_tenant(conn, tenant)?;
+    fn load(tx: &mut Tx<'_>, tenant: &TenantId, dataset: &DatasetId) -> Result<Scope> {
+        let dataset = datasets::load(tx, tenant, dataset)?;
+        let all = jobs::for_tenant(tx, tenant)?;
         let classes = if dataset.unit_identities.known() {
-            let unknown = units::unidentified(conn, tenant)?;
-            let mut classes = units::classes_of(conn, tenant, &dataset.id)?;
+            let unknown = units::unidentified(tx, tenant)?;
+            let mut classes = units::classes_of(tx, tenant, &dataset.id)?;
             for class in &mut classes {
                 class.datasets.extend(unknown.iter().cloned());
                 class.datasets.sort();
@@ -327,12 +342,12 @@ impl Scope {
             }
             classes
         } else {
-            vec![UnitClass { units: dataset.units, datasets: datasets::ids_of_tenant(conn, tenant)? }]
+            vec![UnitClass { units: dataset.units, datasets: datasets::ids_of_tenant(tx, tenant)? }]
         };
         let mut datasets = HashMap::new();
         for id in classes.iter().flat_map(|c| &c.datasets) {
             if !datasets.contains_key(id) {
-                datasets.insert(id.clone(), datasets::load(conn, tenant, id)?);
+                datasets.insert(id.clone(), datasets::load(tx, tenant, id)?);
             }
         }
         let jobs = all.into_iter().filter(|j| datasets.contains_key(&j.dataset)).collect();
@@ -579,9 +594,9 @@ impl Scope {
 /// on any of the class's datasets) with `plan`, and admits the job only if every class stays
 /// within every one of its budgets. A dataset whose units are unknown or repeated is refused
 /// ([`Dataset::check_identities`]).
-pub(crate) fn admit(conn: &Connection, dataset: &Dataset, plan: StepGroup) -> Result<Admission> {
+pub(crate) fn admit(tx: &mut Tx<'_>, dataset: &Dataset, plan: StepGroup) -> Result<Admission> {
     dataset.check_identities()?;
-    let scope = Scope::load(conn, &dataset.tenant, &dataset.id)?;
+    let scope = Scope::load(tx, &dataset.tenant, &dataset.id)?;
     let composed = scope.compose_plan(plan)?;
     if composed.over.is_empty() {
         Ok(Admission::Admitted(composed.largest))
@@ -884,7 +899,8 @@ mod tests {
 
     #[test]
     fn concurrent_admission_through_two_connections_never_overspends() {
-        // Two daemons on one file: BEGIN IMMEDIATE serialises admission across connections.
+        // Two daemons on one database: on SQLite BEGIN IMMEDIATE, on PostgreSQL the tenant's
+        // ledger row lock and version check, serialise admission across connections.
         let fx = Fixture::new();
         let acme = fx.tenant("acme");
         let d = fx.store.register_dataset(&acme, new_dataset(1, 2.0)).unwrap();
@@ -894,7 +910,7 @@ mod tests {
         let capacity = (1..).take_while(|&k| fits(k)).count();
         assert!((2..20).contains(&capacity), "{capacity}");
 
-        let other = Store::open(fx.store.path()).unwrap();
+        let other = fx.other_daemon("other");
         let admitted: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = [&fx.store, &other]
                 .into_iter()
@@ -951,7 +967,7 @@ mod tests {
 
         // One durable write per block: the row holds the block's end, not each number.
         let stored = |fx: &Fixture| -> i64 {
-            fx.store.conn().query_row("SELECT last_seq FROM report_sequences WHERE tenant = 'acme' AND dataset = ?1", [&a1.id], |r| r.get("last_seq")).unwrap()
+            fx.store.read(|tx| tx.query_one("SELECT last_seq FROM report_sequences WHERE tenant = 'acme' AND dataset = ?1", args![a1.id], |r| r.get("last_seq"))).unwrap()
         };
         assert_eq!(stored(&fx), SEQUENCE_BLOCK as i64);
 
@@ -968,7 +984,7 @@ mod tests {
         assert_eq!(stored(&fx), 3 * SEQUENCE_BLOCK as i64);
 
         // Two daemons on one file never hand out the same number, and each one's grow.
-        let other = Store::open(fx.store.path()).unwrap();
+        let other = fx.other_daemon("other");
         let per_store: Vec<Vec<u64>> = std::thread::scope(|scope| {
             let handles: Vec<_> = [&fx.store, &other]
                 .into_iter()

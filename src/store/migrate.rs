@@ -1,9 +1,14 @@
-//! Opening the database file and bringing its schema up to date, after mozilla's
+//! Opening the database and bringing its schema up to date, after mozilla's
 //! `components/support/sql/src/open_database.rs` (application-services).
 //!
-//! * The schema version lives in `PRAGMA user_version`; `migrations/NNNN_name.sql` number `k`
-//!   takes a file from version `k - 1` to `k`. All pending steps run in ONE `BEGIN IMMEDIATE`
-//!   transaction, so a failed step leaves the file exactly as it was (data and version).
+//! * SQLite: the schema version lives in `PRAGMA user_version`; `migrations/NNNN_name.sql`
+//!   number `k` takes a file from version `k - 1` to `k`. All pending steps run in ONE
+//!   `BEGIN IMMEDIATE` transaction, so a failed step leaves the file exactly as it was.
+//! * PostgreSQL: `migrations/postgres/NNNN_name.sql` expresses the same step `k` for
+//!   PostgreSQL; the version is the largest row of `ewtune_schema`. All pending steps run in ONE
+//!   transaction (PostgreSQL's DDL is transactional) that first takes a transaction-scoped
+//!   advisory lock, so two daemons starting together never migrate at once: the second waits,
+//!   then finds the schema current.
 //! * A file whose version is newer than this build's is refused with
 //!   [`StoreError::IncompatibleSchema`] before anything is written, and is never deleted or reset:
 //!   it holds a privacy ledger.
@@ -15,6 +20,7 @@
 //! What this module does not own: the tables' meaning (see the `.sql` files and the
 //! repository modules).
 
+use super::db::{args, Begin, Conn};
 use super::error::{Result, StoreError};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::path::Path;
@@ -29,10 +35,25 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_outputs.sql"),
     include_str!("migrations/0005_units.sql"),
     include_str!("migrations/0006_audit_progress.sql"),
+    include_str!("migrations/0007_leases.sql"),
+];
+
+/// The same steps for PostgreSQL, one for one.
+pub(crate) const POSTGRES_MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_audits.sql"),
+    include_str!("migrations/postgres/0003_hardening.sql"),
+    include_str!("migrations/postgres/0004_outputs.sql"),
+    include_str!("migrations/postgres/0005_units.sql"),
+    include_str!("migrations/postgres/0006_audit_progress.sql"),
+    include_str!("migrations/postgres/0007_leases.sql"),
 ];
 
 /// The schema version this build writes and reads.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock every PostgreSQL migration holds ("ewtune" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0065_7774_756e_65;
 
 /// How long a writer waits for another connection's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,6 +119,49 @@ pub(crate) fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> 
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Brings a PostgreSQL database to [`SCHEMA_VERSION`] (see the module documentation).
+pub(crate) fn migrate_postgres(conn: &mut Conn) -> Result<()> {
+    migrate_postgres_with(conn, POSTGRES_MIGRATIONS)
+}
+
+pub(crate) fn migrate_postgres_with(conn: &mut Conn, migrations: &[&str]) -> Result<()> {
+    let supported = migrations.len() as i64;
+    conn.transaction(Begin::Write, |tx| {
+        tx.query_one("SELECT pg_advisory_xact_lock(?1) IS NULL AS locked", args![MIGRATION_LOCK], |_| Ok(()))?;
+        let exists = tx.query_one("SELECT to_regclass('ewtune_schema') IS NOT NULL AS e", args![], |r| r.get::<bool>("e"))?;
+        let found = if exists {
+            tx.query_one("SELECT COALESCE(max(version), 0) AS v FROM ewtune_schema", args![], |r| r.get::<i64>("v"))?
+        } else {
+            0
+        };
+        check_version(found, supported)?;
+        if found == supported {
+            return Ok(());
+        }
+        if !exists {
+            tx.batch(
+                "CREATE TABLE ewtune_schema (version BIGINT NOT NULL PRIMARY KEY CHECK (version >= 1), migrated_at_ms BIGINT NOT NULL)",
+            )?;
+        }
+        for (index, sql) in migrations.iter().enumerate().skip(found as usize) {
+            tx.batch(sql)?;
+            tx.execute("INSERT INTO ewtune_schema (version, migrated_at_ms) VALUES (?1, ?2)", args![index as i64 + 1, super::now_ms()])?;
+        }
+        Ok(())
+    })
+}
+
+/// The schema version of a PostgreSQL database (0 when ewtune never migrated it).
+#[cfg(test)]
+pub(crate) fn postgres_version(conn: &mut Conn) -> Result<i64> {
+    conn.transaction(Begin::Read, |tx| {
+        if !tx.query_one("SELECT to_regclass('ewtune_schema') IS NOT NULL AS e", args![], |r| r.get::<bool>("e"))? {
+            return Ok(0);
+        }
+        tx.query_one("SELECT COALESCE(max(version), 0) AS v FROM ewtune_schema", args![], |r| r.get::<i64>("v"))
+    })
 }
 
 /// `PRAGMA user_version`.
@@ -229,6 +293,89 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             let x: i64 = conn.query_row("SELECT x FROM future", [], |r| r.get("x")).unwrap();
             assert_eq!(x, 42);
+        }
+    }
+
+    /// PostgreSQL: the same steps, one for one, each applied once under the migration lock.
+    mod postgres {
+        use super::super::super::db::{Begin, Conn, PgConn};
+        use super::super::super::testutil::cluster;
+        use super::super::*;
+
+        fn connect(url: &str) -> Conn {
+            Conn::Postgres(PgConn::connect(url.parse().unwrap()).unwrap())
+        }
+
+        /// Every table with its columns and their types, and every trigger: equal dumps mean
+        /// equal schemas.
+        fn schema(conn: &mut Conn) -> Vec<String> {
+            conn.transaction(Begin::Read, |tx| {
+                let mut rows = tx.query_map(
+                    "SELECT table_name || '.' || column_name || ' ' || data_type AS d FROM information_schema.columns WHERE table_schema = 'public'
+                     UNION ALL SELECT event_object_table || ' trigger ' || trigger_name || ' ' || event_manipulation AS d FROM information_schema.triggers
+                     UNION ALL SELECT 'check ' || conname AS d FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+                    crate::store::db::args![],
+                    |r| r.get::<String>("d"),
+                )?;
+                rows.sort();
+                Ok(rows)
+            })
+            .unwrap()
+        }
+
+        #[test]
+        fn both_engines_have_the_same_steps() {
+            assert_eq!(POSTGRES_MIGRATIONS.len(), MIGRATIONS.len());
+        }
+
+        #[test]
+        fn stepwise_upgrade_equals_fresh_schema_and_repeats_are_no_ops() {
+            let fresh_url = cluster().fresh_database().unwrap();
+            let mut fresh = connect(&fresh_url);
+            migrate_postgres(&mut fresh).unwrap();
+            assert_eq!(postgres_version(&mut fresh).unwrap(), SCHEMA_VERSION);
+            let expected = schema(&mut fresh);
+            migrate_postgres(&mut fresh).unwrap();
+            assert_eq!(schema(&mut fresh), expected);
+            for start in 0..POSTGRES_MIGRATIONS.len() {
+                let mut conn = connect(&cluster().fresh_database().unwrap());
+                migrate_postgres_with(&mut conn, &POSTGRES_MIGRATIONS[..start]).unwrap();
+                assert_eq!(postgres_version(&mut conn).unwrap(), start as i64);
+                migrate_postgres(&mut conn).unwrap();
+                assert_eq!(schema(&mut conn), expected, "upgrade from version {start}");
+            }
+        }
+
+        #[test]
+        fn daemons_starting_together_migrate_once() {
+            let url = cluster().fresh_database().unwrap();
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4).map(|_| s.spawn(|| migrate_postgres(&mut connect(&url)))).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            let mut conn = connect(&url);
+            let steps = conn
+                .transaction(Begin::Read, |tx| tx.query_one("SELECT count(*) AS n FROM ewtune_schema", crate::store::db::args![], |r| r.get::<i64>("n")))
+                .unwrap();
+            assert_eq!(steps, SCHEMA_VERSION, "each step recorded once");
+        }
+
+        #[test]
+        fn newer_schema_and_failed_steps_leave_the_database_as_it_was() {
+            let url = cluster().fresh_database().unwrap();
+            let mut conn = connect(&url);
+            migrate_postgres_with(&mut conn, &POSTGRES_MIGRATIONS[..1]).unwrap();
+            conn.transaction(Begin::Write, |tx| tx.batch("INSERT INTO tenants (name, created_at_ms) VALUES ('acme', 1)")).unwrap();
+            let broken = [POSTGRES_MIGRATIONS[0], "CREATE TABLE half_done (id TEXT); DROP TABLE tenants CASCADE; THIS IS NOT SQL;"];
+            assert!(matches!(migrate_postgres_with(&mut conn, &broken), Err(StoreError::Postgres { .. })));
+            assert_eq!(postgres_version(&mut conn).unwrap(), 1);
+            let before = schema(&mut conn);
+            assert!(!before.iter().any(|d| d.starts_with("half_done")), "the failed step rolled back");
+            conn.transaction(Begin::Write, |tx| tx.batch("INSERT INTO ewtune_schema (version, migrated_at_ms) VALUES (99, 1)")).unwrap();
+            let err = migrate_postgres(&mut conn).unwrap_err();
+            assert!(matches!(err, StoreError::IncompatibleSchema { found: 99, .. }), "{err:?}");
+            assert_eq!(schema(&mut conn), before, "a newer database is left untouched");
         }
     }
 }

@@ -1,13 +1,16 @@
-//! The durable store: ONE SQLite file under the data directory holding tenants' token hashes,
-//! datasets, jobs, job events and the privacy-budget ledger (docs/architecture.md, "The parts";
-//! its files and upgrades: docs/operations.md).
+//! The durable store: tenants' token hashes, datasets, jobs, job events and the privacy-budget
+//! ledger, in ONE database: a SQLite file under the data directory (the embedded default, one
+//! daemon) or a PostgreSQL database that several daemons share (docs/architecture.md, "The
+//! parts"; running either: docs/operations.md).
 //!
-//! [`Store`] is a struct with a narrow API over one `Mutex<rusqlite::Connection>`; there is no
-//! repository trait (one would come with a second backend, such as PostgreSQL). Each area adds
-//! its methods in its own file:
+//! [`Store`] is a struct with a narrow API; there is no repository trait. Its SQL is written
+//! once for both engines through `db.rs`, and each area adds its methods in its own file:
 //!
-//! * `migrate.rs` — opening the file: WAL + `synchronous=FULL`, foreign keys, busy timeout,
-//!   numbered SQL migrations under `PRAGMA user_version`, a newer schema refused and untouched.
+//! * `db.rs` — the engines behind one interface: connections, transactions, rows by name.
+//! * `migrate.rs` — opening a database: numbered SQL migrations (`migrations/` for SQLite,
+//!   `migrations/postgres/` for PostgreSQL, the same steps), a newer schema refused untouched.
+//! * `notices.rs` — PostgreSQL: other daemons' job events heard through LISTEN/NOTIFY.
+//! * `scratch_postgres.rs` — a throwaway PostgreSQL cluster for tests and benchmarks.
 //! * `tokens.rs` — tenants and bearer tokens (stored as SHA-256 only).
 //! * `datasets.rs` — datasets keyed by (tenant, SHA-256 of their bytes) with their budget.
 //! * `units.rs` — each tenant's secret, its privacy units' keyed identities and their classes
@@ -20,9 +23,10 @@
 //!   steps of queued and running jobs. Every guarantee comes from the certified PLD
 //!   accountant's upper bound; the Edgeworth number is reported as an estimate only.
 //!
-//! Every write runs in one `BEGIN IMMEDIATE` transaction: it takes the write lock before its
-//! first read, so what it read cannot change before it writes (two daemons on one file cannot
-//! both admit against the same budget), and a busy lock is waited for, never a stale snapshot.
+//! Every write runs in one transaction that holds what it read until it commits: on SQLite
+//! `BEGIN IMMEDIATE` takes the file's write lock before the first read; on PostgreSQL a write
+//! locks the rows it decides on (a tenant's ledger row for admission and registration, a job's
+//! row for its state changes). So two daemons can never both admit against the same budget.
 //! A tenant only ever sees its own rows: another tenant's id is `NotFound`, never "forbidden".
 //!
 //! Rows are read by column name, never by position (two REAL columns read in each other's place
@@ -32,7 +36,7 @@
 //! What this module does not own: gRPC status codes (`api/status.rs`), scheduling, training.
 
 /// Defines a validated string id: the newtype (serde through `String`, validated), `as_str`,
-/// `Display`, and TEXT in SQLite, where a stored value that fails validation is `Corrupt` for
+/// `Display`, and TEXT in the database, where a stored value that fails validation is `Corrupt` for
 /// `$column`. The type writes its own `parse(&str) -> Result<Self>`.
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident, $column:literal) => {
@@ -67,16 +71,18 @@ macro_rules! text_id {
             }
         }
 
-        impl rusqlite::ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+        impl $crate::store::db::ToValue for $name {
+            fn to_value(&self) -> $crate::store::db::Value {
+                $crate::store::db::Value::Text(self.0.clone())
             }
         }
 
-        impl rusqlite::types::FromSql for $name {
-            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-                let s = value.as_str()?;
-                $name::parse(s).map_err(|_| $crate::store::corrupt($column, s))
+        impl $crate::store::db::FromValue for $name {
+            fn from_value(_: &'static str, value: &$crate::store::db::Value) -> $crate::store::Result<Self> {
+                match value {
+                    $crate::store::db::Value::Text(s) => $name::parse(s).map_err(|_| $crate::store::db::corrupt($column, value)),
+                    v => Err($crate::store::db::corrupt($column, v)),
+                }
             }
         }
     };
@@ -104,7 +110,7 @@ macro_rules! random_id {
     };
 }
 
-/// For an enum stored by name: `as_str` and TEXT in SQLite from ONE table of
+/// For an enum stored by name: `as_str` and TEXT in the database from ONE table of
 /// `Variant => "name"` pairs, so what is written and what is read back cannot disagree; an
 /// unknown stored name is `Corrupt` for `$column`.
 macro_rules! stored_names {
@@ -118,17 +124,17 @@ macro_rules! stored_names {
             }
         }
 
-        impl rusqlite::ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+        impl $crate::store::db::ToValue for $name {
+            fn to_value(&self) -> $crate::store::db::Value {
+                $crate::store::db::Value::Text(self.as_str().to_owned())
             }
         }
 
-        impl rusqlite::types::FromSql for $name {
-            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-                match value.as_str()? {
-                    $($text => Ok($name::$variant),)+
-                    other => Err($crate::store::corrupt($column, other)),
+        impl $crate::store::db::FromValue for $name {
+            fn from_value(_: &'static str, value: &$crate::store::db::Value) -> $crate::store::Result<Self> {
+                match value {
+                    $($crate::store::db::Value::Text(t) if t == $text => Ok($name::$variant),)+
+                    other => Err($crate::store::db::corrupt($column, other)),
                 }
             }
         }
@@ -138,10 +144,13 @@ macro_rules! stored_names {
 mod audits;
 mod charts;
 mod datasets;
+pub(crate) mod db;
 mod error;
 mod jobs;
 mod ledger;
 mod migrate;
+mod notices;
+pub mod scratch_postgres;
 mod tokens;
 mod units;
 
@@ -152,59 +161,156 @@ pub use audits::{Audit, AuditId, AuditOutcome, AuditState};
 pub use charts::{BudgetCharts, BurnDownPoint, EpsilonAtStep, JobCurve, CURVE_POINTS};
 pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
-pub use jobs::{Job, JobEvent, JobId, JobState, NewJob};
+pub use jobs::{DaemonId, Job, JobEvent, JobId, JobState, NewJob, Worker};
 pub use ledger::{AdmissionPreview, BudgetRefusal, BudgetReport, ClassLedger, DatasetSpend, JobLedgerRow, SharedUnits, UnitsLeft};
 pub use tokens::{Revocation, TenantId, TokenId, TokenInfo};
 pub use units::{FoundIdentities, UnitIdentities};
 
-use rusqlite::types::FromSqlError;
-use rusqlite::Connection;
+use db::{Begin, Conn, Row, ToValue, Tx};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The ewtune store: one SQLite file; one connection for writes, one read-only connection so
-/// that reads (WAL snapshots) never wait behind a write's fsync.
+pub use db::Dialect;
+
+/// Where the ledger lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// One SQLite file: the embedded default, for one daemon.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database that several daemons share: a `postgres://` URL or libpq
+    /// `key=value` pairs.
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://...` / `postgresql://...` / `host=...` text is PostgreSQL, anything else a
+    /// SQLite file path.
+    pub fn parse(text: &str) -> Database {
+        let t = text.trim();
+        if t.starts_with("postgres://") || t.starts_with("postgresql://") || t.contains("host=") || t.contains("dbname=") {
+            Database::Postgres(t.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(t))
+        }
+    }
+
+    /// For logs and errors: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => match url.parse::<postgres::Config>() {
+                Ok(c) => format!(
+                    "postgres://{}@{}/{}",
+                    c.get_user().unwrap_or(""),
+                    c.get_hosts()
+                        .iter()
+                        .map(|h| match h {
+                            postgres::config::Host::Tcp(name) => name.clone(),
+                            postgres::config::Host::Unix(path) => path.display().to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    c.get_dbname().unwrap_or("")
+                ),
+                Err(_) => "postgres://(unparsable URL)".into(),
+            },
+        }
+    }
+}
+
+/// The ewtune store: one connection for writes and one for reads (so that reads, snapshots,
+/// never wait behind a write's commit), to one SQLite file or one PostgreSQL database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    writer: Mutex<Conn>,
+    reader: Mutex<Conn>,
     /// Budget-report numbers reserved and not yet handed out (`ledger.rs`).
     report_numbers: Mutex<ledger::ReportNumbers>,
-    path: PathBuf,
+    database: Database,
     /// The id of each job whose event log grew, sent after the commit (see `jobs.rs`).
     job_events: tokio::sync::broadcast::Sender<JobId>,
+    /// PostgreSQL: the thread that hears other daemons' commits (`notices.rs`).
+    _listener: Option<notices::Listener>,
+    /// This daemon, as the owner of the jobs it claims.
+    worker: Worker,
 }
 
 impl Store {
-    /// Opens the store at `path`, creating the file if absent and migrating it to the current
-    /// schema. A file from a newer ewtune is refused with [`StoreError::IncompatibleSchema`] and
-    /// left exactly as it was. The parent directory must exist.
+    /// Opens the SQLite store at `path`, creating the file if absent and migrating it to the
+    /// current schema. A file from a newer ewtune is refused with
+    /// [`StoreError::IncompatibleSchema`] and left exactly as it was. The parent directory must
+    /// exist.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
-        let path = path.as_ref().to_owned();
-        let conn = migrate::open(&path)?;
-        let reader = migrate::open_reader(&path)?;
+        Store::connect(&Database::Sqlite(path.as_ref().to_owned()))
+    }
+
+    /// Opens the store in `database`: a SQLite file as [`Store::open`] does, or a PostgreSQL
+    /// database, migrated under a lock so that daemons starting together migrate once. Other
+    /// daemons' job events reach [`Store::subscribe_job_events`] through LISTEN/NOTIFY.
+    pub fn connect(database: &Database) -> Result<Store> {
+        Store::connect_as(database, Worker::local())
+    }
+
+    /// [`Store::connect`] for the daemon `worker`: the jobs it claims carry its id and lease.
+    pub fn connect_as(database: &Database, worker: Worker) -> Result<Store> {
         let (job_events, _) = tokio::sync::broadcast::channel(JOB_EVENT_NOTICES);
-        Ok(Store { conn: Mutex::new(conn), reader: Mutex::new(reader), report_numbers: Mutex::default(), path, job_events })
+        let (writer, reader, listener) = match database {
+            Database::Sqlite(path) => (Conn::Sqlite(migrate::open(path)?), Conn::Sqlite(migrate::open_reader(path)?), None),
+            Database::Postgres(url) => {
+                let config: postgres::Config = url.parse().map_err(|e| StoreError::invalid("database", format!("is not a PostgreSQL URL: {e}")))?;
+                let mut writer = Conn::Postgres(db::PgConn::connect(config.clone())?);
+                migrate::migrate_postgres(&mut writer)?;
+                let reader = Conn::Postgres(db::PgConn::connect(config.clone())?);
+                let listener = notices::Listener::start(config, job_events.clone())?;
+                (writer, reader, Some(listener))
+            }
+        };
+        Ok(Store {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            report_numbers: Mutex::default(),
+            database: database.clone(),
+            job_events,
+            _listener: listener,
+            worker,
+        })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the ledger lives.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
-    /// The connection. A panic while it was held cannot have left a half-written change: every
-    /// write runs in a `rusqlite::Transaction`, which rolls back when dropped during unwinding,
-    /// so the poison flag carries no information about the data and is ignored.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// This daemon as a claimer of jobs.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 
-    /// The read-only connection (same file, after migration). Reads that must be consistent with
-    /// a following write go through [`Store::conn`] inside that write's transaction instead.
-    fn reader(&self) -> MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The engine.
+    pub fn dialect(&self) -> Dialect {
+        match self.database {
+            Database::Sqlite(_) => Dialect::Sqlite,
+            Database::Postgres(_) => Dialect::Postgres,
+        }
     }
+
+    /// Runs `f` in one write transaction and commits it when `f` returns `Ok`. A panic while
+    /// the connection was held cannot have left a half-written change (a transaction dropped
+    /// while unwinding rolls back), so the mutex's poison flag is ignored.
+    fn write<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        lock(&self.writer).transaction(Begin::Write, f)
+    }
+
+    /// Runs `f` on a consistent snapshot, on the read connection. Reads that must be
+    /// consistent with a following write happen inside that write instead.
+    fn read<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        lock(&self.reader).transaction(Begin::Read, f)
+    }
+}
+
+fn lock(conn: &Mutex<Conn>) -> MutexGuard<'_, Conn> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One page of a listing: the rows after cursor `after` (0: from the start), at most `size`.
@@ -234,22 +340,14 @@ pub struct Listed<T> {
 /// Reads one page: `sql` selects the row's columns then its cursor as a column named `cursor`,
 /// in cursor order, with `?1` the cursor to start after and `?2` the limit (one more than the
 /// page, to know whether more follow); `extra` binds from `?3` on.
-fn list_page<T>(
-    conn: &Connection,
-    sql: &str,
-    page: Page,
-    extra: &[&dyn rusqlite::ToSql],
-    from_row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Listed<T>> {
+fn list_page<T>(tx: &mut Tx<'_>, sql: &str, page: Page, extra: &[&dyn ToValue], from_row: impl Fn(&Row) -> Result<T>) -> Result<Listed<T>> {
     let size = page.size.max(1) as usize;
-    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 + extra.len());
     let limit = size as i64 + 1;
+    let mut params: Vec<&dyn ToValue> = Vec::with_capacity(2 + extra.len());
     params.push(&page.after);
     params.push(&limit);
     params.extend_from_slice(extra);
-    let mut stmt = conn.prepare(sql)?;
-    let rows = stmt.query_map(params.as_slice(), |row| Ok((from_row(row)?, row.get::<_, i64>("cursor")?)))?;
-    let mut rows: Vec<(T, i64)> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut rows: Vec<(T, i64)> = tx.query_map(sql, &params, |row| Ok((from_row(row)?, row.get::<i64>("cursor")?)))?;
     let next = if rows.len() > size {
         rows.truncate(size);
         rows.last().map(|(_, c)| *c)
@@ -268,14 +366,9 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A `u64` count as SQLite's INTEGER, refusing values above `i64::MAX`.
+/// A `u64` count as a 64-bit INTEGER, refusing values above `i64::MAX`.
 fn to_sql_count(field: &'static str, value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| StoreError::invalid(field, format!("{value} is larger than {}", i64::MAX)))
-}
-
-/// The `FromSql` error for a stored value that the schema should have made impossible.
-fn corrupt(column: &'static str, value: &str) -> FromSqlError {
-    FromSqlError::Other(Box::new(StoreError::Corrupt { column, value: value.to_owned() }))
 }
 
 /// Random bytes in a job or audit id.
@@ -313,11 +406,8 @@ mod tests {
         fx.store.record_progress(&claimed.id, 50, 0.4).unwrap();
         let report = fx.store.budget_report(&tenant, &dataset.id, false).unwrap();
         let events = fx.store.events_since(&tenant, &job.id, 0, u32::MAX).unwrap();
-        let path = fx.store.path().to_owned();
-        let Fixture { store, dir: _dir } = fx;
-        drop(store);
-
-        let store = Store::open(&path).unwrap();
+        let fx = fx.reopen();
+        let store = &fx.store;
         assert_eq!(store.authenticate(&token).unwrap(), Some(tenant.clone()));
         assert_eq!(store.get_dataset(&tenant, &dataset.id).unwrap(), dataset);
         assert_eq!(store.list_datasets(&tenant, Page::default()).unwrap().items, vec![dataset.clone()]);

@@ -1,27 +1,81 @@
-//! Test fixtures of the store: a real SQLite file in a temp dir, tenants, datasets and jobs.
+//! Test fixtures of the store: a real database (a SQLite file in a temp dir, or with
+//! `EWTUNE_TEST_STORE=postgres` a fresh database on a throwaway PostgreSQL cluster this test
+//! process starts once), tenants, datasets and jobs. `scripts/test.sh` runs the store's tests
+//! once per engine.
 
-use super::{DatasetId, NewDataset, NewJob, PrivacyUnit, Store, TenantId};
+use super::db::args;
+use super::scratch_postgres::ScratchPostgres;
+use super::{Database, DatasetId, NewDataset, NewJob, PrivacyUnit, Result, Store, TenantId, Worker};
+use std::sync::OnceLock;
 use tempfile::TempDir;
 
-/// A store on a fresh file in its own temp dir (removed on drop).
+/// A store on a fresh database (a file in its own temp dir, removed on drop).
 pub(crate) struct Fixture {
     pub(crate) store: Store,
     pub(crate) dir: TempDir,
+    pub(crate) database: Database,
+}
+
+/// The engine the store's tests run on: `EWTUNE_TEST_STORE=postgres`, else SQLite.
+pub(crate) fn on_postgres() -> bool {
+    std::env::var("EWTUNE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The cluster of this test process (started on first use; the watchdog removes it after).
+pub(crate) fn cluster() -> &'static ScratchPostgres {
+    static CLUSTER: OnceLock<ScratchPostgres> = OnceLock::new();
+    CLUSTER.get_or_init(|| ScratchPostgres::start(false).expect("start a throwaway PostgreSQL cluster"))
 }
 
 impl Fixture {
     pub(crate) fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("ewtune.db")).unwrap();
-        Fixture { store, dir }
+        let database = if on_postgres() { Database::Postgres(cluster().fresh_database().unwrap()) } else { Database::Sqlite(dir.path().join("ewtune.db")) };
+        let store = Store::connect(&database).unwrap();
+        Fixture { store, dir, database }
     }
 
-    /// Closes the store and opens the same file again, as a restarted daemon does.
+    /// Closes the store and opens the same database again, as a restarted daemon does.
     pub(crate) fn reopen(self) -> Fixture {
-        let Fixture { store, dir } = self;
-        let path = store.path().to_owned();
+        let Fixture { store, dir, database } = self;
         drop(store);
-        Fixture { store: Store::open(path).unwrap(), dir }
+        Fixture { store: Store::connect(&database).unwrap(), dir, database }
+    }
+
+    /// A database migrated to schema `version` only and given `sql` (rows an older ewtune
+    /// wrote), then opened by this build (migrating the rest), as an upgraded daemon opens it.
+    pub(crate) fn upgraded_from(version: usize, sql: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let database = if on_postgres() {
+            let url = cluster().fresh_database().unwrap();
+            let mut conn = super::db::Conn::Postgres(super::db::PgConn::connect(url.parse().unwrap()).unwrap());
+            super::migrate::migrate_postgres_with(&mut conn, &super::migrate::POSTGRES_MIGRATIONS[..version]).unwrap();
+            conn.transaction(super::db::Begin::Write, |tx| tx.batch(sql)).unwrap();
+            Database::Postgres(url)
+        } else {
+            let path = dir.path().join("ewtune.db");
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            super::migrate::migrate(&mut conn, &super::migrate::MIGRATIONS[..version]).unwrap();
+            conn.execute_batch(sql).unwrap();
+            Database::Sqlite(path)
+        };
+        let store = Store::connect(&database).unwrap();
+        Fixture { store, dir, database }
+    }
+
+    /// Another daemon (`id`) on the same database.
+    pub(crate) fn other_daemon(&self, id: &str) -> Store {
+        Store::connect_as(&self.database, Worker { id: super::DaemonId::parse(id).unwrap(), lease_ms: Worker::DEFAULT_LEASE_MS }).unwrap()
+    }
+
+    /// Runs raw SQL (`?N` placeholders) in one write, as a buggy or hostile writer would.
+    pub(crate) fn raw(&self, sql: &str, params: &[&dyn super::db::ToValue]) -> Result<u64> {
+        self.store.write(|tx| tx.execute(sql, params))
+    }
+
+    /// The first column `column` of every row of raw SQL.
+    pub(crate) fn raw_column<T: super::db::FromValue>(&self, sql: &str, column: &'static str) -> Vec<T> {
+        self.store.read(|tx| tx.query_map(sql, args![], |r| r.get(column))).unwrap()
     }
 
     /// A tenant, created the way the daemon creates one: by issuing it a token.
@@ -68,5 +122,17 @@ pub(crate) fn new_job(dataset: &DatasetId, noise_multiplier: f64, sample_rate: f
 }
 
 pub(crate) fn count_rows(store: &Store, table: &str) -> i64 {
-    store.conn().query_row(&format!("SELECT count(*) AS n FROM {table}"), [], |r| r.get("n")).unwrap()
+    store.read(|tx| tx.query_one(&format!("SELECT count(*) AS n FROM {table}"), args![], |r| r.get("n"))).unwrap()
+}
+
+/// An error with its sources, as the engine worded them (a trigger's message is in a source).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

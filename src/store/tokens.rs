@@ -19,7 +19,7 @@ use super::error::{Result, StoreError};
 use super::{now_ms, Store};
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use super::db::{args, Row};
 
 /// The prefix of every ewtune bearer token (lets secret scanners and people recognise one).
 const TOKEN_PREFIX: &str = "ewt_";
@@ -98,7 +98,7 @@ pub struct TokenInfo {
 }
 
 impl TokenInfo {
-    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+    fn from_row(row: &Row) -> Result<TokenInfo> {
         let hash: Vec<u8> = row.get("sha256")?;
         Ok(TokenInfo {
             id: TokenId::of_hash(&hash),
@@ -131,14 +131,11 @@ impl Store {
         SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Random)?;
         let token = format!("{TOKEN_PREFIX}{}", crate::digest::hex(&bytes));
         let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("INSERT OR IGNORE INTO tenants (name, created_at_ms) VALUES (?1, ?2)", params![tenant, now])?;
-        tx.execute(
-            "INSERT INTO tokens (sha256, tenant, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![token_hash(&token), tenant, now],
-        )?;
-        tx.commit()?;
+        self.write(|tx| {
+            tx.execute("INSERT INTO tenants (name, created_at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING", args![tenant, now])?;
+            tx.execute("INSERT INTO tokens (sha256, tenant, created_at_ms) VALUES (?1, ?2, ?3)", args![token_hash(&token), tenant, now])?;
+            Ok(())
+        })?;
         Ok(token)
     }
 
@@ -151,20 +148,12 @@ impl Store {
         if !well_formed {
             return Ok(None);
         }
-        Ok(self
-            .reader()
-            .query_row("SELECT tenant FROM tokens WHERE sha256 = ?1 AND revoked_at_ms IS NULL", [token_hash(token)], |row| row.get("tenant"))
-            .optional()?)
+        self.read(|tx| tx.query_first("SELECT tenant FROM tokens WHERE sha256 = ?1 AND revoked_at_ms IS NULL", args![token_hash(token)], |row| row.get("tenant")))
     }
 
     /// Every token (of `tenant`, or of all tenants), oldest first, revoked ones included.
     pub fn list_tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenInfo>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at_ms, rowid"
-        ))?;
-        let rows = stmt.query_map([tenant], TokenInfo::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|tx| tx.query_map(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at_ms, rowid"), args![tenant], TokenInfo::from_row))
     }
 
     /// Revokes the token whose hash starts with `id` (a [`TokenId`] or any longer prefix of
@@ -179,33 +168,27 @@ impl Store {
                 format!("must be {TOKEN_ID_MIN_HEX} to 64 hex digits (the id `ewtuned token list` shows)"),
             ));
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let matches = {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE substr(lower(hex(sha256)), 1, ?2) = ?1 ORDER BY rowid"
-            ))?;
-            let rows = stmt.query_map(params![prefix, prefix.len()], TokenInfo::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
-        };
-        let token = match <[TokenInfo; 1]>::try_from(matches) {
-            Ok([token]) => token,
-            Err(matches) if matches.is_empty() => return Err(StoreError::not_found("token", prefix)),
-            Err(matches) => {
-                let hashes: Vec<&str> = matches.iter().map(|t| t.sha256.as_str()).collect();
-                return Err(StoreError::invalid(
-                    "token id",
-                    format!("`{prefix}` is ambiguous: it matches {} tokens ({}); give more digits", matches.len(), hashes.join(", ")),
-                ));
+        self.write(|tx| {
+            let hex = tx.dialect().hex("sha256");
+            let matches = tx.query_map(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE substr({hex}, 1, ?2) = ?1 ORDER BY rowid"), args![prefix, prefix.len()], TokenInfo::from_row)?;
+            let token = match <[TokenInfo; 1]>::try_from(matches) {
+                Ok([token]) => token,
+                Err(matches) if matches.is_empty() => return Err(StoreError::not_found("token", prefix.clone())),
+                Err(matches) => {
+                    let hashes: Vec<&str> = matches.iter().map(|t| t.sha256.as_str()).collect();
+                    return Err(StoreError::invalid(
+                        "token id",
+                        format!("`{prefix}` is ambiguous: it matches {} tokens ({}); give more digits", matches.len(), hashes.join(", ")),
+                    ));
+                }
+            };
+            if token.revoked_at_ms.is_some() {
+                return Ok(Revocation::AlreadyRevoked(token));
             }
-        };
-        if token.revoked_at_ms.is_some() {
-            return Ok(Revocation::AlreadyRevoked(token));
-        }
-        let now = now_ms();
-        tx.execute("UPDATE tokens SET revoked_at_ms = ?2 WHERE lower(hex(sha256)) = ?1", params![token.sha256, now])?;
-        tx.commit()?;
-        Ok(Revocation::Revoked(TokenInfo { revoked_at_ms: Some(now), ..token }))
+            let now = now_ms();
+            tx.execute(&format!("UPDATE tokens SET revoked_at_ms = ?2 WHERE {hex} = ?1"), args![token.sha256, now])?;
+            Ok(Revocation::Revoked(TokenInfo { revoked_at_ms: Some(now), ..token }))
+        })
     }
 }
 
@@ -239,17 +222,17 @@ mod tests {
         assert_eq!(fx.store.authenticate("").unwrap(), None);
         assert_eq!(fx.store.authenticate("Bearer nope").unwrap(), None);
 
-        let hashes: Vec<Vec<u8>> = {
-            let conn = fx.store.conn();
-            let mut stmt = conn.prepare("SELECT sha256 FROM tokens ORDER BY rowid").unwrap();
-            stmt.query_map([], |r| r.get("sha256")).unwrap().collect::<rusqlite::Result<_>>().unwrap()
-        };
+        let hashes: Vec<Vec<u8>> = fx.raw_column("SELECT sha256 FROM tokens ORDER BY rowid", "sha256");
         assert_eq!(hashes.len(), 3);
         assert_eq!(hashes[0], token_hash(&a));
 
-        // Neither the token nor its secret part appears anywhere on disk (file, WAL, shm).
-        let path = fx.store.path().to_owned();
-        let Fixture { store, dir } = fx;
+        // Neither the token nor its secret part appears anywhere on disk (file, WAL, shm); on
+        // PostgreSQL the rows live in the server (the same SQL writes them).
+        if super::super::testutil::on_postgres() {
+            return;
+        }
+        let path = fx.dir.path().join("ewtune.db");
+        let Fixture { store, dir, .. } = fx;
         drop(store);
         let mut bytes = Vec::new();
         for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -272,8 +255,7 @@ mod tests {
         }
         fx.store.create_token(&"x".repeat(64)).unwrap();
         fx.store.create_token("A-z_0.9").unwrap();
-        let n: i64 = fx.store.conn().query_row("SELECT count(*) AS n FROM tenants", [], |r| r.get("n")).unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(super::super::testutil::count_rows(&fx.store, "tenants"), 2);
     }
 
     #[test]
@@ -298,10 +280,8 @@ mod tests {
         let again = fx.store.revoke_token(&revoked.sha256.to_uppercase()).unwrap();
         assert_eq!(again, Revocation::AlreadyRevoked(revoked.clone()));
         // The schema refuses to undo it, or to move it, even by hand.
-        let conn = fx.store.conn();
-        assert!(conn.execute("UPDATE tokens SET revoked_at_ms = NULL WHERE revoked_at_ms IS NOT NULL", []).is_err());
-        assert!(conn.execute("UPDATE tokens SET revoked_at_ms = 1 WHERE revoked_at_ms IS NOT NULL", []).is_err());
-        drop(conn);
+        assert!(fx.raw("UPDATE tokens SET revoked_at_ms = NULL WHERE revoked_at_ms IS NOT NULL", args![]).is_err());
+        assert!(fx.raw("UPDATE tokens SET revoked_at_ms = 1 WHERE revoked_at_ms IS NOT NULL", args![]).is_err());
         let fx = fx.reopen();
         assert_eq!(fx.store.authenticate(&a).unwrap(), None);
         assert_eq!(fx.store.list_tokens(None).unwrap()[0].revoked_at_ms, Some(at));
@@ -340,7 +320,7 @@ mod tests {
             h
         });
         for h in &twins {
-            fx.store.conn().execute("INSERT INTO tokens (sha256, tenant, created_at_ms) VALUES (?1, 'acme', 1)", [&h[..]]).unwrap();
+            fx.raw("INSERT INTO tokens (sha256, tenant, created_at_ms) VALUES (?1, 'acme', 1)", args![*h]).unwrap();
         }
         let before = fx.store.list_tokens(None).unwrap();
         for ambiguous in ["abcdef", "ABCDEF012345", "abcdef01234500"] {

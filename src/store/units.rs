@@ -19,9 +19,9 @@ use super::error::{Result, StoreError};
 use super::tokens::TenantId;
 use super::{now_ms, Store};
 use crate::digest::UnitId;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use super::db::{args, ToValue, Tx};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Bytes of a tenant's unit secret.
 const SECRET_BYTES: usize = 32;
@@ -78,66 +78,58 @@ impl Store {
     /// The tenant's secret for unit identities, made on first use (`NotFound` for an unknown
     /// tenant). Never logged, never returned over the API.
     pub fn unit_secret(&self, tenant: &TenantId) -> Result<[u8; SECRET_BYTES]> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let stored: Option<Vec<u8>> =
-            tx.query_row("SELECT secret FROM tenant_unit_secrets WHERE tenant = ?1", [tenant], |r| r.get("secret")).optional()?;
-        let secret = match stored {
-            Some(bytes) => bytes.try_into().map_err(|_| StoreError::Corrupt { column: "secret", value: "not 32 bytes".into() })?,
-            None => {
-                let known = tx.query_row("SELECT 1 FROM tenants WHERE name = ?1", [tenant], |_| Ok(())).optional()?.is_some();
-                if !known {
-                    return Err(StoreError::not_found("tenant", tenant.as_str()));
-                }
-                let mut secret = [0u8; SECRET_BYTES];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| StoreError::Random)?;
-                tx.execute(
-                    "INSERT INTO tenant_unit_secrets (tenant, secret, created_at_ms) VALUES (?1, ?2, ?3)",
-                    params![tenant, &secret[..], now_ms()],
-                )?;
-                secret
+        self.write(|tx| {
+            // Under the tenant's ledger lock: two daemons asking at once make one secret.
+            if super::ledger::lock_if_known(tx, tenant)?.is_none() {
+                return Err(StoreError::not_found("tenant", tenant.as_str()));
             }
-        };
-        tx.commit()?;
-        Ok(secret)
+            if let Some(secret) = tx.query_first("SELECT secret FROM tenant_unit_secrets WHERE tenant = ?1", args![tenant], |r| r.get::<[u8; SECRET_BYTES]>("secret"))? {
+                return Ok(secret);
+            }
+            let mut secret = [0u8; SECRET_BYTES];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| StoreError::Random)?;
+            tx.execute("INSERT INTO tenant_unit_secrets (tenant, secret, created_at_ms) VALUES (?1, ?2, ?3)", args![tenant, secret, now_ms()])?;
+            Ok(secret)
+        })
     }
 
     /// Every dataset, of every tenant, whose units are not known yet or were not readable at
     /// the last start-up (start-up tries them again: a restored file is identified).
     pub fn datasets_without_identities(&self) -> Result<Vec<Dataset>> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM datasets WHERE unit_identities IN ('pending', 'unidentified') ORDER BY rowid",
-            super::datasets::DATASET_COLUMNS
-        ))?;
-        let rows = stmt.query_map([], Dataset::from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|tx| {
+            tx.query_map(
+                &format!("SELECT {} FROM datasets WHERE unit_identities IN ('pending', 'unidentified') ORDER BY rowid", super::datasets::DATASET_COLUMNS),
+                args![],
+                Dataset::from_row,
+            )
+        })
     }
 
     /// Records what start-up found for an old dataset: its units join their classes, or it is
     /// marked unidentified. A dataset whose units became known meanwhile is left as it is.
     pub fn assign_identities(&self, tenant: &TenantId, dataset: &DatasetId, found: FoundIdentities) -> Result<UnitIdentities> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = super::datasets::load(&tx, tenant, dataset)?.unit_identities;
-        if current.known() {
-            return Ok(current);
-        }
-        let state = match found {
-            FoundIdentities::Read { units, repeated_records } => {
-                check_distinct(&units)?;
-                join(&tx, tenant, dataset, &units)?;
-                if repeated_records {
-                    UnitIdentities::RepeatedRecords
-                } else {
-                    UnitIdentities::Identified
-                }
+        self.write(|tx| {
+            super::ledger::lock(tx, tenant)?;
+            let current = super::datasets::load(tx, tenant, dataset)?.unit_identities;
+            if current.known() {
+                return Ok(current);
             }
-            FoundIdentities::Unreadable => UnitIdentities::Unidentified,
-        };
-        tx.execute("UPDATE datasets SET unit_identities = ?3 WHERE tenant = ?1 AND sha256 = ?2", params![tenant, dataset, state])?;
-        tx.commit()?;
-        Ok(state)
+            let state = match &found {
+                FoundIdentities::Read { units, repeated_records } => {
+                    check_distinct(units)?;
+                    join(tx, tenant, dataset, units)?;
+                    if *repeated_records {
+                        UnitIdentities::RepeatedRecords
+                    } else {
+                        UnitIdentities::Identified
+                    }
+                }
+                FoundIdentities::Unreadable => UnitIdentities::Unidentified,
+            };
+            tx.execute("UPDATE datasets SET unit_identities = ?3 WHERE tenant = ?1 AND sha256 = ?2", args![tenant, dataset, state])?;
+            super::ledger::bump(tx, tenant)?;
+            Ok(state)
+        })
     }
 }
 
@@ -165,21 +157,26 @@ fn parse_signature(text: &str) -> Result<Vec<DatasetId>> {
 /// A class whose units all join is renamed in place (its datasets gain `dataset`): no unit row
 /// changes, so registering the same people again costs their lookups only. A class that joins
 /// in part gives the joining units a new class; new units start in the class `{dataset}`.
-pub(crate) fn join(tx: &Transaction<'_>, tenant: &TenantId, dataset: &DatasetId, units: &[UnitId]) -> Result<u64> {
-    let mut by_class: BTreeMap<Option<i64>, Vec<&UnitId>> = BTreeMap::new();
-    {
-        let mut lookup = tx.prepare_cached("SELECT class FROM units WHERE tenant = ?1 AND unit = ?2")?;
-        for unit in units {
-            let class: Option<i64> = lookup.query_row(params![tenant, &unit[..]], |r| r.get("class")).optional()?;
-            by_class.entry(class).or_default().push(unit);
+pub(crate) fn join(tx: &mut Tx<'_>, tenant: &TenantId, dataset: &DatasetId, units: &[UnitId]) -> Result<u64> {
+    let mut found: HashMap<UnitId, i64> = HashMap::new();
+    for chunk in units.chunks(UNITS_PER_STATEMENT) {
+        let sql = format!("SELECT unit, class FROM units WHERE tenant = ?1 AND unit IN ({})", placeholders(2, chunk.len()));
+        let mut params: Vec<&dyn ToValue> = vec![tenant];
+        params.extend(chunk.iter().map(|u| u as &dyn ToValue));
+        for (unit, class) in tx.query_map(&sql, &params, |r| Ok((r.get::<UnitId>("unit")?, r.get::<i64>("class")?)))? {
+            found.insert(unit, class);
         }
+    }
+    let mut by_class: BTreeMap<Option<i64>, Vec<&UnitId>> = BTreeMap::new();
+    for unit in units {
+        by_class.entry(found.get(unit).copied()).or_default().push(unit);
     }
     let mut known = 0;
     for (old, members) in by_class {
         let count = members.len() as i64;
         let (mut datasets, old_size) = match old {
             Some(id) => {
-                let (text, size): (String, i64) = tx.query_row("SELECT datasets, units FROM unit_classes WHERE id = ?1", [id], |r| Ok((r.get("datasets")?, r.get("units")?)))?;
+                let (text, size): (String, i64) = tx.query_one("SELECT datasets, units FROM unit_classes WHERE id = ?1", args![id], |r| Ok((r.get("datasets")?, r.get("units")?)))?;
                 (parse_signature(&text)?, size)
             }
             None => (Vec::new(), 0),
@@ -187,32 +184,34 @@ pub(crate) fn join(tx: &Transaction<'_>, tenant: &TenantId, dataset: &DatasetId,
         if let Err(at) = datasets.binary_search(dataset) {
             datasets.insert(at, dataset.clone());
         }
-        let mut member = tx.prepare_cached("INSERT INTO unit_class_datasets (tenant, dataset, class) VALUES (?1, ?2, ?3)")?;
+        const MEMBER: &str = "INSERT INTO unit_class_datasets (tenant, dataset, class) VALUES (?1, ?2, ?3)";
         match old {
             Some(old) if count == old_size => {
-                tx.execute("UPDATE unit_classes SET datasets = ?2 WHERE id = ?1", params![old, signature(&datasets)])?;
-                member.execute(params![tenant, dataset, old])?;
+                tx.execute("UPDATE unit_classes SET datasets = ?2 WHERE id = ?1", args![old, signature(&datasets)])?;
+                tx.execute(MEMBER, args![tenant, dataset, old])?;
             }
             _ => {
-                let class: i64 = tx.query_row(
+                let class: i64 = tx.query_one(
                     "INSERT INTO unit_classes (tenant, datasets, units) VALUES (?1, ?2, ?3) RETURNING id",
-                    params![tenant, signature(&datasets), count],
+                    args![tenant, signature(&datasets), count],
                     |r| r.get("id"),
                 )?;
                 for d in &datasets {
-                    member.execute(params![tenant, d, class])?;
+                    tx.execute(MEMBER, args![tenant, d, class])?;
+                }
+                for chunk in members.chunks(UNITS_PER_STATEMENT) {
+                    let mut params: Vec<&dyn ToValue> = vec![tenant, &class];
+                    params.extend(chunk.iter().map(|u| *u as &dyn ToValue));
+                    let sql = if old.is_some() {
+                        format!("UPDATE units SET class = ?2 WHERE tenant = ?1 AND unit IN ({})", placeholders(3, chunk.len()))
+                    } else {
+                        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("(?1, ?{}, ?2)", i + 3)).collect();
+                        format!("INSERT INTO units (tenant, unit, class) VALUES {}", rows.join(", "))
+                    };
+                    tx.execute(&sql, &params)?;
                 }
                 if let Some(old) = old {
-                    let mut moved = tx.prepare_cached("UPDATE units SET class = ?3 WHERE tenant = ?1 AND unit = ?2")?;
-                    for unit in &members {
-                        moved.execute(params![tenant, &unit[..], class])?;
-                    }
-                    tx.execute("UPDATE unit_classes SET units = units - ?2 WHERE id = ?1", params![old, count])?;
-                } else {
-                    let mut added = tx.prepare_cached("INSERT INTO units (tenant, unit, class) VALUES (?1, ?2, ?3)")?;
-                    for unit in &members {
-                        added.execute(params![tenant, &unit[..], class])?;
-                    }
+                    tx.execute("UPDATE unit_classes SET units = units - ?2 WHERE id = ?1", args![old, count])?;
                 }
             }
         }
@@ -223,35 +222,40 @@ pub(crate) fn join(tx: &Transaction<'_>, tenant: &TenantId, dataset: &DatasetId,
     Ok(known)
 }
 
+/// Units looked up, moved or inserted by one statement (a registration's round trips to a
+/// PostgreSQL server are its units / this, not its units).
+const UNITS_PER_STATEMENT: usize = 1000;
+
+/// `?first, ?first+1, ...`: `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// The classes of units in the tenant's `dataset`.
-pub(crate) fn classes_of(conn: &Connection, tenant: &TenantId, dataset: &DatasetId) -> Result<Vec<UnitClass>> {
-    let mut stmt = conn.prepare_cached(
+pub(crate) fn classes_of(tx: &mut Tx<'_>, tenant: &TenantId, dataset: &DatasetId) -> Result<Vec<UnitClass>> {
+    let rows = tx.query_map(
         "SELECT c.units AS units, c.datasets AS datasets FROM unit_class_datasets m JOIN unit_classes c ON c.id = m.class
          WHERE m.tenant = ?1 AND m.dataset = ?2 ORDER BY c.id",
+        args![tenant, dataset],
+        |r| Ok((r.get::<u64>("units")?, r.get::<String>("datasets")?)),
     )?;
-    let rows = stmt.query_map(params![tenant, dataset], |r| Ok((r.get::<_, u64>("units")?, r.get::<_, String>("datasets")?)))?;
-    let mut classes = Vec::new();
-    for row in rows {
-        let (units, datasets) = row?;
-        classes.push(UnitClass { units, datasets: parse_signature(&datasets)? });
-    }
-    Ok(classes)
+    rows.into_iter().map(|(units, datasets)| Ok(UnitClass { units, datasets: parse_signature(&datasets)? })).collect()
 }
 
 /// The tenant's datasets whose units are unknown (pending or unidentified): their people may
 /// be anyone's, so the ledger counts them in every class.
-pub(crate) fn unidentified(conn: &Connection, tenant: &TenantId) -> Result<Vec<DatasetId>> {
-    let mut stmt = conn.prepare_cached(
+pub(crate) fn unidentified(tx: &mut Tx<'_>, tenant: &TenantId) -> Result<Vec<DatasetId>> {
+    tx.query_map(
         "SELECT sha256 FROM datasets WHERE tenant = ?1 AND unit_identities IN ('pending', 'unidentified') ORDER BY sha256",
-    )?;
-    let rows = stmt.query_map([tenant], |r| r.get("sha256"))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+        args![tenant],
+        |r| r.get("sha256"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{count_rows, new_job, unit_ids, Fixture};
-    use super::super::{migrate, BudgetReport, JobState, NewDataset, PrivacyUnit, SharedUnits, StoreError};
+    use super::super::testutil::{chain, count_rows, new_job, unit_ids, Fixture};
+    use super::super::{BudgetReport, JobState, NewDataset, PrivacyUnit, SharedUnits, StoreError};
     use super::*;
     use ewtune_accountant::calibrate::noise_multiplier;
 
@@ -411,16 +415,18 @@ mod tests {
         }
         let err = fx.store.register_dataset(&acme, people("a", group(&[5000..5100]), 4.0)).unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
-        let conn = fx.store.conn();
-        let total: i64 = conn.query_row("SELECT sum(units) AS n FROM unit_classes", [], |r| r.get("n")).unwrap();
-        assert_eq!(total, count_rows_in(&conn, "units"));
+        let total: i64 = fx.raw_column::<i64>("SELECT CAST(sum(units) AS BIGINT) AS n FROM unit_classes", "n")[0];
+        assert_eq!(total, count_rows(&fx.store, "units"));
         assert_eq!(total, 500, "0..400 and 900..1000");
-        let per_class: Vec<(String, i64, i64)> = conn
-            .prepare("SELECT c.datasets AS d, c.units AS n, (SELECT count(*) FROM units u WHERE u.class = c.id) AS m FROM unit_classes c ORDER BY c.datasets")
-            .unwrap()
-            .query_map([], |r| Ok((r.get("d")?, r.get("n")?, r.get("m")?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
+        let per_class: Vec<(String, i64, i64)> = fx
+            .store
+            .read(|tx| {
+                tx.query_map(
+                    "SELECT c.datasets AS d, c.units AS n, (SELECT count(*) FROM units u WHERE u.class = c.id) AS m FROM unit_classes c ORDER BY c.datasets",
+                    args![],
+                    |r| Ok((r.get("d")?, r.get("n")?, r.get("m")?)),
+                )
+            })
             .unwrap();
         assert!(per_class.iter().all(|(_, n, m)| n == m), "{per_class:?}");
         let sizes: Vec<i64> = per_class.iter().map(|(_, n, _)| *n).collect();
@@ -430,12 +436,8 @@ mod tests {
         let mut sorted = sizes.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, [50, 50, 50, 50, 50, 100, 150]);
-        let members: i64 = conn.query_row("SELECT count(*) AS n FROM unit_class_datasets", [], |r| r.get("n")).unwrap();
+        let members = count_rows(&fx.store, "unit_class_datasets");
         assert_eq!(members, per_class.iter().map(|(d, ..)| d.split(',').count() as i64).sum::<i64>());
-    }
-
-    fn count_rows_in(conn: &Connection, table: &str) -> i64 {
-        conn.query_row(&format!("SELECT count(*) AS n FROM {table}"), [], |r| r.get("n")).unwrap()
     }
 
     /// A dataset from before identities: start-up assigns them from its file; if the file is
@@ -443,12 +445,9 @@ mod tests {
     /// until the file comes back.
     #[test]
     fn old_datasets_are_identified_or_count_against_everyone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ewtune.db");
-        {
-            let mut conn = Connection::open(&path).unwrap();
-            migrate::migrate(&mut conn, &migrate::MIGRATIONS[..4]).unwrap();
-            conn.execute_batch(&format!(
+        let fx = Fixture::upgraded_from(
+            4,
+            &format!(
                 "INSERT INTO tenants (name, created_at_ms) VALUES ('acme', 0);
                  INSERT INTO datasets (tenant, sha256, name, path, units, privacy_unit, budget_epsilon, budget_delta, created_at_ms)
                  VALUES ('acme', '{old}', 'old', '/x', 100, 'example', 3.0, 1e-5, 0),
@@ -458,10 +457,9 @@ mod tests {
                 old = "a".repeat(64),
                 lost = "b".repeat(64),
                 j1 = "1".repeat(32),
-            ))
-            .unwrap();
-        }
-        let store = Store::open(&path).unwrap();
+            ),
+        );
+        let store = &fx.store;
         let acme = TenantId::parse("acme").unwrap();
         let pending: Vec<String> = store.datasets_without_identities().unwrap().iter().map(|d| d.name.clone()).collect();
         assert_eq!(pending, ["old", "lost"]);
@@ -496,8 +494,7 @@ mod tests {
         let j = store.create_job(&acme, new_job(&old, 5.0, Q, 10)).unwrap();
         assert_eq!(j.state, JobState::Queued);
         let repeated = store.register_dataset(&acme, people("r", group(&[0..10]), 3.0)).unwrap();
-        let conn = store.conn();
-        let err = conn.execute("UPDATE datasets SET unit_identities = 'pending' WHERE sha256 = ?1", [&repeated.id]).unwrap_err();
-        assert!(err.to_string().contains("never change"), "{err}");
+        let err = chain(&fx.raw("UPDATE datasets SET unit_identities = 'pending' WHERE sha256 = ?1", args![repeated.id]).unwrap_err());
+        assert!(err.contains("never change"), "{err}");
     }
 }

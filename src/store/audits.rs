@@ -171,7 +171,7 @@ impl Store {
         self.read(|tx| {
             list_page(
                 tx,
-                &format!("SELECT {AUDIT_COLUMNS}, seq AS cursor FROM audits WHERE tenant = ?3 AND (?4 IS NULL OR job = ?4) AND seq > ?1 ORDER BY seq LIMIT ?2"),
+                &format!("SELECT {AUDIT_COLUMNS}, seq AS cursor FROM audits WHERE tenant = ?3 AND (CAST(?4 AS TEXT) IS NULL OR job = ?4) AND seq > ?1 ORDER BY seq LIMIT ?2"),
                 page,
                 args![tenant, job],
                 Audit::from_row,
@@ -189,7 +189,7 @@ impl Store {
 
     /// Heartbeat: audits whose daemon stopped renewing its lease end `Failed`. Returns how many.
     pub fn fail_abandoned_audits(&self) -> Result<u64> {
-        self.fail_audits_where("lease_until_ms < ?3 AND ?5 IS NOT NULL")
+        self.fail_audits_where("lease_until_ms < ?3 AND CAST(?5 AS TEXT) IS NOT NULL")
     }
 
     fn fail_audits_where(&self, which: &str) -> Result<u64> {

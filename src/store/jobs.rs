@@ -566,8 +566,12 @@ impl Store {
     }
 
     /// After a commit that appended events to `job`'s log: tells the subscribers (none is fine).
+    /// On PostgreSQL the commit's own NOTIFY reaches them through the listener, as every other
+    /// daemon's does, so each commit is told once.
     fn job_changed(&self, job: &JobId) {
-        let _ = self.job_events.send(job.clone());
+        if self.dialect() == Dialect::Sqlite {
+            let _ = self.job_events.send(job.clone());
+        }
     }
 
     /// Scheduler: whether the tenant asked to cancel this job.
@@ -595,7 +599,7 @@ impl Store {
     fn requeue_where(&self, held: &str, job: Option<&JobId>) -> Result<Vec<Job>> {
         let affected = self.write(|tx| {
             let now = now_ms();
-            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 AND {held} AND (?3 IS NULL OR id = ?3) ORDER BY seq{}", tx.dialect().for_update());
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 AND {held} AND (CAST(?3 AS TEXT) IS NULL OR id = ?3) ORDER BY seq{}", tx.dialect().for_update());
             let running = tx.query_map(&sql, args![JobState::Running, self.worker.id, job], Job::from_row)?;
             let mut affected = Vec::with_capacity(running.len());
             for job in running {
@@ -743,8 +747,21 @@ mod tests {
         events.iter().map(|e| e.kind.as_str()).collect()
     }
 
+    /// The next notice, waiting up to 10 s (on PostgreSQL it comes back through the server).
+    fn next_notice(rx: &mut tokio::sync::broadcast::Receiver<JobId>) -> Option<JobId> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(id) => return Some(id),
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty) if std::time::Instant::now() < until => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Every commit that appends a job event sends one notice with the job's id, after the
-    /// commit: the event is readable when the notice arrives. A no-op sends none.
+    /// commit: the event is readable when the notice arrives. A no-op sends none. On
+    /// PostgreSQL another daemon's commits arrive the same way.
     #[test]
     fn each_event_commit_sends_one_notice() {
         use tokio::sync::broadcast::error::TryRecvError;
@@ -753,7 +770,7 @@ mod tests {
         let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
         let mut rx = fx.store.subscribe_job_events();
         let mut expect = |store: &Store, id: &JobId, kind: &str| {
-            assert_eq!(&rx.try_recv().unwrap(), id);
+            assert_eq!(next_notice(&mut rx).as_ref(), Some(id));
             assert_eq!(store.events_since(&acme, id, 0, u32::MAX).unwrap().last().unwrap().kind, kind);
         };
         let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
@@ -766,8 +783,72 @@ mod tests {
         expect(&fx.store, &job.id, "cancel_requested");
         fx.store.requeue_running().unwrap();
         expect(&fx.store, &job.id, "cancelled");
+        if super::super::testutil::on_postgres() {
+            let other = fx.other_daemon("b");
+            let job = other.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
+            expect(&fx.store, &job.id, "created");
+            other.request_cancel(&acme, &job.id).unwrap();
+            expect(&fx.store, &job.id, "cancelled");
+        }
         fx.store.list_jobs(&acme, Page::default()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    /// A daemon that stops heartbeating loses its job when its lease runs out: another daemon
+    /// takes it over with the spend as recorded, and the first one can record nothing more.
+    #[test]
+    fn a_job_whose_daemon_stopped_heartbeating_is_taken_over() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let (a, b) = (fx.daemon("a", 300), fx.daemon("b", 300));
+        let job = a.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
+        assert_eq!(a.claim_next_queued().unwrap().unwrap().id, job.id);
+        a.record_progress(&job.id, 10, 0.1).unwrap();
+        assert_eq!(b.claim_next_queued().unwrap(), None, "held while the lease runs");
+        assert!(a.renew_leases(std::slice::from_ref(&job.id)).unwrap().is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(b.claim_next_queued().unwrap(), None, "renewed");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+
+        let taken = b.claim_next_queued().unwrap().expect("taken over after the lease ran out");
+        assert_eq!((taken.id.clone(), taken.state, taken.steps_done), (job.id.clone(), JobState::Running, 10));
+        let events = b.events_since(&acme, &job.id, 0, u32::MAX).unwrap();
+        assert_eq!(kinds(&events), ["created", "started", "progress", "interrupted", "started"]);
+        let interrupted: serde_json::Value = serde_json::from_str(&events[3].payload_json).unwrap();
+        assert_eq!(interrupted, json!({ "steps_done": 10, "lease_expired": "a" }));
+
+        // The old daemon is fenced off: no step, no end, no renewal.
+        assert!(matches!(a.record_progress(&job.id, 11, 0.2), Err(StoreError::LeaseLost { ref owner, .. }) if owner == "b"));
+        assert!(matches!(a.finish_job(&job.id, JobState::Failed, None), Err(StoreError::LeaseLost { .. })));
+        assert!(matches!(a.succeed_job(&job.id, &[]), Err(StoreError::LeaseLost { .. })));
+        assert_eq!(a.renew_leases(std::slice::from_ref(&job.id)).unwrap(), [job.id.clone()]);
+        assert!(a.requeue_job(&job.id).unwrap().is_none(), "a cannot hand back what it no longer holds");
+        assert_eq!(a.requeue_running().unwrap(), [], "nor requeue it at start-up");
+
+        // The new one goes on from the recorded spend; the ledger never counted less.
+        assert_eq!(b.record_progress(&job.id, 11, 0.2).unwrap().steps_done, 11);
+        assert_eq!(b.succeed_job(&job.id, &[]).unwrap().state, JobState::Succeeded);
+        assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().steps_done, 11);
+    }
+
+    /// A daemon stopping at a checkpoint hands its job back at once: any daemon resumes it.
+    #[test]
+    fn a_job_handed_back_is_resumed_by_another_daemon_at_once() {
+        let fx = Fixture::new();
+        let acme = fx.tenant("acme");
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let (a, b) = (fx.daemon("a", 60_000), fx.daemon("b", 60_000));
+        let job = a.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
+        a.claim_next_queued().unwrap().unwrap();
+        a.record_progress(&job.id, 7, 0.1).unwrap();
+        assert_eq!(b.requeue_job(&job.id).unwrap(), None, "only its daemon hands it back");
+        let back = a.requeue_job(&job.id).unwrap().unwrap();
+        assert_eq!((back.state, back.steps_done, back.steps_reserved()), (JobState::Queued, 7, 93));
+        let resumed = b.claim_next_queued().unwrap().unwrap();
+        assert_eq!((resumed.id, resumed.steps_done), (job.id.clone(), 7));
+        assert!(matches!(a.record_progress(&job.id, 8, 0.1), Err(StoreError::LeaseLost { .. })));
     }
 
     #[test]

@@ -65,7 +65,12 @@ impl Fixture {
 
     /// Another daemon (`id`) on the same database.
     pub(crate) fn other_daemon(&self, id: &str) -> Store {
-        Store::connect_as(&self.database, Worker { id: super::DaemonId::parse(id).unwrap(), lease_ms: Worker::DEFAULT_LEASE_MS }).unwrap()
+        self.daemon(id, Worker::DEFAULT_LEASE_MS)
+    }
+
+    /// A daemon `id` with a lease of `lease_ms` on the same database.
+    pub(crate) fn daemon(&self, id: &str, lease_ms: i64) -> Store {
+        Store::connect_as(&self.database, Worker { id: super::DaemonId::parse(id).unwrap(), lease_ms }).unwrap()
     }
 
     /// Runs raw SQL (`?N` placeholders) in one write, as a buggy or hostile writer would.

@@ -153,7 +153,7 @@ impl Store {
 
     /// Every token (of `tenant`, or of all tenants), oldest first, revoked ones included.
     pub fn list_tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenInfo>> {
-        self.read(|tx| tx.query_map(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at_ms, rowid"), args![tenant], TokenInfo::from_row))
+        self.read(|tx| tx.query_map(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE CAST(?1 AS TEXT) IS NULL OR tenant = ?1 ORDER BY created_at_ms, rowid"), args![tenant], TokenInfo::from_row))
     }
 
     /// Revokes the token whose hash starts with `id` (a [`TokenId`] or any longer prefix of

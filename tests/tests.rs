@@ -19,6 +19,7 @@ mod readme;
 mod reference_generators;
 mod reports;
 mod server_limits;
+mod shared_ledger;
 mod terminal;
 mod train;
 mod units;

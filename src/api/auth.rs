@@ -27,6 +27,8 @@ impl tonic::service::Interceptor for Authenticator {
                 Ok(req)
             }
             Ok(None) => Err(Status::unauthenticated("unknown or revoked token")),
+            // The ledger's database cannot be reached: Unavailable, so a client retries.
+            Err(e @ crate::store::StoreError::Unavailable { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::error!(error = %e, "token lookup failed");
                 Err(Status::internal("authentication is unavailable"))

@@ -132,7 +132,11 @@ fn detail(kind: &str, p: &serde_json::Value) -> Option<pb::job_event::Detail> {
     use pb::job_event::Detail;
     let count = |field: &str| p[field].as_u64().unwrap_or(0);
     let real = |field: &str| p[field].as_f64().unwrap_or(0.0);
-    let resumed = || pb::JobResumed { steps_done: count("steps_done") };
+    let resumed = || pb::JobResumed {
+        steps_done: count("steps_done"),
+        daemon_id: p["daemon"].as_str().unwrap_or_default().to_string(),
+        lease_expired: p["lease_expired"].as_bool().unwrap_or(false),
+    };
     Some(match kind {
         "created" => Detail::Created(pb::JobCreated {
             dataset_id: p["dataset"].as_str().unwrap_or_default().to_string(),

@@ -53,7 +53,7 @@ fn run(args: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Some(Command::Token(TokenCommand::Create { tenant })) => {
-            let token = service::open_store(&config.data_dir)?.create_token(&tenant)?;
+            let token = service::open_store(&config)?.create_token(&tenant)?;
             println!("{token}");
             let id = TokenId::of(&token);
             eprintln!("token id {id} (tenant {tenant}); `ewtuned token revoke {id}` revokes it");
@@ -62,14 +62,14 @@ fn run(args: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(Command::Token(TokenCommand::List { tenant })) => {
             let tenant = tenant.as_deref().map(TenantId::parse).transpose()?;
             println!("{:<12}  {:<24}  {:<24}  revoked", "id", "tenant", "created");
-            for t in service::open_store(&config.data_dir)?.list_tokens(tenant.as_ref())? {
+            for t in service::open_store(&config)?.list_tokens(tenant.as_ref())? {
                 let revoked = t.revoked_at_ms.map_or_else(|| "-".to_string(), rfc3339_utc);
                 println!("{:<12}  {:<24}  {:<24}  {revoked}", t.id, t.tenant, rfc3339_utc(t.created_at_ms));
             }
             Ok(())
         }
         Some(Command::Token(TokenCommand::Revoke { id })) => {
-            let (TokenInfo { id, tenant, revoked_at_ms, .. }, what) = match service::open_store(&config.data_dir)?.revoke_token(&id)? {
+            let (TokenInfo { id, tenant, revoked_at_ms, .. }, what) = match service::open_store(&config)?.revoke_token(&id)? {
                 Revocation::Revoked(t) => (t, "revoked"),
                 Revocation::AlreadyRevoked(t) => (t, "was already revoked"),
             };

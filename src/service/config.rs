@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use crate::store::{DaemonId, Database, Worker};
 
 /// Configuration errors, each naming its key.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +165,20 @@ pub struct Settings {
     /// [default: DIR/models]
     #[arg(long, env = "EWTUNED_MODELS_DIR", value_parser = any_path(), value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Where the ledger lives: a `postgres://USER:PASSWORD@HOST:PORT/DB` URL for several daemons
+    /// sharing one ledger (each with the same data directory, on shared storage), or a SQLite
+    /// file path [file: database_url] [default: DIR/ewtune.db]
+    #[arg(long = "database-url", visible_alias = "database", global = true, env = "EWTUNED_DATABASE_URL", value_name = "URL", help_heading = "Several daemons")]
+    pub database_url: Option<String>,
+    /// This daemon's id as the owner of the jobs it runs: unique among the daemons on one
+    /// database and the same across its restarts [file: daemon_id] [default: HOST:PORT of the
+    /// gRPC address]
+    #[arg(long, env = "EWTUNED_DAEMON_ID", value_name = "ID", help_heading = "Several daemons")]
+    pub daemon_id: Option<String>,
+    /// Seconds a daemon's claim on a running job holds without its heartbeat (every third of
+    /// it); past it another daemon takes the job over [file: lease_secs] [default: 30]
+    #[arg(long, env = "EWTUNED_LEASE_SECS", value_name = "SECS", help_heading = "Several daemons")]
+    pub lease_secs: Option<String>,
     /// Jobs trained at once, >= 1 [file: concurrency] [default: 1]
     #[arg(long, env = "EWTUNED_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<String>,
@@ -230,6 +245,15 @@ pub struct FileConfig {
     /// Directory of base models (one HF checkpoint directory per model name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models_dir: Option<PathBuf>,
+    /// The ledger's database: a `postgres://` URL or a SQLite file path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// This daemon's id as the owner of the jobs it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_id: Option<String>,
+    /// Seconds a claim on a running job holds without a heartbeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
     /// Jobs run at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
@@ -315,12 +339,38 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Base models.
     pub models_dir: PathBuf,
+    /// The ledger's database (default: `ewtune.db` in the data directory).
+    pub database: Database,
+    /// This daemon as the owner of the jobs it runs, and its lease.
+    pub worker: Worker,
     /// Concurrent jobs (default 1).
     pub concurrency: usize,
     /// TLS certificate and key, when configured.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Connection, upload and stream limits.
     pub limits: ServerLimits,
+}
+
+/// This machine's host name (`localhost` when it has none).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name = if ok { String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())]).into_owned() } else { String::new() };
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+/// A PostgreSQL URL with its password (if any) replaced by `********`, for printing.
+pub fn redact_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:********@{host}");
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace().map(|kv| if kv.starts_with("password=") { "password=********" } else { kv }).collect::<Vec<_>>().join(" ")
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -467,7 +517,24 @@ impl DaemonConfig {
                 return Err(ConfigError::Invalid { key: "tls_cert", reason: format!("tls_cert and tls_key go together, and only {only} is set") });
             }
         };
-        Ok(DaemonConfig { data_dir, listen, http_listen, metrics_listen, models_dir, concurrency, tls, limits })
+        let database = match (given_text(&given.database_url), fc.database_url.as_deref().filter(|v| !v.is_empty())) {
+            (Some(v), _) | (None, Some(v)) => match Database::parse(v) {
+                Database::Sqlite(p) => Database::Sqlite(absolute(&p)),
+                pg => pg,
+            },
+            (None, None) => Database::Sqlite(data_dir.join("ewtune.db")),
+        };
+        if let Database::Postgres(url) = &database {
+            url.parse::<postgres::Config>().map_err(|e| ConfigError::Invalid { key: "database_url", reason: format!("not a PostgreSQL URL: {e}") })?;
+        }
+        let daemon_id = match (given_text(&given.daemon_id), fc.daemon_id.as_deref().filter(|v| !v.is_empty())) {
+            (Some(v), _) | (None, Some(v)) => v.to_owned(),
+            (None, None) => format!("{}:{}", host_name(), listen.port()),
+        };
+        let id = DaemonId::parse(&daemon_id).map_err(|e| ConfigError::Invalid { key: "daemon_id", reason: format!("`{daemon_id}`: {e}") })?;
+        let lease = bounded("lease_secs", &given.lease_secs, fc.lease_secs, file_name, Worker::DEFAULT_LEASE_MS as u64 / 1000, MAX_TIMEOUT_SECS, |n| format!("{n} s is more than a day ({MAX_TIMEOUT_SECS} s)"))?;
+        let worker = Worker { id, lease_ms: lease as i64 * 1000 };
+        Ok(DaemonConfig { data_dir, listen, http_listen, metrics_listen, models_dir, database, worker, concurrency, tls, limits })
     }
 
     /// This configuration as an `ewtuned.toml` that sets every key (the TLS keys only with TLS),
@@ -479,6 +546,12 @@ impl DaemonConfig {
             http_listen: self.http_listen.map(|a| a.to_string()),
             metrics_listen: self.metrics_listen.map(|a| a.to_string()),
             models_dir: Some(self.models_dir.clone()),
+            database_url: Some(match &self.database {
+                Database::Sqlite(path) => path.to_string_lossy().into_owned(),
+                Database::Postgres(url) => redact_password(url),
+            }),
+            daemon_id: Some(self.worker.id.to_string()),
+            lease_secs: Some(self.worker.lease_ms as u64 / 1000),
             concurrency: Some(self.concurrency),
             tls_cert: self.tls.as_ref().map(|(c, _)| c.clone()),
             tls_key: self.tls.as_ref().map(|(_, k)| k.clone()),

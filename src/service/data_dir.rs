@@ -52,13 +52,16 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
 /// `datasets/` and `jobs/`, and tightens every file (0600) and directory (0700) under
 /// `data_dir` except `skip` (the models directory when it lies inside). Symbolic links are
 /// neither followed nor changed.
-pub fn prepare(data_dir: &Path, skip: &Path) -> Result<Prepared, DataDirError> {
+pub fn prepare(data_dir: &Path, skip: &Path, shared: bool) -> Result<Prepared, DataDirError> {
     for dir in [data_dir.to_path_buf(), data_dir.join("datasets"), data_dir.join("jobs")] {
         std::fs::create_dir_all(&dir).map_err(at(&dir))?;
     }
     let mut done = Prepared::default();
     for dir in [data_dir.join("datasets"), data_dir.join("jobs")] {
-        remove_stale_temps(&dir, &mut done.removed_temps)?;
+        // On a directory several daemons share, a fresh temp file may be another daemon's write
+        // in progress: only those older than any write takes are stale.
+        let min_age = if shared { SHARED_TEMP_AGE } else { std::time::Duration::ZERO };
+        remove_stale_temps(&dir, min_age, &mut done.removed_temps)?;
     }
     tighten(data_dir, skip, &mut done.tightened)?;
     Ok(done)
@@ -70,18 +73,22 @@ pub fn is_stale_temp(name: &str) -> bool {
     name.starts_with(".tmp") || name.rsplit_once(".tmp-").is_some_and(|(base, pid)| !base.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn remove_stale_temps(dir: &Path, removed: &mut usize) -> Result<(), DataDirError> {
+/// How old a temp file on a shared data directory must be to count as stale.
+const SHARED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn remove_stale_temps(dir: &Path, min_age: std::time::Duration, removed: &mut usize) -> Result<(), DataDirError> {
     for entry in std::fs::read_dir(dir).map_err(at(dir))? {
         let entry = entry.map_err(at(dir))?;
         let path = entry.path();
         let kind = entry.file_type().map_err(at(&path))?;
-        let stale = entry.file_name().to_str().is_some_and(is_stale_temp);
+        let old_enough = min_age.is_zero() || entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= min_age);
+        let stale = old_enough && entry.file_name().to_str().is_some_and(is_stale_temp);
         if kind.is_dir() {
             if stale {
                 std::fs::remove_dir_all(&path).map_err(at(&path))?;
                 *removed += 1;
             } else {
-                remove_stale_temps(&path, removed)?;
+                remove_stale_temps(&path, min_age, removed)?;
             }
         } else if stale {
             std::fs::remove_file(&path).map_err(at(&path))?;
@@ -148,7 +155,7 @@ mod tests {
         std::fs::set_permissions(data.join("datasets/d.jsonl"), std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::set_permissions(data.join("models/tiny/config.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
 
-        let done = prepare(&data, &data.join("models")).unwrap();
+        let done = prepare(&data, &data.join("models"), false).unwrap();
         assert_eq!(done.removed_temps, 2);
         assert!(!data.join("datasets/.tmpXYZ").exists() && !job.join("state.json.tmp-99").exists());
         assert!(job.join("state.json").exists() && data.join("datasets/d.jsonl").exists());
@@ -158,6 +165,10 @@ mod tests {
         }
         assert_eq!(mode(&data.join("datasets/d.jsonl")), FILE_MODE);
         assert_eq!(mode(&data.join("models/tiny/config.json")), 0o644, "models are left alone");
-        assert_eq!(prepare(&data, &data.join("models")).unwrap(), Prepared::default(), "a second start changes nothing");
+        assert_eq!(prepare(&data, &data.join("models"), false).unwrap(), Prepared::default(), "a second start changes nothing");
+        // On a shared directory a fresh temp file may be another daemon's write: it stays.
+        std::fs::write(data.join("jobs").join(".tmp-other"), b"in progress").unwrap();
+        assert_eq!(prepare(&data, &data.join("models"), true).unwrap().removed_temps, 0);
+        assert!(data.join("jobs").join(".tmp-other").exists());
     }
 }

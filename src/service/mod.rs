@@ -110,7 +110,8 @@ impl State {
     /// 0700, anything looser tightened, stale temp files removed. New files get private modes
     /// from the process umask, which `ewtuned` sets ([`data_dir::private_umask`]).
     pub fn open(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
-        let prepared = data_dir::prepare(&config.data_dir, &config.models_dir)?;
+        let shared = matches!(config.database, crate::store::Database::Postgres(_));
+        let prepared = data_dir::prepare(&config.data_dir, &config.models_dir, shared)?;
         if prepared.tightened > 0 {
             tracing::warn!(tightened = prepared.tightened, "data directory: group/other permissions removed (files 0600, directories 0700)");
         }
@@ -118,7 +119,8 @@ impl State {
             tracing::info!(removed = prepared.removed_temps, "data directory: temp files of unfinished writes removed");
         }
         std::fs::create_dir_all(&config.models_dir).map_err(|e| DaemonError::Io { what: format!("create {}", config.models_dir.display()), reason: e.to_string() })?;
-        let store = Store::open(config.data_dir.join("ewtune.db"))?;
+        let store = Store::connect_as(&config.database, config.worker.clone())?;
+        tracing::info!(database = %config.database.describe(), daemon_id = %config.worker.id, "ledger opened");
         adopt_legacy_sidecars(&store, &config.data_dir.join("datasets"))?;
         datasets::identify_old_datasets(&store, &config.data_dir.join("datasets"))?;
         let signer = Signer::load_or_create(&signing::key_path(&config.data_dir))?;
@@ -143,17 +145,17 @@ impl State {
     }
 }
 
-/// Opens only the store under `data_dir` (creating the directory 0700 when absent), for the
+/// Opens only the configured store (creating the data directory 0700 when absent), for the
 /// commands that run beside a serving daemon (`ewtuned token ...`): unlike [`State::open`] it
 /// touches no other file, so it cannot remove a temp file the daemon is writing.
-pub fn open_store(data_dir: &std::path::Path) -> Result<Store, DaemonError> {
+pub fn open_store(config: &DaemonConfig) -> Result<Store, DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(data_dir)
-        .map_err(|e| DaemonError::Io { what: format!("create {}", data_dir.display()), reason: e.to_string() })?;
-    Ok(Store::open(data_dir.join("ewtune.db"))?)
+        .create(&config.data_dir)
+        .map_err(|e| DaemonError::Io { what: format!("create {}", config.data_dir.display()), reason: e.to_string() })?;
+    Ok(Store::connect_as(&config.database, config.worker.clone())?)
 }
 
 /// Moves the `user_field` of user-level datasets registered by a daemon before schema version 3

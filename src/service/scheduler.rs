@@ -1,9 +1,12 @@
-//! The scheduler: claims queued jobs from the store and runs each on its own low-priority thread
-//! (up to `concurrency` at once), recording the privacy spend in the ledger *before* every step
-//! touches data, and the outcome at the end. On shutdown running jobs stop after their current
-//! step with a checkpoint and stay `running` in the store, which requeues them (with an
-//! `interrupted` event) when the daemon starts again; after a crash the same happens, and they
-//! resume from their last checkpoint.
+//! The scheduler: claims jobs from the store (queued ones, and running ones whose daemon's lease
+//! ran out) and runs each on its own low-priority thread (up to `concurrency` at once), recording
+//! the privacy spend in the ledger *before* every step touches data, and the outcome at the end.
+//! A heartbeat renews this daemon's lease on its jobs every third of the lease; a job another
+//! daemon has taken over (this one was cut off past its lease) stops at once and records
+//! nothing. On shutdown running jobs stop after their current step with a checkpoint and go back
+//! to the queue (an `interrupted` event), where any daemon resumes them from that checkpoint;
+//! after a crash this daemon requeues them when it starts again, or another daemon takes them
+//! over when the lease runs out.
 //!
 //! The ledger counts, per job, the highest step index started. Steps re-run after a crash
 //! replace ones whose results were never persisted nor released (a checkpoint is the only
@@ -11,7 +14,8 @@
 //! model depends on exactly that many steps and the count never under-states the spend.
 
 use super::State;
-use crate::store::{Job, JobState};
+use crate::store::{Job, JobId, JobState};
+use std::collections::HashMap;
 use crate::train::job::{self, JobSpec};
 use crate::train::TrainError;
 use ewtune_accountant::pld::PldAccountant;
@@ -20,21 +24,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The jobs this daemon runs, each with the flag its worker polls: set when the daemon no
+/// longer holds the job's lease.
+type Held = Arc<std::sync::Mutex<HashMap<JobId, Arc<AtomicBool>>>>;
+
 /// Runs until `shutdown` turns true, then waits for the running jobs to checkpoint.
 pub async fn run(state: Arc<State>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let stopping = Arc::new(AtomicBool::new(false));
+    let held: Held = Arc::default();
+    let heartbeat = tokio::spawn(heartbeat(state.clone(), held.clone()));
     let mut running = tokio::task::JoinSet::new();
     loop {
         while running.len() < state.config.concurrency {
             match state.store.claim_next_queued() {
                 Ok(Some(job)) => {
-                    let (state, stopping) = (state.clone(), stopping.clone());
+                    let (state, stopping, held) = (state.clone(), stopping.clone(), held.clone());
+                    let lost = Arc::new(AtomicBool::new(false));
+                    lock(&held).insert(job.id.clone(), lost.clone());
                     running.spawn(async move {
                         let worker_state = state.clone();
                         let worker_job = job.clone();
-                        let result = super::run_batch("ewtune-train", move || run_job(&worker_state, &worker_job, &stopping)).await;
+                        let worker_lost = lost.clone();
+                        let result = super::run_batch("ewtune-train", move || run_job(&worker_state, &worker_job, &stopping, &worker_lost)).await;
                         let _ = state.metrics.steps_per_second.remove_label_values(&[job.id.as_str()]);
-                        settle(&state, &job, result);
+                        settle(&state, &job, result, &lost);
+                        lock(&held).remove(&job.id);
                     });
                 }
                 Ok(None) => break,
@@ -51,8 +65,43 @@ pub async fn run(state: Arc<State>, mut shutdown: tokio::sync::watch::Receiver<b
             _ = shutdown.changed() => {
                 stopping.store(true, Ordering::Relaxed);
                 while running.join_next().await.is_some() {}
+                heartbeat.abort();
                 return;
             }
+        }
+    }
+}
+
+fn lock(held: &Held) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<AtomicBool>>> {
+    held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every third of the lease: renews this daemon's lease on the jobs it runs (flagging those it
+/// lost) and on its audits, and fails the audits of daemons whose leases ran out.
+async fn heartbeat(state: Arc<State>, held: Held) {
+    let every = Duration::from_millis((state.config.worker.lease_ms / 3).max(100) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let ids: Vec<JobId> = lock(&held).keys().cloned().collect();
+        let beat = (|| -> Result<Vec<JobId>, crate::store::StoreError> {
+            let lost = state.store.renew_leases(&ids)?;
+            let abandoned = state.store.fail_abandoned_audits()?;
+            if abandoned > 0 {
+                tracing::warn!(abandoned, "audits whose daemon stopped renewing its lease end failed");
+            }
+            Ok(lost)
+        })();
+        match beat {
+            Ok(lost) => {
+                let held = lock(&held);
+                for id in lost {
+                    tracing::warn!(job = %id.as_str(), "this daemon no longer holds the job (its lease ran out and another daemon took it over); stopping it");
+                    if let Some(flag) = held.get(&id) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the leases of this daemon's jobs"),
         }
     }
 }
@@ -69,13 +118,15 @@ enum Ended {
 /// every step, computed once per block instead of once per step).
 const EPSILON_BLOCK: u64 = 10;
 
-fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, TrainError> {
+fn run_job(state: &State, job: &Job, stopping: &AtomicBool, lost: &AtomicBool) -> Result<Ended, TrainError> {
     let mut spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| TrainError::BadSpec { field: "spec_json", reason: e.to_string() })?;
     spec.output = super::jobs::job_dir(state, &job.id);
     place_canary_manifest(state, job, &spec.output)?;
     let delta = spec.privacy.delta;
     let cancel = AtomicBool::new(false);
     let user_cancel = AtomicBool::new(false);
+    // The ledger's database could not be reached for a step's spend: the step did not run.
+    let unreachable = AtomicBool::new(false);
     let mut block_epsilon: Option<(u64, f64)> = None;
     // Steps per second since this run of the job started (the first step it does).
     let mut pace: Option<(u64, std::time::Instant)> = None;
@@ -97,7 +148,14 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
                     e
                 }
             };
-            state.store.record_progress(&job.id, step, eps).map_err(store_err)?;
+            if let Err(e) = state.store.record_progress(&job.id, step, eps) {
+                match e {
+                    crate::store::StoreError::LeaseLost { .. } => lost.store(true, Ordering::Relaxed),
+                    crate::store::StoreError::Unavailable { .. } => unreachable.store(true, Ordering::Relaxed),
+                    _ => {}
+                }
+                return Err(store_err(e));
+            }
             state.metrics.steps.inc();
             match pace {
                 None => pace = Some((step, std::time::Instant::now())),
@@ -112,11 +170,20 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool) -> Result<Ended, Tra
                 user_cancel.store(true, Ordering::Relaxed);
                 cancel.store(true, Ordering::Relaxed);
             }
-            if stopping.load(Ordering::Relaxed) {
+            if stopping.load(Ordering::Relaxed) || lost.load(Ordering::Relaxed) {
                 cancel.store(true, Ordering::Relaxed);
             }
         },
-    )?;
+    );
+    let outcome = match outcome {
+        // Not the job's fault: it goes back to the queue (or, while the database is still
+        // away, keeps this daemon's lapsing lease) and resumes from its checkpoint.
+        Err(e) if unreachable.load(Ordering::Relaxed) => {
+            tracing::warn!(job = %job.id.as_str(), error = %e, "the ledger's database is unreachable: the job stops before its next step");
+            return Ok(Ended::Interrupted);
+        }
+        other => other?,
+    };
     if !outcome.cancelled {
         let files = crate::artifacts::list_files(&outcome.output_model).map_err(|e| TrainError::Io { path: e.path, reason: e.source.to_string() })?;
         Ok(Ended::Finished(files))
@@ -150,9 +217,14 @@ fn store_err(e: crate::store::StoreError) -> TrainError {
 }
 
 /// Records the end of a worker: success, cancellation, failure (with the reason), or a panic.
-/// An interrupted job stays `running` in the store; start-up requeues it.
-fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, super::BatchPanicked>) {
+/// An interrupted job goes back to the queue. A job this daemon no longer holds is another
+/// daemon's now: nothing is recorded.
+fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, super::BatchPanicked>, lost: &AtomicBool) {
     let id = &job.id;
+    if lost.load(Ordering::Relaxed) {
+        tracing::warn!(job = %id.as_str(), "the job was taken over by another daemon; this one recorded nothing more");
+        return;
+    }
     let r = match result {
         Ok(Ok(Ended::Finished(files))) => state.store.succeed_job(id, &files).or_else(|e| match e {
             crate::store::StoreError::InvalidArgument { .. } => {
@@ -163,8 +235,13 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, su
         }),
         Ok(Ok(Ended::CancelledByUser)) => state.store.finish_job(id, JobState::Cancelled, Some("cancelled by request".into())),
         Ok(Ok(Ended::Interrupted)) => {
-            tracing::info!(job = %id.as_str(), "stopped at a checkpoint; resumes when the daemon starts again");
-            return;
+            tracing::info!(job = %id.as_str(), "stopped at a checkpoint; back in the queue, where any daemon resumes it");
+            match state.store.requeue_job(id) {
+                Ok(_) => return,
+                // Unreachable ledger: the job stays running under this daemon's lease, which
+                // runs out; then any daemon (this one after a restart) resumes it.
+                Err(e) => Err(e),
+            }
         }
         Ok(Err(e)) => {
             tracing::error!(job = %id.as_str(), error = %e, "job failed");

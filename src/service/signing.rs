@@ -84,16 +84,24 @@ impl Signer {
     pub fn load_or_create(path: &Path) -> Result<Self, SigningError> {
         let err = |reason: String| SigningError::Key { path: path.to_owned(), reason };
         if !path.exists() {
+            // Several daemons on one shared data directory may start together: each writes its
+            // own temp file and links it into place only if no key is there yet, so all of them
+            // end up loading the one key that won.
             let rng = ring::rand::SystemRandom::new();
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| err(e.to_string()))?;
-            let tmp = path.with_extension("tmp");
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut tmp = tempfile::Builder::new().prefix(".tmp-key").tempfile_in(dir).map_err(|e| err(e.to_string()))?;
             {
                 use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(|e| err(e.to_string()))?;
-                f.write_all(pkcs8.as_ref()).and_then(|_| f.sync_all()).map_err(|e| err(e.to_string()))?;
+                use std::os::unix::fs::PermissionsExt;
+                tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
+                tmp.write_all(pkcs8.as_ref()).and_then(|_| tmp.as_file().sync_all()).map_err(|e| err(e.to_string()))?;
             }
-            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            match std::fs::hard_link(tmp.path(), path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(e.to_string())),
+            }
         }
         Signer::load(path)
     }

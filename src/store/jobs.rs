@@ -379,7 +379,7 @@ impl Store {
                 };
                 notify.push(job.id.clone());
                 if job.state == JobState::Running {
-                    append_event(tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done, "lease_expired": owner }), now)?;
+                    append_event(tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done, "daemon": owner, "lease_expired": true }), now)?;
                     if job.cancel_requested {
                         finish(tx, &job, JobState::Cancelled, Some("cancel requested before its daemon stopped"), now)?;
                         continue;
@@ -389,7 +389,7 @@ impl Store {
                     "UPDATE jobs SET state = ?2, started_at_ms = ?3, owner = ?4, lease_until_ms = ?5 WHERE id = ?1",
                     args![job.id, JobState::Running, now, worker.id, now + worker.lease_ms],
                 )?;
-                append_event(tx, &job.id, "started", json!({ "steps_done": job.steps_done }), now)?;
+                append_event(tx, &job.id, "started", json!({ "steps_done": job.steps_done, "daemon": worker.id }), now)?;
                 return load_any(tx, &job.id).map(Some);
             }
         })?;
@@ -603,7 +603,7 @@ impl Store {
             let running = tx.query_map(&sql, args![JobState::Running, self.worker.id, job], Job::from_row)?;
             let mut affected = Vec::with_capacity(running.len());
             for job in running {
-                append_event(tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done }), now)?;
+                append_event(tx, &job.id, "interrupted", json!({ "steps_done": job.steps_done, "daemon": self.worker.id }), now)?;
                 if job.cancel_requested {
                     finish(tx, &job, JobState::Cancelled, Some("cancel requested before the daemon stopped"), now)?;
                 } else {
@@ -817,7 +817,9 @@ mod tests {
         let events = b.events_since(&acme, &job.id, 0, u32::MAX).unwrap();
         assert_eq!(kinds(&events), ["created", "started", "progress", "interrupted", "started"]);
         let interrupted: serde_json::Value = serde_json::from_str(&events[3].payload_json).unwrap();
-        assert_eq!(interrupted, json!({ "steps_done": 10, "lease_expired": "a" }));
+        assert_eq!(interrupted, json!({ "steps_done": 10, "daemon": "a", "lease_expired": true }));
+        let started: serde_json::Value = serde_json::from_str(&events[4].payload_json).unwrap();
+        assert_eq!(started, json!({ "steps_done": 10, "daemon": "b" }));
 
         // The old daemon is fenced off: no step, no end, no renewal.
         assert!(matches!(a.record_progress(&job.id, 11, 0.2), Err(StoreError::LeaseLost { ref owner, .. }) if owner == "b"));

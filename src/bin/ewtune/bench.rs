@@ -100,6 +100,31 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Admissions per second and Budget.Get latency against one daemon or several on one
+    /// ledger (benches/shared_ledger.sh runs it against one daemon on SQLite and three on one
+    /// PostgreSQL, side by side): registers one dataset through the first `--daemon`, then sends
+    /// `--creates` Creates from `--clients` concurrent clients spread over the daemons in turn,
+    /// then `--gets` Budget.Gets the same way.
+    Admissions {
+        /// A daemon's address; repeat for several daemons on one ledger (default: --addr).
+        #[arg(long = "daemon")]
+        daemons: Vec<String>,
+        /// Jobs created.
+        #[arg(long, default_value_t = 200)]
+        creates: usize,
+        /// Budget.Gets sent.
+        #[arg(long, default_value_t = 400)]
+        gets: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// The model the jobs name (a directory in the daemons' models dir).
+        #[arg(long, default_value = "tiny-gpt2")]
+        model: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit scoring throughput (tokens/s) over plain forward throughput, same model and batches.
     Audit {
         #[command(flatten)]
@@ -216,6 +241,11 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
         BenchCommand::Ledger { units, datasets, records, creates, model, json } => {
             let scale = LedgerScale { units, datasets, records, creates, model };
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(ledger(connect, scale, json))
+        }
+        BenchCommand::Admissions { daemons, creates, gets, clients, model, json } => {
+            let daemons = if daemons.is_empty() { vec![connect.addr.clone()] } else { daemons };
+            let run = AdmissionRun { daemons, creates, gets, clients: clients.max(1), model };
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(admissions(connect, run, json))
         }
         BenchCommand::Load { rate, seconds, dataset, plans, model, upload_mib, json } => {
             let hostile = Hostile { plans, model, upload_mib };
@@ -508,6 +538,112 @@ async fn ledger(connect: &crate::client::Connect, scale: LedgerScale, json: bool
         println!("Create (admitted): p50 {create_p50:.0} ms, max {create_max:.0} ms over {}; refused with the largest target quoted: {}", create_s.len(), refused_s.map_or("-".into(), |s| format!("{:.0} ms", s * 1e3)));
         println!("Budget.Get: p50 {get_p50:.1} ms, p99 {get_p99:.1} ms; the first dataset's units form {} classes", report.classes.len());
         println!("Budget.Get with charts (a page): p50 {charts_first:.1} ms the first time per dataset, {charts_again:.1} ms again");
+    }
+    Ok(())
+}
+
+/// What `bench admissions` sends, and where.
+struct AdmissionRun {
+    daemons: Vec<String>,
+    creates: usize,
+    gets: usize,
+    clients: usize,
+    model: String,
+}
+
+async fn admissions(connect: &crate::client::Connect, run: AdmissionRun, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use ewtune::api::pb;
+    use std::time::Instant;
+    let AdmissionRun { daemons, creates, gets, clients, model } = run;
+    let mut per_daemon = Vec::new();
+    for addr in &daemons {
+        let c = crate::client::Connect { addr: addr.clone(), ..connect.clone() };
+        per_daemon.push(c.clients().await?);
+    }
+    let content: String = (0..1000).map(|k| format!("{{\"text\": \"Note {k}: seen for a routine check; all values normal.\"}}\n")).collect();
+    let dataset = per_daemon[0]
+        .datasets
+        .register(pb::RegisterDatasetRequest { name: "admissions".into(), content: content.into_bytes(), budget_epsilon: 1e6, budget_delta: 1e-5, ..Default::default() })
+        .await?
+        .into_inner()
+        .dataset_id;
+    let spec = pb::JobSpec {
+        dataset_id: dataset.clone(),
+        base_model: model,
+        finetune: Some(pb::job_spec::Finetune::Full(true)),
+        noise_multiplier: 1.0,
+        batch_size: 10,
+        steps: 100,
+        micro_batch: 10,
+        max_length: 32,
+        ..Default::default()
+    };
+    // Every client takes the next call's number and sends it to daemon number % daemons;
+    // a daemon asks for a retry past its per-tenant share of plans (ResourceExhausted).
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (next, spec) = (next.clone(), spec.clone());
+        let mut jobs: Vec<_> = per_daemon.iter().map(|c| c.jobs.clone()).collect();
+        tasks.spawn(async move {
+            let (mut admitted, mut retries) = (0usize, 0usize);
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k >= creates {
+                    return Ok::<_, tonic::Status>((admitted, retries));
+                }
+                let n = jobs.len();
+                loop {
+                    match jobs[k % n].create(spec.clone()).await {
+                        Ok(_) => break admitted += 1,
+                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                            retries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        Err(s) => return Err(s),
+                    }
+                }
+            }
+        });
+    }
+    let (mut admitted, mut retries) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (a, b) = r??;
+        admitted += a;
+        retries += b;
+    }
+    let create_s = t.elapsed().as_secs_f64();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (next, dataset) = (next.clone(), dataset.clone());
+        let mut budget: Vec<_> = per_daemon.iter().map(|c| c.budget.clone()).collect();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k >= gets {
+                    return Ok::<_, tonic::Status>(latencies);
+                }
+                let n = budget.len();
+                let t = Instant::now();
+                budget[k % n].get(pb::GetBudgetRequest { dataset_id: dataset.clone(), charts: false }).await?;
+                latencies.push(t.elapsed().as_secs_f64());
+            }
+        });
+    }
+    let mut get_s = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        get_s.extend(r??);
+    }
+    let (p50, p99) = (percentile_ms(&mut get_s, 0.5), percentile_ms(&mut get_s, 0.99));
+    let rate = admitted as f64 / create_s;
+    if json {
+        println!("{}", serde_json::json!({"daemons": daemons.len(), "clients": clients, "admitted": admitted, "seconds": create_s, "admissions_per_second": rate, "retries": retries, "budget_get_ms": {"p50": p50, "p99": p99}, "jobs_on_the_ledger": admitted}));
+    } else {
+        println!("{} daemon(s), {clients} clients: {admitted} admitted in {create_s:.2} s = {rate:.1} admissions/s ({retries} retries after ResourceExhausted)", daemons.len());
+        println!("Budget.Get over {admitted} jobs: p50 {p50:.1} ms, p99 {p99:.1} ms");
     }
     Ok(())
 }

@@ -466,8 +466,11 @@ fn describe_event(e: &pb::JobEvent) -> String {
             "admitted: {} steps at noise multiplier {:.4}, sampling rate {:.6}; with it, {:.4} of the budget's epsilon {} (delta {:e}) is spent or reserved (certified)",
             c.steps_planned, c.noise_multiplier, c.sample_rate, c.committed_epsilon, c.budget_epsilon, c.budget_delta
         ),
-        Some(Detail::Started(r)) if r.steps_done == 0 => "started".to_string(),
-        Some(Detail::Started(r)) => format!("restarted from its last checkpoint, {} steps already done", r.steps_done),
+        Some(Detail::Started(r)) if r.steps_done == 0 => format!("started{}", on_daemon(&r.daemon_id)),
+        Some(Detail::Started(r)) => format!("restarted from its last checkpoint{}, {} steps already done", on_daemon(&r.daemon_id), r.steps_done),
+        Some(Detail::Interrupted(r)) if r.lease_expired => {
+            format!("interrupted at step {} (daemon {} stopped renewing its lease; another daemon resumes the job from its last checkpoint)", r.steps_done, r.daemon_id)
+        }
         Some(Detail::Interrupted(r)) => format!("interrupted at step {} (the daemon stopped; the job resumes from its last checkpoint)", r.steps_done),
         Some(Detail::CancelRequested(r)) => format!("cancel requested at step {}", r.steps_done),
         Some(Detail::Progress(p)) => format!("step {}/{}: certified epsilon spent {:.4}", p.step, p.total_steps, p.epsilon_spent),
@@ -790,4 +793,13 @@ fn show_audit(a: &pb::Audit, json: bool) -> Result<(), Box<dyn std::error::Error
     }
     println!("  signed by {} (verify offline with `ewtune audits get {} --json > a.json; ewtune verify a.json`)", hex(&a.public_key), a.audit_id);
     Ok(())
+}
+
+/// " on daemon ID" when the event names one (several daemons share the ledger).
+fn on_daemon(id: &str) -> String {
+    if id.is_empty() || id == "local" {
+        String::new()
+    } else {
+        format!(" on daemon {id}")
+    }
 }

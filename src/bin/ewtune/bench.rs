@@ -563,7 +563,7 @@ async fn admissions(connect: &crate::client::Connect, run: AdmissionRun, json: b
     let content: String = (0..1000).map(|k| format!("{{\"text\": \"Note {k}: seen for a routine check; all values normal.\"}}\n")).collect();
     let dataset = per_daemon[0]
         .datasets
-        .register(pb::RegisterDatasetRequest { name: "admissions".into(), content: content.into_bytes(), budget_epsilon: 1e6, budget_delta: 1e-5, ..Default::default() })
+        .register(pb::RegisterDatasetRequest { name: "admissions".into(), content: content.into_bytes(), budget_epsilon: 1000.0, budget_delta: 1e-5, ..Default::default() })
         .await?
         .into_inner()
         .dataset_id;
@@ -571,9 +571,10 @@ async fn admissions(connect: &crate::client::Connect, run: AdmissionRun, json: b
         dataset_id: dataset.clone(),
         base_model: model,
         finetune: Some(pb::job_spec::Finetune::Full(true)),
-        noise_multiplier: 1.0,
+        // Small jobs (about 0.03 certified epsilon each at q = 0.01): the budget outlasts the run.
+        noise_multiplier: 5.0,
         batch_size: 10,
-        steps: 100,
+        steps: 20,
         micro_batch: 10,
         max_length: 32,
         ..Default::default()

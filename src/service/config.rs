@@ -172,7 +172,7 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// This daemon's id as the owner of the jobs it runs: unique among the daemons on one
     /// database and the same across its restarts [file: daemon_id] [default: HOST:PORT of the
-    /// gRPC address]
+    /// gRPC address on PostgreSQL, `local` on SQLite]
     #[arg(long, env = "EWTUNED_DAEMON_ID", value_name = "ID", help_heading = "Several daemons")]
     pub daemon_id: Option<String>,
     /// Seconds a daemon's claim on a running job holds without its heartbeat (every third of
@@ -529,6 +529,9 @@ impl DaemonConfig {
         }
         let daemon_id = match (given_text(&given.daemon_id), fc.daemon_id.as_deref().filter(|v| !v.is_empty())) {
             (Some(v), _) | (None, Some(v)) => v.to_owned(),
+            // One daemon per SQLite file: one fixed id, whatever port it restarts on, so that it
+            // requeues its own interrupted jobs at once.
+            (None, None) if matches!(database, Database::Sqlite(_)) => Worker::local().id.to_string(),
             (None, None) => format!("{}:{}", host_name(), listen.port()),
         };
         let id = DaemonId::parse(&daemon_id).map_err(|e| ConfigError::Invalid { key: "daemon_id", reason: format!("`{daemon_id}`: {e}") })?;
@@ -743,6 +746,26 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_database_and_the_daemon_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = DaemonConfig::from_settings(dir.path(), None, &Settings::default()).unwrap();
+        assert_eq!((c.database, c.worker.id.as_str(), c.worker.lease_ms), (Database::Sqlite(dir.path().join("ewtune.db")), "local", 30_000));
+        let url = "postgres://ewtune:s3cret@db.internal:5432/ewtune";
+        let given = Settings { database_url: Some(url.into()), listen: Some("0.0.0.0:7000".into()), lease_secs: Some("5".into()), ..Settings::default() };
+        let c = DaemonConfig::from_settings(dir.path(), None, &given).unwrap();
+        assert_eq!(c.database, Database::Postgres(url.into()));
+        assert!(c.worker.id.as_str().ends_with(":7000"), "{}", c.worker.id);
+        assert_eq!(c.worker.lease_ms, 5000);
+        let printed = c.to_toml().unwrap();
+        assert!(printed.contains("postgres://ewtune:********@db.internal:5432/ewtune") && !printed.contains("s3cret"), "{printed}");
+        assert_eq!(redact_password("host=db password=s3cret dbname=e"), "host=db password=******** dbname=e");
+        let bad = Settings { daemon_id: Some("two words".into()), ..given.clone() };
+        assert!(matches!(DaemonConfig::from_settings(dir.path(), None, &bad), Err(ConfigError::Invalid { key: "daemon_id", .. })));
+        let bad = Settings { database_url: Some("postgres://host:notaport/db".into()), ..given };
+        assert!(matches!(DaemonConfig::from_settings(dir.path(), None, &bad), Err(ConfigError::Invalid { key: "database_url", .. })));
+    }
+
+    #[test]
     fn the_command_line_parses_as_before() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["ewtuned", "token", "create", "--data-dir", "/d", "--tenant", "ward"]).unwrap();
@@ -759,7 +782,7 @@ mod tests {
         let cmd = Cli::command();
         let help = Cli::command().render_long_help().to_string();
         let keys = serde_aux::serde_introspection::serde_introspect::<FileConfig>();
-        assert_eq!(keys.len(), 15);
+        assert_eq!(keys.len(), 18);
         for key in keys {
             let arg = cmd.get_arguments().find(|a| a.get_id() == *key).unwrap_or_else(|| panic!("no flag for file key {key}"));
             assert_eq!(arg.get_long(), Some(flag(key).as_str()), "{key}");

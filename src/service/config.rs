@@ -360,15 +360,22 @@ fn host_name() -> String {
     if name.is_empty() { "localhost".into() } else { name }
 }
 
-/// A PostgreSQL URL with its password (if any) replaced by `********`, for printing.
+/// A PostgreSQL URL with its password (if any: in the user part, or as a `password=` query
+/// parameter or keyword) replaced by `********`, for printing.
 pub fn redact_password(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:********@{host}");
+        let rest = match rest.split_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => format!("{}:********@{host}", userinfo.split_once(':').map_or("", |(u, _)| u)),
+            _ => rest.to_owned(),
+        };
+        let rest = match rest.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<&str> = query.split('&').map(|kv| if kv.starts_with("password=") { "password=********" } else { kv }).collect();
+                format!("{path}?{}", query.join("&"))
             }
-        }
-        return url.to_owned();
+            None => rest,
+        };
+        return format!("{scheme}://{rest}");
     }
     url.split_whitespace().map(|kv| if kv.starts_with("password=") { "password=********" } else { kv }).collect::<Vec<_>>().join(" ")
 }
@@ -759,6 +766,7 @@ mod tests {
         let printed = c.to_toml().unwrap();
         assert!(printed.contains("postgres://ewtune:********@db.internal:5432/ewtune") && !printed.contains("s3cret"), "{printed}");
         assert_eq!(redact_password("host=db password=s3cret dbname=e"), "host=db password=******** dbname=e");
+        assert_eq!(redact_password("postgres://u@db/e?sslmode=disable&password=s3cret"), "postgres://u@db/e?sslmode=disable&password=********");
         let bad = Settings { daemon_id: Some("two words".into()), ..given.clone() };
         assert!(matches!(DaemonConfig::from_settings(dir.path(), None, &bad), Err(ConfigError::Invalid { key: "daemon_id", .. })));
         let bad = Settings { database_url: Some("postgres://host:notaport/db".into()), ..given };

@@ -85,6 +85,10 @@ async fn heartbeat(state: Arc<State>, held: Held) {
         let ids: Vec<JobId> = lock(&held).keys().cloned().collect();
         let beat = (|| -> Result<Vec<JobId>, crate::store::StoreError> {
             let lost = state.store.renew_leases(&ids)?;
+            let requeued = state.store.requeue_abandoned(&ids)?;
+            if !requeued.is_empty() {
+                tracing::warn!(requeued = requeued.len(), "jobs of this daemon that no worker ran (their end could not be recorded) go back to the queue");
+            }
             let abandoned = state.store.fail_abandoned_audits()?;
             if abandoned > 0 {
                 tracing::warn!(abandoned, "audits whose daemon stopped renewing its lease end failed");
@@ -121,7 +125,14 @@ const EPSILON_BLOCK: u64 = 10;
 fn run_job(state: &State, job: &Job, stopping: &AtomicBool, lost: &AtomicBool) -> Result<Ended, TrainError> {
     let mut spec: JobSpec = serde_json::from_str(&job.spec_json).map_err(|e| TrainError::BadSpec { field: "spec_json", reason: e.to_string() })?;
     spec.output = super::jobs::job_dir(state, &job.id);
-    place_canary_manifest(state, job, &spec.output)?;
+    match place_canary_manifest(state, job, &spec.output) {
+        Err(PlaceError::Unreachable(e)) => {
+            tracing::warn!(job = %job.id.as_str(), error = %e, "the ledger's database is unreachable: the job waits");
+            return Ok(Ended::Interrupted);
+        }
+        Err(PlaceError::Train(e)) => return Err(e),
+        Ok(()) => {}
+    }
     let delta = spec.privacy.delta;
     let cancel = AtomicBool::new(false);
     let user_cancel = AtomicBool::new(false);
@@ -170,7 +181,9 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool, lost: &AtomicBool) -
                 user_cancel.store(true, Ordering::Relaxed);
                 cancel.store(true, Ordering::Relaxed);
             }
-            if stopping.load(Ordering::Relaxed) || lost.load(Ordering::Relaxed) {
+            // A job this daemon lost is not cancelled (that would write a checkpoint into
+            // another daemon's job): its next step's spend is refused, which ends it as it is.
+            if stopping.load(Ordering::Relaxed) {
                 cancel.store(true, Ordering::Relaxed);
             }
         },
@@ -196,20 +209,39 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool, lost: &AtomicBool) -
 
 /// Writes the canary manifest committed at admission into the job's directory, where training
 /// reads it, or checks that the one already there (a resumed job) is byte for byte the same.
-fn place_canary_manifest(state: &State, job: &Job, output: &std::path::Path) -> Result<(), TrainError> {
-    let Some((sha, json)) = state.store.canary_manifest(&job.id).map_err(store_err)? else {
+fn place_canary_manifest(state: &State, job: &Job, output: &std::path::Path) -> Result<(), PlaceError> {
+    let manifest = match state.store.canary_manifest(&job.id) {
+        Ok(m) => m,
+        Err(e @ crate::store::StoreError::Unavailable { .. }) => return Err(PlaceError::Unreachable(e)),
+        Err(e) => return Err(PlaceError::Train(store_err(e))),
+    };
+    let Some((sha, json)) = manifest else {
         return Ok(());
     };
     let path = output.join("audit_manifest.json");
     if path.exists() {
         let bytes = std::fs::read(&path).map_err(|e| TrainError::Io { path: path.clone(), reason: e.to_string() })?;
         if crate::digest::sha256_hex(&bytes) != sha {
-            return Err(TrainError::BadSpec { field: "canaries", reason: "the job's audit_manifest.json differs from the manifest committed at admission".into() });
+            return Err(TrainError::BadSpec { field: "canaries", reason: "the job's audit_manifest.json differs from the manifest committed at admission".into() }.into());
         }
         return Ok(());
     }
     std::fs::create_dir_all(output).map_err(|e| TrainError::Io { path: output.to_path_buf(), reason: e.to_string() })?;
-    Ok(crate::fs::write_atomic(&path, json.as_bytes())?)
+    crate::fs::write_atomic(&path, json.as_bytes()).map_err(TrainError::from)?;
+    Ok(())
+}
+
+/// Why the canary manifest could not be placed.
+enum PlaceError {
+    /// The ledger's database is out of reach: not the job's fault.
+    Unreachable(crate::store::StoreError),
+    Train(TrainError),
+}
+
+impl From<TrainError> for PlaceError {
+    fn from(e: TrainError) -> Self {
+        PlaceError::Train(e)
+    }
 }
 
 fn store_err(e: crate::store::StoreError) -> TrainError {
@@ -252,7 +284,9 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, su
             state.store.finish_job(id, JobState::Failed, Some("the training worker panicked (a shape or device error)".into()))
         }
     };
-    if let Err(e) = r {
-        tracing::error!(job = %id.as_str(), error = %e, "cannot record the job's end");
+    match r {
+        Ok(_) => {}
+        Err(e @ crate::store::StoreError::LeaseLost { .. }) => tracing::warn!(job = %id.as_str(), error = %e, "the job's end was not recorded"),
+        Err(e) => tracing::error!(job = %id.as_str(), error = %e, "cannot record the job's end"),
     }
 }

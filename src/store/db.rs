@@ -244,7 +244,9 @@ impl Dialect {
     pub(crate) fn for_update(self) -> &'static str {
         match self {
             Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE",
+            // NO KEY: no key ever changes, and foreign-key checks of rows that reference the
+            // locked one (a tenant's tokens, datasets, audits) need not wait for it.
+            Dialect::Postgres => " FOR NO KEY UPDATE",
         }
     }
 
@@ -252,7 +254,7 @@ impl Dialect {
     pub(crate) fn skip_locked(self) -> &'static str {
         match self {
             Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
         }
     }
 
@@ -287,10 +289,15 @@ impl std::fmt::Debug for PgConn {
     }
 }
 
+/// Prepared statements kept per connection before the cache starts over (statements built for
+/// a variable number of units would otherwise pile up on the server).
+const MAX_STATEMENTS: usize = 256;
+
 impl PgConn {
-    /// Connects now (so that a wrong URL fails at start-up, naming the problem).
+    /// Connects now (so that a wrong URL fails at start-up, naming the problem), with the
+    /// timeouts of [`bounded`].
     pub(crate) fn connect(config: postgres::Config) -> Result<PgConn> {
-        let mut conn = PgConn { config, client: None, statements: HashMap::new() };
+        let mut conn = PgConn { config: bounded(config), client: None, statements: HashMap::new() };
         conn.client()?;
         Ok(conn)
     }
@@ -304,6 +311,30 @@ impl PgConn {
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
+}
+
+impl Drop for PgConn {
+    /// The client shuts its own runtime down when dropped, which panics inside a tokio
+    /// runtime: it is dropped on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = std::thread::Builder::new().name("ewtune-pg-close".into()).spawn(move || drop(client));
+        }
+    }
+}
+
+/// `config` with bounds on how long the database may keep a daemon waiting: 10 s to connect,
+/// TCP keepalives after 10 s idle, and unacknowledged data dropping the connection after 30 s
+/// (a partition then fails calls with `Unavailable` instead of hanging for the kernel's
+/// retransmission timeout of about 15 minutes).
+pub(crate) fn bounded(mut config: postgres::Config) -> postgres::Config {
+    use std::time::Duration;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(5)).keepalives_retries(3);
+    config.tcp_user_timeout(Duration::from_secs(30));
+    config
 }
 
 /// A connection to either engine.
@@ -349,7 +380,8 @@ impl Conn {
                 let client = client.as_mut().expect("connected above");
                 let tx = match begin {
                     Begin::Read => client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).read_only(true).start(),
-                    Begin::Write => client.transaction(),
+                    // Whatever the server's default: the row locks above serialise the writes.
+                    Begin::Write => client.build_transaction().isolation_level(postgres::IsolationLevel::ReadCommitted).start(),
                 }
                 .map_err(pg_error)?;
                 let mut tx = Tx::Postgres(tx, statements);
@@ -369,9 +401,21 @@ fn is_retryable(e: &postgres::Error) -> bool {
     e.code().is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
 }
 
-/// A postgres error: a lost or refused connection is `Unavailable`, anything else is kept.
+/// A postgres error: the database out of reach (a lost connection, a network error, a server
+/// shutting down, restarting or refusing connections, a read-only standby after a failover) is
+/// `Unavailable`; anything else (a constraint, a trigger, a type the store's SQL got wrong) is
+/// kept as it is.
 pub(crate) fn pg_error(e: postgres::Error) -> StoreError {
-    if e.is_closed() || e.code().is_none() {
+    use postgres::error::SqlState;
+    let unreachable = match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW, SqlState::TOO_MANY_CONNECTIONS, SqlState::READ_ONLY_SQL_TRANSACTION]
+                    .contains(code)
+        }
+        None => e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()),
+    };
+    if unreachable {
         unavailable(e)
     } else {
         StoreError::Postgres { source: e }
@@ -477,6 +521,9 @@ fn prepare(tx: &mut postgres::Transaction<'_>, statements: &mut HashMap<String, 
     if let Some(stmt) = statements.get(sql) {
         return Ok(stmt.clone());
     }
+    if statements.len() >= MAX_STATEMENTS {
+        statements.clear();
+    }
     let stmt = tx.prepare(&dollar_placeholders(sql)).map_err(pg_error)?;
     statements.insert(sql.to_owned(), stmt.clone());
     Ok(stmt)
@@ -545,8 +592,10 @@ impl postgres::types::ToSql for Value {
                 Type::FLOAT8 => f.to_sql(ty, out),
                 _ => Err(format!("cannot bind a double to a {ty} parameter").into()),
             },
-            Value::Text(s) => s.as_str().to_sql(ty, out),
-            Value::Blob(b) => b.as_slice().to_sql(ty, out),
+            Value::Text(s) if <&str as postgres::types::ToSql>::accepts(ty) => s.as_str().to_sql(ty, out),
+            Value::Blob(b) if *ty == Type::BYTEA => b.as_slice().to_sql(ty, out),
+            Value::Text(_) => Err(format!("cannot bind text to a {ty} parameter").into()),
+            Value::Blob(_) => Err(format!("cannot bind bytes to a {ty} parameter").into()),
         }
     }
 

@@ -40,14 +40,15 @@ pub enum StoreError {
         /// Its id.
         id: String,
     },
-    /// Another daemon holds the running job (it took the job over after this daemon's lease
-    /// ran out): this daemon must stop working on it and record nothing.
-    #[error("job {job} is now run by daemon {owner}")]
+    /// This daemon no longer holds the job: another daemon took it over after this one's lease
+    /// ran out, or it went back to the queue. This daemon must stop working on it and record
+    /// nothing.
+    #[error("job {job} is no longer this daemon's: {holder}")]
     LeaseLost {
         /// The job.
         job: JobId,
-        /// The daemon that holds it.
-        owner: String,
+        /// Who has it now, in words (`daemon b runs it`, `it is in the queue`).
+        holder: String,
     },
     /// The job's state does not allow the action (finishing or cancelling a finished job, ...).
     #[error("job {job} is {state}: cannot {action}")]

@@ -275,11 +275,13 @@ impl Store {
         let plan = StepGroup { noise_multiplier: job.noise_multiplier, sample_rate: job.sample_rate, steps: job.steps };
         for attempt in 1..=ADMISSION_ATTEMPTS {
             let decided = if attempt < ADMISSION_ATTEMPTS {
-                Some(self.read(|tx| {
+                let (version, scope) = self.read(|tx| {
                     let version = ledger::version(tx, tenant)?;
                     let dataset = datasets::load(tx, tenant, &job.dataset)?;
-                    Ok((version, ledger::admit(tx, &dataset, plan)?))
-                })?)
+                    Ok((version, ledger::admission_scope(tx, &dataset)?))
+                })?;
+                // The snapshot is released: the composition holds no connection.
+                Some((version, ledger::decide(scope, plan)?))
             } else {
                 None
             };
@@ -359,10 +361,13 @@ impl Store {
 
     /// Scheduler: atomically turns the oldest claimable job into `Running` under this store's
     /// [`Worker`] (owner and lease, with a `started` event) and returns it; `None` when there
-    /// is none. Claimable: `Queued`, or `Running` under a lease that expired (its daemon stopped
-    /// heartbeating): that one gets an `interrupted` event naming the daemon first, and resumes
-    /// from its last checkpoint with its `steps_done` (the spend) as recorded. On PostgreSQL
-    /// rows another daemon is claiming are skipped (`SKIP LOCKED`), never waited for.
+    /// is none. Claimable: `Queued`, or `Running` under another daemon's lease that expired (it
+    /// stopped heartbeating): that one gets an `interrupted` event naming the daemon first, and
+    /// resumes from its last checkpoint with its `steps_done` (the spend) as recorded. A daemon
+    /// never takes over its own job (a late heartbeat of its own must not start a second
+    /// worker): its jobs no worker runs go back to the queue ([`Store::requeue_abandoned`], and
+    /// at start-up). On PostgreSQL rows another daemon is claiming are skipped (`SKIP LOCKED`),
+    /// never waited for.
     pub fn claim_next_queued(&self) -> Result<Option<Job>> {
         let worker = &self.worker;
         let mut notify = Vec::new();
@@ -371,10 +376,10 @@ impl Store {
             let now = now_ms();
             loop {
                 let sql = format!(
-                    "SELECT {JOB_COLUMNS}, owner FROM jobs WHERE state = ?1 OR (state = ?2 AND lease_until_ms < ?3) ORDER BY seq LIMIT 1{}",
+                    "SELECT {JOB_COLUMNS}, owner FROM jobs WHERE state = ?1 OR (state = ?2 AND lease_until_ms < ?3 AND owner <> ?4) ORDER BY seq LIMIT 1{}",
                     tx.dialect().skip_locked()
                 );
-                let Some((job, owner)) = tx.query_first(&sql, args![JobState::Queued, JobState::Running, now], |r| Ok((Job::from_row(r)?, r.get::<Option<String>>("owner")?)))? else {
+                let Some((job, owner)) = tx.query_first(&sql, args![JobState::Queued, JobState::Running, now, worker.id], |r| Ok((Job::from_row(r)?, r.get::<Option<String>>("owner")?)))? else {
                     return Ok(None);
                 };
                 notify.push(job.id.clone());
@@ -412,7 +417,7 @@ impl Store {
                 format!("must be a finite number >= 0, got {epsilon_spent}"),
             ));
         }
-        let updated = self.write(|tx| {
+        let updated = self.lease_write(|tx| {
             let now = now_ms();
             let current = self.load_held(tx, job, "record progress")?;
             if steps_done > current.steps_planned {
@@ -444,7 +449,7 @@ impl Store {
     /// whose lease it no longer holds (taken over after it expired, or finished elsewhere):
     /// their workers must stop without recording anything.
     pub fn renew_leases(&self, jobs: &[JobId]) -> Result<Vec<JobId>> {
-        self.write(|tx| {
+        self.lease_write(|tx| {
             let until = now_ms() + self.worker.lease_ms;
             let mut lost = Vec::new();
             for job in jobs {
@@ -458,10 +463,11 @@ impl Store {
         })
     }
 
-    /// Scheduler: ends a queued or running job in `state` (Succeeded, Failed or Cancelled) with
+    /// Scheduler: ends a job this daemon runs in `state` (Succeeded, Failed or Cancelled) with
     /// an event of that kind. The unspent part of its reservation is released: from now on it
-    /// contributes only its `steps_done`. Finishing a finished job is `FailedPrecondition`; a
-    /// running job only its daemon may finish (`LeaseLost` otherwise).
+    /// contributes only its `steps_done`. Finishing a finished job is `FailedPrecondition`; one
+    /// this daemon no longer holds (taken over, or back in the queue) is `LeaseLost`. (A queued
+    /// job ends through [`Store::request_cancel`].)
     pub fn finish_job(&self, job: &JobId, state: JobState, reason: Option<String>) -> Result<Job> {
         if !state.is_terminal() {
             return Err(StoreError::invalid(
@@ -470,14 +476,8 @@ impl Store {
             ));
         }
         let finished = self.write(|tx| {
-            let current = load_for_update(tx, job)?;
-            if current.0.state.is_terminal() {
-                return Err(StoreError::FailedPrecondition { job: job.clone(), state: current.0.state, action: "finish" });
-            }
-            if current.0.state == JobState::Running {
-                self.check_held(job, current.1.as_deref())?;
-            }
-            finish(tx, &current.0, state, reason.as_deref(), now_ms())?;
+            let current = self.load_held(tx, job, "finish")?;
+            finish(tx, &current, state, reason.as_deref(), now_ms())?;
             load_any(tx, job)
         })?;
         self.job_changed(job);
@@ -596,6 +596,18 @@ impl Store {
         Ok(self.requeue_where("owner = ?2 AND id = ?3", Some(job))?.pop())
     }
 
+    /// Heartbeat: this daemon's running jobs that none of its workers runs (`running_here`
+    /// lists those that do; a worker whose end could not be recorded left one) go back to the
+    /// queue, as at start-up.
+    pub fn requeue_abandoned(&self, running_here: &[JobId]) -> Result<Vec<Job>> {
+        let mine = self.read(|tx| tx.query_map("SELECT id FROM jobs WHERE state = 'running' AND owner = ?1", args![self.worker.id], |r| r.get::<JobId>("id")))?;
+        let mut requeued = Vec::new();
+        for id in mine.iter().filter(|id| !running_here.contains(id)) {
+            requeued.extend(self.requeue_job(id)?);
+        }
+        Ok(requeued)
+    }
+
     fn requeue_where(&self, held: &str, job: Option<&JobId>) -> Result<Vec<Job>> {
         let affected = self.write(|tx| {
             let now = now_ms();
@@ -619,22 +631,16 @@ impl Store {
         Ok(affected)
     }
 
-    /// Job `id`, locked for this write, which must be running under this daemon's lease.
+    /// Job `id`, locked for this write, which must be running under this daemon's lease (or a
+    /// lease-less one from before leases): a finished job is `FailedPrecondition`, one back in
+    /// the queue or run by another daemon `LeaseLost`.
     fn load_held(&self, tx: &mut Tx<'_>, id: &JobId, action: &'static str) -> Result<Job> {
         let (job, owner) = load_for_update(tx, id)?;
-        if job.state != JobState::Running {
-            return Err(StoreError::FailedPrecondition { job: id.clone(), state: job.state, action });
-        }
-        self.check_held(id, owner.as_deref())?;
-        Ok(job)
-    }
-
-    /// A running job with owner `owner` may be changed by this daemon only when it holds it
-    /// (or it predates leases).
-    fn check_held(&self, id: &JobId, owner: Option<&str>) -> Result<()> {
-        match owner {
-            Some(owner) if owner != self.worker.id.as_str() => Err(StoreError::LeaseLost { job: id.clone(), owner: owner.to_owned() }),
-            _ => Ok(()),
+        match (job.state, owner) {
+            (state, _) if state.is_terminal() => Err(StoreError::FailedPrecondition { job: id.clone(), state, action }),
+            (JobState::Queued, _) => Err(StoreError::LeaseLost { job: id.clone(), holder: "it is in the queue".into() }),
+            (_, Some(owner)) if owner != self.worker.id.as_str() => Err(StoreError::LeaseLost { job: id.clone(), holder: format!("daemon {owner} runs it") }),
+            _ => Ok(job),
         }
     }
 }
@@ -822,7 +828,7 @@ mod tests {
         assert_eq!(started, json!({ "steps_done": 10, "daemon": "b" }));
 
         // The old daemon is fenced off: no step, no end, no renewal.
-        assert!(matches!(a.record_progress(&job.id, 11, 0.2), Err(StoreError::LeaseLost { ref owner, .. }) if owner == "b"));
+        assert!(matches!(a.record_progress(&job.id, 11, 0.2), Err(StoreError::LeaseLost { ref holder, .. }) if holder == "daemon b runs it"));
         assert!(matches!(a.finish_job(&job.id, JobState::Failed, None), Err(StoreError::LeaseLost { .. })));
         assert!(matches!(a.succeed_job(&job.id, &[]), Err(StoreError::LeaseLost { .. })));
         assert_eq!(a.renew_leases(std::slice::from_ref(&job.id)).unwrap(), [job.id.clone()]);
@@ -851,6 +857,14 @@ mod tests {
         let resumed = b.claim_next_queued().unwrap().unwrap();
         assert_eq!((resumed.id, resumed.steps_done), (job.id.clone(), 7));
         assert!(matches!(a.record_progress(&job.id, 8, 0.1), Err(StoreError::LeaseLost { .. })));
+        // Handed back again by b, it is in the queue: a's late end changes nothing.
+        b.requeue_job(&job.id).unwrap().unwrap();
+        assert!(matches!(a.finish_job(&job.id, JobState::Failed, None), Err(StoreError::LeaseLost { ref holder, .. }) if holder == "it is in the queue"));
+        assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().state, JobState::Queued);
+        // A daemon never takes over its own job; one that no worker of it runs goes back.
+        let mine = a.claim_next_queued().unwrap().unwrap();
+        assert_eq!(a.requeue_abandoned(std::slice::from_ref(&mine.id)).unwrap(), []);
+        assert_eq!(a.requeue_abandoned(&[]).unwrap().iter().map(|j| (&j.id, j.state)).collect::<Vec<_>>(), [(&job.id, JobState::Queued)]);
     }
 
     #[test]
@@ -902,7 +916,7 @@ mod tests {
         let file = |path: &str, sha: char| OutputFile { path: path.into(), size: 3, sha256: sha.to_string().repeat(64) };
         let files = vec![file("adapter_model.safetensors", 'b'), file("adapter_config.json", 'a')];
         let err = fx.store.succeed_job(&job.id, &files).unwrap_err();
-        assert!(matches!(err, StoreError::FailedPrecondition { state: JobState::Queued, action: "succeed", .. }), "{err:?}");
+        assert!(matches!(err, StoreError::LeaseLost { ref holder, .. } if holder == "it is in the queue"), "not claimed: {err:?}");
         fx.store.claim_next_queued().unwrap().unwrap();
         for (bad, field) in [
             (vec![file("../escape", 'a')], "outputs.path"),
@@ -973,7 +987,7 @@ mod tests {
         let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
         let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 100)).unwrap();
         let err = fx.store.record_progress(&job.id, 1, 0.1).unwrap_err();
-        assert!(matches!(err, StoreError::FailedPrecondition { state: JobState::Queued, .. }), "{err:?}");
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "not claimed: {err:?}");
         fx.store.claim_next_queued().unwrap();
 
         assert_eq!(fx.store.record_progress(&job.id, 30, 0.3).unwrap().steps_done, 30);

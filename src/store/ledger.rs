@@ -318,7 +318,7 @@ pub struct SharedUnits {
 /// Everything the ledger needs about one dataset's people, read in one transaction: the
 /// dataset, the classes of its units (each with every dataset it counts against), those
 /// datasets, and their jobs in admission order.
-pub(super) struct Scope {
+pub(crate) struct Scope {
     pub(super) dataset: Dataset,
     classes: Vec<UnitClass>,
     datasets: HashMap<DatasetId, Dataset>,
@@ -595,8 +595,18 @@ impl Scope {
 /// within every one of its budgets. A dataset whose units are unknown or repeated is refused
 /// ([`Dataset::check_identities`]).
 pub(crate) fn admit(tx: &mut Tx<'_>, dataset: &Dataset, plan: StepGroup) -> Result<Admission> {
+    decide(admission_scope(tx, dataset)?, plan)
+}
+
+/// What [`admit`] reads: the dataset's scope (a dataset whose units are unknown or repeated is
+/// refused here).
+pub(crate) fn admission_scope(tx: &mut Tx<'_>, dataset: &Dataset) -> Result<Scope> {
     dataset.check_identities()?;
-    let scope = Scope::load(tx, &dataset.tenant, &dataset.id)?;
+    Scope::load(tx, &dataset.tenant, &dataset.id)
+}
+
+/// What [`admit`] decides on a scope read before, with no connection held.
+pub(crate) fn decide(scope: Scope, plan: StepGroup) -> Result<Admission> {
     let composed = scope.compose_plan(plan)?;
     if composed.over.is_empty() {
         Ok(Admission::Admitted(composed.largest))

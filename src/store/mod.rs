@@ -225,6 +225,8 @@ impl Database {
 pub struct Store {
     writer: Mutex<Conn>,
     reader: Mutex<Conn>,
+    /// PostgreSQL: the connection of the lease-keeping writes ([`Store::lease_write`]).
+    leases: Option<Mutex<Conn>>,
     /// Budget-report numbers reserved and not yet handed out (`ledger.rs`).
     report_numbers: Mutex<ledger::ReportNumbers>,
     database: Database,
@@ -255,20 +257,22 @@ impl Store {
     /// [`Store::connect`] for the daemon `worker`: the jobs it claims carry its id and lease.
     pub fn connect_as(database: &Database, worker: Worker) -> Result<Store> {
         let (job_events, _) = tokio::sync::broadcast::channel(JOB_EVENT_NOTICES);
-        let (writer, reader, listener) = match database {
-            Database::Sqlite(path) => (Conn::Sqlite(migrate::open(path)?), Conn::Sqlite(migrate::open_reader(path)?), None),
+        let (writer, reader, leases, listener) = match database {
+            Database::Sqlite(path) => (Conn::Sqlite(migrate::open(path)?), Conn::Sqlite(migrate::open_reader(path)?), None, None),
             Database::Postgres(url) => {
                 let config: postgres::Config = url.parse().map_err(|e| StoreError::invalid("database", format!("is not a PostgreSQL URL: {e}")))?;
                 let mut writer = Conn::Postgres(db::PgConn::connect(config.clone())?);
                 migrate::migrate_postgres(&mut writer)?;
                 let reader = Conn::Postgres(db::PgConn::connect(config.clone())?);
-                let listener = notices::Listener::start(config, job_events.clone())?;
-                (writer, reader, Some(listener))
+                let leases = Conn::Postgres(db::PgConn::connect(config.clone())?);
+                let listener = notices::Listener::start(db::bounded(config), job_events.clone())?;
+                (writer, reader, Some(Mutex::new(leases)), Some(listener))
             }
         };
         Ok(Store {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            leases,
             report_numbers: Mutex::default(),
             database: database.clone(),
             job_events,
@@ -299,13 +303,24 @@ impl Store {
     /// the connection was held cannot have left a half-written change (a transaction dropped
     /// while unwinding rolls back), so the mutex's poison flag is ignored.
     fn write<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        lock(&self.writer).transaction(Begin::Write, f)
+        db::outside_runtime(|| lock(&self.writer).transaction(Begin::Write, f))
+    }
+
+    /// [`Store::write`] for the writes that keep this daemon's leases (a step's spend, the
+    /// heartbeat): on PostgreSQL they have a connection of their own, so that no other write
+    /// of this daemon (one waiting for another daemon's ledger lock) can hold them up past the
+    /// lease.
+    fn lease_write<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        match &self.leases {
+            Some(conn) => db::outside_runtime(|| lock(conn).transaction(Begin::Write, f)),
+            None => self.write(f),
+        }
     }
 
     /// Runs `f` on a consistent snapshot, on the read connection. Reads that must be
     /// consistent with a following write happen inside that write instead.
     fn read<T>(&self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        lock(&self.reader).transaction(Begin::Read, f)
+        db::outside_runtime(|| lock(&self.reader).transaction(Begin::Read, f))
     }
 }
 

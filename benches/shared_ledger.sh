@@ -5,7 +5,8 @@
 # sharing one data directory; prints admissions per second and Budget.Get p50/p99 for both, side
 # by side. The base model has a config and a tokenizer but no weights: Create admits against it,
 # and each admitted job then fails at model load, so the daemons' CPU goes to the ledger, not to
-# training. Usage: benches/shared_ledger.sh [extra `ewtune bench admissions` flags]
+# training. Last, one of the three alone on the same database separates the engine's cost from the
+# spread over daemons. Usage: benches/shared_ledger.sh [extra `ewtune bench admissions` flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -q --workspace --bins
@@ -58,3 +59,6 @@ for id in a b c; do
   addrs+=(--daemon "http://127.0.0.1:$port")
 done
 "$bin/ewtune" bench admissions "${addrs[@]}" "$@"
+echo "== one of the three daemons alone (same PostgreSQL, a fresh tenant)"
+EWTUNE_TOKEN=$("$bin/ewtuned" token create --data-dir "$run/shared" --database-url "$url" --tenant bench-alone 2>/dev/null)
+"$bin/ewtune" bench admissions "${addrs[@]:0:2}" "$@"

@@ -560,7 +560,9 @@ async fn admissions(connect: &crate::client::Connect, run: AdmissionRun, json: b
         let c = crate::client::Connect { addr: addr.clone(), ..connect.clone() };
         per_daemon.push(c.clients().await?);
     }
-    let content: String = (0..1000).map(|k| format!("{{\"text\": \"Note {k}: seen for a routine check; all values normal.\"}}\n")).collect();
+    // Fresh bytes each run (a dataset's bytes register once per tenant).
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let content: String = (0..1000).map(|k| format!("{{\"text\": \"Note {k} of run {run_id}: seen for a routine check; all values normal.\"}}\n")).collect();
     let dataset = per_daemon[0]
         .datasets
         .register(pb::RegisterDatasetRequest { name: "admissions".into(), content: content.into_bytes(), budget_epsilon: 1000.0, budget_delta: 1e-5, ..Default::default() })

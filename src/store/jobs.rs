@@ -3,15 +3,17 @@
 //! ```text
 //!   create_job ──► Queued ──claim_next_queued──► Running ──finish_job──► Succeeded | Failed | Cancelled
 //!                    │  ▲                          │  │
-//!                    │  └──── requeue_running ─────┘  └─ request_cancel: cancel_requested = true
-//!                    └── request_cancel / finish_job ──────────────────────► Cancelled | Failed
+//!                    │  └─ requeue_running/_job ───┘  └─ request_cancel: cancel_requested = true
+//!                    └── request_cancel ───────────────────────────────────► Cancelled
 //! ```
 //!
 //! A job's plan `(noise_multiplier, sample_rate, steps_planned)` is fixed at creation; its
 //! `steps_done` only grows and is what the ledger counts as spent. Admission (`create_job`)
-//! reserves the full plan against the dataset's budget in the same `BEGIN IMMEDIATE`
-//! transaction that inserts the job (see `ledger.rs`). Every state change appends a
-//! [`JobEvent`] in the transaction that makes it. What this module does not own: running jobs
+//! reserves the full plan against the dataset's budget in the transaction that inserts the job,
+//! under the tenant's ledger lock (see `ledger.rs`). A running job carries the daemon that
+//! claimed it (`owner`) and a lease; only that daemon records its progress and its end, and
+//! another daemon takes it over once the lease runs out (`claim_next_queued`). Every state
+//! change appends a [`JobEvent`] in the transaction that makes it. What this module does not own: running jobs
 //! (the scheduler) and the meaning of `spec_json` (the API's `JobSpec`).
 
 use super::datasets::{self, DatasetId};

@@ -27,13 +27,18 @@
 //! daemon issues, also across its restarts. The snapshot of the ledger and the number are taken
 //! under one lock, so a larger number never describes an older ledger.
 //!
-//! Numbers are reserved durably in blocks of [`SEQUENCE_BLOCK`]: a `BEGIN IMMEDIATE`
-//! transaction raises the dataset's `report_sequences.last_seq` by a block and the store hands
+//! Numbers are reserved durably in blocks of [`SEQUENCE_BLOCK`]: one atomic upsert raises the
+//! dataset's `report_sequences.last_seq` by a block and the store hands
 //! the block out from memory. A per-report durable write would put an fsync (4 ms median on the
 //! development machine's disk) and every training write ahead of it on Budget.Get, the API's
 //! most frequent call. The price: a restart skips the rest of its block (numbers are never
-//! repeated, but may jump), and two daemons serving one file hand out numbers from different
+//! repeated, but may jump), and several daemons on one database hand out numbers from different
 //! blocks, unique but not in time order between them.
+//!
+//! Admission across daemons: every write that can raise what admission composes (a job
+//! admitted, a dataset registered, units identified) locks the tenant's ledger ([`lock`]) and
+//! raises its version ([`bump`]); `create_job` composes on a snapshot and inserts only if the
+//! version it read is still the one under the lock.
 //!
 //! What this module does not own: the math (crate `ewtune-accountant`), the job state
 //! machine (`jobs.rs`) and the signature (`service/signing.rs`).
@@ -491,7 +496,7 @@ fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Is
     })
 }
 
-/// What admission decided, inside the caller's `BEGIN IMMEDIATE` transaction.
+/// What admission decided (on a snapshot, or inside the caller's locked write).
 pub(crate) enum Admission {
     /// Every class of the dataset's units stays within its budgets; the largest certified
     /// epsilon of a class with the job, at the dataset's delta.

@@ -281,16 +281,6 @@ impl Store {
         })
     }
 
-    /// Where the ledger lives.
-    pub fn database(&self) -> &Database {
-        &self.database
-    }
-
-    /// This daemon as a claimer of jobs.
-    pub fn worker(&self) -> &Worker {
-        &self.worker
-    }
-
     /// The engine.
     pub fn dialect(&self) -> Dialect {
         match self.database {

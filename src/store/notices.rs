@@ -77,26 +77,29 @@ fn forward(config: &postgres::Config, client: postgres::Client, notices: &tokio:
             }
             continue;
         };
-        let lost = {
-            let mut received = client.notifications();
-            let mut iter = received.timeout_iter(POLL);
-            loop {
-            match iter.next() {
-                Ok(Some(notice)) => {
-                    if let Ok(id) = JobId::parse(notice.payload()) {
-                        let _ = notices.send(id);
-                    }
-                }
-                Ok(None) => break false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the job-event session was lost");
-                    break true;
-                }
-            }
-            }
-        };
+        let lost = drain(client, notices);
         if lost {
             session = None;
+        }
+    }
+}
+
+/// Forwards the notices that arrive within [`POLL`]; true when the session was lost.
+fn drain(client: &mut postgres::Client, notices: &tokio::sync::broadcast::Sender<JobId>) -> bool {
+    let mut received = client.notifications();
+    let mut iter = received.timeout_iter(POLL);
+    loop {
+        match iter.next() {
+            Ok(Some(notice)) => {
+                if let Ok(id) = JobId::parse(notice.payload()) {
+                    let _ = notices.send(id);
+                }
+            }
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "the job-event session was lost");
+                return true;
+            }
         }
     }
 }

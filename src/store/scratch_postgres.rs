@@ -64,11 +64,6 @@ impl ScratchPostgres {
         created.map_err(|e| io::Error::other(format!("CREATE DATABASE {name}: {e}")))?;
         Ok(self.url(&name))
     }
-
-    /// The server's log so far (for a failing test's message).
-    pub fn log(&self) -> String {
-        self.dir.as_ref().and_then(|d| std::fs::read_to_string(d.path().join("server.log")).ok()).unwrap_or_default()
-    }
 }
 
 impl Drop for ScratchPostgres {
@@ -109,7 +104,7 @@ fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
 }
 
 /// Where `initdb`, `pg_ctl` and `postgres` are.
-pub fn bin_dir() -> io::Result<PathBuf> {
+fn bin_dir() -> io::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("EWTUNE_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }

@@ -14,7 +14,10 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # Several daemons on one ledger are tested against a throwaway PostgreSQL cluster that the tests
 # start themselves with initdb and pg_ctl: Debian's server package (src/store/scratch_postgres.rs).
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v pg_config >/dev/null 2>&1; then
+have_initdb() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; }
+}
+if ! have_initdb; then
   echo "setup: installing postgresql (Debian's package) for the shared-ledger tests" >&2
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -20,6 +20,7 @@ pub mod peft_adapter;
 pub mod precision;
 pub mod py_json;
 pub mod sampler;
+pub mod self_audit;
 pub mod synthetic;
 pub mod tape;
 pub mod units;

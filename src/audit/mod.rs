@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod report;
 pub mod runs;
 pub mod scores;
+pub mod self_audit;
 pub mod texts;
 #[cfg(test)]
 mod testutil;

@@ -250,8 +250,9 @@ fn chi_square_two_sided(x: f64, df: f64) -> f64 {
     (2.0 * lower.min(upper)).min(1.0)
 }
 
+/// Simulated jobs of the idealised mechanism, for the tests here and of the one-run bounds.
 #[cfg(test)]
-mod tests {
+pub(crate) mod simulate {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha20Rng;
@@ -259,26 +260,26 @@ mod tests {
 
     /// How the simulated machinery departs from what is accounted: each field 1 when honest.
     #[derive(Clone, Copy)]
-    struct Machinery {
+    pub(crate) struct Machinery {
         /// Noise std over the accounted sigma C.
-        noise: f64,
+        pub(crate) noise: f64,
         /// Noise std on the canaries' tensor only.
-        canary_noise: f64,
+        pub(crate) canary_noise: f64,
         /// The canary's magnitude after "clipping" (10 when clipping is off).
-        magnitude: f64,
+        pub(crate) magnitude: f64,
         /// The true sampling rate over the accounted q.
-        rate: f64,
+        pub(crate) rate: f64,
         /// Noise draws summed per step (micro-batches each adding their own).
-        draws_per_step: f64,
+        pub(crate) draws_per_step: f64,
         /// Sample a fixed-size batch (round(n_in q) included canaries every step).
-        fixed_batch: bool,
+        pub(crate) fixed_batch: bool,
     }
 
-    const HONEST: Machinery = Machinery { noise: 1.0, canary_noise: 1.0, magnitude: 1.0, rate: 1.0, draws_per_step: 1.0, fixed_batch: false };
+    pub(crate) const HONEST: Machinery = Machinery { noise: 1.0, canary_noise: 1.0, magnitude: 1.0, rate: 1.0, draws_per_step: 1.0, fixed_batch: false };
 
     /// One simulated job of `m` canaries over `steps` steps at (q, sigma), with a 4096-coordinate
     /// tensor's noise beside them; seeded, so every run is reproducible.
-    fn run(seed: u64, m: usize, steps: usize, q: f64, sigma: f64, mech: Machinery) -> Decision {
+    pub(crate) fn run(seed: u64, m: usize, steps: usize, q: f64, sigma: f64, mech: Machinery) -> Observations {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let included: Vec<bool> = (0..m).map(|_| rng.random_bool(0.5)).collect();
         let mut obs = Observations::new(included.clone(), q, sigma);
@@ -306,7 +307,18 @@ mod tests {
             }
             obs.observe_noise("layer.0.weight", &noise);
         }
-        obs.decide()
+        obs
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::simulate::{run as simulate, Machinery, HONEST};
+    use super::*;
+
+    fn run(seed: u64, m: usize, steps: usize, q: f64, sigma: f64, mech: Machinery) -> Decision {
+        simulate(seed, m, steps, q, sigma, mech).decide()
     }
 
     /// Honest runs pass: over 200 seeded runs at each setting not one falls below the hard-fail

@@ -600,9 +600,12 @@ impl Store {
 
     /// Heartbeat: this daemon's running jobs that none of its workers runs (`running_here`
     /// lists those that do; a worker whose end could not be recorded left one) go back to the
-    /// queue, as at start-up.
+    /// queue, as at start-up, once their lease has run out: a job claimed while the heartbeat
+    /// was looking carries a fresh lease and is left alone.
     pub fn requeue_abandoned(&self, running_here: &[JobId]) -> Result<Vec<Job>> {
-        let mine = self.read(|tx| tx.query_map("SELECT id FROM jobs WHERE state = 'running' AND owner = ?1", args![self.worker.id], |r| r.get::<JobId>("id")))?;
+        let mine = self.read(|tx| {
+            tx.query_map("SELECT id FROM jobs WHERE state = 'running' AND owner = ?1 AND lease_until_ms < ?2", args![self.worker.id, now_ms()], |r| r.get::<JobId>("id"))
+        })?;
         let mut requeued = Vec::new();
         for id in mine.iter().filter(|id| !running_here.contains(id)) {
             requeued.extend(self.requeue_job(id)?);
@@ -863,10 +866,15 @@ mod tests {
         b.requeue_job(&job.id).unwrap().unwrap();
         assert!(matches!(a.finish_job(&job.id, JobState::Failed, None), Err(StoreError::LeaseLost { ref holder, .. }) if holder == "it is in the queue"));
         assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().state, JobState::Queued);
-        // A daemon never takes over its own job; one that no worker of it runs goes back.
+        // A daemon never takes over its own job; one that no worker of it runs goes back once
+        // its lease has run out (a fresh claim is left alone).
         let mine = a.claim_next_queued().unwrap().unwrap();
         assert_eq!(a.requeue_abandoned(std::slice::from_ref(&mine.id)).unwrap(), []);
-        assert_eq!(a.requeue_abandoned(&[]).unwrap().iter().map(|j| (&j.id, j.state)).collect::<Vec<_>>(), [(&job.id, JobState::Queued)]);
+        assert_eq!(a.requeue_abandoned(&[]).unwrap(), [], "its lease still runs");
+        let short = fx.daemon("a", 1);
+        short.renew_leases(std::slice::from_ref(&job.id)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(short.requeue_abandoned(&[]).unwrap().iter().map(|j| (&j.id, j.state)).collect::<Vec<_>>(), [(&job.id, JobState::Queued)]);
     }
 
     #[test]

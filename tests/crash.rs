@@ -2,17 +2,13 @@
 //! restarted, and the job resumes from its last checkpoint and succeeds; the ledger never records
 //! fewer steps than ran (every progress event is preceded by its spend), nothing is lost.
 
-use crate::util::fixture;
+use crate::util::{authed, fixture, free_port};
 use ewtune::api::pb;
 use ewtune::train::synthetic::{write_model, write_notes, Family, Shape};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn start(data: &Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ewtuned"))
@@ -33,12 +29,6 @@ async fn connect(port: u16) -> Channel {
         assert!(Instant::now() < deadline, "ewtuned did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 async fn events(ch: &Channel, token: &str, job: &str) -> Vec<pb::JobEvent> {

@@ -4,6 +4,7 @@
 //! (never a panic); budget reports carry tenant, dataset, issue time and an increasing sequence
 //! number; `ewtuned token revoke` locks a token out of the running daemon at once.
 
+use crate::util::authed;
 use crate::daemon::Daemon;
 use ewtune::api::pb;
 use ewtune::service::signing::{self, SignedReport, Signer};
@@ -51,12 +52,6 @@ fn create_token(d: &Daemon, tenant: &str) -> String {
     assert!(token.starts_with("ewt_"), "stdout is the token alone: {token:?}");
     assert!(stderr(&out).contains(TokenId::of(&token).as_str()), "{}", stderr(&out));
     token
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 async fn channel(d: &Daemon) -> Channel {

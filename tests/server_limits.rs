@@ -8,7 +8,7 @@
 //! stays queued, and the test drives the scheduler's own store calls to push events), and
 //! [`Ewtuned`] runs the real `ewtuned` binary (its umask, its memory).
 
-use crate::util::fixture;
+use crate::util::{authed, fixture};
 use ewtune::api::pb;
 use ewtune::api::watch::RECHECK;
 use ewtune::service::config::{DaemonConfig, ServerLimits};
@@ -67,12 +67,6 @@ impl Served {
     fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 async fn channel(addr: &str) -> Channel {

@@ -5,7 +5,7 @@
 //! fewer steps than ran; a Watch on any daemon follows the job wherever it runs; with the
 //! database gone, calls fail with Unavailable.
 
-use crate::util::fixture;
+use crate::util::{authed, fixture, free_port};
 use ewtune::api::pb;
 use ewtune::store::scratch_postgres::ScratchPostgres;
 use ewtune::train::synthetic::{write_model, write_notes, Family, Shape};
@@ -15,10 +15,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One daemon of the group, killed on drop.
 struct Daemon {
@@ -53,12 +49,6 @@ async fn start(data: &Path, url: &str, id: &str, lease_secs: u64) -> Daemon {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     Daemon { child, id: id.into(), channel }
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 /// A cluster, a database on it, a shared data directory with a tiny base model, 300 notes, and

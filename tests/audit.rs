@@ -125,6 +125,7 @@ fn dp_training_at_epsilon_one_stays_below_its_claim() {
         expected_units: None,
         canaries: Some(CanarySpec { count: 200, length: 20 }),
         precision: None,
+        self_audit: None,
     };
     let out = job::run(&spec, &std::sync::atomic::AtomicBool::new(false), |_| {}).unwrap();
     let bytes = std::fs::read(spec.output.join("audit_manifest.json")).unwrap();

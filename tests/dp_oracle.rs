@@ -336,7 +336,7 @@ fn a_non_finite_unit_leaves_the_clipped_sum_and_the_noisy_update_finite() {
             let mut noise = vec![0f32; numel];
             ewtune::train::noise::NoiseSource::seeded_for_tests(5).fill_gaussian(clip, &mut noise);
             let privacy = job::PrivacySpec { epsilon: None, noise_multiplier: Some(1.0), delta: 1e-5, clip_norm: clip };
-            let stats = job::private_step(&m, &data, &batch, &privacy, micro, &noise, 4.0, &mut opt, &params, Device::Cpu).unwrap();
+            let stats = job::private_step(&m, &data, &batch, &privacy, micro, &noise, 4.0, &mut opt, &params, Device::Cpu, None).unwrap();
             assert_eq!(stats.excluded, 1, "{what}");
             for ((name, p), b) in m.trainable().iter().zip(&before) {
                 assert_eq!(p.isfinite().all().int64_value(&[]), 1, "{what}: {name} is not finite after the DP step");

@@ -287,6 +287,7 @@ async fn random_specs_get_ok_or_a_clear_refusal() {
                 max_length,
                 canaries: None,
                 precision: String::new(),
+                self_audit: None,
             };
             let mut req = tonic::Request::new(s.clone());
             req.set_timeout(Duration::from_secs(20));

@@ -43,6 +43,7 @@ fn spec(root: &Path, finetune: FineTune, epsilon: f64, steps: Option<u64>) -> Jo
         expected_units: None,
         canaries: None,
         precision: None,
+        self_audit: None,
     }
 }
 
@@ -112,7 +113,7 @@ fn one_step_moves_every_trainable_tensor_and_no_frozen_one() {
         let mut noise = vec![0f32; numel];
         ewtune::train::noise::NoiseSource::seeded_for_tests(5).fill_gaussian(1.0, &mut noise);
         let privacy = PrivacySpec { epsilon: None, noise_multiplier: Some(1.0), delta: 1e-5, clip_norm: 1.0 };
-        private_step(&model, &data, &[0, 3, 9, 20], &privacy, 2, &noise, 4.0, &mut opt, &params, Device::Cpu).unwrap();
+        private_step(&model, &data, &[0, 3, 9, 20], &privacy, 2, &noise, 4.0, &mut opt, &params, Device::Cpu, None).unwrap();
         for ((name, before), (_, after)) in trainable.iter().zip(model.trainable()) {
             assert!(before.ne_tensor(&after).any().int64_value(&[]) == 1, "{family:?} {ft:?}: trainable {name} did not move");
         }

@@ -2,7 +2,8 @@
 //! error is InvalidArgument naming the field), page tokens, and results as proto messages.
 
 use super::pb;
-use crate::service::jobs::{CanaryRequest, FineTuneRequest, JobRequest, JobView, LoraRequest};
+use crate::service::jobs::{CanaryRequest, FineTuneRequest, JobRequest, JobView, LoraRequest, SelfAuditRequest};
+use crate::train::self_audit::SelfAuditReport;
 use crate::service::limits;
 use crate::store::{Dataset, JobState, Page, PrivacyUnit, SharedUnits};
 use tonic::Status;
@@ -35,6 +36,7 @@ pub fn job_request(req: &pb::JobSpec) -> JobRequest {
         learning_rate: req.learning_rate,
         canaries: req.canaries.as_ref().map(|c| CanaryRequest { count: c.count, length: c.length }),
         precision: req.precision.clone(),
+        self_audit: req.self_audit.as_ref().map(|a| SelfAuditRequest { disabled: a.disabled, canaries: a.canaries }),
     }
 }
 
@@ -89,7 +91,7 @@ pub fn dataset(d: &Dataset, remaining_epsilon: f64, shared: Option<SharedUnits>)
 /// A job as the API shows it (`canary_manifest_sha256` empty when it inserts no canaries;
 /// `artifacts` the files recorded when it succeeded).
 pub fn job(view: &JobView) -> pb::Job {
-    let JobView { job: j, epsilon_spent, canary_manifest_sha256, outputs } = view;
+    let JobView { job: j, epsilon_spent, canary_manifest_sha256, outputs, self_audit } = view;
     pb::Job {
         job_id: j.id.as_str().to_string(),
         dataset_id: j.dataset.as_str().to_string(),
@@ -110,6 +112,23 @@ pub fn job(view: &JobView) -> pb::Job {
         created_unix_ms: j.created_at_unix_ms,
         canary_manifest_sha256: canary_manifest_sha256.clone().unwrap_or_default(),
         artifacts: outputs.iter().map(|f| pb::Artifact { path: f.path.clone(), size: f.size, sha256: f.sha256.clone() }).collect(),
+        self_audit: self_audit.as_ref().map(self_audit_message),
+    }
+}
+
+/// A job's self-audit as the API shows it.
+pub fn self_audit_message(r: &SelfAuditReport) -> pb::SelfAudit {
+    pb::SelfAudit {
+        passed: r.passed(),
+        summary: r.headline(),
+        canaries: r.canaries as u32,
+        steps: r.steps,
+        tests: r.decision.tests.iter().map(|t| pb::FitTest { name: t.name.clone(), checks: t.checks.clone(), ratio: t.ratio, p_value: t.p_value }).collect(),
+        level: r.decision.level,
+        failures: r.failures().to_vec(),
+        certified_epsilon: r.certified_epsilon,
+        steinke_epsilon: r.steinke_epsilon,
+        delta: r.delta,
     }
 }
 

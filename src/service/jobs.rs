@@ -16,6 +16,7 @@ use crate::train::finetune::{FineTune, ALL_LINEAR, DEFAULT_LORA_ALPHA, DEFAULT_L
 use crate::train::job::{plan, DeviceChoice, JobSpec, Plan, PrivacySpec, TrainingSpec, DEFAULT_CLIP_NORM};
 use crate::train::model::ConfigLimits;
 use crate::train::precision::Precision;
+use crate::train::self_audit::{SelfAuditReport, SelfAuditSpec};
 use crate::train::TrainError;
 use std::path::PathBuf;
 
@@ -57,6 +58,17 @@ pub struct JobRequest {
     pub canaries: Option<CanaryRequest>,
     /// "f32", "bf16", or empty for the default.
     pub precision: String,
+    /// The self-audit: `None` for the default (on, with [`crate::train::self_audit::DEFAULT_CANARIES`] canaries).
+    pub self_audit: Option<SelfAuditRequest>,
+}
+
+/// The self-audit as a client asked for it.
+#[derive(Debug, Clone)]
+pub struct SelfAuditRequest {
+    /// Run without it.
+    pub disabled: bool,
+    /// m (0: the default).
+    pub canaries: u32,
 }
 
 /// How to fine-tune.
@@ -186,6 +198,19 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &JobRequest) -> Result<Ch
             Some(spec)
         }
     };
+    let self_audit = match &req.self_audit {
+        Some(SelfAuditRequest { disabled: true, canaries: 0 }) => None,
+        Some(SelfAuditRequest { disabled: true, .. }) => return Err(invalid("self_audit.canaries", "a count for a self-audit that is disabled")),
+        None | Some(SelfAuditRequest { canaries: 0, .. }) => Some(SelfAuditSpec::default()),
+        Some(SelfAuditRequest { canaries, .. }) => {
+            let spec = SelfAuditSpec { canaries: *canaries as usize };
+            spec.validate().map_err(|e| match e {
+                TrainError::BadSpec { field, reason } => invalid(field, reason),
+                other => invalid("self_audit", other),
+            })?;
+            Some(spec)
+        }
+    };
     let user_field = dataset.data_user_field()?.map(str::to_string);
     let precision = match req.precision.as_str() {
         "" => None,
@@ -214,6 +239,7 @@ pub fn job_spec(state: &State, dataset: &Dataset, req: &JobRequest) -> Result<Ch
         expected_units: Some(dataset.units as usize),
         canaries,
         precision,
+        self_audit,
     };
     Ok(CheckedSpec { spec, model: config })
 }
@@ -356,6 +382,8 @@ pub struct JobView {
     pub canary_manifest_sha256: Option<String>,
     /// The files recorded when it succeeded.
     pub outputs: Vec<OutputFile>,
+    /// What its self-audit found, recorded when it ended.
+    pub self_audit: Option<SelfAuditReport>,
 }
 
 /// A stored job with its certified spend, canary commitment and, once it succeeded, its
@@ -365,7 +393,17 @@ pub fn view(state: &State, tenant: &TenantId, job: Job) -> Result<JobView, Servi
     let epsilon_spent = job_epsilon(&job, delta);
     let canary_manifest_sha256 = state.store.canary_manifest_sha256(&job.id)?;
     let (_, outputs) = state.store.job_outputs(tenant, &job.id)?;
-    Ok(JobView { job, epsilon_spent, canary_manifest_sha256, outputs })
+    let self_audit = match state.store.job_self_audit(tenant, &job.id)? {
+        None => None,
+        Some(record) => match serde_json::from_value(record.report) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tracing::error!(job = %job.id.as_str(), error = %e, "the job's recorded self-audit cannot be read");
+                None
+            }
+        },
+    };
+    Ok(JobView { job, epsilon_spent, canary_manifest_sha256, outputs, self_audit })
 }
 
 /// Reserves a settled job's budget and queues it (the store refuses one that would overspend),

@@ -17,6 +17,7 @@ use super::State;
 use crate::store::{Job, JobId, JobState};
 use std::collections::HashMap;
 use crate::train::job::{self, JobSpec};
+use crate::train::self_audit::SelfAuditReport;
 use crate::train::TrainError;
 use ewtune_accountant::pld::PldAccountant;
 use ewtune_accountant::History;
@@ -112,8 +113,9 @@ async fn heartbeat(state: Arc<State>, held: Held) {
 
 /// How a job's worker ended.
 enum Ended {
-    /// With the files of its output model (path relative to it, size, SHA-256).
-    Finished(Vec<crate::artifacts::OutputFile>),
+    /// With the files of its output model (path relative to it, size, SHA-256) and what its
+    /// self-audit found.
+    Finished(Vec<crate::artifacts::OutputFile>, Option<SelfAuditReport>),
     CancelledByUser,
     Interrupted,
 }
@@ -199,7 +201,7 @@ fn run_job(state: &State, job: &Job, stopping: &AtomicBool, lost: &AtomicBool) -
     };
     if !outcome.cancelled {
         let files = crate::artifacts::list_files(&outcome.output_model).map_err(|e| TrainError::Io { path: e.path, reason: e.source.to_string() })?;
-        Ok(Ended::Finished(files))
+        Ok(Ended::Finished(files, outcome.self_audit))
     } else if user_cancel.load(Ordering::Relaxed) {
         Ok(Ended::CancelledByUser)
     } else {
@@ -244,6 +246,11 @@ impl From<TrainError> for PlaceError {
     }
 }
 
+/// The self-audit as the ledger records it.
+fn self_audit_record(report: &SelfAuditReport) -> crate::store::SelfAuditRecord {
+    crate::store::SelfAuditRecord { passed: report.passed(), report: serde_json::to_value(report).expect("the report serialises") }
+}
+
 fn store_err(e: crate::store::StoreError) -> TrainError {
     TrainError::Ledger { reason: e.to_string() }
 }
@@ -258,7 +265,7 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, su
         return;
     }
     let r = match result {
-        Ok(Ok(Ended::Finished(files))) => state.store.succeed_job(id, &files).or_else(|e| match e {
+        Ok(Ok(Ended::Finished(files, self_audit))) => state.store.succeed_job(id, &files, self_audit.as_ref().map(self_audit_record).as_ref()).or_else(|e| match e {
             crate::store::StoreError::InvalidArgument { .. } => {
                 tracing::error!(job = %id.as_str(), error = %e, "the job's output cannot be recorded");
                 state.store.finish_job(id, JobState::Failed, Some("the job's output could not be recorded; see the daemon's log".into()))
@@ -274,6 +281,10 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, su
                 // runs out; then any daemon (this one after a restart) resumes it.
                 Err(e) => Err(e),
             }
+        }
+        Ok(Err(TrainError::SelfAuditFailed { report })) => {
+            tracing::error!(job = %id.as_str(), failed = ?report.failures(), "the job's self-audit failed: its model was not released");
+            state.store.fail_self_audit(id, TrainError::SelfAuditFailed { report: report.clone() }.without_paths(), &self_audit_record(&report))
         }
         Ok(Err(e)) => {
             tracing::error!(job = %id.as_str(), error = %e, "job failed");

@@ -491,7 +491,7 @@ impl Store {
     /// always has its outputs recorded, and they never change. A job that is not running is
     /// `FailedPrecondition`; a bad list (a path that is not a plain relative path, a malformed
     /// SHA-256, a repeated path, more than [`artifacts::MAX_FILES`] files) is `InvalidArgument`.
-    pub fn succeed_job(&self, job: &JobId, outputs: &[OutputFile]) -> Result<Job> {
+    pub fn succeed_job(&self, job: &JobId, outputs: &[OutputFile], self_audit: Option<&SelfAuditRecord>) -> Result<Job> {
         if outputs.len() > artifacts::MAX_FILES {
             return Err(StoreError::invalid("outputs", format!("{} files, more than {}", outputs.len(), artifacts::MAX_FILES)));
         }
@@ -512,11 +512,36 @@ impl Store {
                     return Err(StoreError::invalid("outputs.path", format!("{} is listed twice", f.path)));
                 }
             }
+            if let Some(record) = self_audit {
+                insert_self_audit(tx, job, record)?;
+            }
             finish(tx, &current, JobState::Succeeded, None, now_ms())?;
             load_any(tx, job)
         })?;
         self.job_changed(job);
         Ok(finished)
+    }
+
+    /// Scheduler: ends a running job `Failed` because its self-audit failed (`reason` says
+    /// which check), recording the self-audit in the same transaction.
+    pub fn fail_self_audit(&self, job: &JobId, reason: String, self_audit: &SelfAuditRecord) -> Result<Job> {
+        let finished = self.write(|tx| {
+            let current = self.load_held(tx, job, "finish")?;
+            insert_self_audit(tx, job, self_audit)?;
+            finish(tx, &current, JobState::Failed, Some(&reason), now_ms())?;
+            load_any(tx, job)
+        })?;
+        self.job_changed(job);
+        Ok(finished)
+    }
+
+    /// The self-audit the tenant's job recorded when it ended (`NotFound` if the job is absent
+    /// or another tenant's; `None` for a job without one, or not ended).
+    pub fn job_self_audit(&self, tenant: &TenantId, job: &JobId) -> Result<Option<SelfAuditRecord>> {
+        self.read(|tx| {
+            load_owned(tx, tenant, job)?;
+            self_audit_of(tx, job)
+        })
     }
 
     /// The tenant's job (`NotFound` if absent or another tenant's) and the files it handed over,
@@ -693,6 +718,33 @@ fn output_from_row(row: &Row) -> Result<OutputFile> {
 }
 
 /// The recorded outputs of `job`, sorted by path.
+/// What a job's self-audit found, as recorded when the job ended: the verdict and the report as
+/// JSON (written by the trainer; the store keeps it as it is and checks only that it is an
+/// object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfAuditRecord {
+    /// Whether every check passed.
+    pub passed: bool,
+    /// The report.
+    pub report: serde_json::Value,
+}
+
+fn insert_self_audit(tx: &mut Tx<'_>, job: &JobId, record: &SelfAuditRecord) -> Result<()> {
+    if !record.report.is_object() {
+        return Err(StoreError::invalid("self_audit", "the report must be a JSON object"));
+    }
+    tx.execute("INSERT INTO job_self_audits (job, passed, report_json) VALUES (?1, ?2, ?3)", args![job, i64::from(record.passed), record.report.to_string()])?;
+    Ok(())
+}
+
+pub(crate) fn self_audit_of(tx: &mut Tx<'_>, job: &JobId) -> Result<Option<SelfAuditRecord>> {
+    tx.query_first("SELECT passed, report_json FROM job_self_audits WHERE job = ?1", args![job], |row| {
+        let json: String = row.get("report_json")?;
+        let report = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt { column: "job_self_audits.report_json", value: e.to_string() })?;
+        Ok(SelfAuditRecord { passed: row.get("passed")?, report })
+    })
+}
+
 pub(crate) fn outputs_of(tx: &mut Tx<'_>, job: &JobId) -> Result<Vec<OutputFile>> {
     tx.query_map("SELECT path, size, sha256 FROM job_outputs WHERE job = ?1 ORDER BY path", args![job], output_from_row)
 }
@@ -835,14 +887,14 @@ mod tests {
         // The old daemon is fenced off: no step, no end, no renewal.
         assert!(matches!(a.record_progress(&job.id, 11, 0.2), Err(StoreError::LeaseLost { ref holder, .. }) if holder == "daemon b runs it"));
         assert!(matches!(a.finish_job(&job.id, JobState::Failed, None), Err(StoreError::LeaseLost { .. })));
-        assert!(matches!(a.succeed_job(&job.id, &[]), Err(StoreError::LeaseLost { .. })));
+        assert!(matches!(a.succeed_job(&job.id, &[], None), Err(StoreError::LeaseLost { .. })));
         assert_eq!(a.renew_leases(std::slice::from_ref(&job.id)).unwrap(), [job.id.clone()]);
         assert!(a.requeue_job(&job.id).unwrap().is_none(), "a cannot hand back what it no longer holds");
         assert_eq!(a.requeue_running().unwrap(), [], "nor requeue it at start-up");
 
         // The new one goes on from the recorded spend; the ledger never counted less.
         assert_eq!(b.record_progress(&job.id, 11, 0.2).unwrap().steps_done, 11);
-        assert_eq!(b.succeed_job(&job.id, &[]).unwrap().state, JobState::Succeeded);
+        assert_eq!(b.succeed_job(&job.id, &[], None).unwrap().state, JobState::Succeeded);
         assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().steps_done, 11);
     }
 
@@ -925,7 +977,7 @@ mod tests {
         let job = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 10)).unwrap();
         let file = |path: &str, sha: char| OutputFile { path: path.into(), size: 3, sha256: sha.to_string().repeat(64) };
         let files = vec![file("adapter_model.safetensors", 'b'), file("adapter_config.json", 'a')];
-        let err = fx.store.succeed_job(&job.id, &files).unwrap_err();
+        let err = fx.store.succeed_job(&job.id, &files, None).unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost { ref holder, .. } if holder == "it is in the queue"), "not claimed: {err:?}");
         fx.store.claim_next_queued().unwrap().unwrap();
         for (bad, field) in [
@@ -933,12 +985,12 @@ mod tests {
             (vec![file("a", 'A')], "outputs.sha256"),
             (vec![file("a", 'a'), file("a", 'b')], "outputs.path"),
         ] {
-            let err = fx.store.succeed_job(&job.id, &bad).unwrap_err();
+            let err = fx.store.succeed_job(&job.id, &bad, None).unwrap_err();
             assert!(matches!(err, StoreError::InvalidArgument { field: f, .. } if f == field), "{err:?}");
         }
         assert_eq!(count_rows(&fx.store, "job_outputs"), 0, "a refused list writes nothing");
         assert_eq!(fx.store.get_job(&acme, &job.id).unwrap().state, JobState::Running);
-        let done = fx.store.succeed_job(&job.id, &files).unwrap();
+        let done = fx.store.succeed_job(&job.id, &files, None).unwrap();
         assert_eq!(done.state, JobState::Succeeded);
         let (_, recorded) = fx.store.job_outputs(&acme, &job.id).unwrap();
         let mut sorted = files.clone();

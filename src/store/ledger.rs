@@ -132,6 +132,11 @@ pub struct JobLedgerRow {
     /// recorded when it succeeded and as `Jobs.GetArtifacts` streams them; absent otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<OutputFile>,
+    /// What the job's self-audit found (docs/self_audit.md), recorded when it ended: its
+    /// goodness-of-fit tests, the one-run lower bounds beside the certified epsilon, the verdict.
+    /// Absent for a job without one, or not ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_audit: Option<serde_json::Value>,
 }
 
 /// Report numbers reserved per durable write (see the module doc).
@@ -219,17 +224,18 @@ impl Store {
     /// released.
     pub fn budget_report(&self, tenant: &TenantId, dataset: &DatasetId, with_charts: bool) -> Result<BudgetReport> {
         let mut numbers = self.report_numbers.lock().unwrap_or_else(PoisonError::into_inner);
-        let (scope, outputs) = self.read(|tx| {
+        let (scope, ended) = self.read(|tx| {
             let scope = Scope::load(tx, tenant, dataset)?;
-            let mut outputs = HashMap::new();
-            for job in scope.jobs.iter().filter(|j| j.state == JobState::Succeeded) {
-                outputs.insert(job.id.clone(), jobs::outputs_of(tx, &job.id)?);
+            let mut ended = HashMap::new();
+            for job in scope.jobs.iter().filter(|j| j.state.is_terminal()) {
+                let outputs = if job.state == JobState::Succeeded { jobs::outputs_of(tx, &job.id)? } else { Vec::new() };
+                ended.insert(job.id.clone(), (outputs, jobs::self_audit_of(tx, &job.id)?.map(|r| r.report)));
             }
-            Ok((scope, outputs))
+            Ok((scope, ended))
         })?;
         let issue = Issue { sequence: numbers.take(self, &scope.dataset)?, issued_at_unix_ms: now_ms() };
         drop(numbers);
-        report(&scope, outputs, issue, with_charts)
+        report(&scope, ended, issue, with_charts)
     }
 
     /// What the tenant's dataset's people have left (its worst class, as its next budget report
@@ -442,7 +448,10 @@ pub struct ClassLedger {
     pub spent_history: History,
 }
 
-fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Issue, with_charts: bool) -> Result<BudgetReport> {
+/// What an ended job left: its output files and its self-audit.
+type Ended = (Vec<OutputFile>, Option<serde_json::Value>);
+
+fn report(scope: &Scope, mut ended: HashMap<JobId, Ended>, issue: Issue, with_charts: bool) -> Result<BudgetReport> {
     let dataset = &scope.dataset;
     let delta = dataset.budget_delta;
     let classes = scope.ledgers()?;
@@ -461,6 +470,7 @@ fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Is
         .jobs
         .iter()
         .map(|job| {
+            let (outputs, self_audit) = ended.remove(&job.id).unwrap_or_default();
             Ok(JobLedgerRow {
                 job: job.id.clone(),
                 dataset: job.dataset.clone(),
@@ -471,7 +481,8 @@ fn report(scope: &Scope, mut outputs: HashMap<JobId, Vec<OutputFile>>, issue: Is
                 steps_done: job.steps_done,
                 steps_reserved: job.steps_reserved(),
                 epsilon_alone: job.certified_epsilon_spent(delta)?,
-                outputs: outputs.remove(&job.id).unwrap_or_default(),
+                outputs,
+                self_audit,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -36,6 +36,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_units.sql"),
     include_str!("migrations/0006_audit_progress.sql"),
     include_str!("migrations/0007_leases.sql"),
+    include_str!("migrations/0008_self_audits.sql"),
 ];
 
 /// The same steps for PostgreSQL, one for one.
@@ -47,6 +48,7 @@ pub(crate) const POSTGRES_MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0005_units.sql"),
     include_str!("migrations/postgres/0006_audit_progress.sql"),
     include_str!("migrations/postgres/0007_leases.sql"),
+    include_str!("migrations/postgres/0008_self_audits.sql"),
 ];
 
 /// The schema version this build writes and reads.

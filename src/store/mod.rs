@@ -161,7 +161,7 @@ pub use audits::{Audit, AuditId, AuditOutcome, AuditState};
 pub use charts::{BudgetCharts, BurnDownPoint, EpsilonAtStep, JobCurve, CURVE_POINTS};
 pub use datasets::{Dataset, DatasetId, NewDataset, PrivacyUnit};
 pub use error::{Result, StoreError};
-pub use jobs::{DaemonId, Job, JobEvent, JobId, JobState, NewJob, Worker};
+pub use jobs::{DaemonId, Job, JobEvent, JobId, JobState, NewJob, SelfAuditRecord, Worker};
 pub use ledger::{AdmissionPreview, BudgetRefusal, BudgetReport, ClassLedger, DatasetSpend, JobLedgerRow, SharedUnits, UnitsLeft};
 pub use tokens::{Revocation, TenantId, TokenId, TokenInfo};
 pub use units::{FoundIdentities, UnitIdentities};

@@ -231,7 +231,7 @@ pub fn dp_step(shape: BenchShape, device: Device) -> Result<Vec<DpStepTiming>, T
             let draw = t.elapsed().as_secs_f64();
             let mut dp_step = || -> Result<f64, TrainError> {
                 let t = Instant::now();
-                private_step(&model, &fx.data, &fx.batch, &privacy, shape.batch, &noise, shape.batch as f64, &mut opt_dp, &params, device)?;
+                private_step(&model, &fx.data, &fx.batch, &privacy, shape.batch, &noise, shape.batch as f64, &mut opt_dp, &params, device, None)?;
                 sync(device);
                 Ok(t.elapsed().as_secs_f64())
             };
@@ -697,7 +697,7 @@ pub fn memory_run(model_dir: &Path, mode: MemoryMode, precision: Precision, s: M
         let buf = noise.next_buffer();
         noise_wait_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        private_step(&model, &data, &batch, &privacy, s.micro_batch, &buf, s.micro_batch as f64, &mut optimizer, &params, device)?;
+        private_step(&model, &data, &batch, &privacy, s.micro_batch, &buf, s.micro_batch as f64, &mut optimizer, &params, device, None)?;
         step_s.push(t.elapsed().as_secs_f64());
         if step + 1 < s.steps {
             noise.recycle(buf); // (after the last step, no further buffer is drawn)

@@ -1,7 +1,7 @@
 //! Training checkpoints and the final model output.
 //!
 //! A checkpoint is a directory `ckpt-NNNNNNNN/` holding the trainable tensors, the optimizer
-//! state and `state.json` (step, privacy history, job fingerprint); `LATEST` names the newest
+//! state and `state.json` (step, privacy history, job fingerprint, the self-audit's observations); `LATEST` names the newest
 //! complete one and is replaced atomically only after that directory is fully written and
 //! fsynced, so a kill at any instant leaves the last good checkpoint. Older ones are removed only
 //! after `LATEST` moved on.
@@ -26,6 +26,9 @@ pub struct CheckpointState {
     pub history: History,
     /// Fingerprint of the job (dataset hash, model, hyper-parameters) the checkpoint belongs to.
     pub job_fingerprint: String,
+    /// What the self-audit observed up to this step (a job with a self-audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_audit: Option<super::self_audit::Observations>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> TrainError {

@@ -15,6 +15,18 @@ use tch::{Kind, Tensor};
 /// Clipping stabiliser of Opacus / private-transformers: `c = min(1, C / (norm + 1e-6))`.
 pub const NORM_EPS: f64 = 1e-6;
 
+/// The clipping factors `min(1, C / (norm + 1e-6))` of per-unit gradient norms `[U]`: the one
+/// formula every unit goes through, on the tape, across passes, and the self-audit's gradient
+/// canaries.
+pub fn clip_factors(norms: &Tensor, clip_norm: f64) -> Tensor {
+    (clip_norm / (norms + NORM_EPS)).clamp_max(1.0)
+}
+
+/// [`clip_factors`] of one norm.
+pub fn clip_factor(norm: f64, clip_norm: f64) -> f64 {
+    (clip_norm / (norm + NORM_EPS)).min(1.0)
+}
+
 /// A physical micro-batch: token ids and loss mask `[S, T]`, and how its sequences form units.
 pub struct MicroBatch {
     /// Token ids, right-padded.
@@ -49,6 +61,13 @@ impl ClippedSum {
             })
             .collect();
         ClippedSum { slots, entries, units: 0 }
+    }
+
+    /// Adds a tensor outside the model to the sums (the self-audit's block, which the forward
+    /// pass never reads): it is noised and divided like every trainable tensor.
+    pub fn push_tensor(&mut self, name: &str, param: &Tensor) {
+        self.slots.insert(param.data_ptr() as usize, self.entries.len());
+        self.entries.push((name.to_owned(), param.shallow_clone(), Tensor::new()));
     }
 
     /// Adds `value` (a fresh f32 tensor) to the sum of `param`.
@@ -113,6 +132,25 @@ pub fn clip_and_accumulate(model: &Model, mb: &MicroBatch, clip_norm: f64, acc: 
     Ok(norms)
 }
 
+/// Clips units whose gradient is one coordinate of `block` each (the self-audit's gradient
+/// canaries: `magnitude` on coordinate `coordinates[i]`, zero everywhere else) and adds their
+/// clipped sum to `acc`, as every unit: the gradient's norm, [`clip_factors`], the scaled sum.
+pub fn clip_and_accumulate_coordinates(block: &Tensor, coordinates: &[usize], magnitude: f64, clip_norm: f64, acc: &mut ClippedSum) -> Result<(), TrainError> {
+    if coordinates.is_empty() {
+        return Ok(());
+    }
+    let _guard = tch::no_grad_guard();
+    let device = block.device();
+    let index = Tensor::from_slice(&coordinates.iter().map(|&c| c as i64).collect::<Vec<_>>()).to_device(device);
+    let grads = Tensor::full([coordinates.len() as i64], magnitude, (Kind::Float, device));
+    let norms = grads.square().sqrt();
+    let clipped = &grads * clip_factors(&norms, clip_norm);
+    let sum = Tensor::zeros(block.size(), (Kind::Float, device)).f_index_add(0, &index, &clipped)?;
+    acc.add(block, sum)?;
+    acc.units += coordinates.len();
+    Ok(())
+}
+
 /// Clips one privacy unit too large for one pass and adds it to `acc`: `chunks` yields its
 /// sequences (ids, loss mask) in passes of at most the micro-batch; each pass's gradient of the
 /// unit's summed loss is added, by ordinary autograd, into one buffer the size of the trainable
@@ -144,7 +182,7 @@ pub fn clip_and_accumulate_unit(model: &Model, chunks: impl IntoIterator<Item = 
     if !norm.is_finite() {
         return Ok(norm);
     }
-    let c = (clip_norm / (norm + NORM_EPS)).min(1.0);
+    let c = clip_factor(norm, clip_norm);
     for ((_, _, sum), g) in acc.entries.iter_mut().zip(&grad) {
         add_to(sum, g * c)?;
     }

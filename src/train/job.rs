@@ -7,12 +7,15 @@ use super::checkpoint::{self, CheckpointState};
 use super::data::{sha256_file, DataConfig, DataCounts, Dataset, Encoder};
 use super::dpsgd::{clip_and_accumulate, clip_and_accumulate_unit, ClippedSum};
 use super::finetune::{FineTune, Targets};
+use super::gradient_canaries::{GradientCanaries, BLOCK_NAME};
 use super::model::{sequence_losses, ConfigLimits, Model};
 use super::noise::{NoiseSource, NoiseStream};
 use super::optim::{Optimizer, OptimizerKind, Schedule};
 use super::output::{self, AdapterConfig, Output};
 use super::precision::Precision;
 use super::sampler::{plan_passes, Pass, PoissonSampler};
+use super::self_audit::{SelfAuditReport, SelfAuditSpec};
+use super::mutation;
 use super::TrainError;
 use ewtune_accountant::pld::PldAccountant;
 use ewtune_accountant::{calibrate, History};
@@ -147,6 +150,11 @@ pub struct JobSpec {
     /// Forward/backward precision; unset: bf16 where the base is bf16 on CUDA, else f32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// The self-audit: gradient canaries that check this run's clipping, noise and sampling
+    /// (docs/self_audit.md). `None`: off. job.toml turns it on unless `[self_audit] canaries =
+    /// 0`; the daemon unless the client opts out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_audit: Option<SelfAuditSpec>,
 }
 
 impl JobSpec {
@@ -161,6 +169,7 @@ impl JobSpec {
             Table::of::<FineTune>("finetune"),
             Table::of::<DataConfig>("data_format"),
             Table::of::<crate::train::canaries::CanarySpec>("canaries"),
+            Table::of::<SelfAuditSpec>("self_audit"),
         ]
     }
 
@@ -170,6 +179,12 @@ impl JobSpec {
         let text = std::fs::read_to_string(path).map_err(|_| TrainError::MissingFile { path: path.to_path_buf() })?;
         let file = path.file_name().map_or_else(|| "job.toml".into(), |n| n.to_string_lossy().into_owned());
         let mut spec: JobSpec = crate::strict_toml::from_str(&text, &file, &Self::toml_tables())?;
+        // The self-audit is on unless the file turns it off.
+        spec.self_audit = match spec.self_audit {
+            None => Some(SelfAuditSpec::default()),
+            Some(SelfAuditSpec { canaries: 0 }) => None,
+            some => some,
+        };
         if spec.data_config.max_examples_per_user.is_some() && spec.data_config.user_field.is_none() {
             return Err(TrainError::BadSpec {
                 field: "data_format.max_examples_per_user",
@@ -227,6 +242,9 @@ pub fn plan(spec: &JobSpec, units: usize) -> Result<Plan, TrainError> {
     }
     if !(p.clip_norm.is_finite() && p.clip_norm > 0.0) {
         return Err(TrainError::BadSpec { field: "privacy.clip_norm", reason: "must be a finite number > 0".into() });
+    }
+    if let Some(a) = &spec.self_audit {
+        a.validate()?;
     }
     let q = t.batch_size as f64 / units as f64;
     let steps = match t.steps {
@@ -306,6 +324,8 @@ pub struct Outcome {
     /// What reading the training data found (canaries not included): exact counts of the
     /// private dataset, not privatised.
     pub data: DataCounts,
+    /// The self-audit's findings (a job that ran one to its end; it passed, or the job failed).
+    pub self_audit: Option<SelfAuditReport>,
 }
 
 fn fingerprint(spec: &JobSpec, data_sha: &str) -> String {
@@ -392,6 +412,11 @@ pub fn clipped_sum(model: &Model, data: &Dataset, batch: &[usize], clip_norm: f6
 /// ([`clipped_sum`]), the pre-drawn `noise` (std sigma C, one value per trainable coordinate)
 /// added once, division by the expected batch size, optimizer update. Returns what the
 /// clipping did.
+///
+/// With `canaries`, the batch's indices from the dataset's size on are gradient canaries: they
+/// are clipped into the audit block, which takes the last m values of `noise` (one per canary,
+/// after every trainable tensor's), and the step's privatised block and every tensor's realised
+/// noise are observed.
 #[allow(clippy::too_many_arguments)]
 pub fn private_step(
     model: &Model,
@@ -404,8 +429,16 @@ pub fn private_step(
     optimizer: &mut Optimizer,
     params: &[Tensor],
     device: Device,
+    mut canaries: Option<&mut GradientCanaries>,
 ) -> Result<ClipStats, TrainError> {
-    let (mut acc, stats) = clipped_sum(model, data, batch, privacy.clip_norm, micro_batch, device)?;
+    let (real, coordinates) = match canaries.as_deref() {
+        Some(c) => c.split(batch),
+        None => (batch.to_vec(), Vec::new()),
+    };
+    let (mut acc, stats) = clipped_sum(model, data, &real, privacy.clip_norm, micro_batch, device)?;
+    if let Some(c) = canaries.as_deref() {
+        c.accumulate(&coordinates, mutation::clip_norm(privacy.clip_norm), &mut acc)?;
+    }
     let total: usize = acc.entries.iter().map(|(_, p, _)| p.numel()).sum();
     if noise.len() != total {
         return Err(TrainError::BadSpec { field: "noise", reason: format!("{} noise draws for {total} trainable values", noise.len()) });
@@ -418,12 +451,24 @@ pub fn private_step(
     let mut offset = 0i64;
     let mut grads = Vec::with_capacity(acc.entries.len());
     let _guard = tch::no_grad_guard();
-    for (_, p, sum) in acc.sums() {
+    for (name, p, sum) in acc.sums() {
         let n = p.numel() as i64;
         let z = noise_t.narrow(0, offset, n).view(p.size().as_slice());
         offset += n;
+        let clipped = canaries.as_ref().map(|_| GradientCanaries::noise_sample(sum)).transpose()?;
         // (clipped sum + noise) / (q N), in place on the sum, which nothing else holds.
-        let _ = sum.f_add_(&z)?.f_div_scalar_(expected_batch)?;
+        if !mutation::skips_noise(name) {
+            let _ = sum.f_add_(&z)?;
+        }
+        mutation::add_per_pass_noise(sum, stats.passes, &z);
+        if let (Some(c), Some(clipped)) = (canaries.as_deref_mut(), clipped) {
+            c.observe_noise(name, &clipped, sum)?;
+            if name == BLOCK_NAME {
+                c.observe_step(sum, coordinates.len())?;
+                continue; // nothing reads the block: its update is not applied
+            }
+        }
+        let _ = sum.f_div_scalar_(expected_batch)?;
         grads.push(sum.shallow_clone());
     }
     drop(noise_t);
@@ -600,6 +645,14 @@ pub fn run_observed(
         history = r.state.history.clone();
     }
     let start = optimizer.step;
+    let mut canaries = match (&spec.self_audit, &resumed) {
+        (None, _) => None,
+        (Some(a), None) => Some(GradientCanaries::draw(a.canaries, data.len(), plan.sample_rate, plan.noise_multiplier, spec.privacy.clip_norm, device)?),
+        (Some(_), Some(r)) => match &r.state.self_audit {
+            Some(observed) => Some(GradientCanaries::resume(observed.clone(), data.len(), spec.privacy.clip_norm, device)),
+            None => return Err(TrainError::CorruptCheckpoint { path: r.trainable_path.clone(), reason: "its state holds no self-audit observations".into() }),
+        },
+    };
     if eval.is_some() {
         on_phase(Phase::Evaluating);
     }
@@ -608,10 +661,14 @@ pub fn run_observed(
     // Fresh OS randomness on every (re)start: a resumed job never replays its noise or samples.
     let noise_source = NoiseSource::from_os()?;
     let mut sampling_rng = super::noise::os_seeded_rng()?;
-    let sampler = PoissonSampler::new(plan.sample_rate, data.len())?;
-    let noise_std = plan.noise_multiplier * spec.privacy.clip_norm;
-    let expected_batch = sampler.expected_batch_size();
-    let total_numel: usize = params.iter().map(|p| p.numel()).sum();
+    // Included gradient canaries join the population after the dataset's units, drawn at the
+    // accounted q; the normaliser stays q N.
+    let canary_units = canaries.as_ref().map_or(0, GradientCanaries::units);
+    let sampler = PoissonSampler::new(mutation::sample_rate(plan.sample_rate), data.len() + canary_units)?;
+    let noise_std = plan.noise_multiplier * spec.privacy.clip_norm * mutation::noise_scale();
+    let expected_batch = plan.sample_rate * data.len() as f64;
+    let audit_block = canaries.as_ref().map_or(0, |c| c.observations().included().len());
+    let total_numel: usize = params.iter().map(|p| p.numel()).sum::<usize>() + audit_block;
     // The noise thread draws while the step computes: leave one core to the step.
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1);
     let mut noise = NoiseStream::start(noise_source, noise_std, total_numel, threads);
@@ -628,14 +685,14 @@ pub fn run_observed(
         before_step(step + 1)?;
         let batch = sampler.sample(&mut sampling_rng);
         let noise_buf = noise.next_buffer();
-        let stats = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device)?;
+        let stats = private_step(&model, &data, &batch, &spec.privacy, spec.training.micro_batch, &noise_buf, expected_batch, &mut optimizer, &params, device, canaries.as_mut())?;
         noise.recycle(noise_buf);
         history.compose(plan.noise_multiplier, plan.sample_rate, 1)?;
         step += 1;
         let checkpoint_due = step.is_multiple_of(spec.training.checkpoint_every.max(1)) || step == plan.steps;
         let mut epsilon_spent = None;
         if checkpoint_due {
-            let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone() };
+            let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone(), self_audit: canaries.as_ref().map(|c| c.observations().clone()) };
             checkpoint::save(&ckpt_root, &state, &model.trainable(), &optimizer.state(&names))?;
             epsilon_spent = Some(accountant.epsilon(&history, plan.delta)?.bounds.upper);
         }
@@ -648,7 +705,7 @@ pub fn run_observed(
     }
     if cancelled && step > start {
         on_phase(Phase::Saving);
-        let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone() };
+        let state = CheckpointState { step, history: history.clone(), job_fingerprint: job_fingerprint.clone(), self_audit: canaries.as_ref().map(|c| c.observations().clone()) };
         checkpoint::save(&ckpt_root, &state, &model.trainable(), &optimizer.state(&names))?;
     }
     let epsilon_spent = if history.is_empty() { 0.0 } else { accountant.epsilon(&history, plan.delta)?.bounds.upper };
@@ -657,6 +714,17 @@ pub fn run_observed(
     }
     let eval_loss = eval.as_ref().map(|e| (eval_before.unwrap_or(f64::NAN), evaluate(&model, e, spec.training.micro_batch, device)));
     let output_model = spec.output.join("model");
+    // The self-audit decides before anything is released: a failed check leaves no model.
+    let self_audit = match (&canaries, cancelled) {
+        (Some(c), false) => {
+            let report = super::self_audit::judge(c.observations(), epsilon_spent, plan.delta).map_err(|e| TrainError::BadSpec { field: "self_audit", reason: e.to_string() })?;
+            if !report.passed() {
+                return Err(TrainError::SelfAuditFailed { report: Box::new(report) });
+            }
+            Some(report)
+        }
+        _ => None,
+    };
     if !cancelled {
         on_phase(Phase::Saving);
         let adapter = match &spec.finetune {
@@ -677,10 +745,10 @@ pub fn run_observed(
             None => Output::Full { max_shard_bytes: output::DEFAULT_MAX_SHARD_BYTES },
         };
         output::write(&output_model, &spec.model, &model.named_tensors(), what)?;
-        let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha });
+        let report = serde_json::json!({ "plan": &plan, "steps_done": step, "epsilon_spent": epsilon_spent, "history": &history, "audit_manifest_sha256": manifest_sha, "self_audit": &self_audit });
         crate::fs::write_atomic(&spec.output.join("privacy.json"), &serde_json::to_vec_pretty(&report).expect("serializes"))?;
     }
-    Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model, data: counts })
+    Ok(Outcome { plan, steps_done: step, epsilon_spent, eval_loss, cancelled, output_model, data: counts, self_audit })
 }
 
 /// `target_modules` as PEFT should read them back: as given, the family's default list, or

@@ -10,9 +10,11 @@ pub mod checkpoint;
 pub mod data;
 pub mod dpsgd;
 pub mod finetune;
+pub mod gradient_canaries;
 pub mod job;
 pub mod model;
 pub mod models;
+pub(crate) mod mutation;
 pub mod noise;
 pub mod optim;
 pub mod output;
@@ -97,6 +99,13 @@ pub enum TrainError {
     Ledger {
         /// Why.
         reason: String,
+    },
+    /// The job's self-audit found its clipping, noise or sampling not as accounted; the model
+    /// was not released (docs/self_audit.md).
+    #[error("self-audit failed, the model was not released: {}", report.headline())]
+    SelfAuditFailed {
+        /// What the self-audit found, the failing tests among it.
+        report: Box<self_audit::SelfAuditReport>,
     },
     /// A torch operation failed.
     #[error("torch: {0}")]

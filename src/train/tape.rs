@@ -207,7 +207,7 @@ impl ClipFactors {
     /// micro-batch, which the caller makes anyway to report the norms).
     pub fn new(norms: &Tensor, clip_norm: f64, units: &Units) -> Self {
         let finite = norms.isfinite();
-        let clip = (clip_norm / (norms + super::dpsgd::NORM_EPS)).clamp_max(1.0);
+        let clip = super::dpsgd::clip_factors(norms, clip_norm);
         let unit = clip.where_self(&finite, &Tensor::zeros_like(&clip));
         let row = unit.index_select(0, &units.unit_of_row);
         let excluded = (finite.all().int64_value(&[]) == 0).then(|| {

@@ -101,6 +101,14 @@ pub struct SpecArgs {
     /// Tokens per canary.
     #[arg(long, default_value_t = 32, requires = "canaries")]
     canary_length: u32,
+    /// Gradient canaries of the self-audit, which checks the run's clipping, noise and sampling
+    /// and fails the job before its model is released if they are not as accounted
+    /// (100 to 1000000; default 10000).
+    #[arg(long)]
+    self_audit_canaries: Option<u32>,
+    /// Run without the self-audit.
+    #[arg(long, conflicts_with = "self_audit_canaries")]
+    no_self_audit: bool,
 }
 
 impl SpecArgs {
@@ -131,6 +139,11 @@ impl SpecArgs {
                 None => String::new(),
                 Some(ewtune::train::precision::Precision::F32) => "f32".into(),
                 Some(ewtune::train::precision::Precision::Bf16) => "bf16".into(),
+            },
+            self_audit: match (self.no_self_audit, self.self_audit_canaries) {
+                (true, _) => Some(pb::SelfAuditConfig { disabled: true, canaries: 0 }),
+                (false, Some(canaries)) => Some(pb::SelfAuditConfig { disabled: false, canaries }),
+                (false, None) => None,
             },
         })
     }

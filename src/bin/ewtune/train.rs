@@ -156,6 +156,10 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
             println!("warning: {w}");
         }
     }
+    if let Some(a) = &outcome.self_audit {
+        println!("self-audit ({} gradient canaries): {}", a.canaries, a.headline());
+        println!("  {}", a.decision.summary());
+    }
     if outcome.cancelled {
         println!("stopped after {} of {} steps; run the same command to resume", outcome.steps_done, p.steps);
     } else {

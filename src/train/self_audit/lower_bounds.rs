@@ -1,13 +1,13 @@
 //! The one-run lower bound of a job's self-audit (docs/self_audit.md): the gradient canaries'
-//! log-likelihood-ratio scores (`train::self_audit`) ranked into guesses, bounded by the one-run
+//! log-likelihood-ratio scores ([`Observations::scores`]) ranked into guesses, bounded by the one-run
 //! test of Steinke, Nasr & Jagielski ("Privacy Auditing with One (1) Training Run", NeurIPS
 //! 2023) at 95 % over a fixed grid of guess counts (Bonferroni). It is a rigorous (epsilon,
 //! delta) lower bound, and expected to sit well below the certified epsilon when everything is
 //! right (white-box, all iterates: about 15-40 % of it at 10^3-10^4 canaries); the decision on
 //! the machinery is the goodness-of-fit tests', not this number's.
 
-use super::bounds::{self, BoundError, OneRunAudit};
-use crate::train::self_audit::Observations;
+use super::Observations;
+use crate::audit::bounds::{self, BoundError, OneRunAudit};
 
 /// The guess counts k+, in per mille of the canaries: the top k+ are guessed "in" and, for each
 /// k+, the bottom k- = 0 or k+ "out" (14 pairs, fixed before the scores are seen).
@@ -39,7 +39,7 @@ pub fn steinke_bound(observations: &Observations, delta: f64) -> Result<OneRunAu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::self_audit::simulate::{run, Machinery, HONEST};
+    use super::super::observations::simulate::{run, Machinery, HONEST};
 
     /// An honest job at sampling rate 0.05, sigma 0.8, 40 steps, delta 1e-5 with 1000 canaries
     /// (certified epsilon about 4.1): the bound's median over 21 seeded runs lies where an

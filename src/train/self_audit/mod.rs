@@ -12,9 +12,6 @@ mod observations;
 pub use lower_bounds::steinke_bound;
 pub use observations::{Decision, FitTest, NoiseStats, Observations, HARD_FAIL_LEVEL};
 
-#[cfg(test)]
-pub(crate) use observations::simulate;
-
 use serde::{Deserialize, Serialize};
 
 /// Gradient canaries a job inserts when none is said (`[self_audit] canaries`).

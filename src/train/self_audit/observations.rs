@@ -104,11 +104,11 @@ impl Decision {
         let mut parts = Vec::new();
         for (name, label) in [("V", "canary noise"), ("M", "canary mean"), ("D", "sampler dispersion")] {
             if let Some(t) = find(name) {
-                parts.push(format!("{label} {:.3} (p = {:.2})", t.ratio, t.p_value));
+                parts.push(format!("{label} {:.3} (p = {})", t.ratio, p_value(t.p_value)));
             }
         }
         if let Some(worst) = self.tests.iter().filter(|t| t.name.starts_with("N:")).min_by(|a, b| a.p_value.total_cmp(&b.p_value)) {
-            parts.push(format!("tensor noise {:.3} at worst (p = {:.2}, {})", worst.ratio, worst.p_value, &worst.name[2..]));
+            parts.push(format!("tensor noise {:.3} at worst (p = {}, {})", worst.ratio, p_value(worst.p_value), &worst.name[2..]));
         }
         let verdict = if self.passed() { "implementation checks passed".to_string() } else { format!("FAILED: {}", self.failed.join("; ")) };
         format!("{}: {verdict}", parts.join(", "))
@@ -242,6 +242,15 @@ impl Observations {
         let level = HARD_FAIL_LEVEL / tests.len().max(1) as f64;
         let failed = tests.iter().filter(|t| !(t.p_value >= level)).map(|t| format!("{} ({}: measured/expected {:.4}, p = {:.2e})", t.name, t.checks, t.ratio, t.p_value)).collect();
         Decision { tests, level, failed }
+    }
+}
+
+/// A p-value for people: two decimals, or two significant digits below 0.01.
+fn p_value(p: f64) -> String {
+    if p >= 0.01 {
+        format!("{p:.2}")
+    } else {
+        format!("{p:.1e}")
     }
 }
 

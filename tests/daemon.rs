@@ -169,8 +169,16 @@ async fn lifecycle_budget_and_signed_report() {
     let done = c.jobs.get(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!((done.state, done.steps_done), (pb::JobState::Succeeded as i32, 8));
     assert!((done.epsilon_spent - plan.certified_epsilon).abs() < 1e-9);
+    // The daemon runs a self-audit by default; its verdict rides with the job.
+    let audit = done.self_audit.clone().expect("a self-audit by default");
+    assert!(audit.passed && audit.canaries == 10_000 && audit.steps == 8, "{audit:?}");
+    assert!(audit.summary.starts_with("certified <= ") && audit.summary.ends_with("implementation checks passed"), "{}", audit.summary);
+    assert!((audit.certified_epsilon - plan.certified_epsilon).abs() < 1e-9 && audit.steinke_epsilon < audit.certified_epsilon);
+    assert!(["V", "M", "D"].iter().all(|n| audit.tests.iter().any(|t| t.name == *n)), "{:?}", audit.tests);
     // The budget report is signed and verifies offline; a tampered copy does not.
     let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap().into_inner();
+    let report: serde_json::Value = serde_json::from_str(&r.report_json).unwrap();
+    assert_eq!(report["jobs"][0]["self_audit"]["steinke_epsilon"].as_f64(), Some(audit.steinke_epsilon), "the signed report carries the self-audit");
     assert!((r.spent_epsilon - plan.certified_epsilon).abs() < 1e-9 && r.remaining_epsilon < 3.0 - 0.5);
     let signed = signing::SignedReport::new(r.report_json.clone(), &r.signature, &r.public_key);
     signing::verify(&signed, Some(&ewtune::digest::hex(&d.state.signer.public_key()))).unwrap();
@@ -291,7 +299,9 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     assert!(e.code() == Code::InvalidArgument && e.message().contains("canaries.length"), "{e:?}");
 
     let job = c.jobs.create(with_canaries).await.unwrap().into_inner();
-    let plain = c.jobs.create(spec(&ds.dataset_id, 1.0)).await.unwrap().into_inner();
+    // The plain job also opts out of the self-audit.
+    let no_self_audit = pb::JobSpec { self_audit: Some(pb::SelfAuditConfig { disabled: true, canaries: 0 }), ..spec(&ds.dataset_id, 1.0) };
+    let plain = c.jobs.create(no_self_audit).await.unwrap().into_inner();
     assert!(plain.canary_manifest_sha256.is_empty());
     // The manifest was committed with the job; N counts the inserted canaries.
     let id = ewtune::store::JobId::parse(&job.job_id).unwrap();
@@ -311,6 +321,9 @@ async fn audit_of_a_job_with_canaries_is_signed_and_consistent() {
     }
     let done = c.jobs.get(pb::GetJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.reason);
+    assert!(done.self_audit.is_some_and(|a| a.passed), "membership canaries and gradient canaries run side by side");
+    let plain_done = c.jobs.get(pb::GetJobRequest { job_id: plain.job_id.clone() }).await.unwrap().into_inner();
+    assert_eq!((plain_done.state, plain_done.self_audit), (pb::JobState::Succeeded as i32, None), "opted out");
     assert_eq!(other.audits.create(pb::CreateAuditRequest { job_id: job.job_id.clone(), ..Default::default() }).await.unwrap_err().code(), Code::NotFound);
     let members_only: Vec<pb::LabeledText> = lines(&notes(400, 1))[..5].iter().map(|t| pb::LabeledText { input: t.clone(), member: true }).collect();
     let e = c.audits.create(pb::CreateAuditRequest { job_id: job.job_id.clone(), texts: members_only, max_tokens: 0 }).await.unwrap_err();

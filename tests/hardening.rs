@@ -227,6 +227,9 @@ async fn absurd_plans_are_refused_fast_while_health_answers() {
         ("max_length", pb::JobSpec { max_length: 65, ..base.clone() }),
         ("micro_batch", pb::JobSpec { micro_batch: u32::MAX, ..base.clone() }),
         ("learning_rate", pb::JobSpec { learning_rate: f64::INFINITY, ..base.clone() }),
+        ("self_audit.canaries", pb::JobSpec { self_audit: Some(pb::SelfAuditConfig { disabled: false, canaries: 99 }), ..base.clone() }),
+        ("self_audit.canaries", pb::JobSpec { self_audit: Some(pb::SelfAuditConfig { disabled: false, canaries: u32::MAX }), ..base.clone() }),
+        ("self_audit.canaries", pb::JobSpec { self_audit: Some(pb::SelfAuditConfig { disabled: true, canaries: 500 }), ..base.clone() }),
     ];
     for (field, s) in cases {
         let t = Instant::now();

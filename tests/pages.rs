@@ -139,6 +139,8 @@ async fn report_pages_carry_signed_chart_data_and_render_in_chromium() {
     ewtune(&d, &token, &["budget", "show", &ds.dataset_id, "--html", budget_html.to_str().unwrap()]);
     ewtune(&d, &token, &["audits", "get", &audit.audit_id, "--html", audit_html.to_str().unwrap()]);
 
+    let budget_page = std::fs::read_to_string(&budget_html).unwrap();
+    assert!(budget_page.contains("<h2>Self-audits</h2>") && budget_page.contains("passed: canary noise"), "each job's self-audit is shown");
     // The embedded reports verify against the daemon's key and redraw into the same pages.
     let key = ewtune::digest::hex(&d.state.signer.public_key());
     for page in [&budget_html, &audit_html] {

@@ -1,12 +1,13 @@
 //! A budget report as a page: the headline numbers (certified, each labelled), the dataset's
 //! burn-down over time, each job's epsilon over its steps by the certified, Edgeworth and RDP
-//! accountants, and the tables of the report. Needs a report issued with its charts' data
+//! accountants, the tables of the report, and the jobs' self-audits. Needs a report issued with its charts' data
 //! (`Budget.Get` with `charts`).
 
 use super::charts::{line_chart, Axis, Line, LineChart, Series};
 use super::{escape, figure, num, page, time_utc, PageError};
 use crate::service::signing::SignedReport;
 use crate::store::{BudgetReport, JobCurve};
+use crate::train::self_audit::SelfAuditReport;
 use plotters::style::RGBColor;
 
 /// Certified (the guarantee).
@@ -147,7 +148,35 @@ pub fn budget_page(signed: &SignedReport) -> Result<String, PageError> {
         }
         body.push_str("</table>\n");
     }
+    self_audits(&mut body, &report);
     Ok(page(&format!("Privacy budget of {}", report.dataset), &body, signed))
+}
+
+/// The self-audits of the report's ended jobs: the certified epsilon beside what one run
+/// demonstrated, and the verdict of the implementation checks.
+fn self_audits(body: &mut String, report: &BudgetReport) {
+    let audits: Vec<(&str, SelfAuditReport)> =
+        report.jobs.iter().filter_map(|j| Some((j.job.as_str(), serde_json::from_value(j.self_audit.clone()?).ok()?))).collect();
+    if audits.is_empty() {
+        return;
+    }
+    body.push_str(
+        "<h2>Self-audits</h2>\n<p>Gradient canaries checked each job's clipping, noise and sampling against what is accounted; \
+         a job whose checks fail releases no model. The lower bound is what one run can demonstrate (Steinke, Nasr &amp; Jagielski, 95 %); \
+         15-55 % of the certified epsilon is normal, and it proves nothing about the guarantee, which is the certified accountant's.</p>\n",
+    );
+    body.push_str("<table><tr><th>job</th><th>canaries</th><th>certified &lt;=</th><th>measured &gt;= (95 %)</th><th>implementation checks</th></tr>\n");
+    for (job, a) in audits {
+        let verdict = if a.passed() { format!("passed: {}", escape(&a.decision.summary())) } else { format!("<strong>FAILED</strong>: {}", escape(&a.failures().join("; "))) };
+        body.push_str(&format!(
+            "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{verdict}</td></tr>\n",
+            escape(job),
+            a.canaries,
+            num(a.certified_epsilon, 4),
+            num(a.steinke_epsilon, 4)
+        ));
+    }
+    body.push_str("</table>\n");
 }
 
 /// `(time, level)` points drawn as steps: each level holds until the next point's time, the

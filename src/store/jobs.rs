@@ -1006,6 +1006,42 @@ mod tests {
         assert!(fx.raw("INSERT INTO job_outputs (job, path, size, sha256) VALUES (?1, 'late', 1, ?2)", args![job.id, "d".repeat(64)]).is_err());
     }
 
+    /// A job's self-audit is recorded in the transaction that ends it, passed (succeeded) or
+    /// failed (the job failed with the reason), read back by its tenant only, carried by the
+    /// budget report for every ended job, and never changed or added late.
+    #[test]
+    fn self_audits_are_recorded_as_the_job_ends_and_never_change() {
+        let fx = Fixture::new();
+        let (acme, globex) = (fx.tenant("acme"), fx.tenant("globex"));
+        let d = fx.store.register_dataset(&acme, new_dataset(1, 10.0)).unwrap();
+        let passed = SelfAuditRecord { passed: true, report: json!({ "canaries": 10000, "steinke_epsilon": 0.61 }) };
+        let failed = SelfAuditRecord { passed: false, report: json!({ "canaries": 10000, "decision": { "failed": ["V (noise ...)"] } }) };
+        let good = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 10)).unwrap();
+        let bad = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 10)).unwrap();
+        let plain = fx.store.create_job(&acme, new_job(&d.id, 1.0, 0.01, 10)).unwrap();
+        assert!(matches!(fx.store.fail_self_audit(&bad.id, "x".into(), &failed), Err(StoreError::LeaseLost { .. })), "not claimed");
+        for _ in 0..3 {
+            fx.store.claim_next_queued().unwrap().unwrap();
+        }
+        let not_an_object = SelfAuditRecord { passed: true, report: json!([1, 2]) };
+        assert!(matches!(fx.store.succeed_job(&good.id, &[], Some(&not_an_object)), Err(StoreError::InvalidArgument { field: "self_audit", .. })));
+        assert_eq!(fx.store.get_job(&acme, &good.id).unwrap().state, JobState::Running, "a refused record ends nothing");
+        fx.store.succeed_job(&good.id, &[], Some(&passed)).unwrap();
+        let ended = fx.store.fail_self_audit(&bad.id, "self-audit failed: V".into(), &failed).unwrap();
+        assert_eq!((ended.state, ended.reason.as_deref()), (JobState::Failed, Some("self-audit failed: V")));
+        fx.store.succeed_job(&plain.id, &[], None).unwrap();
+        assert_eq!(fx.store.job_self_audit(&acme, &good.id).unwrap(), Some(passed.clone()));
+        assert_eq!(fx.store.job_self_audit(&acme, &bad.id).unwrap(), Some(failed.clone()));
+        assert_eq!(fx.store.job_self_audit(&acme, &plain.id).unwrap(), None);
+        assert!(matches!(fx.store.job_self_audit(&globex, &good.id), Err(StoreError::NotFound { .. })));
+        let report = fx.store.budget_report(&acme, &d.id, false).unwrap();
+        let row = |id: &JobId| report.jobs.iter().find(|r| &r.job == id).unwrap().self_audit.clone();
+        assert_eq!((row(&good.id), row(&bad.id), row(&plain.id)), (Some(passed.report), Some(failed.report), None));
+        assert!(fx.raw("UPDATE job_self_audits SET passed = 1", args![]).is_err());
+        assert!(fx.raw("DELETE FROM job_self_audits", args![]).is_err());
+        assert!(fx.raw("INSERT INTO job_self_audits (job, passed, report_json) VALUES (?1, 1, '{}')", args![plain.id]).is_err(), "never after the end");
+    }
+
     /// Each REAL column is read back into its own field on every read path: a job's three REALs
     /// all hold plausible values, so a swapped read would pass every type check.
     #[test]

@@ -5,7 +5,9 @@
 //! set), for LoRA and for full fine-tuning (targets <= 1.15 and <= 1.3). Timings are
 //! medians of interleaved repeats after a warm-up (the order of the two steps alternates from
 //! one repeat to the next). Noise is drawn ahead by the job's noise thread, so the DP step is
-//! timed with a pre-drawn buffer and the draw is reported beside it.
+//! timed with a pre-drawn buffer and the draw is reported beside it. A third step, the DP step
+//! with the self-audit on (10^4 gradient canaries), gives the self-audit's overhead (target
+//! <= 1.03 of the plain DP step).
 //!
 //! [`dp_step_breakdown`] splits both steps into their parts (forward, backward, per-unit norms
 //! and clipped sums per kind and shape of layer, update) to show where the DP step's extra time
@@ -18,6 +20,8 @@
 use super::data::{Dataset, Example};
 use super::dpsgd::{nonprivate_backward, MicroBatch};
 use super::finetune::FineTune;
+use super::gradient_canaries::GradientCanaries;
+use super::sampler::PoissonSampler;
 use super::job::{private_step, PrivacySpec};
 use super::model::{sequence_losses, Model};
 use super::noise::NoiseSource;
@@ -122,6 +126,11 @@ pub struct DpStepTiming {
     pub target: f64,
     /// Seconds to draw this step's noise on the noise thread (overlapped with compute in jobs).
     pub noise_draw_s: f64,
+    /// Median DP step with the self-audit on ([`SELF_AUDIT_CANARIES`] gradient canaries, those
+    /// of them drawn at [`SELF_AUDIT_RATE`] in the batch, every observation made), seconds.
+    pub audited_step_s: f64,
+    /// Median over repeats of audited / plain DP step within one repeat (target <= 1.03).
+    pub self_audit_overhead: f64,
     /// Trainable coordinates.
     pub trainable_params: usize,
     /// Trainable tensors.
@@ -209,6 +218,12 @@ fn plain_step(model: &Model, mb: &MicroBatch, opt: &mut Optimizer, params: &[Ten
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Gradient canaries of the audited DP step (the daemon's default).
+pub const SELF_AUDIT_CANARIES: usize = crate::train::self_audit::DEFAULT_CANARIES;
+
+/// The sampling rate at which the audited step's batch holds included canaries.
+pub const SELF_AUDIT_RATE: f64 = 0.01;
+
 /// Runs the benchmark for both modes on `device`.
 pub fn dp_step(shape: BenchShape, device: Device) -> Result<Vec<DpStepTiming>, TrainError> {
     let fx = Fixture::new(&shape, "dp-step")?;
@@ -224,30 +239,58 @@ pub fn dp_step(shape: BenchShape, device: Device) -> Result<Vec<DpStepTiming>, T
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let privacy = PrivacySpec { epsilon: None, noise_multiplier: Some(1.0), delta: 1e-5, clip_norm: 1.0 };
         let mb = fx.data.micro_batch(&fx.batch, device);
+        // The audited step: the same units plus the included canaries a Poisson draw at
+        // SELF_AUDIT_RATE puts in the batch (sampler indices after the dataset's units).
+        let mut canaries = GradientCanaries::draw(SELF_AUDIT_CANARIES, fx.data.len(), SELF_AUDIT_RATE, 1.0, 1.0, device)?;
+        let mut rng = super::noise::os_seeded_rng()?;
+        let drawn = PoissonSampler::new(SELF_AUDIT_RATE, canaries.units())?.sample(&mut rng);
+        let audited_batch: Vec<usize> = fx.batch.iter().copied().chain(drawn.iter().map(|c| fx.data.len() + c)).collect();
+        let mut audited_noise = vec![0f32; numel + SELF_AUDIT_CANARIES];
+        let mut opt_audited = Optimizer::new(OptimizerKind::default(), 1e-5, Schedule::Constant, 1000, &params);
         let (mut dp_times, mut plain_times, mut draw_times, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut audited_times, mut audit_ratios) = (Vec::new(), Vec::new());
         for rep in 0..=shape.repeats {
             let t = Instant::now();
             source.fill_gaussian_parallel(1.0, &mut noise, threads);
             let draw = t.elapsed().as_secs_f64();
+            source.fill_gaussian_parallel(1.0, &mut audited_noise, threads);
             let mut dp_step = || -> Result<f64, TrainError> {
                 let t = Instant::now();
                 private_step(&model, &fx.data, &fx.batch, &privacy, shape.batch, &noise, shape.batch as f64, &mut opt_dp, &params, device, None)?;
                 sync(device);
                 Ok(t.elapsed().as_secs_f64())
             };
-            // Alternate which step goes first, so neither always runs on a warmer cache.
-            let (dp, plain) = if rep % 2 == 0 {
-                let dp = dp_step()?;
-                (dp, plain_step(&model, &mb, &mut opt_plain, &params, device)?)
-            } else {
-                let plain = plain_step(&model, &mb, &mut opt_plain, &params, device)?;
-                (dp_step()?, plain)
+            let mut audited_step = || -> Result<f64, TrainError> {
+                let t = Instant::now();
+                private_step(&model, &fx.data, &audited_batch, &privacy, shape.batch, &audited_noise, shape.batch as f64, &mut opt_audited, &params, device, Some(&mut canaries))?;
+                sync(device);
+                Ok(t.elapsed().as_secs_f64())
+            };
+            // Rotate which step goes first, so none always runs on a warmer cache.
+            let (dp, plain, audited) = match rep % 3 {
+                0 => {
+                    let dp = dp_step()?;
+                    let audited = audited_step()?;
+                    (dp, plain_step(&model, &mb, &mut opt_plain, &params, device)?, audited)
+                }
+                1 => {
+                    let plain = plain_step(&model, &mb, &mut opt_plain, &params, device)?;
+                    let dp = dp_step()?;
+                    (dp, plain, audited_step()?)
+                }
+                _ => {
+                    let audited = audited_step()?;
+                    let plain = plain_step(&model, &mb, &mut opt_plain, &params, device)?;
+                    (dp_step()?, plain, audited)
+                }
             };
             if rep > 0 {
                 dp_times.push(dp);
                 plain_times.push(plain);
                 draw_times.push(draw);
                 ratios.push(dp / plain);
+                audited_times.push(audited);
+                audit_ratios.push(audited / dp);
             }
         }
         let (dp, plain) = (median(dp_times), median(plain_times));
@@ -260,6 +303,8 @@ pub fn dp_step(shape: BenchShape, device: Device) -> Result<Vec<DpStepTiming>, T
             paired_ratio: median(ratios),
             target,
             noise_draw_s: median(draw_times),
+            audited_step_s: median(audited_times),
+            self_audit_overhead: median(audit_ratios),
             trainable_params: numel,
             trainable_tensors: params.len(),
             device: format!("{device:?}"),

@@ -850,6 +850,26 @@ mod tests {
         assert_eq!((spec.data_config.max_examples_per_user, spec.data_config.user_field), (Some(8), None));
     }
 
+    /// The self-audit is on unless job.toml turns it off; a stored spec without it (a daemon's
+    /// job from before it existed) keeps it off, and its fingerprint; a count out of range is
+    /// refused when the job is planned.
+    #[test]
+    fn the_self_audit_is_on_unless_turned_off() {
+        assert_eq!(read("").unwrap().self_audit, Some(SelfAuditSpec { canaries: 10_000 }));
+        assert_eq!(read("[self_audit]\ncanaries = 2000\n").unwrap().self_audit, Some(SelfAuditSpec { canaries: 2000 }));
+        assert_eq!(read("[self_audit]\ncanaries = 0\n").unwrap().self_audit, None);
+        assert_eq!(unknown("[self_audit]\ncanary = 10\n"), "unknown key `self_audit.canary` in job.toml; did you mean `canaries`?");
+        let mut stored = serde_json::to_value(read("[self_audit]\ncanaries = 0\n").unwrap()).unwrap();
+        assert!(stored.get("self_audit").is_none(), "an unset self-audit is not written, so older fingerprints hold");
+        stored["self_audit"] = serde_json::Value::Null;
+        assert_eq!(serde_json::from_value::<JobSpec>(stored).unwrap().self_audit, None);
+        let few = read("[self_audit]\ncanaries = 99\n").unwrap();
+        match plan(&few, 1000) {
+            Err(TrainError::BadSpec { field: "self_audit.canaries", reason }) => assert!(reason.contains("[100, 1000000]"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn known_keys_still_parse_with_their_defaults() {
         let spec = read("[training]\noptimizer = { kind = \"sgd\", momentum = 0.9 }\n[data_format]\nuser_field = \"user\"\nmax_examples_per_user = 3\n").unwrap();

@@ -291,8 +291,8 @@ pub fn run(cmd: BenchCommand, connect: &crate::client::Connect) -> Result<(), Bo
                     println!("{}", serde_json::to_string(&t)?);
                 } else {
                     println!(
-                        "{} {:<5} dp {:.4}s  non-dp {:.4}s  ratio {:.3} (paired {:.3}, target {:.2})  (noise draw {:.4}s on the noise thread, {} trainable, {}, {} thread(s))",
-                        t.family, t.mode, t.dp_step_s, t.nondp_step_s, t.ratio, t.paired_ratio, t.target, t.noise_draw_s, t.trainable_params, t.device, t.threads
+                        "{} {:<5} dp {:.4}s  non-dp {:.4}s  ratio {:.3} (paired {:.3}, target {:.2})  self-audit on {:.4}s: {:.3} of dp (paired, target 1.03)  (noise draw {:.4}s on the noise thread, {} trainable, {}, {} thread(s))",
+                        t.family, t.mode, t.dp_step_s, t.nondp_step_s, t.ratio, t.paired_ratio, t.target, t.audited_step_s, t.self_audit_overhead, t.noise_draw_s, t.trainable_params, t.device, t.threads
                     );
                 }
             }

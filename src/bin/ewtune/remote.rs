@@ -418,7 +418,7 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
                 let artifacts: Vec<_> = j.artifacts.iter().map(|a| serde_json::json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect();
                 println!(
                     "{}",
-                    serde_json::json!({"job_id": j.job_id, "dataset_id": j.dataset_id, "state": state_name(j.state), "steps_done": j.steps_done, "steps_planned": j.steps_planned, "noise_multiplier": j.noise_multiplier, "sample_rate": j.sample_rate, "epsilon_spent": j.epsilon_spent, "reason": j.reason, "created_unix_ms": j.created_unix_ms, "artifacts": artifacts})
+                    serde_json::json!({"job_id": j.job_id, "dataset_id": j.dataset_id, "state": state_name(j.state), "steps_done": j.steps_done, "steps_planned": j.steps_planned, "noise_multiplier": j.noise_multiplier, "sample_rate": j.sample_rate, "epsilon_spent": j.epsilon_spent, "reason": j.reason, "created_unix_ms": j.created_unix_ms, "artifacts": artifacts, "self_audit": j.self_audit.as_ref().map(self_audit_json)})
                 );
             } else {
                 println!("job {} {}", j.job_id, state_name(j.state));
@@ -428,6 +428,9 @@ pub async fn jobs(conn: &Connect, cmd: JobsCommand) -> Result<(), Box<dyn std::e
                 println!("  created         {}", ewtune::service::signing::rfc3339_utc(j.created_unix_ms));
                 if !j.reason.is_empty() {
                     println!("  reason          {}", printable(&j.reason));
+                }
+                if let Some(a) = &j.self_audit {
+                    println!("  self-audit      {}", printable(&a.summary));
                 }
                 if j.state == pb::JobState::Succeeded as i32 && !j.artifacts.is_empty() {
                     println!("  model           {}", describe_model(&j));
@@ -567,6 +570,9 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
     }
     let j = c.jobs.get(pb::GetJobRequest { job_id: job.to_string() }).await.map_err(explain)?.into_inner();
     println!("job {} {}: {}/{} steps, certified epsilon spent {:.4} {}", j.job_id, state_name(j.state), j.steps_done, j.steps_planned, j.epsilon_spent, printable(&j.reason));
+    if let Some(a) = &j.self_audit {
+        println!("self-audit ({} gradient canaries): {}", a.canaries, printable(&a.summary));
+    }
     if j.state == pb::JobState::Failed as i32 {
         return Err(format!("job failed: {}", printable(&j.reason)).into());
     }
@@ -575,6 +581,15 @@ async fn follow(c: &mut super::client::Clients, job: &str) -> Result<(), Box<dyn
         println!("download it with: ewtune jobs download {} --out DIR", j.job_id);
     }
     Ok(())
+}
+
+/// A job's self-audit as `jobs get --json` prints it.
+fn self_audit_json(a: &pb::SelfAudit) -> serde_json::Value {
+    let tests: Vec<_> = a.tests.iter().map(|t| serde_json::json!({"name": t.name, "checks": t.checks, "ratio": t.ratio, "p_value": t.p_value})).collect();
+    serde_json::json!({
+        "passed": a.passed, "summary": a.summary, "canaries": a.canaries, "steps": a.steps, "tests": tests, "level": a.level,
+        "failures": a.failures, "certified_epsilon": a.certified_epsilon, "steinke_epsilon": a.steinke_epsilon, "delta": a.delta,
+    })
 }
 
 pub async fn budget(conn: &Connect, cmd: BudgetCommand) -> Result<(), Box<dyn std::error::Error>> {

@@ -11,6 +11,7 @@ pub mod service;
 pub mod digest;
 pub mod fs;
 pub mod pages;
+pub mod stats;
 pub mod store;
 pub mod strict_toml;
 pub mod train;

@@ -204,7 +204,7 @@ fn audit_cli_prints_the_json_shape_and_signs_it() {
 /// bound at the all-correct threshold. One-class input and bad labels are named errors.
 #[test]
 fn multi_run_classic_bound_matches_its_parts() {
-    use ewtune::audit::bounds::{eps_classic, Confusion};
+    use ewtune::stats::bounds::{eps_classic, Confusion};
     use ewtune::audit::runs::{audit_runs, RunTarget};
     let dir = fixture("audit");
     let texts: Vec<LabeledText> = std::fs::read_to_string(dir.join("texts.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -1,5 +1,5 @@
 //! The crate's modules depend in one direction only (docs/architecture.md, The layers):
-//! the bottom (`fs`, `digest`, `strict_toml`, `artifacts`, and the accountant crate) <- `train`
+//! the bottom (`fs`, `digest`, `strict_toml`, `artifacts`, `stats`, and the accountant crate) <- `train`
 //! and `store` (which do not use each other) <- `audit` <- `service` <- `api` <- the binaries.
 //! Every `crate::<module>` path in `src/` outside the binaries is checked against that order.
 
@@ -9,7 +9,7 @@ use std::path::Path;
 /// each other).
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "fs" | "digest" | "strict_toml" | "artifacts" | "accountant" => 0,
+        "fs" | "digest" | "strict_toml" | "artifacts" | "stats" | "accountant" => 0,
         "train" | "store" => 1,
         "audit" => 2,
         "service" => 3,

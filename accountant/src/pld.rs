@@ -205,6 +205,81 @@ impl PldAccountant {
         self.delta_on(history, eps, h, (1e-4 * d0).clamp(1e-200, 1e-16) / steps)
     }
 
+    /// Certified upper bounds on delta(eps) at every eps of `epsilons` (add/remove adjacency,
+    /// the larger of the two directions): a whole privacy profile, e.g. for an f-DP trade-off
+    /// curve, from a few compositions per direction shared by all the epsilons, where
+    /// [`Self::delta`] composes twice per direction for each one.
+    ///
+    /// Every value is a guarantee like `delta(eps).upper`: each composition's connect-the-dots
+    /// delta plus its allowance at eps bounds the true delta (module doc), whatever its tilt, and
+    /// the least of these bounds is kept; so is the least over the smaller epsilons (delta does
+    /// not grow with eps). The first composition of each direction is aimed at the smallest
+    /// epsilon asked for (untilted at 0); while some larger epsilon's allowance is above
+    /// `PROFILE_ALLOWANCE_FRACTION` of its delta (or of `PROFILE_DELTA_FLOOR`, below which
+    /// nothing is resolved), one more is tilted towards the smallest such epsilon: each serves
+    /// a band of a few standard deviations of the composed loss. It stops after
+    /// `PROFILE_MAX_TILTS` compositions, or when a tilt settles no new epsilon or can no longer
+    /// grow (the support ends). The grid is the interval [`Self::epsilon`] would pick at delta
+    /// = `PROFILE_REFERENCE_DELTA` (a `Fixed` accountant's own interval otherwise), and each
+    /// step's tails are truncated at `1e-4 PROFILE_DELTA_FLOOR / steps`. Each epsilon is checked
+    /// like [`Self::delta`]'s (finite, `>= 0`).
+    pub fn delta_upper_profile(&self, history: &History, epsilons: &[f64]) -> Result<Vec<f64>> {
+        history.require_nonempty()?;
+        for &eps in epsilons {
+            check_epsilon(eps)?;
+        }
+        let Some(bottom) = epsilons.iter().copied().reduce(f64::min) else {
+            return Ok(Vec::new());
+        };
+        let h = match self.discretization {
+            Discretization::Fixed(h) => h,
+            Discretization::Adaptive => {
+                let guess = epsilon_guess(history, PROFILE_REFERENCE_DELTA)?;
+                adaptive_interval(history.total_steps(), guess, PROFILE_REFERENCE_DELTA)
+            }
+        };
+        let truncation = 1e-4 * PROFILE_DELTA_FLOOR / history.total_steps() as f64;
+        let one_direction = |adjacency| -> Result<Vec<f64>> {
+            let mut best = vec![f64::INFINITY; epsilons.len()];
+            let mut settled = vec![false; epsilons.len()];
+            let (mut center, mut last_tilt) = (bottom, -1.0);
+            for _ in 0..PROFILE_MAX_TILTS {
+                let composed = Composed::build(history, adjacency, h, truncation, center)?;
+                let sums = composed.suffix_sums();
+                let mut newly_settled = false;
+                for (i, &eps) in epsilons.iter().enumerate() {
+                    let estimate = composed.delta_from_sums(&sums, eps);
+                    let allowance = composed.allowance(eps);
+                    best[i] = best[i].min((estimate + allowance).min(1.0));
+                    if !settled[i] && allowance <= PROFILE_ALLOWANCE_FRACTION * estimate.max(PROFILE_DELTA_FLOOR) {
+                        settled[i] = true;
+                        newly_settled = true;
+                    }
+                }
+                let saturated = composed.lambda <= last_tilt * 1.01;
+                last_tilt = composed.lambda;
+                // The next tilt aims at the smallest epsilon above this one still unsettled.
+                let next = epsilons.iter().zip(&settled).filter(|&(&e, &s)| !s && e > center).map(|(&e, _)| e).reduce(f64::min);
+                match next {
+                    Some(e) if newly_settled && !saturated => center = e,
+                    _ => break,
+                }
+            }
+            Ok(best)
+        };
+        let (remove, add) = both_directions(one_direction);
+        let (remove, add) = (remove?, add?);
+        let mut profile: Vec<f64> = remove.iter().zip(&add).map(|(r, a)| r.max(*a)).collect();
+        let mut order: Vec<usize> = (0..epsilons.len()).collect();
+        order.sort_by(|&i, &j| epsilons[i].total_cmp(&epsilons[j]));
+        let mut least = 1.0f64;
+        for i in order {
+            least = least.min(profile[i]);
+            profile[i] = least;
+        }
+        Ok(profile)
+    }
+
     fn delta_on(&self, history: &History, eps: f64, h: f64, truncation: f64) -> Result<Bounds> {
         let (remove, add) = both_directions(|adjacency| Composed::build(history, adjacency, h, truncation, eps).map(|c| c.delta(eps)));
         let (r, a) = (remove?, add?);
@@ -218,6 +293,17 @@ impl PldAccountant {
         }
     }
 }
+
+/// The delta at which [`PldAccountant::delta_upper_profile`] picks its grid.
+const PROFILE_REFERENCE_DELTA: f64 = 1e-6;
+/// [`PldAccountant::delta_upper_profile`] truncates each step's tails so that its values bottom
+/// out near `1e-4` of this.
+const PROFILE_DELTA_FLOOR: f64 = 1e-30;
+/// Most compositions (tilts) per direction of [`PldAccountant::delta_upper_profile`].
+const PROFILE_MAX_TILTS: usize = 12;
+/// An epsilon of [`PldAccountant::delta_upper_profile`] is served once some composition's
+/// allowance there is at most this fraction of its delta.
+const PROFILE_ALLOWANCE_FRACTION: f64 = 1e-3;
 
 /// Runs `f` for the Remove direction on a second thread and for the Add direction on this one
 /// (they are independent and equally costly).
@@ -565,6 +651,23 @@ impl Composed {
             b[i] = b[i + 1] + p * discount[i];
         }
         (start, a, b)
+    }
+
+    /// `delta_at(eps)` for `eps >= 0` from [`Self::suffix_sums`] in `O(log n)`:
+    /// `inf + A(j) - e^eps B(j)`, `j` the first suffix index with a loss above eps, plus a bound
+    /// on the rounding of the sums and of the difference (`2 (n + 2) u A(j)`), so that it never
+    /// under-states the window's delta.
+    fn delta_from_sums(&self, sums: &(usize, Vec<f64>, Vec<f64>), eps: f64) -> f64 {
+        let (start, a, b) = sums;
+        let n = a.len() - 1;
+        // Losses grow with the index: bisect for the first one above eps (n when none is).
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.loss(start + mid) > eps { hi = mid } else { lo = mid + 1 }
+        }
+        let rounding = 2.0 * (n as f64 + 2.0) * UNIT_ROUNDOFF * a[lo];
+        (self.inf_mass + (a[lo] - eps.exp() * b[lo]).max(0.0) + rounding).min(1.0)
     }
 
     /// delta_cd(eps) = inf_mass + sum_{l > eps} p (1 - e^{eps - l}), as computed on the window.
@@ -1111,5 +1214,41 @@ mod tests {
             let d = acc.delta(&h, eps).unwrap();
             assert!(d.lower <= exact && exact <= d.upper, "eps={eps}: {d:?} vs {exact}");
         }
+    }
+
+    /// The profile agrees with `delta` one epsilon at a time (both are upper bounds, on
+    /// different grids), never lies below its rigorous lower bound, and never below the closed
+    /// form of the Gaussian mechanism.
+    #[test]
+    fn delta_upper_profile_agrees_with_delta() {
+        let acc = PldAccountant::default();
+        let eps: Vec<f64> = (0..=80).map(|i| 0.125 * i as f64).collect();
+        for (sigma, q, n) in [(1.0, 0.01, 1000), (0.8, 0.05, 40), (2.0, 0.2, 50)] {
+            let h = History::homogeneous(sigma, q, n).unwrap();
+            let profile = acc.delta_upper_profile(&h, &eps).unwrap();
+            assert!(profile.windows(2).all(|w| w[1] <= w[0]), "sigma={sigma}: {profile:?}");
+            for (&e, &p) in eps.iter().zip(&profile).filter(|(&e, _)| [0.5, 1.0, 2.0, 4.0, 8.0].contains(&e)) {
+                let d = acc.delta(&h, e).unwrap();
+                assert!(p >= d.lower, "sigma={sigma} eps={e}: {p} below {d:?}");
+                // Below 1e-20 `delta` reaches the floor of its own tail truncation; the profile goes deeper.
+                if d.upper > 1e-20 {
+                    assert!((p / d.upper - 1.0).abs() < 0.02, "sigma={sigma} eps={e}: {p} vs {d:?}");
+                } else {
+                    assert!(p <= d.upper * 1.02, "sigma={sigma} eps={e}: {p} vs {d:?}");
+                }
+            }
+        }
+        // The Gaussian mechanism, mu = 1/sigma: delta(eps) = Phi(mu/2 - eps/mu) - e^eps Phi(-mu/2 - eps/mu).
+        for sigma in [0.5, 1.0, 3.0] {
+            let mu = 1.0 / sigma;
+            let profile = acc.delta_upper_profile(&History::homogeneous(sigma, 1.0, 1).unwrap(), &eps).unwrap();
+            for (&e, &p) in eps.iter().zip(&profile) {
+                let exact = normal::cdf(0.5 * mu - e / mu) - e.exp() * normal::cdf(-0.5 * mu - e / mu);
+                assert!(p >= exact * (1.0 - 1e-9), "sigma={sigma} eps={e}: {p} < {exact}");
+                assert!(p <= exact * 1.01 + 1e-30, "sigma={sigma} eps={e}: {p} vs {exact}");
+            }
+        }
+        assert!(acc.delta_upper_profile(&History::homogeneous(1.0, 0.1, 3).unwrap(), &[]).unwrap().is_empty());
+        assert!(matches!(acc.delta_upper_profile(&History::homogeneous(1.0, 0.1, 3).unwrap(), &[1.0, f64::NAN]), Err(Error::InvalidArgument { .. })));
     }
 }

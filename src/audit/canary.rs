@@ -3,7 +3,7 @@
 //! epsilon lower bound computed from those scores. Drawing and inserting the canaries is
 //! training's (`train/canaries.rs`).
 
-use super::bounds::OneRunRow;
+use crate::stats::bounds::OneRunRow;
 use super::report::AuditError;
 use super::texts::{score_metrics, ScoreMetrics, BOOTSTRAP_SEED};
 use crate::train::canaries::Manifest;
@@ -54,7 +54,7 @@ pub struct CanaryAudit {
     pub histograms: BTreeMap<String, ScoreHistogram>,
 }
 
-/// Bins of the canaries' scores ([`super::metrics::histogram`]).
+/// Bins of the canaries' scores ([`crate::stats::metrics::histogram`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreHistogram {
     /// `bins + 1` increasing edges; the last bin is closed.
@@ -100,15 +100,15 @@ pub fn audit_canaries(
     let b = token_stats_counted(base, &manifest.canaries, longest, 64, device, scoring);
     let primary: Vec<f64> = t.iter().zip(&b).map(|(t, b)| score_ref(&t.logprobs, &b.logprobs)).collect();
     let secondary: Vec<f64> = t.iter().map(|t| min_k_pp(&t.logprobs, &t.mu, &t.sigma2, 0.2)).collect::<Result<_, _>>()?;
-    let audit = super::bounds::one_run_audit(&primary, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
+    let audit = crate::stats::bounds::one_run_audit(&primary, &manifest.included, manifest.delta, manifest.beta, &manifest.k_plus, &[0])
         .map_err(|e| AuditError::Input(e.to_string()))?;
-    let ceiling = super::bounds::one_run_ceiling(manifest.canaries.len(), manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
-    let classic = super::bounds::eps_classic_best(&primary, &manifest.included, manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
+    let ceiling = crate::stats::bounds::one_run_ceiling(manifest.canaries.len(), manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
+    let classic = crate::stats::bounds::eps_classic_best(&primary, &manifest.included, manifest.delta, manifest.beta).map_err(|e| AuditError::Input(e.to_string()))?;
     let mut metrics = BTreeMap::new();
     let mut histograms = BTreeMap::new();
     for (name, scores) in [("ref", &primary), ("min_k_pp_20", &secondary)] {
         metrics.insert(name.to_string(), score_metrics(scores, &manifest.included, BOOTSTRAP_SEED)?);
-        let h = super::metrics::histogram(scores, &manifest.included, HISTOGRAM_BINS)?;
+        let h = crate::stats::metrics::histogram(scores, &manifest.included, HISTOGRAM_BINS)?;
         histograms.insert(name.to_string(), ScoreHistogram { edges: h.edges, inserted: h.members, held_out: h.nonmembers });
     }
     Ok(CanaryAudit {

@@ -31,7 +31,7 @@ pub enum AuditError {
     Score(#[from] super::scores::ScoreError),
     /// A metric could not be computed.
     #[error("metric: {0}")]
-    Metric(#[from] super::metrics::MetricError),
+    Metric(#[from] crate::stats::metrics::MetricError),
 }
 
 /// Version of the report format.
@@ -238,7 +238,7 @@ pub fn build_report(inputs: &AuditInputs<'_>) -> Result<AuditReport, AuditError>
     software.insert("zlib", "flate2 (zlib backend)".to_string());
     software.insert("libtorch", "tch 0.24".to_string());
     let mut bootstrap = BTreeMap::new();
-    bootstrap.insert("B", serde_json::json!(super::metrics::BootstrapConfig::default().resamples));
+    bootstrap.insert("B", serde_json::json!(crate::stats::metrics::BootstrapConfig::default().resamples));
     bootstrap.insert("seed", serde_json::json!(BOOTSTRAP_SEED));
     bootstrap.insert("method", serde_json::json!("stratified-percentile"));
     Ok(AuditReport {
@@ -292,7 +292,7 @@ pub fn dir_sha256(path: &Path) -> Result<String, AuditError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::bounds::OneRunRow;
+    use crate::stats::bounds::OneRunRow;
     use crate::audit::texts::ScoreMetrics;
 
     fn metrics(auc: f64) -> ScoreMetrics {

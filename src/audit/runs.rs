@@ -96,8 +96,8 @@ pub fn audit_runs(
             };
         }
     }
-    let auc = super::metrics::auc(&scores, &members)?.auc;
-    let best = super::bounds::eps_classic_best(&scores, &members, delta, alpha).map_err(|e| AuditError::Input(e.to_string()))?;
+    let auc = crate::stats::metrics::auc(&scores, &members)?.auc;
+    let best = crate::stats::bounds::eps_classic_best(&scores, &members, delta, alpha).map_err(|e| AuditError::Input(e.to_string()))?;
     Ok(MultiRunAudit {
         n_runs: runs.len(),
         n_members,

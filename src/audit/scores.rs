@@ -13,7 +13,7 @@
 //!
 //! NaN rules (docs/audit.md, Scores): no scored token (n ≤ 1, "too_short") makes every score NaN; k = 0
 //! makes that Min-K% / Min-K%++ score NaN. NaNs are kept here and dropped, with a count, by
-//! [`super::metrics`]. [`TextScores`] records why a text's scores are NaN.
+//! [`crate::stats::metrics`]. [`TextScores`] records why a text's scores are NaN.
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
@@ -395,7 +395,7 @@ impl TextScores {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{f, fs, reference_rows, u, vectors};
+    use crate::stats::testutil::{f, fs, reference_rows, u, vectors};
     use super::*;
 
     /// Equal within `tol`, a NaN in `want` (the reference's k = 0) requiring NaN.

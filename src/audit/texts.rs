@@ -4,7 +4,7 @@
 //! FPR reported), NaNs dropped and counted.
 
 use super::logprobs::{token_stats_counted, Scoring};
-use super::metrics::{self, FprMode};
+use crate::stats::metrics::{self, FprMode};
 use super::report::AuditError;
 use super::scores::{TextInput, TextScores, REPORTED_RATIOS};
 use crate::train::model::Model;

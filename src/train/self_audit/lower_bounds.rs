@@ -7,7 +7,7 @@
 //! the machinery is the goodness-of-fit tests', not this number's.
 
 use super::Observations;
-use crate::audit::bounds::{self, BoundError, OneRunAudit};
+use crate::stats::bounds::{self, BoundError, OneRunAudit};
 
 /// The guess counts k+, in per mille of the canaries: the top k+ are guessed "in" and, for each
 /// k+, the bottom k- = 0 or k+ "out" (14 pairs, fixed before the scores are seen).

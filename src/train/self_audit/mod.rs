@@ -94,7 +94,7 @@ impl SelfAuditReport {
 
 /// The self-audit of a job that ran with `observations` and was certified at
 /// `certified_epsilon` for `delta`.
-pub fn judge(observations: &Observations, certified_epsilon: f64, delta: f64) -> Result<SelfAuditReport, crate::audit::bounds::BoundError> {
+pub fn judge(observations: &Observations, certified_epsilon: f64, delta: f64) -> Result<SelfAuditReport, crate::stats::bounds::BoundError> {
     let steinke = steinke_bound(observations, delta)?;
     Ok(SelfAuditReport {
         canaries: observations.included().len(),

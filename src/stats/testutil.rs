@@ -1,4 +1,4 @@
-//! Test fixtures of the audit module (test builds only): `tests/fixtures/audit_test_vectors.json`
+//! Test fixtures of the membership statistics and scores (test builds only): `tests/fixtures/audit_test_vectors.json`
 //! (values computed by the Python reference implementation) and the HF fixture's
 //! `tests/fixtures/audit/reference_scores.jsonl` (scores from Hugging Face models).
 //!

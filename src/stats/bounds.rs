@@ -6,7 +6,7 @@
 //!
 //! What this module owns: the binomial / beta arithmetic, the bisection for ε, the ranking of
 //! canaries into guesses and the multiple-testing correction. What it does not own: drawing S
-//! (the canary manifest), scoring canaries ([`super::scores`]), choosing δ (the job's δ), the
+//! (the canary manifest), scoring canaries (`audit::scores`), choosing δ (the job's δ), the
 //! "heuristic" label a single-run Clopper–Pearson number must carry, and the violation alarm
 //! (ε_lb > ε_claimed, docs/audit.md, Violations and false alarms), which belong to the report.
 

@@ -6,7 +6,7 @@
 //! Conventions: `members[i] == true` is label 1, the positive class; higher score ⇒ predicted
 //! member. NaN scores are dropped first and every result carries the count (`dropped_nan`,
 //! it must be reported). ±inf are ordinary values. Score equality is exact f64 equality.
-//! What this module does not own: computing scores ([`super::scores`]), ε bounds
+//! What this module does not own: computing scores (`audit::scores`), ε bounds
 //! ([`super::bounds`]), or the report.
 
 use rand::{Rng, SeedableRng};

@@ -174,6 +174,7 @@ async fn lifecycle_budget_and_signed_report() {
     assert!(audit.passed && audit.canaries == 10_000 && audit.steps == 8, "{audit:?}");
     assert!(audit.summary.starts_with("certified <= ") && audit.summary.ends_with("implementation checks passed"), "{}", audit.summary);
     assert!((audit.certified_epsilon - plan.certified_epsilon).abs() < 1e-9 && audit.steinke_epsilon < audit.certified_epsilon);
+    assert!(audit.fdp_p_value >= 1e-6 && audit.fdp_in_family_epsilon.is_finite(), "{audit:?}");
     assert!(["V", "M", "D"].iter().all(|n| audit.tests.iter().any(|t| t.name == *n)), "{:?}", audit.tests);
     // The budget report is signed and verifies offline; a tampered copy does not.
     let r = c.budget.get(pb::GetBudgetRequest { dataset_id: ds.dataset_id.clone(), charts: false }).await.unwrap().into_inner();

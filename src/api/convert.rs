@@ -127,8 +127,11 @@ pub fn self_audit_message(r: &SelfAuditReport) -> pb::SelfAudit {
         level: r.decision.level,
         failures: r.failures().to_vec(),
         certified_epsilon: r.certified_epsilon,
-        steinke_epsilon: r.steinke_epsilon,
+        steinke_epsilon: r.steinke_epsilon.unwrap_or(f64::NAN),
         delta: r.delta,
+        fdp_p_value: r.fdp_p_value.unwrap_or(f64::NAN),
+        fdp_in_family_epsilon: r.fdp_in_family_epsilon.unwrap_or(f64::NAN),
+        warnings: r.warnings.clone(),
     }
 }
 

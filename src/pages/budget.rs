@@ -167,13 +167,15 @@ fn self_audits(body: &mut String, report: &BudgetReport) {
     );
     body.push_str("<table><tr><th>job</th><th>canaries</th><th>certified &lt;=</th><th>measured &gt;= (95 %)</th><th>implementation checks</th></tr>\n");
     for (job, a) in audits {
-        let verdict = if a.passed() { format!("passed: {}", escape(&a.decision.summary())) } else { format!("<strong>FAILED</strong>: {}", escape(&a.failures().join("; "))) };
+        let fdp = a.fdp_p_value.map_or_else(String::new, |p| format!("; f-DP test of the certified curve p = {}", num(p, 3)));
+        let warnings = a.warnings.iter().map(|w| format!("<br>warning: {}", escape(w))).collect::<String>();
+        let verdict = if a.passed() { format!("passed: {}{}{warnings}", escape(&a.decision.summary()), escape(&fdp)) } else { format!("<strong>FAILED</strong>: {}", escape(&a.failures().join("; "))) };
         body.push_str(&format!(
             "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{verdict}</td></tr>\n",
             escape(job),
             a.canaries,
             num(a.certified_epsilon, 4),
-            num(a.steinke_epsilon, 4)
+            a.steinke_epsilon.map_or_else(|| "-".to_string(), |e| num(e, 4))
         ));
     }
     body.push_str("</table>\n");

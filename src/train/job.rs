@@ -717,7 +717,7 @@ pub fn run_observed(
     // The self-audit decides before anything is released: a failed check leaves no model.
     let self_audit = match (&canaries, cancelled) {
         (Some(c), false) => {
-            let report = super::self_audit::judge(c.observations(), epsilon_spent, plan.delta).map_err(|e| TrainError::BadSpec { field: "self_audit", reason: e.to_string() })?;
+            let report = super::self_audit::judge(c.observations(), epsilon_spent, plan.delta);
             if !report.passed() {
                 return Err(TrainError::SelfAuditFailed { report: Box::new(report) });
             }

@@ -589,6 +589,7 @@ fn self_audit_json(a: &pb::SelfAudit) -> serde_json::Value {
     serde_json::json!({
         "passed": a.passed, "summary": a.summary, "canaries": a.canaries, "steps": a.steps, "tests": tests, "level": a.level,
         "failures": a.failures, "certified_epsilon": a.certified_epsilon, "steinke_epsilon": a.steinke_epsilon, "delta": a.delta,
+        "fdp_p_value": a.fdp_p_value, "fdp_in_family_epsilon": a.fdp_in_family_epsilon, "warnings": a.warnings,
     })
 }
 

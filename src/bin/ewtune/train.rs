@@ -159,6 +159,12 @@ pub fn run(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(a) = &outcome.self_audit {
         println!("self-audit ({} gradient canaries): {}", a.canaries, a.headline());
         println!("  {}", a.decision.summary());
+        if let (Some(p), Some(e)) = (a.fdp_p_value, a.fdp_in_family_epsilon) {
+            println!("  f-DP one-run test of the certified curve: p = {p:.2} (fails below 1e-6); in-family epsilon {e:.3} (an estimate, not a bound)");
+        }
+        for w in &a.warnings {
+            println!("  warning: {w}");
+        }
     }
     if outcome.cancelled {
         println!("stopped after {} of {} steps; run the same command to resume", outcome.steps_done, p.steps);

@@ -97,7 +97,7 @@ fn every_mutant_fails_the_job_in_one_run_and_the_honest_run_passes() {
     for (i, setting) in SETTINGS.into_iter().enumerate() {
         let (honest, passed) = run(root.path(), setting, Mutation::Honest, &format!("honest-{i}"));
         assert!(passed, "{}: {}", setting.0, honest.headline());
-        table.push(format!("{} honest: {}", setting.0, honest.decision.summary()));
+        table.push(format!("{} honest: {}; f-DP p = {:.2}, lower bound {:.2} (certified {:.2})", setting.0, honest.decision.summary(), honest.fdp_p_value.unwrap(), honest.steinke_epsilon.unwrap(), honest.certified_epsilon));
         // A model tensor the engine noises, named as its noise test names it.
         let tensor = honest.decision.tests.iter().find_map(|t| t.name.strip_prefix("N:").filter(|n| *n != crate::train::gradient_canaries::BLOCK_NAME)).unwrap().to_string();
         let mutants = [
@@ -111,7 +111,7 @@ fn every_mutant_fails_the_job_in_one_run_and_the_honest_run_passes() {
         for (j, (what, mutation, catcher)) in mutants.into_iter().enumerate() {
             let (report, passed) = run(root.path(), setting, mutation, &format!("mutant-{i}-{j}"));
             let failed = failed_tests(&report);
-            table.push(format!("{} {what}: failed {failed:?}", setting.0));
+            table.push(format!("{} {what}: failed {failed:?}, f-DP p = {:.1e}, lower bound {:.2}", setting.0, report.fdp_p_value.unwrap_or(f64::NAN), report.steinke_epsilon.unwrap_or(f64::NAN)));
             assert!(!passed, "{} {what} passed: {}", setting.0, report.decision.summary());
             assert!(failed.iter().any(|f| f == catcher), "{} {what}: caught by {failed:?}, not {catcher}", setting.0);
         }
@@ -134,9 +134,10 @@ fn honest_runs_pass_with_calibrated_tests() {
             let (report, passed) = run(root.path(), setting, Mutation::Honest, &format!("out-{i}-{r}"));
             assert!(passed, "{}: {}", setting.0, report.headline());
             p_values.extend(report.decision.tests.iter().filter(|t| ["V", "M", "D"].contains(&t.name.as_str())).map(|t| t.p_value));
-            assert!(report.steinke_epsilon < report.certified_epsilon, "{}", report.headline());
+            let (lower, fdp) = (report.steinke_epsilon.unwrap(), report.fdp_p_value.unwrap());
+            assert!(lower < report.certified_epsilon && fdp >= super::FDP_FAIL_LEVEL, "{}", report.headline());
             if setting.0 == "S1" {
-                s1_bounds.push(report.steinke_epsilon);
+                s1_bounds.push(lower);
             }
         }
     }

@@ -189,6 +189,16 @@ impl Observations {
         self.steps
     }
 
+    /// The accounted sampling rate q.
+    pub fn sample_rate(&self) -> f64 {
+        self.q
+    }
+
+    /// The accounted noise multiplier sigma.
+    pub fn noise_multiplier(&self) -> f64 {
+        self.sigma
+    }
+
     /// The goodness-of-fit tests on what was observed, and the decision at [`HARD_FAIL_LEVEL`].
     pub fn decide(&self) -> Decision {
         let var = self.sigma * self.sigma;

@@ -404,7 +404,8 @@ fn train_prints_private_statistics_only_with_the_flag() {
     for step in &lines[1..3] {
         assert_eq!(top(step), set(&["step", "total_steps", "expected_batch_size", "epsilon_spent"]), "{step}");
     }
-    assert_eq!(top(&lines[3]), set(&["plan", "steps_done", "epsilon_spent", "eval_loss", "cancelled", "output_model"]));
+    assert_eq!(top(&lines[3]), set(&["plan", "steps_done", "epsilon_spent", "eval_loss", "cancelled", "output_model", "self_audit"]));
+    assert_eq!(lines[3]["self_audit"]["passed"], true, "job.toml runs the self-audit by default: {}", lines[3]);
     let mut all = std::collections::BTreeSet::new();
     lines.iter().for_each(|l| keys(l, &mut all));
     assert!(private.iter().all(|k| !all.contains(*k)), "private keys in the default output: {all:?}");
@@ -427,6 +428,7 @@ fn train_prints_private_statistics_only_with_the_flag() {
     // The summary for people: the counts and per-step lines only with the flag.
     let (stdout, stderr) = run("out-text", &[]);
     assert!(stdout.contains("plan: privacy units N = 600") && !stdout.contains("examples"), "{stdout}");
+    assert!(stdout.contains("self-audit (10000 gradient canaries): certified <= ") && stdout.contains("implementation checks passed"), "{stdout}");
     assert!(!stderr.contains("(private)"), "{stderr}");
     // Without a terminal: each phase on a line of its own, in order, and no escape codes.
     let phases = ["reading and tokenising the data...", "calibrating the noise", "loading the model...", "training...", "saving..."];

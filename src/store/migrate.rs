@@ -209,6 +209,7 @@ mod tests {
                 "datasets",
                 "job_events",
                 "job_outputs",
+                "job_self_audits",
                 "jobs",
                 "report_sequences",
                 "tenant_unit_secrets",

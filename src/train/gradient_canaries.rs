@@ -37,6 +37,9 @@ pub struct GradientCanaries {
     first_index: usize,
     clip_norm: f64,
     observations: Observations,
+    /// This step's realised-noise sums of squares, on the device until [`Self::observe_step`]
+    /// reads them all in one copy.
+    pending: Vec<(String, u64, Tensor)>,
 }
 
 impl GradientCanaries {
@@ -53,7 +56,7 @@ impl GradientCanaries {
         let included = observations.included();
         let coordinates = (0..included.len()).filter(|&i| included[i]).collect();
         let block = Tensor::zeros([included.len() as i64], (Kind::Float, device));
-        GradientCanaries { block, coordinates, first_index: population, clip_norm, observations }
+        GradientCanaries { block, coordinates, first_index: population, clip_norm, observations, pending: Vec::new() }
     }
 
     /// Included canaries: the sampler's population grows by this many.
@@ -75,12 +78,12 @@ impl GradientCanaries {
     }
 
     /// Records the realised noise of tensor `name`: `privatised - clipped` over its first
-    /// [`NOISE_SAMPLE`] coordinates (`clipped`: those coordinates of the sum before noise).
-    pub fn observe_noise(&mut self, name: &str, clipped: &Tensor, privatised: &Tensor) -> Result<(), TrainError> {
+    /// [`NOISE_SAMPLE`] coordinates (`clipped`: those coordinates of the sum before noise,
+    /// overwritten). The sum of squares stays on the device until the step's end.
+    pub fn observe_noise(&mut self, name: &str, mut clipped: Tensor, privatised: &Tensor) -> Result<(), TrainError> {
         let n = clipped.numel() as i64;
-        let noise = privatised.f_reshape([-1])?.f_narrow(0, 0, n)? - clipped;
-        let sum_sq = noise.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])? / (self.clip_norm * self.clip_norm);
-        self.observations.observe_noise(name, n as u64, sum_sq);
+        let noise = clipped.f_neg_()?.f_add_(&privatised.f_reshape([-1])?.f_narrow(0, 0, n)?)?;
+        self.pending.push((name.to_owned(), n as u64, noise.f_square()?.f_sum(Kind::Double)?));
         Ok(())
     }
 
@@ -92,10 +95,18 @@ impl GradientCanaries {
     }
 
     /// Records one step: the block's privatised sum (before division by q N) and how many
-    /// canaries the sampler drew.
+    /// canaries the sampler drew; also reads this step's realised noise (every tensor's must have
+    /// been observed by now).
     pub fn observe_step(&mut self, privatised_block: &Tensor, sampled: usize) -> Result<(), TrainError> {
         let y = Vec::<f64>::try_from(&(privatised_block.f_to_kind(Kind::Double)? / self.clip_norm))?;
         self.observations.observe_step(&y, sampled);
+        let pending = std::mem::take(&mut self.pending);
+        let sums: Vec<Tensor> = pending.iter().map(|(_, _, s)| s.shallow_clone()).collect();
+        let sums = Vec::<f64>::try_from(&Tensor::f_stack(&sums, 0)?)?;
+        let c2 = self.clip_norm * self.clip_norm;
+        for ((name, count, _), sum_sq) in pending.iter().zip(sums) {
+            self.observations.observe_noise(name, *count, sum_sq / c2);
+        }
         Ok(())
     }
 

@@ -462,7 +462,7 @@ pub fn private_step(
         }
         mutation::add_per_pass_noise(sum, stats.passes, &z);
         if let (Some(c), Some(clipped)) = (canaries.as_deref_mut(), clipped) {
-            c.observe_noise(name, &clipped, sum)?;
+            c.observe_noise(name, clipped, sum)?;
             if name == BLOCK_NAME {
                 c.observe_step(sum, coordinates.len())?;
                 continue; // nothing reads the block: its update is not applied

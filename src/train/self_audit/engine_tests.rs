@@ -149,3 +149,29 @@ fn honest_runs_pass_with_calibrated_tests() {
     let median = s1_bounds[s1_bounds.len() / 2];
     assert!((0.3..1.1).contains(&median), "S1 median lower bound {median}: {s1_bounds:?}");
 }
+
+/// A job stopped halfway and resumed goes on with the observations of its checkpoint: the
+/// report counts every step once, over the canaries drawn at the first start, and passes.
+#[test]
+fn a_resumed_job_goes_on_with_its_observations() {
+    let root = setup();
+    let setting = SETTINGS[0];
+    let spec = spec(root.path(), setting, "resumed");
+    let cancel = AtomicBool::new(false);
+    let first = job::run(&spec, &cancel, |p| {
+        if p.step == 20 {
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert!(first.cancelled && first.self_audit.is_none(), "a stopped job states no verdict yet");
+    let saved = crate::train::checkpoint::load_latest(&spec.output.join("checkpoints"), tch::Device::Cpu).unwrap().unwrap();
+    let observed = saved.state.self_audit.expect("the checkpoint carries the observations");
+    assert_eq!(observed.steps(), 20);
+    let second = job::run(&spec, &AtomicBool::new(false), |_| {}).unwrap();
+    let report = second.self_audit.unwrap();
+    assert!(report.passed(), "{}", report.headline());
+    assert_eq!((report.steps, report.canaries), (setting.3, CANARIES));
+    let last = crate::train::checkpoint::load_latest(&spec.output.join("checkpoints"), tch::Device::Cpu).unwrap().unwrap();
+    assert_eq!(last.state.self_audit.unwrap().included(), observed.included(), "the same canaries, drawn once");
+}

@@ -282,13 +282,13 @@ fn settle(state: &State, job: &Job, result: Result<Result<Ended, TrainError>, su
                 Err(e) => Err(e),
             }
         }
-        Ok(Err(TrainError::SelfAuditFailed { report })) => {
-            tracing::error!(job = %id.as_str(), failed = ?report.failures(), "the job's self-audit failed: its model was not released");
-            state.store.fail_self_audit(id, TrainError::SelfAuditFailed { report: report.clone() }.without_paths(), &self_audit_record(&report))
-        }
         Ok(Err(e)) => {
             tracing::error!(job = %id.as_str(), error = %e, "job failed");
-            state.store.finish_job(id, JobState::Failed, Some(e.without_paths()))
+            match &e {
+                // Recorded with the job's end: which checks failed, what they measured.
+                TrainError::SelfAuditFailed { report } => state.store.fail_self_audit(id, e.without_paths(), &self_audit_record(report)),
+                _ => state.store.finish_job(id, JobState::Failed, Some(e.without_paths())),
+            }
         }
         Err(super::BatchPanicked(message)) => {
             tracing::error!(job = %id.as_str(), panic = %message, "the training worker panicked");

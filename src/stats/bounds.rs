@@ -378,9 +378,6 @@ pub fn one_run_audit(
     check_level("beta", beta)?;
     check_delta(delta)?;
     let m = scores.len();
-    let mut order: Vec<usize> = (0..m).collect();
-    // Stable sort, descending score: equal scores keep ascending index.
-    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
     let pairs: Vec<(usize, usize)> = k_plus
         .iter()
         .flat_map(|&kp| k_minus.iter().map(move |&km| (kp, km)))
@@ -391,10 +388,8 @@ pub fn one_run_audit(
     }
     let beta_used = beta / pairs.len() as f64;
     let mut grid = Vec::with_capacity(pairs.len());
-    for (k_plus, k_minus) in pairs {
-        let top = order[..k_plus].iter().filter(|&&i| included[i]).count();
-        let bottom = order[m - k_minus..].iter().filter(|&&i| !included[i]).count();
-        let (r, v) = (k_plus + k_minus, top + bottom);
+    for (&(k_plus, k_minus), v) in pairs.iter().zip(correct_guesses(scores, included, &pairs)) {
+        let r = k_plus + k_minus;
         let eps_lb = one_run_eps(m as u64, r as u64, v as u64, delta, beta_used)?;
         grid.push(OneRunRow { k_plus, k_minus, r, v, eps_lb });
     }
@@ -405,6 +400,24 @@ pub fn one_run_audit(
         }
     }
     Ok(OneRunAudit { best, grid, m, n_included: included.iter().filter(|&&s| s).count(), delta, beta, beta_used })
+}
+
+/// The right guesses of each `(k+, k−)` pair (`k+ + k− <= m`): canaries ranked by (score
+/// descending, index ascending), a tie-break independent of S; the top k+ guessed +1, the bottom
+/// k− guessed −1; a guess is right when it matches `included`. One sort, then prefix counts.
+pub fn correct_guesses(scores: &[f64], included: &[bool], pairs: &[(usize, usize)]) -> Vec<usize> {
+    let m = scores.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    // Stable sort, descending score: equal scores keep ascending index.
+    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
+    // in_top[k] = included among the first k; out_bottom[k] = excluded among the last k.
+    let mut in_top = vec![0usize; m + 1];
+    let mut out_bottom = vec![0usize; m + 1];
+    for k in 0..m {
+        in_top[k + 1] = in_top[k] + usize::from(included[order[k]]);
+        out_bottom[k + 1] = out_bottom[k] + usize::from(!included[order[m - 1 - k]]);
+    }
+    pairs.iter().map(|&(k_plus, k_minus)| in_top[k_plus] + out_bottom[k_minus]).collect()
 }
 
 /// The largest ε a one-run audit with m canaries can certify, and the r that gives it.

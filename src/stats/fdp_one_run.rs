@@ -400,24 +400,15 @@ impl GuessPair {
 /// "in", the bottom k- "out".
 fn guess_pairs(scores: &[f64], included: &[bool]) -> Vec<GuessPair> {
     let m = scores.len();
-    let mut order: Vec<usize> = (0..m).collect();
-    // Stable sort, descending score: equal scores keep ascending index.
-    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
-    // in_top[k] = included among the first k; out_bottom[k] = excluded among the last k.
-    let mut in_top = vec![0usize; m + 1];
-    let mut out_bottom = vec![0usize; m + 1];
-    for k in 0..m {
-        in_top[k + 1] = in_top[k] + usize::from(included[order[k]]);
-        out_bottom[k + 1] = out_bottom[k] + usize::from(!included[order[m - 1 - k]]);
-    }
-    let mut pairs = Vec::with_capacity(PAIRS);
-    for pct in K_PLUS_PERCENT {
-        let k_plus = ((m as f64 * pct / 100.0).floor() as usize).clamp(1, m);
-        for k_minus in [0, k_plus.min(m - k_plus)] {
-            pairs.push(GuessPair { k_plus, k_minus, correct: in_top[k_plus] + out_bottom[k_minus] });
-        }
-    }
-    pairs
+    let grid: Vec<(usize, usize)> = k_plus_grid(m).into_iter().flat_map(|k_plus| [(k_plus, 0), (k_plus, k_plus.min(m - k_plus))]).collect();
+    let correct = super::bounds::correct_guesses(scores, included, &grid);
+    grid.into_iter().zip(correct).map(|((k_plus, k_minus), correct)| GuessPair { k_plus, k_minus, correct }).collect()
+}
+
+/// The k+ of the guess grid for m canaries: `max(1, floor(m p / 100))` for p in
+/// [`K_PLUS_PERCENT`], at most m (the self-audit's Steinke bound uses the same grid).
+pub fn k_plus_grid(m: usize) -> Vec<usize> {
+    K_PLUS_PERCENT.iter().map(|pct| ((m as f64 * pct / 100.0).floor() as usize).clamp(1, m)).collect()
 }
 
 /// True when some pair rejects f at `LEVEL / PAIRS`.

@@ -8,17 +8,15 @@
 
 use super::Observations;
 use crate::stats::bounds::{self, BoundError, OneRunAudit};
-
-/// The guess counts k+, in per mille of the canaries: the top k+ are guessed "in" and, for each
-/// k+, the bottom k- = 0 or k+ "out" (14 pairs, fixed before the scores are seen).
-const K_PLUS_PER_MILLE: [usize; 7] = [5, 10, 20, 50, 100, 250, 500];
+use crate::stats::fdp_one_run::k_plus_grid;
 
 /// The Steinke-Nasr-Jagielski lower bound at 95 % from a job's canaries, over the 14 guess
-/// pairs of [`K_PLUS_PER_MILLE`], each bounded at 0.05 / 14 (Bonferroni).
+/// pairs of the f-DP test (fixed before the scores are seen): the top k+ guessed "in" for k+ in
+/// [`k_plus_grid`] (0.5 to 50 % of m) and, for each, the bottom k- = 0 or k+ "out", each pair
+/// bounded at 0.05 / 14 (Bonferroni).
 pub fn steinke_bound(observations: &Observations, delta: f64) -> Result<OneRunAudit, BoundError> {
     let (scores, included) = (observations.scores(), observations.included());
-    let m = scores.len();
-    let k_plus: Vec<usize> = K_PLUS_PER_MILLE.iter().map(|p| (m * p / 1000).max(1)).collect();
+    let k_plus = k_plus_grid(scores.len());
     let pairs = 2 * k_plus.len();
     let per_pair = bounds::DEFAULT_BETA / pairs as f64;
     // one_run_audit bounds a product grid at beta / its size: the k- = 0 column as one grid,
